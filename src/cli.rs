@@ -1,0 +1,273 @@
+//! The command line: `serve`, `policy validate|apply`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::policy::PolicySet;
+
+/// scp-pep: policy enforcement point (Envoy ext_authz) for the Smart Community Platform.
+#[derive(Debug, Parser)]
+#[command(name = "scp-pep", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ext_authz gRPC server and the HTTP ops listener.
+    Serve {
+        /// TOML configuration file; every key can be overridden by `SCP_PEP_SECTION__KEY`.
+        #[arg(long, env = "SCP_PEP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate or apply policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Send one real CheckRequest to an ext_authz server and print the decision as JSON.
+    Check(CheckArgs),
+    /// Start scp-pep with demo policies and a throwaway signing key, and run a tour of checks.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Parse and validate every `*.yaml` file in DIR; print each problem with file, entry, field.
+    Validate { dir: PathBuf },
+    /// Validate DIR and write it to the store in one transaction (idempotent).
+    Apply {
+        dir: PathBuf,
+        /// TOML configuration file (for `store.url`).
+        #[arg(long, env = "SCP_PEP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Store URL; overrides the configuration.
+        #[arg(long)]
+        store: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// ext_authz server, e.g. `http://127.0.0.1:9191`.
+    #[arg(long, default_value = "http://127.0.0.1:9191")]
+    pub server: String,
+    /// Bearer token (sent as `authorization: Bearer T`). Prefer `--token-file` or the env var, so
+    /// the token does not land in shell history.
+    #[arg(long, env = "SCP_PEP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Extra request header, `NAME:VALUE` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Source address Envoy would report.
+    #[arg(long)]
+    pub source_ip: Option<String>,
+    /// HTTP method, e.g. GET.
+    pub method: String,
+    /// Request path with optional query, e.g. `/v1/tenants/ke/health/persons/p-1/record`.
+    pub path: String,
+}
+
+/// Parses the command line and runs it. Exit codes: 0 success (for `check`: allowed), 1 failure
+/// (for `check`: denied), 2 usage or configuration error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .json()
+        .try_init();
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            serve(cfg).await
+        }
+        Command::Policy { action } => policy(action).await,
+        Command::Check(args) => check(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+async fn serve(cfg: Config) -> ExitCode {
+    let running = match crate::server::start(cfg, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn policy(action: PolicyAction) -> ExitCode {
+    match action {
+        PolicyAction::Validate { dir } => match PolicySet::load_dir(&dir) {
+            Ok(set) => {
+                let counts = set.counts();
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "counts": counts, "digest": set.digest()})
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                println!("{}", serde_json::json!({"valid": false, "errors": e.0}));
+                ExitCode::from(1)
+            }
+        },
+        PolicyAction::Apply { dir, config, store } => {
+            let mut cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(s) = store {
+                cfg.store.url = s;
+            }
+            let set = match PolicySet::load_dir(&dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("nothing was applied");
+                    return ExitCode::from(1);
+                }
+            };
+            let store = match crate::store::Store::connect(
+                &cfg.store.url,
+                2,
+                std::time::Duration::from_secs(cfg.store.acquire_timeout_s),
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match store.apply(&set).await {
+                Ok(out) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"applied": true, "changed": out.changed, "version": out.version, "counts": set.counts()})
+                    );
+                    store.close().await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}; nothing was applied");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let token = match (&args.token, &args.token_file) {
+        (_, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                eprintln!("error: cannot read --token-file: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (Some(t), None) => Some(t.clone()),
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => {
+                eprintln!("error: header `{h}` is not NAME:VALUE");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(t) = token {
+        headers.push(("authorization".into(), format!("Bearer {t}")));
+    }
+    let input = crate::check::CheckInput {
+        method: args.method.to_ascii_uppercase(),
+        path: args.path,
+        headers,
+        source_ip: args.source_ip,
+        peer_certificate: None,
+    };
+    match crate::check::check(&args.server, &input).await {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            if v["allowed"] == serde_json::Value::Bool(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: check failed: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

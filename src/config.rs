@@ -1,0 +1,197 @@
+//! Configuration: defaults that work with no file, then a TOML file, then `SCP_PEP_*` environment
+//! variables (`SCP_PEP_SECTION__KEY`, e.g. `SCP_PEP_STORE__URL=postgres://…`), later sources
+//! winning. Built with `figment`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Top-level configuration; every section has defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub policy: PolicyConfig,
+    pub auth: AuthConfig,
+    pub decision_log: DecisionLogConfig,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// ext_authz gRPC listener.
+    pub grpc_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http_listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_listen: ([127, 0, 0, 1], 9191).into(),
+            http_listen: ([127, 0, 0, 1], 9192).into(),
+        }
+    }
+}
+
+/// Policy store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Seconds a query waits for a pooled connection.
+    pub acquire_timeout_s: u64,
+    /// Milliseconds between two checks of the policy version (the change feed on SQLite; a safety
+    /// net beside LISTEN/NOTIFY on PostgreSQL).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite:scp-pep.db".into(),
+            max_connections: 8,
+            acquire_timeout_s: 5,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+/// Policy files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// When set, this directory is validated and applied to the store at start (idempotent).
+    pub dir: Option<PathBuf>,
+}
+
+/// Token authentication.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Audience tokens must carry, unless a tenant sets its own.
+    pub audience: String,
+    /// Clock-skew allowance for `exp`/`nbf`, seconds.
+    pub leeway_s: u64,
+    /// Accepted JWS algorithms (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// Seconds a fetched JWKS is fresh.
+    pub jwks_ttl_s: u64,
+    /// Least seconds between two refetches triggered by unknown `kid`s.
+    pub jwks_refetch_min_interval_s: u64,
+    /// Seconds per JWKS HTTP request.
+    pub jwks_fetch_timeout_s: u64,
+    /// Verified-token cache capacity, entries.
+    pub token_cache_entries: u64,
+    /// Header carrying the API key (lower-case).
+    pub api_key_header: String,
+    /// Trust the XFCC `Hash` element (only with Envoy's `forward_client_cert_details: SANITIZE_SET`).
+    pub trust_xfcc: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            audience: "scp-pep".into(),
+            leeway_s: 30,
+            algorithms: vec!["RS256".into(), "PS256".into(), "ES256".into(), "EdDSA".into()],
+            jwks_ttl_s: 300,
+            jwks_refetch_min_interval_s: 10,
+            jwks_fetch_timeout_s: 5,
+            token_cache_entries: 100_000,
+            api_key_header: "x-api-key".into(),
+            trust_xfcc: false,
+        }
+    }
+}
+
+/// The JSON-lines decision log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    pub enabled: bool,
+    /// `stdout`, or a file path to append to.
+    pub output: String,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            enabled: true,
+            output: "stdout".into(),
+        }
+    }
+}
+
+/// Sections that `SCP_PEP_*` variables may address; other `SCP_PEP_*` variables (like
+/// `SCP_PEP_CONFIG`) are not configuration keys.
+const SECTIONS: &[&str] = &["server", "store", "policy", "auth", "decision_log"];
+
+impl Config {
+    /// Defaults ← `file` (TOML, if given) ← `SCP_PEP_*` environment.
+    ///
+    /// Errors: unreadable file, TOML syntax, unknown keys, wrong types; the message names the key.
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file `{}` does not exist",
+                    f.display()
+                ))));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("SCP_PEP_")
+                .split("__")
+                .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(s))),
+        );
+        fig.extract().map_err(Box::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        figment::Jail::expect_with(|_jail| {
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:9191");
+            assert_eq!(c.store.url, "sqlite:scp-pep.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[store]\nurl = \"sqlite:a.db\"\n[auth]\nleeway_s = 5\n")?;
+            jail.set_env("SCP_PEP_STORE__URL", "postgres://x@127.0.0.1/test");
+            jail.set_env("SCP_PEP_CONFIG", "ignored");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.store.url, "postgres://x@127.0.0.1/test");
+            assert_eq!(c.auth.leeway_s, 5);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[auth]\nleway_s = 5\n")?;
+            let e = Config::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(e.to_string().contains("leway_s"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,402 @@
+//! Decisions: the stable denial-code catalogue and the [`Decision`] value that the pipeline returns.
+//!
+//! A denial is data, not an error: every stage that refuses a request produces a [`Denial`] with one
+//! [`DenyCode`]; the code alone decides the HTTP status, whether the client may retry, and the
+//! `www-authenticate` challenge (INT-4.6-3, EXT-7-1). The mapping lives here, in one place, so that
+//! the gRPC adapter, the `check` CLI and the README can never disagree.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One stable, machine-readable reason for a denial. The string form (`code.as_str()`) is the public
+/// contract: it appears in JSON denial bodies, Envoy dynamic metadata, decision logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DenyCode {
+    /// No `authorization: Bearer` token (an API key alone never authenticates, INT-4.2-5).
+    TokenMissing,
+    /// The bearer value is not a well-formed JWS compact token, or lacks a `kid`.
+    TokenMalformed,
+    /// The header `alg` is not in the allow-list (`none`, HS*, ...) (ONB-SEC-01).
+    TokenAlgorithmNotAllowed,
+    /// No key with the token's `kid` in the issuer's JWKS, even after a refetch.
+    TokenKeyUnknown,
+    /// The signature does not verify with the key named by `kid`.
+    TokenSignatureInvalid,
+    /// `exp` is in the past (beyond the configured leeway).
+    TokenExpired,
+    /// `nbf` is in the future (beyond the configured leeway).
+    TokenNotYetValid,
+    /// `iss` is not the exact issuer of any tenant.
+    TokenIssuerUnknown,
+    /// `aud` does not contain scp-pep's audience.
+    TokenAudienceInvalid,
+    /// `tenant_id`, `integration_id` or `verticals` is absent or has the wrong shape (INT-4.2-3/4).
+    TokenClaimsMissing,
+    /// Claims are present but contradict the issuer or the integration (tenant of another issuer,
+    /// client id not bound to the integration).
+    TokenClaimsInvalid,
+    /// The integration requires an API key and the request carried none or a wrong one.
+    ApiKeyInvalid,
+    /// The integration requires mTLS, or the token is certificate-bound (`cnf.x5t#S256`), and the
+    /// presented client certificate is missing or does not match (INT-4.2-6).
+    ClientCertificateInvalid,
+    /// The source address is outside the integration's IP allowlist (INT-4.2-7).
+    IpNotAllowed,
+    /// No integration with the token's `integration_id`.
+    IntegrationUnknown,
+    /// The integration is Suspended (INT-6.2-3).
+    IntegrationSuspended,
+    /// The integration is in a state that carries no traffic (Draft … Approved, Deprecated,
+    /// Archived) (INT-4.1-1, INT-6.2-4, INT-6.2-5).
+    IntegrationNotActive,
+    /// The integration is Restricted and the route writes (INT-6.2-2).
+    IntegrationRestricted,
+    /// The token, integration and path disagree on the tenant (INT-4.5-1); a security incident.
+    TenantMismatch,
+    /// The request touches a vertical outside the integration's effective verticals (INT-4.4-2,
+    /// INT-9.4-1); a security incident.
+    VerticalNotPermitted,
+    /// The path is ambiguous (`..`, `.`, encoded slashes or dots, empty segments, `;`, `\`, control
+    /// bytes, non-canonical percent-encoding) and is rejected, not guessed.
+    PathAmbiguous,
+    /// No route matches the method and path (default deny, INT-4.1-3).
+    RouteNotFound,
+    /// A route names where the person id is, and the request does not carry it.
+    PersonIdMissing,
+    /// The route's scope is not granted by both the integration contract and the token (ONB-PRIV-01).
+    ScopeViolation,
+    /// An active deny rule matched (ADM-3).
+    DenyRuleMatched,
+    /// The integration's real-time rate limit (GCRA) is exhausted (INT-4.6-1).
+    RateLimited,
+    /// The integration's daily batch quota is exhausted (INT-4.6-2).
+    QuotaExceeded,
+    /// A dependency needed to decide (policy store snapshot, issuer JWKS) is unavailable; fail closed.
+    DependencyUnavailable,
+}
+
+/// Every code, in catalogue order (used by tests and the README table).
+pub const ALL_CODES: &[DenyCode] = &[
+    DenyCode::TokenMissing,
+    DenyCode::TokenMalformed,
+    DenyCode::TokenAlgorithmNotAllowed,
+    DenyCode::TokenKeyUnknown,
+    DenyCode::TokenSignatureInvalid,
+    DenyCode::TokenExpired,
+    DenyCode::TokenNotYetValid,
+    DenyCode::TokenIssuerUnknown,
+    DenyCode::TokenAudienceInvalid,
+    DenyCode::TokenClaimsMissing,
+    DenyCode::TokenClaimsInvalid,
+    DenyCode::ApiKeyInvalid,
+    DenyCode::ClientCertificateInvalid,
+    DenyCode::IpNotAllowed,
+    DenyCode::IntegrationUnknown,
+    DenyCode::IntegrationSuspended,
+    DenyCode::IntegrationNotActive,
+    DenyCode::IntegrationRestricted,
+    DenyCode::TenantMismatch,
+    DenyCode::VerticalNotPermitted,
+    DenyCode::PathAmbiguous,
+    DenyCode::RouteNotFound,
+    DenyCode::PersonIdMissing,
+    DenyCode::ScopeViolation,
+    DenyCode::DenyRuleMatched,
+    DenyCode::RateLimited,
+    DenyCode::QuotaExceeded,
+    DenyCode::DependencyUnavailable,
+];
+
+impl DenyCode {
+    /// The stable string form, e.g. `"TOKEN_EXPIRED"`.
+    pub fn as_str(self) -> &'static str {
+        use DenyCode::*;
+        match self {
+            TokenMissing => "TOKEN_MISSING",
+            TokenMalformed => "TOKEN_MALFORMED",
+            TokenAlgorithmNotAllowed => "TOKEN_ALGORITHM_NOT_ALLOWED",
+            TokenKeyUnknown => "TOKEN_KEY_UNKNOWN",
+            TokenSignatureInvalid => "TOKEN_SIGNATURE_INVALID",
+            TokenExpired => "TOKEN_EXPIRED",
+            TokenNotYetValid => "TOKEN_NOT_YET_VALID",
+            TokenIssuerUnknown => "TOKEN_ISSUER_UNKNOWN",
+            TokenAudienceInvalid => "TOKEN_AUDIENCE_INVALID",
+            TokenClaimsMissing => "TOKEN_CLAIMS_MISSING",
+            TokenClaimsInvalid => "TOKEN_CLAIMS_INVALID",
+            ApiKeyInvalid => "API_KEY_INVALID",
+            ClientCertificateInvalid => "CLIENT_CERTIFICATE_INVALID",
+            IpNotAllowed => "IP_NOT_ALLOWED",
+            IntegrationUnknown => "INTEGRATION_UNKNOWN",
+            IntegrationSuspended => "INTEGRATION_SUSPENDED",
+            IntegrationNotActive => "INTEGRATION_NOT_ACTIVE",
+            IntegrationRestricted => "INTEGRATION_RESTRICTED",
+            TenantMismatch => "TENANT_MISMATCH",
+            VerticalNotPermitted => "VERTICAL_NOT_PERMITTED",
+            PathAmbiguous => "PATH_AMBIGUOUS",
+            RouteNotFound => "ROUTE_NOT_FOUND",
+            PersonIdMissing => "PERSON_ID_MISSING",
+            ScopeViolation => "SCOPE_VIOLATION",
+            DenyRuleMatched => "DENY_RULE_MATCHED",
+            RateLimited => "RATE_LIMITED",
+            QuotaExceeded => "QUOTA_EXCEEDED",
+            DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
+        }
+    }
+
+    /// HTTP status Envoy sends to the client: 400 (ambiguous or incomplete request), 401
+    /// (authentication), 403 (authorization), 429 (rate limit, quota), 503 (dependency).
+    pub fn http_status(self) -> u16 {
+        use DenyCode::*;
+        match self {
+            TokenMissing | TokenMalformed | TokenAlgorithmNotAllowed | TokenKeyUnknown
+            | TokenSignatureInvalid | TokenExpired | TokenNotYetValid | TokenIssuerUnknown
+            | TokenAudienceInvalid | TokenClaimsMissing | TokenClaimsInvalid | ApiKeyInvalid
+            | ClientCertificateInvalid => 401,
+            PathAmbiguous | PersonIdMissing => 400,
+            RateLimited | QuotaExceeded => 429,
+            DependencyUnavailable => 503,
+            IpNotAllowed | IntegrationUnknown | IntegrationSuspended | IntegrationNotActive
+            | IntegrationRestricted | TenantMismatch | VerticalNotPermitted | RouteNotFound
+            | ScopeViolation | DenyRuleMatched => 403,
+        }
+    }
+
+    /// Whether the same request may succeed later without any change by the client
+    /// (429 and 503 only); the client then honours `retry-after` (INT-4.6-4).
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            DenyCode::RateLimited | DenyCode::QuotaExceeded | DenyCode::DependencyUnavailable
+        )
+    }
+
+    /// The RFC 6750 `www-authenticate` challenge for this code, if any: `invalid_token` on every
+    /// 401, `insufficient_scope` on scope failures.
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        if self == DenyCode::ScopeViolation {
+            Some(r#"Bearer error="insufficient_scope""#)
+        } else if self == DenyCode::TokenMissing {
+            // RFC 6750 §3.1: no error code when the request carried no credentials at all.
+            Some(r#"Bearer realm="scp""#)
+        } else if self.http_status() == 401 {
+            Some(r#"Bearer error="invalid_token""#)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for DenyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: the code, a human message (never containing a token, key or secret) and, for 429/503,
+/// the number of seconds after which a retry may succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    pub code: DenyCode,
+    pub message: String,
+    /// Seconds; present only for retryable codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl Denial {
+    /// A denial without `retry-after`.
+    pub fn new(code: DenyCode, message: impl Into<String>) -> Self {
+        Denial {
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// A retryable denial (429/503) with `retry-after` in whole seconds (at least 1).
+    pub fn retry_after(code: DenyCode, message: impl Into<String>, seconds: u64) -> Self {
+        Denial {
+            code,
+            message: message.into(),
+            retry_after_s: Some(seconds.max(1)),
+        }
+    }
+}
+
+/// The pipeline stages of DESIGN.md, in execution order. Every stage that ran is recorded in the
+/// decision so the audit record says exactly what was checked (INT-8-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// 1: bearer token, signature, issuer, audience, time, required claims.
+    Authenticate,
+    /// 2: integration exists, tenant, lifecycle state, token verticals ⊆ declared verticals.
+    Integration,
+    /// 1 (secondary factors, which need the integration record): API key, mTLS binding, IP allowlist.
+    SecondFactor,
+    /// 3: method + normalized path → route.
+    Route,
+    /// 4: path tenant = token tenant; route verticals ⊆ effective verticals.
+    TenantVertical,
+    /// 5: scope granted by contract and token.
+    Scope,
+    /// 6: deny rules (policy packs come with the admin API).
+    DenyRules,
+    /// 8: allowed and masked fields.
+    DataMinimization,
+    /// 9: GCRA rate limit or daily quota.
+    RateLimit,
+}
+
+/// A security incident noticed while deciding (INT-9.4-1); the audit log records it as its own event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Incident {
+    /// The request reached outside the integration's verticals.
+    VerticalMisScoped,
+    /// The request named another tenant than its token and integration.
+    CrossTenant,
+    /// The client sent `x-scp-*` headers, which only scp-pep may set; they were removed.
+    ForgedHeaders,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny(Denial),
+}
+
+/// Everything scp-pep decided about one request. Built by [`crate::pipeline`], rendered by the gRPC
+/// adapter into a `CheckResponse`, and handed to the [`crate::sink::DecisionSink`] (INT-8-1).
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// UUIDv7, also sent upstream as `x-scp-decision-id` and in denial bodies.
+    pub decision_id: String,
+    pub time: DateTime<Utc>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub tenant_id: Option<String>,
+    pub integration_id: Option<String>,
+    /// The OAuth client (`azp`, else `client_id`).
+    pub client_id: Option<String>,
+    pub method: String,
+    /// The normalized path without the query string (never the raw query: it may carry personal data).
+    pub path: String,
+    pub route_id: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub verticals: Vec<String>,
+    pub scopes: Vec<String>,
+    pub data_categories: Vec<String>,
+    /// Number of persons the request touches (their ids stay out of logs; consent is stage 7).
+    pub persons: usize,
+    pub masked_fields: Vec<String>,
+    /// `None` when the contract does not limit fields.
+    pub allowed_fields: Option<Vec<String>>,
+    pub stages: Vec<Stage>,
+    pub incidents: Vec<Incident>,
+    /// Wall time spent deciding, µs.
+    pub latency_us: u64,
+    /// Request headers Envoy must remove before forwarding (client `x-scp-*`, API key,
+    /// `authorization` where the tenant asks). Not logged.
+    #[serde(skip)]
+    pub headers_to_remove: Vec<String>,
+}
+
+impl Decision {
+    /// A fresh decision for `method` `path` at `time`, with nothing decided yet.
+    pub fn new(method: &str, path: &str, time: DateTime<Utc>) -> Self {
+        Decision {
+            decision_id: uuid::Uuid::now_v7().to_string(),
+            time,
+            outcome: Outcome::Allow,
+            tenant_id: None,
+            integration_id: None,
+            client_id: None,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            route_id: None,
+            action: None,
+            resource: None,
+            verticals: Vec::new(),
+            scopes: Vec::new(),
+            data_categories: Vec::new(),
+            persons: 0,
+            masked_fields: Vec::new(),
+            allowed_fields: None,
+            stages: Vec::new(),
+            incidents: Vec::new(),
+            latency_us: 0,
+            headers_to_remove: Vec::new(),
+        }
+    }
+
+    /// True when the outcome is allow.
+    pub fn allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow)
+    }
+
+    /// The denial, if any.
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.outcome {
+            Outcome::Deny(d) => Some(d),
+            Outcome::Allow => None,
+        }
+    }
+
+    /// The code string, or `"OK"` for an allow (used in logs, metrics and metadata).
+    pub fn code_str(&self) -> &'static str {
+        self.denial().map_or("OK", |d| d.code.as_str())
+    }
+
+    /// The JSON denial body of the Envoy contract:
+    /// `{"error":{"code","message","decision_id","retryable"}}`; `None` for an allow.
+    pub fn denial_body(&self) -> Option<String> {
+        let d = self.denial()?;
+        let body = serde_json::json!({
+            "error": {
+                "code": d.code.as_str(),
+                "message": d.message,
+                "decision_id": self.decision_id,
+                "retryable": d.code.retryable(),
+            }
+        });
+        Some(body.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// INT-4.6-3: every code has a distinct stable string, a status among 400/401/403/429/503, and
+    /// exactly the 429/503 codes are retryable.
+    #[test]
+    fn catalogue_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ALL_CODES {
+            assert!(seen.insert(c.as_str()), "duplicate {}", c.as_str());
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+            let s = c.http_status();
+            assert!([400, 401, 403, 429, 503].contains(&s));
+            assert_eq!(c.retryable(), s == 429 || s == 503, "{c}");
+            assert_eq!(c.www_authenticate().is_some(), s == 401 || *c == DenyCode::ScopeViolation);
+        }
+    }
+
+    /// INT-4.6-3: the denial body has the documented shape.
+    #[test]
+    fn denial_body_shape() {
+        let mut d = Decision::new("GET", "/x", Utc::now());
+        d.outcome = Outcome::Deny(Denial::new(DenyCode::ScopeViolation, "no"));
+        let v: serde_json::Value = serde_json::from_str(&d.denial_body().unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], "SCOPE_VIOLATION");
+        assert_eq!(v["error"]["retryable"], false);
+        assert_eq!(v["error"]["decision_id"], d.decision_id.as_str());
+        assert!(Decision::new("GET", "/", Utc::now()).denial_body().is_none());
+    }
+}

@@ -1,0 +1,35 @@
+//! # scp-pep
+//!
+//! The policy enforcement point of the Smart Community Platform: an Envoy external-authorization
+//! server (`envoy.service.auth.v3.Authorization/Check`) that authenticates partner requests with
+//! Keycloak-issued OIDC tokens and decides allow or deny from a policy store (INT-4.1-4).
+//!
+//! Layout (one module, one concern):
+//! - [`decision`]: the denial-code catalogue and the `Decision` value.
+//! - [`policy`]: policy documents, file loading and validation, the compiled snapshot.
+//! - [`path`]: request-path normalization (ambiguous paths are rejected).
+//! - [`authn`]: JWT verification and the JWKS cache.
+//! - [`pipeline`]: the decision pipeline (DESIGN.md stages 1–9).
+//! - [`limits`]: GCRA rate limits and daily quotas.
+//! - [`sink`]: the `DecisionSink` seam and the JSON-lines decision log.
+//! - [`store`]: SQLite / PostgreSQL policy store.
+//! - [`grpc`]: the Envoy ext_authz adapter.
+//! - [`server`]: wiring, HTTP ops endpoints, change feed.
+//! - [`config`], [`cli`], [`check`], [`demo`], [`signer`]: configuration and the command line.
+#![forbid(unsafe_code)]
+
+pub mod authn;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod grpc;
+pub mod limits;
+pub mod path;
+pub mod pipeline;
+pub mod policy;
+pub mod server;
+pub mod signer;
+pub mod sink;
+pub mod store;

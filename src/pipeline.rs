@@ -1,0 +1,544 @@
+//! The decision pipeline of DESIGN.md: request facts + policy snapshot → [`Decision`].
+//!
+//! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
+//! recorded. Stages 2–8 are the pure function [`authorize`] (no I/O, no transport types); stage 1
+//! needs the issuer's JWKS (async, cached) and stage 9 the per-replica rate-limit state.
+//! Stage 7 (consent) and stage 10 (durable audit) plug in at the marked seams.
+//!
+//! Default deny: no token, no route, no integration, no snapshot → deny.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::authn::{Authenticator, VerifiedToken};
+use crate::decision::{Decision, Denial, DenyCode, Incident, Outcome, Stage};
+use crate::limits::Limits;
+use crate::path;
+use crate::policy::snapshot::IntegrationEntry;
+use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route};
+use crate::sink::DecisionSink;
+
+/// What scp-pep knows about one request, independent of the transport (Envoy gRPC, HTTP mode).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// Upper-case method.
+    pub method: String,
+    /// Raw `:path` (path and query).
+    pub path: String,
+    /// Request headers, lower-case names (as Envoy reports them).
+    pub headers: HashMap<String, String>,
+    /// Downstream address as Envoy saw it (not `x-forwarded-for`).
+    pub source_ip: Option<IpAddr>,
+    /// Client certificate as Envoy reports it with `include_peer_certificate` (URL-encoded PEM).
+    pub peer_certificate: Option<String>,
+}
+
+/// Pipeline settings from configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Header carrying the API key (lower-case), e.g. `x-api-key`.
+    pub api_key_header: String,
+    /// Accept the XFCC `Hash` as the client certificate digest. Only safe when Envoy sanitizes
+    /// XFCC (`forward_client_cert_details: SANITIZE_SET`).
+    pub trust_xfcc: bool,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            api_key_header: "x-api-key".into(),
+            trust_xfcc: false,
+        }
+    }
+}
+
+/// The policy snapshot slot shared by the engine and the change feed.
+pub type SnapshotSlot = Arc<ArcSwap<Option<Arc<PolicySnapshot>>>>;
+
+/// The decision engine: snapshot + authenticator + rate limits + sink.
+pub struct Engine {
+    snapshot: SnapshotSlot,
+    auth: Authenticator,
+    limits: Limits,
+    sink: Arc<dyn DecisionSink>,
+    settings: PipelineSettings,
+}
+
+impl Engine {
+    pub fn new(
+        snapshot: SnapshotSlot,
+        auth: Authenticator,
+        sink: Arc<dyn DecisionSink>,
+        settings: PipelineSettings,
+    ) -> Self {
+        Engine {
+            snapshot,
+            auth,
+            limits: Limits::new(),
+            sink,
+            settings,
+        }
+    }
+
+    /// The authenticator (its token cache is invalidated on policy changes).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// The snapshot slot.
+    pub fn snapshot(&self) -> &SnapshotSlot {
+        &self.snapshot
+    }
+
+    /// Installs a new policy snapshot: swaps it in, drops cached token verifications and the rate
+    /// state of integrations that no longer exist (ADM-4).
+    pub fn install(&self, snap: Arc<PolicySnapshot>) {
+        let keep: std::collections::HashSet<String> = snap.integrations.keys().cloned().collect();
+        self.snapshot.store(Arc::new(Some(snap)));
+        self.auth.invalidate_all();
+        self.limits.retain(|id| keep.contains(id));
+    }
+
+    /// Decides one request and records it in the sink. Never fails: every problem is a denial.
+    /// Latency is measured from entry to the sink's acknowledgement, µs.
+    pub async fn decide(&self, facts: &RequestFacts) -> Decision {
+        let start = Instant::now();
+        let mut d = Decision::new(&facts.method, path_only(&facts.path), chrono::Utc::now());
+        self.run(facts, &mut d).await;
+        if let Err(e) = self.sink.record(&d).await {
+            // Fail closed: an unrecorded allow never leaves scp-pep.
+            tracing::error!(error = %e, "decision sink failed; denying");
+            d.outcome = Outcome::Deny(Denial::retry_after(
+                DenyCode::DependencyUnavailable,
+                "the decision could not be recorded",
+                1,
+            ));
+        }
+        d.latency_us = start.elapsed().as_micros() as u64;
+        record_metrics(&d);
+        d
+    }
+
+    async fn run(&self, facts: &RequestFacts, d: &mut Decision) {
+        // Headers only scp-pep may set, and the API key, never reach the upstream.
+        for name in facts.headers.keys() {
+            if name.starts_with("x-scp-") {
+                d.headers_to_remove.push(name.clone());
+            }
+        }
+        if !d.headers_to_remove.is_empty() {
+            d.headers_to_remove.sort();
+            d.incidents.push(Incident::ForgedHeaders);
+        }
+        if facts.headers.contains_key(&self.settings.api_key_header) {
+            d.headers_to_remove.push(self.settings.api_key_header.clone());
+        }
+
+        let guard = self.snapshot.load();
+        let Some(snap) = guard.as_ref().as_ref() else {
+            d.outcome = Outcome::Deny(Denial::retry_after(
+                DenyCode::DependencyUnavailable,
+                "no policy loaded yet",
+                1,
+            ));
+            return;
+        };
+
+        // Stage 1: authenticate.
+        d.stages.push(Stage::Authenticate);
+        let token = match bearer(&facts.headers) {
+            Some(t) => t,
+            None => {
+                let msg = if facts.headers.contains_key(&self.settings.api_key_header) {
+                    "bearer token required; an API key is never accepted alone (INT-4.2-5)"
+                } else {
+                    "bearer token required"
+                };
+                d.outcome = Outcome::Deny(Denial::new(DenyCode::TokenMissing, msg));
+                return;
+            }
+        };
+        let verified = match self.auth.authenticate(snap, token).await {
+            Ok(v) => v,
+            Err(denial) => {
+                d.outcome = Outcome::Deny(denial);
+                return;
+            }
+        };
+        d.tenant_id = Some(verified.tenant_id.clone());
+        d.integration_id = Some(verified.integration_id.clone());
+        d.client_id = verified.client_id.clone();
+        if snap
+            .tenants
+            .get(&verified.tenant_id)
+            .is_some_and(|t| t.tenant.strip_authorization)
+        {
+            d.headers_to_remove.push("authorization".into());
+        }
+
+        // Stages 2–8.
+        let (integration, route) = match authorize(snap, facts, &verified, &self.settings, d) {
+            Ok(x) => x,
+            Err(denial) => {
+                d.outcome = Outcome::Deny(denial);
+                return;
+            }
+        };
+
+        // Stage 9: rate limit / quota.
+        d.stages.push(Stage::RateLimit);
+        if let Err(denial) = self.limits.check(&integration.integration, route.kind, d.time) {
+            d.outcome = Outcome::Deny(denial);
+            return;
+        }
+        d.outcome = Outcome::Allow;
+    }
+}
+
+fn path_only(raw: &str) -> &str {
+    raw.split(['?', '#']).next().unwrap_or("")
+}
+
+/// The bearer token of the `authorization` header (scheme case-insensitive), if any.
+fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
+    let v = headers.get("authorization")?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn record_metrics(d: &Decision) {
+    let outcome = if d.allowed() { "allow" } else { "deny" };
+    metrics::counter!("scp_pep_decisions_total", "outcome" => outcome, "code" => d.code_str())
+        .increment(1);
+    metrics::histogram!("scp_pep_decision_duration_seconds").record(d.latency_us as f64 / 1e6);
+    for i in &d.incidents {
+        let kind = match i {
+            Incident::VerticalMisScoped => "vertical_mis_scoped",
+            Incident::CrossTenant => "cross_tenant",
+            Incident::ForgedHeaders => "forged_headers",
+        };
+        metrics::counter!("scp_pep_security_incidents_total", "kind" => kind).increment(1);
+    }
+}
+
+/// Stages 2–8, pure: integration, second factors, route, tenant and vertical, scope, deny rules,
+/// data minimization. Fills `d` (route, verticals, scopes, fields, incidents, stages) as it goes.
+///
+/// Returns the integration and route for stage 9, or the first denial.
+pub fn authorize<'s>(
+    snap: &'s PolicySnapshot,
+    facts: &RequestFacts,
+    token: &VerifiedToken,
+    settings: &PipelineSettings,
+    d: &mut Decision,
+) -> Result<(&'s IntegrationEntry, &'s Route), Denial> {
+    // Stage 2: integration (INT-4.1-1, INT-4.1-2, INT-6.2-*).
+    d.stages.push(Stage::Integration);
+    let integ = snap
+        .integrations
+        .get(&token.integration_id)
+        .ok_or_else(|| Denial::new(DenyCode::IntegrationUnknown, "unknown integration"))?;
+    let i = &integ.integration;
+    if i.tenant != token.tenant_id {
+        d.incidents.push(Incident::CrossTenant);
+        return Err(Denial::new(
+            DenyCode::TenantMismatch,
+            "the integration belongs to another tenant than the token",
+        ));
+    }
+    if let Some(bound) = &i.client_id
+        && token.client_id.as_deref() != Some(bound.as_str())
+    {
+        return Err(Denial::new(
+            DenyCode::TokenClaimsInvalid,
+            "the token's client is not bound to this integration",
+        ));
+    }
+    match i.state {
+        IntegrationState::Active | IntegrationState::Restricted => {}
+        IntegrationState::Suspended => {
+            return Err(Denial::new(
+                DenyCode::IntegrationSuspended,
+                "the integration is suspended",
+            ));
+        }
+        s => {
+            return Err(Denial::new(
+                DenyCode::IntegrationNotActive,
+                format!("the integration is {} and carries no traffic", s.as_str()),
+            ));
+        }
+    }
+    if let Some(v) = token.verticals.iter().find(|v| !integ.verticals.contains(*v)) {
+        d.incidents.push(Incident::VerticalMisScoped);
+        return Err(Denial::new(
+            DenyCode::VerticalNotPermitted,
+            format!("token vertical `{v}` is not declared by the integration"),
+        ));
+    }
+
+    // Stage 1, second factors (they need the integration record): INT-4.2-5/6/7.
+    d.stages.push(Stage::SecondFactor);
+    second_factors(integ, facts, token, settings)?;
+
+    // Stage 3: route.
+    d.stages.push(Stage::Route);
+    let norm = path::normalize(&facts.path).map_err(|e| {
+        Denial::new(DenyCode::PathAmbiguous, format!("ambiguous path rejected: {e}"))
+    })?;
+    d.path = norm.path.clone();
+    let m = snap
+        .match_route(&facts.method, &norm.segments)
+        .ok_or_else(|| Denial::new(DenyCode::RouteNotFound, "no route matches this method and path"))?;
+    let route = m.route;
+    d.route_id = Some(route.id.clone());
+    d.action = Some(route.action.as_str().to_owned());
+    d.resource = Some(route.resource.clone());
+    d.verticals = route.verticals.clone();
+    d.data_categories = route.data_categories.clone();
+    if i.state == IntegrationState::Restricted && route.action == Action::Write {
+        return Err(Denial::new(
+            DenyCode::IntegrationRestricted,
+            "the integration is restricted to reads",
+        ));
+    }
+    match &route.person_id {
+        None | Some(PersonLocation::Body { .. }) => {}
+        Some(loc) => {
+            let found = match loc {
+                PersonLocation::Path { name } => m.param(name).map(str::to_owned),
+                PersonLocation::Query { name } => norm.query.as_deref().and_then(|q| path::query_param(q, name)),
+                PersonLocation::Header { name } => facts.headers.get(name).cloned(),
+                PersonLocation::Body { .. } => None,
+            };
+            match found {
+                Some(p) if !p.is_empty() => d.persons = 1,
+                _ => {
+                    return Err(Denial::new(
+                        DenyCode::PersonIdMissing,
+                        "the route needs a person id and the request carries none",
+                    ));
+                }
+            }
+        }
+    }
+
+    // Stage 4: tenant and vertical (INT-4.5-1, INT-4.4-2, INT-9.4-1).
+    d.stages.push(Stage::TenantVertical);
+    if let Some(t) = m.param("tenant")
+        && t != token.tenant_id
+    {
+        d.incidents.push(Incident::CrossTenant);
+        return Err(Denial::new(
+            DenyCode::TenantMismatch,
+            "the path names another tenant than the token",
+        ));
+    }
+    for v in &route.verticals {
+        if !(integ.verticals.contains(v) && token.verticals.contains(v)) {
+            d.incidents.push(Incident::VerticalMisScoped);
+            return Err(Denial::new(
+                DenyCode::VerticalNotPermitted,
+                format!("vertical `{v}` is outside the integration's effective verticals"),
+            ));
+        }
+    }
+
+    // Stage 5: scope (ONB-2, ONB-PRIV-01).
+    d.stages.push(Stage::Scope);
+    if integ.routes.as_ref().is_some_and(|r| !r.contains(&route.id)) {
+        return Err(Denial::new(
+            DenyCode::ScopeViolation,
+            "the route is not in the integration's contract",
+        ));
+    }
+    if !integ.scopes.contains(&route.scope) || !token.scopes.contains(&route.scope) {
+        return Err(Denial::new(
+            DenyCode::ScopeViolation,
+            format!("scope `{}` must be granted by both the contract and the token", route.scope),
+        ));
+    }
+    let mut scopes: Vec<String> = token
+        .scopes
+        .iter()
+        .filter(|s| integ.scopes.contains(*s))
+        .cloned()
+        .collect();
+    scopes.sort();
+    d.scopes = scopes;
+
+    // Stage 6: deny rules (policy packs arrive with the admin API).
+    d.stages.push(Stage::DenyRules);
+    if let Some(rules) = snap.deny_rules.get(&i.tenant) {
+        for r in rules {
+            let hit = r.integration.as_ref().is_none_or(|x| *x == i.id)
+                && r.action.is_none_or(|a| a == route.action)
+                && r.resource.as_ref().is_none_or(|x| *x == route.resource)
+                && r.scope.as_ref().is_none_or(|x| *x == route.scope)
+                && r.vertical.as_ref().is_none_or(|x| route.verticals.contains(x));
+            if hit {
+                return Err(Denial::new(
+                    DenyCode::DenyRuleMatched,
+                    format!("deny rule `{}`: {}", r.id, r.reason),
+                ));
+            }
+        }
+    }
+
+    // Stage 7 (consent) plugs in here.
+
+    // Stage 8: data minimization (INT-5.3-1, INT-5.3-2).
+    d.stages.push(Stage::DataMinimization);
+    let fp = &i.field_policy;
+    let mut masked: Vec<String> = Vec::new();
+    let mut allowed: Option<Vec<String>> = None;
+    if let Some(allow) = &fp.allowed_fields {
+        let mut a = Vec::new();
+        for f in &route.fields {
+            if allow.contains(f) && !fp.masked_fields.contains(f) {
+                a.push(f.clone());
+            } else {
+                masked.push(f.clone());
+            }
+        }
+        allowed = Some(a);
+    }
+    for f in &fp.masked_fields {
+        if (route.fields.is_empty() || route.fields.contains(f)) && !masked.contains(f) {
+            masked.push(f.clone());
+        }
+    }
+    masked.sort();
+    d.masked_fields = masked;
+    d.allowed_fields = allowed;
+    Ok((integ, route))
+}
+
+fn second_factors(
+    integ: &IntegrationEntry,
+    facts: &RequestFacts,
+    token: &VerifiedToken,
+    settings: &PipelineSettings,
+) -> Result<(), Denial> {
+    let i = &integ.integration;
+    if let Some(expected) = &integ.api_key_sha256 {
+        let ok = facts
+            .headers
+            .get(&settings.api_key_header)
+            .map(|k| Sha256::digest(k.as_bytes()).ct_eq(expected.as_slice()).into())
+            .unwrap_or(false);
+        if !ok {
+            return Err(Denial::new(
+                DenyCode::ApiKeyInvalid,
+                "the integration requires its API key as a second factor",
+            ));
+        }
+    }
+    if integ.mtls_cert_sha256.is_some() || token.cnf_x5t_s256.is_some() {
+        let presented = client_cert_sha256(facts, settings.trust_xfcc);
+        let Some(presented) = presented else {
+            return Err(Denial::new(
+                DenyCode::ClientCertificateInvalid,
+                "a client certificate is required",
+            ));
+        };
+        if let Some(expected) = &integ.mtls_cert_sha256
+            && !bool::from(presented.as_slice().ct_eq(expected.as_slice()))
+        {
+            return Err(Denial::new(
+                DenyCode::ClientCertificateInvalid,
+                "the client certificate is not the one bound to the integration",
+            ));
+        }
+        if let Some(cnf) = &token.cnf_x5t_s256 {
+            let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&presented);
+            if !bool::from(thumb.as_bytes().ct_eq(cnf.as_bytes())) {
+                return Err(Denial::new(
+                    DenyCode::ClientCertificateInvalid,
+                    "the client certificate does not match the token's `cnf.x5t#S256`",
+                ));
+            }
+        }
+    }
+    if !i.ip_allowlist.is_empty() {
+        let ok = facts
+            .source_ip
+            .is_some_and(|ip| i.ip_allowlist.iter().any(|n| n.contains(&ip)));
+        if !ok {
+            return Err(Denial::new(
+                DenyCode::IpNotAllowed,
+                "the source address is not in the integration's IP allowlist",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of the client certificate's DER: from Envoy's peer certificate (URL-encoded PEM) or,
+/// when trusted, from the XFCC header's `Hash` (hex) of its last element.
+pub fn client_cert_sha256(facts: &RequestFacts, trust_xfcc: bool) -> Option<Vec<u8>> {
+    if let Some(pem) = facts.peer_certificate.as_deref().filter(|p| !p.is_empty()) {
+        let pem = percent_encoding::percent_decode_str(pem).decode_utf8().ok()?;
+        let der = pem_to_der(&pem)?;
+        return Some(Sha256::digest(&der).to_vec());
+    }
+    if trust_xfcc {
+        let xfcc = facts.headers.get("x-forwarded-client-cert")?;
+        let last = xfcc.rsplit(',').next()?;
+        for kv in last.split(';') {
+            if let Some((k, v)) = kv.split_once('=')
+                && k.trim().eq_ignore_ascii_case("hash")
+            {
+                let h = hex::decode(v.trim().trim_matches('"')).ok()?;
+                return (h.len() == 32).then_some(h);
+            }
+        }
+    }
+    None
+}
+
+/// Decodes the first `CERTIFICATE` block of a PEM text.
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let begin = "-----BEGIN CERTIFICATE-----";
+    let end = "-----END CERTIFICATE-----";
+    let start = pem.find(begin)? + begin.len();
+    let stop = pem[start..].find(end)? + start;
+    let b64: String = pem[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HashMap::new();
+        h.insert("authorization".to_string(), "bearer abc".to_string());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization".to_string(), "Basic abc".to_string());
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization".to_string(), "Bearer ".to_string());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn xfcc_hash_only_when_trusted() {
+        let mut f = RequestFacts::default();
+        let hash = "a".repeat(64);
+        f.headers.insert(
+            "x-forwarded-client-cert".into(),
+            format!("By=spiffe://x;Hash={hash};Subject=\"CN=a\""),
+        );
+        assert!(client_cert_sha256(&f, false).is_none());
+        assert_eq!(client_cert_sha256(&f, true).unwrap(), hex::decode(&hash).unwrap());
+    }
+}

@@ -1,0 +1,270 @@
+//! The policy documents: tenants, integrations, routes and deny rules, exactly as they are written in
+//! `policies/*.yaml`, stored in the policy store and compiled into a
+//! [`PolicySnapshot`](super::PolicySnapshot).
+//!
+//! Unknown fields are errors (`deny_unknown_fields`): a misspelt `ip_allowlist` must never silently
+//! turn a control off.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// One file's content: any subset of the four lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+    #[serde(default)]
+    pub integrations: Vec<Integration>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub deny_rules: Vec<DenyRule>,
+}
+
+/// A country deployment (INT-4.5-*). Tokens are trusted only from its exact `issuer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Lower-case identifier, e.g. `ke`; equals the `tenant_id` claim and `{tenant}` in paths.
+    pub id: String,
+    /// Data residency region, e.g. `africa-east` (INT-4.5-3).
+    pub residency_region: String,
+    /// Exact `iss` of the tenant's Keycloak realm, e.g. `https://idp.example/realms/ke`.
+    pub issuer: String,
+    /// Where the realm's signing keys are.
+    pub jwks: JwksSource,
+    /// Audience tokens must carry; defaults to the server's `auth.audience`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Remove the partner's `authorization` header before forwarding upstream (EXT-3.3-1).
+    #[serde(default)]
+    pub strip_authorization: bool,
+}
+
+/// A JWKS location: `{url: "https://…"}` (fetched over HTTP(S), cached) or `{file: "path"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "JwksSourceDoc", into = "JwksSourceDoc")]
+pub enum JwksSource {
+    Url(String),
+    File(String),
+}
+
+/// The written form of [`JwksSource`]: exactly one of `url` and `file`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwksSourceDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+}
+
+impl TryFrom<JwksSourceDoc> for JwksSource {
+    type Error = String;
+    fn try_from(d: JwksSourceDoc) -> Result<Self, String> {
+        match (d.url, d.file) {
+            (Some(u), None) => Ok(JwksSource::Url(u)),
+            (None, Some(f)) => Ok(JwksSource::File(f)),
+            _ => Err("jwks needs exactly one of `url` and `file`".into()),
+        }
+    }
+}
+
+impl From<JwksSource> for JwksSourceDoc {
+    fn from(s: JwksSource) -> Self {
+        match s {
+            JwksSource::Url(u) => JwksSourceDoc { url: Some(u), file: None },
+            JwksSource::File(f) => JwksSourceDoc { url: None, file: Some(f) },
+        }
+    }
+}
+
+/// Integration lifecycle states (INT-6.2-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationState {
+    Draft,
+    Requested,
+    Reviewed,
+    Approved,
+    Active,
+    Restricted,
+    Suspended,
+    Deprecated,
+    Archived,
+}
+
+impl IntegrationState {
+    /// The lower-case name used in files and messages.
+    pub fn as_str(self) -> &'static str {
+        use IntegrationState::*;
+        match self {
+            Draft => "draft",
+            Requested => "requested",
+            Reviewed => "reviewed",
+            Approved => "approved",
+            Active => "active",
+            Restricted => "restricted",
+            Suspended => "suspended",
+            Deprecated => "deprecated",
+            Archived => "archived",
+        }
+    }
+}
+
+/// A partner integration: the contract scp-pep enforces (INT-4.1-2, INT-4.4-1, ONB-1, ONB-2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integration {
+    /// Equals the token's `integration_id` claim.
+    pub id: String,
+    pub tenant: String,
+    pub partner_name: String,
+    pub legal_basis: String,
+    pub state: IntegrationState,
+    /// Declared verticals; the token's `verticals` must be a subset.
+    pub verticals: Vec<String>,
+    /// Approved scopes, e.g. `health:person:read`.
+    pub scopes: Vec<String>,
+    /// Optional explicit route allow-list (route ids); when set, only these routes are reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
+    /// OAuth client bound to this integration; when set, the token's `azp`/`client_id` must equal it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub field_policy: FieldPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Lower-case hex SHA-256 of the API key (the key itself is never stored). When set, every
+    /// request must also carry the key (INT-4.2-5: second factor only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_sha256: Option<String>,
+    /// Lower-case hex SHA-256 of the client certificate's DER; when set, mTLS is required (INT-4.2-6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_cert_sha256: Option<String>,
+    /// CIDRs the request may come from; empty = any (INT-4.2-7).
+    #[serde(default)]
+    pub ip_allowlist: Vec<IpNet>,
+}
+
+/// Field-level filtering and masking per integration (INT-5.3-2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldPolicy {
+    /// When set, only these of a route's fields are visible; the rest are masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_fields: Option<Vec<String>>,
+    /// Always masked, even if allowed.
+    #[serde(default)]
+    pub masked_fields: Vec<String>,
+}
+
+/// GCRA limit for real-time routes (INT-4.6-1): `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Daily quota for batch routes (INT-4.6-2); the day is the UTC calendar day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub per_day: u64,
+}
+
+/// Read or write (Restricted integrations may only read, INT-6.2-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Read,
+    Write,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+        }
+    }
+}
+
+/// Route kinds (INT-5.1-1, INT-4.6-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// Request/response; GCRA rate-limited.
+    RealTime,
+    /// Bulk transfer; daily quota.
+    Batch,
+    /// Aggregated or anonymized output; GCRA rate-limited.
+    Aggregate,
+    /// Connectivity check with fresh credentials (ONB-6); GCRA rate-limited.
+    Handshake,
+}
+
+/// Where a route carries the id of the person it touches (consent, stage 7, reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "in", rename_all = "snake_case")]
+pub enum PersonLocation {
+    /// A `{name}` parameter of the path template.
+    Path { name: String },
+    /// A query parameter.
+    Query { name: String },
+    /// A request header (lower-case name).
+    Header { name: String },
+    /// A JSON pointer into the request body (batch push routes; enforced with the consent issue).
+    Body { pointer: String },
+}
+
+/// An API operation partners may call (DESIGN.md stage 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub id: String,
+    /// Upper-case HTTP method(s).
+    pub methods: Vec<String>,
+    /// Template, e.g. `/v1/tenants/{tenant}/health/persons/{person_id}/record`; `{tenant}` is
+    /// compared with the token's tenant.
+    pub path: String,
+    /// Every vertical the route touches (at least one, INT-4.4-3).
+    pub verticals: Vec<String>,
+    pub action: Action,
+    pub resource: String,
+    /// The scope the caller needs, from both contract and token.
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_id: Option<PersonLocation>,
+    #[serde(default)]
+    pub data_categories: Vec<String>,
+    /// Fields the route returns or accepts (input to data minimization).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    pub kind: RouteKind,
+}
+
+/// A native deny rule: every field that is set must match; `forbid` beats every allow (ADM-3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRule {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<String>,
+    /// Human reason, returned in the denial message.
+    pub reason: String,
+}

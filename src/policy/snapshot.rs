@@ -1,0 +1,289 @@
+//! The compiled, immutable [`PolicySnapshot`]: what the decision pipeline reads on every request.
+//!
+//! Built once per policy version from a validated [`PolicySet`]; swapped atomically (`ArcSwap`) when
+//! the change feed announces a new version, so a decision always sees one consistent version.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{DenyRule, Integration, PolicySet, Route, Tenant};
+
+/// One segment of a route template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A parsed path template such as `/v1/tenants/{tenant}/persons/{person_id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub segments: Vec<Segment>,
+}
+
+impl Template {
+    /// True when the template has a `{name}` parameter.
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Param(p) if p == name))
+    }
+
+    /// The matching shape: literals kept, parameters anonymous. Two templates with the same shape
+    /// match exactly the same paths.
+    pub fn shape(&self) -> Vec<Option<String>> {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => Some(l.clone()),
+                Segment::Param(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Parses a route template; the error message is for policy validation.
+pub fn parse_template(path: &str) -> Result<Template, String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` must start with `/`"));
+    }
+    if path == "/" {
+        return Ok(Template {
+            segments: Vec::new(),
+        });
+    }
+    let mut segments = Vec::new();
+    let mut names = HashSet::new();
+    for seg in path[1..].split('/') {
+        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            if inner.is_empty()
+                || !inner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(format!("`{{{inner}}}` is not a valid parameter name"));
+            }
+            if !names.insert(inner.to_owned()) {
+                return Err(format!("parameter `{{{inner}}}` appears twice"));
+            }
+            segments.push(Segment::Param(inner.to_owned()));
+        } else {
+            if seg.contains(['{', '}']) {
+                return Err(format!("segment `{seg}`: a parameter must be a whole segment"));
+            }
+            match crate::path::normalize(&format!("/{seg}")) {
+                Ok(n) if n.segments.len() == 1 && n.segments[0] == seg => {}
+                _ => return Err(format!("segment `{seg}` is not a canonical path segment")),
+            }
+            segments.push(Segment::Literal(seg.to_owned()));
+        }
+    }
+    Ok(Template { segments })
+}
+
+/// A route compiled for matching.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub route: Route,
+    pub template: Template,
+    /// Number of literal segments before the first parameter etc.; higher sorts first.
+    specificity: Vec<bool>,
+}
+
+/// The result of matching a request to a route: the route and the values of its parameters.
+#[derive(Debug)]
+pub struct RouteMatch<'a, 's> {
+    pub route: &'a Route,
+    /// `(name, decoded value)` for every `{param}`.
+    pub params: Vec<(&'a str, &'s str)>,
+}
+
+impl RouteMatch<'_, '_> {
+    /// The value of path parameter `name`, if the template has it.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+/// A tenant with its derived audience.
+#[derive(Debug)]
+pub struct TenantEntry {
+    pub tenant: Tenant,
+    /// The audience tokens for this tenant must carry.
+    pub audience: String,
+}
+
+/// An integration with precomputed sets for the hot path.
+#[derive(Debug)]
+pub struct IntegrationEntry {
+    pub integration: Integration,
+    pub verticals: HashSet<String>,
+    pub scopes: HashSet<String>,
+    pub routes: Option<HashSet<String>>,
+    /// Decoded API key digest (32 bytes), compared in constant time.
+    pub api_key_sha256: Option<Vec<u8>>,
+    /// Decoded certificate digest (32 bytes).
+    pub mtls_cert_sha256: Option<Vec<u8>>,
+}
+
+/// An immutable, compiled policy version.
+#[derive(Debug, Default)]
+pub struct PolicySnapshot {
+    /// Store version this snapshot was built from (0 = built from files, not from a store).
+    pub version: i64,
+    pub tenants: HashMap<String, Arc<TenantEntry>>,
+    /// Exact issuer → tenant id.
+    pub issuers: HashMap<String, String>,
+    pub integrations: HashMap<String, Arc<IntegrationEntry>>,
+    /// Per method, routes most specific first.
+    routes: HashMap<String, Vec<Arc<CompiledRoute>>>,
+    /// Deny rules per tenant.
+    pub deny_rules: HashMap<String, Vec<DenyRule>>,
+    /// The set it was compiled from.
+    pub set: PolicySet,
+}
+
+impl PolicySnapshot {
+    /// Compiles a validated set. `default_audience` applies to tenants without their own.
+    /// Infallible for a set that passed validation; templates that fail to parse are skipped.
+    pub fn compile(set: PolicySet, version: i64, default_audience: &str) -> PolicySnapshot {
+        let mut snap = PolicySnapshot {
+            version,
+            ..Default::default()
+        };
+        for t in &set.tenants {
+            snap.issuers.insert(t.issuer.clone(), t.id.clone());
+            snap.tenants.insert(
+                t.id.clone(),
+                Arc::new(TenantEntry {
+                    audience: t.audience.clone().unwrap_or_else(|| default_audience.to_owned()),
+                    tenant: t.clone(),
+                }),
+            );
+        }
+        for i in &set.integrations {
+            snap.integrations.insert(
+                i.id.clone(),
+                Arc::new(IntegrationEntry {
+                    verticals: i.verticals.iter().cloned().collect(),
+                    scopes: i.scopes.iter().cloned().collect(),
+                    routes: i.routes.as_ref().map(|r| r.iter().cloned().collect()),
+                    api_key_sha256: i.api_key_sha256.as_ref().and_then(|h| hex::decode(h).ok()),
+                    mtls_cert_sha256: i
+                        .mtls_cert_sha256
+                        .as_ref()
+                        .and_then(|h| hex::decode(h).ok()),
+                    integration: i.clone(),
+                }),
+            );
+        }
+        for r in &set.routes {
+            let Ok(template) = parse_template(&r.path) else {
+                continue;
+            };
+            let specificity = template
+                .segments
+                .iter()
+                .map(|s| matches!(s, Segment::Literal(_)))
+                .collect();
+            let compiled = Arc::new(CompiledRoute {
+                route: r.clone(),
+                template,
+                specificity,
+            });
+            for m in &r.methods {
+                snap.routes
+                    .entry(m.clone())
+                    .or_default()
+                    .push(compiled.clone());
+            }
+        }
+        for list in snap.routes.values_mut() {
+            // Literal beats parameter, segment by segment; then longer first (ties cannot match the
+            // same path: validation rejects equal shapes).
+            list.sort_by(|a, b| b.specificity.cmp(&a.specificity));
+        }
+        for d in &set.deny_rules {
+            snap.deny_rules
+                .entry(d.tenant.clone())
+                .or_default()
+                .push(d.clone());
+        }
+        snap.set = set;
+        snap
+    }
+
+    /// Finds the most specific route for `method` and normalized `segments`; `None` = default deny.
+    pub fn match_route<'a, 's>(
+        &'a self,
+        method: &str,
+        segments: &'s [String],
+    ) -> Option<RouteMatch<'a, 's>> {
+        let candidates = self.routes.get(method)?;
+        'routes: for c in candidates {
+            if c.template.segments.len() != segments.len() {
+                continue;
+            }
+            let mut params = Vec::new();
+            for (t, s) in c.template.segments.iter().zip(segments) {
+                match t {
+                    Segment::Literal(l) if l == s => {}
+                    Segment::Literal(_) => continue 'routes,
+                    Segment::Param(p) => params.push((p.as_str(), s.as_str())),
+                }
+            }
+            return Some(RouteMatch {
+                route: &c.route,
+                params,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Action, RouteKind};
+
+    fn route(id: &str, path: &str) -> Route {
+        Route {
+            id: id.into(),
+            methods: vec!["GET".into()],
+            path: path.into(),
+            verticals: vec!["health".into()],
+            action: Action::Read,
+            resource: "r".into(),
+            scope: "s".into(),
+            person_id: None,
+            data_categories: vec![],
+            fields: vec![],
+            kind: RouteKind::RealTime,
+        }
+    }
+
+    #[test]
+    fn literal_beats_parameter() {
+        let set = PolicySet {
+            routes: vec![route("param", "/v1/{x}/a"), route("lit", "/v1/me/a")],
+            ..Default::default()
+        };
+        let snap = PolicySnapshot::compile(set, 1, "aud");
+        let segs: Vec<String> = ["v1", "me", "a"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(snap.match_route("GET", &segs).unwrap().route.id, "lit");
+        let segs: Vec<String> = ["v1", "you", "a"].iter().map(|s| s.to_string()).collect();
+        let m = snap.match_route("GET", &segs).unwrap();
+        assert_eq!(m.route.id, "param");
+        assert_eq!(m.param("x"), Some("you"));
+        assert!(snap.match_route("POST", &segs).is_none());
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(parse_template("/v1/{a}/{a}").is_err());
+        assert!(parse_template("/v1/x{a}").is_err());
+        assert!(parse_template("/v1/../x").is_err());
+        assert!(parse_template("v1").is_err());
+        assert!(parse_template("/v1/{tenant}/x").unwrap().has_param("tenant"));
+    }
+}

@@ -1,0 +1,343 @@
+//! Wiring: store → snapshot → engine → gRPC and HTTP listeners, plus the change feed.
+//!
+//! [`start`] binds both listeners (port 0 allowed, for tests), spawns the servers and returns a
+//! [`Running`] handle with the bound addresses and a graceful [`Running::shutdown`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::authn::jwks::JwksCache;
+use crate::authn::{AuthSettings, Authenticator, parse_algorithm};
+use crate::config::Config;
+use crate::grpc::ExtAuthz;
+use crate::pipeline::{Engine, PipelineSettings, SnapshotSlot};
+use crate::policy::{PolicySet, PolicySnapshot};
+use crate::sink::{DecisionSink, FanoutSink, JsonLogSink};
+use crate::store::Store;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "scp_pep_decision_duration_seconds".into(),
+                    ),
+                    &[
+                        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                        0.01, 0.05,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// A running scp-pep.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, stops the change feed.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.store.close().await;
+    }
+
+    /// Resolves when a shutdown was requested (Ctrl-C / SIGTERM are wired by the CLI).
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts scp-pep with `config`. `extra_sink` receives every decision besides the configured log
+/// (tests and the demo use it).
+///
+/// Errors: store unreachable, migrations, invalid policy directory, listener bind failures.
+pub async fn start(
+    config: Config,
+    extra_sink: Option<Arc<dyn DecisionSink>>,
+) -> anyhow::Result<Running> {
+    let _ = prometheus();
+    let store = Store::connect(
+        &config.store.url,
+        config.store.max_connections,
+        Duration::from_secs(config.store.acquire_timeout_s),
+    )
+    .await
+    .context("connecting to the policy store")?;
+
+    if let Some(dir) = &config.policy.dir {
+        let set = PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = store.apply(&set).await.context("applying policy files")?;
+        tracing::info!(dir = %dir.display(), version = out.version, changed = out.changed, "policy files applied");
+    }
+
+    let algorithms = config
+        .auth
+        .algorithms
+        .iter()
+        .map(|a| parse_algorithm(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("auth.algorithms: {e}"))?;
+    let jwks = JwksCache::new(
+        Duration::from_secs(config.auth.jwks_ttl_s),
+        Duration::from_secs(config.auth.jwks_refetch_min_interval_s),
+        Duration::from_secs(config.auth.jwks_fetch_timeout_s),
+        algorithms.clone(),
+    );
+    let auth = Authenticator::new(
+        jwks.clone(),
+        AuthSettings {
+            leeway_s: config.auth.leeway_s,
+            algorithms,
+            token_cache_entries: config.auth.token_cache_entries,
+        },
+    );
+
+    let mut sinks: Vec<Arc<dyn DecisionSink>> = Vec::new();
+    if config.decision_log.enabled {
+        let s = if config.decision_log.output == "stdout" {
+            JsonLogSink::stdout()
+        } else {
+            JsonLogSink::file(std::path::Path::new(&config.decision_log.output))
+                .context("opening decision_log.output")?
+        };
+        sinks.push(Arc::new(s));
+    }
+    if let Some(s) = extra_sink {
+        sinks.push(s);
+    }
+    let sink: Arc<dyn DecisionSink> = Arc::new(FanoutSink(sinks));
+
+    let slot: SnapshotSlot = Arc::new(ArcSwap::from_pointee(None));
+    let engine = Arc::new(Engine::new(
+        slot,
+        auth,
+        sink,
+        PipelineSettings {
+            api_key_header: config.auth.api_key_header.to_ascii_lowercase(),
+            trust_xfcc: config.auth.trust_xfcc,
+        },
+    ));
+    let audience = config.auth.audience.clone();
+    match reload(&store, &engine, &audience).await {
+        Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
+        Ok(None) => tracing::warn!("policy store is empty: every request is denied until `scp-pep policy apply`"),
+        Err(e) => tracing::error!(error = %e, "cannot load policy; denying until it loads"),
+    }
+    if let Some(snap) = engine.snapshot().load().as_ref() {
+        for t in snap.tenants.values() {
+            if let Err(e) = jwks.prefetch(&t.tenant.jwks).await {
+                tracing::warn!(tenant = %t.tenant.id, error = %e, "JWKS prefetch failed; will retry on demand");
+            }
+        }
+    }
+
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // gRPC ext_authz.
+    let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC listener {}", config.server.grpc_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let svc = ExtAuthz::new(engine.clone()).into_server();
+    let mut grpc_rx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_rx.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+
+    // HTTP: health, readiness, metrics.
+    let http_listener = tokio::net::TcpListener::bind(config.server.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", config.server.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let app = ops_router(OpsState {
+        engine: engine.clone(),
+        store: store.clone(),
+    });
+    let mut http_rx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let res = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_rx.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    // Change feed.
+    tasks.push(tokio::spawn(change_feed(
+        store.clone(),
+        engine.clone(),
+        audience,
+        Duration::from_millis(config.store.poll_interval_ms.max(50)),
+        rx.clone(),
+    )));
+
+    tracing::info!(%grpc_addr, %http_addr, store = store.backend(), "scp-pep listening");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        engine,
+        store,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+/// Loads the store's policy when its version differs from the installed snapshot's.
+/// Returns the installed version, `None` for an empty store.
+async fn reload(store: &Store, engine: &Engine, audience: &str) -> anyhow::Result<Option<i64>> {
+    let current = engine
+        .snapshot()
+        .load()
+        .as_ref()
+        .as_ref()
+        .map(|s| s.version);
+    let version = store.version().await?;
+    if version == 0 {
+        return Ok(None);
+    }
+    if current == Some(version) {
+        return Ok(current);
+    }
+    let (version, set) = store.load().await?;
+    let snap = PolicySnapshot::compile(set, version, audience);
+    engine.install(Arc::new(snap));
+    metrics::gauge!("scp_pep_policy_version").set(version as f64);
+    Ok(Some(version))
+}
+
+/// Follows the policy version: LISTEN/NOTIFY on PostgreSQL plus polling on every backend.
+async fn change_feed(
+    store: Store,
+    engine: Arc<Engine>,
+    audience: String,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    if let Store::Postgres(pool) = &store {
+        let pool = pool.clone();
+        let n = notify.clone();
+        let mut stop2 = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(mut l) => {
+                        if l.listen(crate::store::NOTIFY_CHANNEL).await.is_ok() {
+                            loop {
+                                tokio::select! {
+                                    r = l.recv() => match r {
+                                        Ok(_) => n.notify_one(),
+                                        Err(_) => break,
+                                    },
+                                    _ = stop2.wait_for(|v| *v) => return,
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; relying on polling"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop2.wait_for(|v| *v) => return,
+                }
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = notify.notified() => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        if let Err(e) = reload(&store, &engine, &audience).await {
+            tracing::warn!(error = %e, "policy reload failed; keeping the current snapshot");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    engine: Arc<Engine>,
+    store: Store,
+}
+
+fn ops_router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// 200 when a policy snapshot is installed and the store answers within 1 s; 503 otherwise.
+async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
+    let has_policy = s.engine.snapshot().load().is_some();
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let body = serde_json::json!({"policy_loaded": has_policy, "store_reachable": store_ok});
+    let status = if has_policy && store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    match prometheus() {
+        Some(h) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            h.render(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "text/plain; version=0.0.4")],
+            String::from("# metrics recorder unavailable\n"),
+        ),
+    }
+}
