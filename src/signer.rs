@@ -7,7 +7,7 @@
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine as _;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -61,9 +61,9 @@ impl SigningKey {
                 EncodingKey::from_ec_der(doc.as_ref())
             }
             Algorithm::EdDSA => {
+                // PKCS#8 v1: jsonwebtoken derives the public key from the v1 layout.
                 let kp = Ed25519KeyPair::generate().map_err(|e| err(&e))?;
-                let doc = kp.to_pkcs8().map_err(|e| err(&e))?;
-                let _ = kp.public_key();
+                let doc = kp.to_pkcs8v1().map_err(|e| err(&e))?;
                 EncodingKey::from_ed_der(doc.as_ref())
             }
             other => return Err(KeyGenError(format!("{other:?} is not supported"))),

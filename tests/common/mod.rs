@@ -1,0 +1,275 @@
+//! Test harness: a real IdP-like JWKS server over HTTP, the real scp-pep server on loopback ports,
+//! a tonic ext_authz client, and helpers to mint tokens with real keys.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::{Path as AxPath, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use jsonwebtoken::Algorithm;
+use scp_pep::check::{CheckInput, build_request, response_json};
+use scp_pep::config::Config;
+use scp_pep::server::Running;
+use scp_pep::signer::{SigningKey, jwks_json};
+use serde_json::Value;
+
+pub use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+/// The signing keys tests use. `rogue-*` keys are never published.
+pub struct Keys(pub HashMap<String, SigningKey>);
+
+impl Keys {
+    pub fn generate() -> Keys {
+        let mut m = HashMap::new();
+        for (name, alg) in [
+            ("ke-rs256", Algorithm::RS256),
+            ("ke-ps256", Algorithm::PS256),
+            ("ke-es256", Algorithm::ES256),
+            ("ke-eddsa", Algorithm::EdDSA),
+            ("ug-rs256", Algorithm::RS256),
+            ("rogue-rs256", Algorithm::RS256),
+        ] {
+            m.insert(name.to_owned(), SigningKey::generate(alg, name).expect("keygen"));
+        }
+        Keys(m)
+    }
+
+    pub fn get(&self, name: &str) -> &SigningKey {
+        self.0.get(name).unwrap_or_else(|| panic!("no test key `{name}`"))
+    }
+}
+
+/// A JWKS server at Keycloak's paths; what each realm publishes can change at run time.
+#[derive(Clone)]
+pub struct Idp {
+    pub base: String,
+    pub keys: Arc<Keys>,
+    /// realm → published key names
+    published: Arc<RwLock<HashMap<String, Vec<String>>>>,
+    /// realm → extra keys added at run time (rotation)
+    extra: Arc<RwLock<HashMap<String, Vec<SigningKey>>>>,
+    pub fetches: Arc<AtomicUsize>,
+    /// When set, every JWKS request fails with 503.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn certs(State(idp): State<Idp>, AxPath(realm): AxPath<String>) -> impl IntoResponse {
+    idp.fetches.fetch_add(1, Ordering::SeqCst);
+    if idp.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    }
+    let published = idp.published.read().unwrap();
+    let extra = idp.extra.read().unwrap();
+    let mut keys: Vec<&SigningKey> = published
+        .get(&realm)
+        .map(|names| names.iter().map(|n| idp.keys.get(n)).collect())
+        .unwrap_or_default();
+    if let Some(x) = extra.get(&realm) {
+        keys.extend(x.iter());
+    }
+    (StatusCode::OK, jwks_json(&keys))
+}
+
+impl Idp {
+    pub async fn start(keys: Arc<Keys>) -> Idp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let published = HashMap::from([
+            (
+                "ke".to_owned(),
+                vec!["ke-rs256".into(), "ke-ps256".into(), "ke-es256".into(), "ke-eddsa".into()],
+            ),
+            ("ug".to_owned(), vec!["ug-rs256".into()]),
+        ]);
+        let idp = Idp {
+            base: format!("http://{addr}"),
+            keys,
+            published: Arc::new(RwLock::new(published)),
+            extra: Arc::new(RwLock::new(HashMap::new())),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let app = Router::new()
+            .route("/realms/{realm}/protocol/openid-connect/certs", get(certs))
+            .with_state(idp.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        idp
+    }
+
+    pub fn issuer(&self, realm: &str) -> String {
+        format!("{}/realms/{realm}", self.base)
+    }
+
+    /// Publishes an additional key for `realm` (key rotation).
+    pub fn add_key(&self, realm: &str, key: SigningKey) {
+        self.extra.write().unwrap().entry(realm.into()).or_default().push(key);
+    }
+
+    /// Stops publishing the fixture key `name` in `realm`.
+    pub fn unpublish(&self, realm: &str, name: &str) {
+        if let Some(v) = self.published.write().unwrap().get_mut(realm) {
+            v.retain(|n| n != name);
+        }
+    }
+}
+
+/// Copies the fixture policies into `dest`, pointing tenants at `idp`.
+pub fn write_policies(idp_base: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies");
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap().replace("{{IDP}}", idp_base);
+        std::fs::write(dest.join(p.file_name().unwrap()), text).unwrap();
+    }
+}
+
+/// A running scp-pep with its IdP, client and decision log.
+pub struct Harness {
+    pub idp: Idp,
+    pub running: Running,
+    pub client: AuthorizationClient<tonic::transport::Channel>,
+    pub log_path: PathBuf,
+    pub policy_dir: PathBuf,
+    pub store_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts everything; `store_url` `None` = a fresh SQLite file.
+    pub async fn start(store_url: Option<String>) -> Harness {
+        Self::start_with(store_url, |_| {}).await
+    }
+
+    pub async fn start_with(store_url: Option<String>, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let keys = Arc::new(Keys::generate());
+        let idp = Idp::start(keys).await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy_dir = dir.path().join("policies");
+        write_policies(&idp.base, &policy_dir);
+        let log_path = dir.path().join("decisions.jsonl");
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("pep.db").display()));
+        let mut config = Config::default();
+        config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+        config.server.http_listen = "127.0.0.1:0".parse().unwrap();
+        config.store.url = store_url.clone();
+        config.store.poll_interval_ms = 100;
+        config.policy.dir = Some(policy_dir.clone());
+        config.decision_log.output = log_path.display().to_string();
+        config.auth.jwks_refetch_min_interval_s = 1;
+        tweak(&mut config);
+        let running = scp_pep::server::start(config, None).await.expect("scp-pep starts");
+        let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
+            .await
+            .expect("client connects");
+        Harness {
+            idp,
+            running,
+            client,
+            log_path,
+            policy_dir,
+            store_url,
+            dir,
+        }
+    }
+
+    /// Keycloak-shaped claims for `integration` of `tenant`, valid for 5 minutes.
+    pub fn claims(&self, tenant: &str, integration: &str, verticals: &[&str], scope: &str) -> Value {
+        scp_pep::signer::ClaimsSpec {
+            issuer: &self.idp.issuer(tenant),
+            audience: "scp-pep",
+            client_id: if integration == "int-ke-moh" { "ke-moh-connector" } else { integration },
+            tenant_id: tenant,
+            integration_id: integration,
+            verticals,
+            scope,
+            ttl_s: 300,
+        }
+        .claims()
+    }
+
+    pub fn sign(&self, key: &str, claims: &Value) -> String {
+        self.idp.keys.get(key).sign(claims)
+    }
+
+    /// Sends a real CheckRequest over gRPC and returns the CLI's JSON view of the response.
+    pub async fn check(&mut self, input: &CheckInput) -> Value {
+        let resp = self
+            .client
+            .check(build_request(input))
+            .await
+            .expect("ext_authz never answers with a gRPC error")
+            .into_inner();
+        response_json(&resp)
+    }
+
+    /// A GET with a bearer token.
+    pub fn get(path: &str, token: &str) -> CheckInput {
+        CheckInput {
+            method: "GET".into(),
+            path: path.into(),
+            headers: vec![("authorization".into(), format!("Bearer {token}"))],
+            source_ip: Some("192.0.2.1".into()),
+            peer_certificate: None,
+        }
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.http_addr)
+    }
+
+    /// Waits (≤ 5 s) until the decision log has at least `n` lines, and returns them.
+    pub async fn log_lines(&self, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).expect("decision log line is JSON"))
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("decision log has fewer than {n} lines");
+    }
+}
+
+/// The PostgreSQL server for store tests: `SCP_PEP_TEST_PG` or the machine's local server.
+/// Tests fail (never skip) when it is unreachable.
+pub fn pg_admin_url() -> String {
+    std::env::var("SCP_PEP_TEST_PG").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// Creates a fresh, empty PostgreSQL database and returns its URL.
+pub async fn fresh_pg_database() -> String {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {admin} for store tests: {e}"));
+    let name = format!("scp_pep_t_{}", uuid::Uuid::now_v7().simple());
+    // `name` is generated here from a UUID: no outside input reaches this statement.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
+/// Listener address helper.
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
