@@ -84,7 +84,7 @@ pub struct AuthConfig {
     pub algorithms: Vec<String>,
     /// Seconds a fetched JWKS is fresh.
     pub jwks_ttl_s: u64,
-    /// Least seconds between two refetches triggered by unknown `kid`s.
+    /// Least seconds between two refetches triggered by unknown `kid`s (values below 1 count as 1).
     pub jwks_refetch_min_interval_s: u64,
     /// Seconds per JWKS HTTP request.
     pub jwks_fetch_timeout_s: u64,
@@ -152,7 +152,10 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("SCP_PEP_")
                 .split("__")
-                .filter(|k| SECTIONS.iter().any(|s| k.as_str().starts_with(s))),
+                .filter(|k| {
+                    let section = k.as_str().split('.').next().unwrap_or("");
+                    SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+                }),
         );
         fig.extract().map_err(Box::new)
     }

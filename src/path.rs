@@ -97,8 +97,8 @@ fn check_escapes(seg: &str) -> Result<(), AmbiguousPath> {
                 b'/' | b'\\' => return Err(AmbiguousPath("encoded slash or backslash in path")),
                 b'.' => return Err(AmbiguousPath("encoded dot in path")),
                 b'%' | b';' => return Err(AmbiguousPath("encoded `%` or `;` in path")),
-                0..=0x20 | 0x7f => {
-                    return Err(AmbiguousPath("encoded control byte or space in path"));
+                0..=0x1f | 0x7f => {
+                    return Err(AmbiguousPath("encoded control byte in path"));
                 }
                 b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
                     return Err(AmbiguousPath(

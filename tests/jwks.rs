@@ -90,11 +90,14 @@ async fn jwks_outage_keeps_previous_keys() {
     h.running.shutdown().await;
 }
 
-/// EXT-5.2-1: a key the IdP stopped publishing (revoked) no longer verifies new tokens once the
-/// set is refetched.
+/// EXT-5.2-1: a key the IdP stopped publishing (revoked) no longer verifies tokens once the set
+/// is refetched: neither new tokens nor tokens already verified and cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublished_key_is_revoked_after_refetch() {
     let mut h = Harness::start(None).await;
+    let cached = h.sign("ke-es256", &claims(&h));
+    assert_eq!(h.check(&Harness::get(RECORD, &cached)).await["code"], "OK");
+    assert_eq!(h.check(&Harness::get(RECORD, &cached)).await["code"], "OK", "served from the token cache");
     h.idp.unpublish("ke", "ke-es256");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // An unknown kid forces the refetch that learns the new set.
@@ -102,6 +105,11 @@ async fn unpublished_key_is_revoked_after_refetch() {
     assert_eq!(h.check(&Harness::get(RECORD, &rogue)).await["code"], "TOKEN_KEY_UNKNOWN");
     let t = h.sign("ke-es256", &claims(&h));
     assert_eq!(h.check(&Harness::get(RECORD, &t)).await["code"], "TOKEN_KEY_UNKNOWN");
+    assert_eq!(
+        h.check(&Harness::get(RECORD, &cached)).await["code"],
+        "TOKEN_KEY_UNKNOWN",
+        "a cached verification does not outlive its key"
+    );
     h.running.shutdown().await;
 }
 

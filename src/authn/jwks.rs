@@ -77,12 +77,14 @@ struct Inner {
     min_refetch: Duration,
     allowed: Vec<Algorithm>,
     epoch: Instant,
+    /// Bumped whenever a refresh drops a `kid` that was published before (key revocation).
+    removals: AtomicU64,
 }
 
 impl JwksCache {
     /// `ttl`: how long a fetched set is fresh; `min_refetch`: least time between two fetches
-    /// triggered by unknown `kid`s; `fetch_timeout`: per HTTP request; `allowed`: algorithms whose
-    /// keys are kept.
+    /// triggered by unknown `kid`s (at least 1 s: 0 would let any caller make scp-pep fetch on every
+    /// request); `fetch_timeout`: per HTTP request; `allowed`: algorithms whose keys are kept.
     pub fn new(
         ttl: Duration,
         min_refetch: Duration,
@@ -99,9 +101,10 @@ impl JwksCache {
                 http,
                 entries: DashMap::new(),
                 ttl,
-                min_refetch,
+                min_refetch: min_refetch.max(Duration::from_secs(1)),
                 allowed,
                 epoch: Instant::now(),
+                removals: AtomicU64::new(0),
             }),
         }
     }
@@ -179,6 +182,13 @@ impl JwksCache {
         }
     }
 
+    /// A counter bumped every time a refresh removes a previously published `kid`. Verified
+    /// tokens remember the value they were verified under; a changed value means "re-verify",
+    /// so a revoked key stops working for cached tokens too.
+    pub fn revocation_epoch(&self) -> u64 {
+        self.inner.removals.load(Ordering::Acquire)
+    }
+
     fn now_ms(&self) -> u64 {
         self.inner.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -205,6 +215,9 @@ impl JwksCache {
         let next = match result {
             Ok(keys) => {
                 metrics::counter!("scp_pep_jwks_fetch_total", "result" => "ok").increment(1);
+                if old.keys.keys().any(|kid| !keys.contains_key(kid)) {
+                    self.inner.removals.fetch_add(1, Ordering::AcqRel);
+                }
                 KeySet {
                     keys,
                     fetched_at: Some(Instant::now()),

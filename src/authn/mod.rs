@@ -61,6 +61,8 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// `cnf.x5t#S256` (RFC 8705): base64url SHA-256 of the bound client certificate.
     pub cnf_x5t_s256: Option<String>,
+    /// [`JwksCache::revocation_epoch`] when the signature was checked.
+    pub key_epoch: u64,
 }
 
 #[derive(Deserialize)]
@@ -167,7 +169,10 @@ impl Authenticator {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(v) = self.cache.get(&digest) {
             // The cache entry expires at `exp`; leeway is only ever granted at verification time.
-            if v.exp + self.settings.leeway_s > now_s() && snapshot.tenants.contains_key(&v.tenant_id) {
+            if v.exp + self.settings.leeway_s > now_s()
+                && v.key_epoch == self.jwks.revocation_epoch()
+                && snapshot.tenants.contains_key(&v.tenant_id)
+            {
                 metrics::counter!("scp_pep_token_cache_total", "result" => "hit").increment(1);
                 return Ok(v);
             }
@@ -226,6 +231,8 @@ impl Authenticator {
             .get(tenant_id)
             .ok_or_else(|| deny(DenyCode::TokenIssuerUnknown, "token issuer is not a tenant's issuer"))?;
 
+        // Read before the key: a revocation racing with this verification forces a re-check later.
+        let key_epoch = self.jwks.revocation_epoch();
         let key = match self.jwks.key(&tenant.tenant.jwks, kid).await {
             Ok(k) => k,
             Err(KeyError::Unknown) => {
@@ -318,6 +325,7 @@ impl Authenticator {
             client_id: c.azp.or(c.client_id),
             exp: c.exp,
             cnf_x5t_s256: c.cnf.and_then(|c| c.x5t_s256),
+            key_epoch,
         })
     }
 }

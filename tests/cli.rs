@@ -1,0 +1,256 @@
+//! The `scp-pep` binary as an operator uses it: `policy validate|apply`, `serve` configured by file
+//! and environment, `check`, `demo --once`, and the ops endpoints.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Harness, Idp, Keys};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scp-pep"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// EXT-4.2-1: a valid directory validates; the JSON result counts each kind.
+#[test]
+fn policy_validate_accepts_the_shipped_policies() {
+    let out = bin().args(["policy", "validate", "policies"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["counts"]["tenants"], 2);
+    assert!(v["counts"]["routes"].as_u64().unwrap() >= 5);
+}
+
+/// EXT-4.2-1, INT-9.3-1: bad files are refused with the file, entry and field at fault, and
+/// `policy apply` then writes nothing.
+#[test]
+fn bad_policy_is_named_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    common::write_policies("http://127.0.0.1:1", &good);
+    let db = dir.path().join("p.db");
+    let store = format!("sqlite:{}", db.display());
+    let out = bin()
+        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["changed"].as_bool(), v["version"].as_i64()), (Some(true), Some(1)));
+    let again = bin()
+        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!((v["changed"].as_bool(), v["version"].as_i64()), (Some(false), Some(1)), "idempotent");
+
+    // Break one field of one entry, plus a dangling reference in another file.
+    let bad = dir.path().join("bad");
+    common::write_policies("http://127.0.0.1:1", &bad);
+    let integ = std::fs::read_to_string(bad.join("integrations.yaml")).unwrap();
+    std::fs::write(
+        bad.join("integrations.yaml"),
+        integ.replacen("rate_limit: {per_second: 1000, burst: 5000}", "rate_limit: {per_second: 0, burst: 5000}", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("zz-extra.yaml"),
+        "deny_rules:\n  - {id: dr-x, tenant: ke, integration: int-missing, reason: r}\n",
+    )
+    .unwrap();
+    let out = bin().args(["policy", "validate", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("integrations.yaml: integrations[0] (int-ke-moh): rate_limit.per_second: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("zz-extra.yaml: deny_rules[0] (dr-x): integration: unknown integration `int-missing`"),
+        "{stderr}"
+    );
+    let out = bin()
+        .args(["policy", "apply", bad.to_str().unwrap(), "--store", &store])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was applied"));
+    // The store still holds version 1.
+    let again = bin()
+        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["version"], 1);
+
+    // A YAML syntax/type error names file and position.
+    std::fs::write(bad.join("zz-extra.yaml"), "routes:\n  - id: r\n    methods: GET\n").unwrap();
+    let out = bin().args(["policy", "validate", bad.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("zz-extra.yaml: routes[0]"), "{stderr}");
+}
+
+/// The binary serves with configuration from a TOML file overridden by `SCP_PEP_*` variables;
+/// `/healthz`, `/readyz`, `/metrics` answer; `scp-pep check` prints the decision as JSON with exit
+/// code 0 (allowed) or 1 (denied); SIGTERM shuts it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_and_ops_endpoints() {
+    let keys = std::sync::Arc::new(Keys::generate());
+    let idp = Idp::start(keys.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    common::write_policies(&idp.base, &pol);
+    let (grpc, http) = (free_port(), free_port());
+    let cfg = dir.path().join("scp-pep.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ngrpc_listen = \"127.0.0.1:1\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             [store]\nurl = \"sqlite:{}\"\n[policy]\ndir = \"{}\"\n[decision_log]\noutput = \"{}\"\n",
+            dir.path().join("s.db").display(),
+            pol.display(),
+            dir.path().join("d.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("SCP_PEP_SERVER__GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let ready_url = format!("http://127.0.0.1:{http}/readyz");
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client.get(&ready_url).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = client.get(format!("http://127.0.0.1:{http}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let token = keys.get("ke-rs256").sign(
+        &scp_pep::signer::ClaimsSpec {
+            issuer: &idp.issuer("ke"),
+            audience: "scp-pep",
+            client_id: "ke-moh-connector",
+            tenant_id: "ke",
+            integration_id: "int-ke-moh",
+            verticals: &["health"],
+            scope: "health:person:read",
+            ttl_s: 300,
+        }
+        .claims(),
+    );
+    let server = format!("http://127.0.0.1:{grpc}");
+    let token_file = dir.path().join("t.jwt");
+    std::fs::write(&token_file, &token).unwrap();
+    let run_check = |args: &[&str]| {
+        let out = bin().args(args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    };
+    let (code, v) = run_check(&[
+        "check", "--server", &server, "--token-file", token_file.to_str().unwrap(),
+        "-H", "x-scp-masked-fields: none", "GET", "/v1/tenants/ke/health/persons/p-1/record",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["headers_set"]["x-scp-masked-fields"], "dob,hiv_status,national_id");
+    let (code, v) = run_check(&[
+        "check", "--server", &server, "--token", &token, "GET", "/v1/tenants/ug/health/persons/p-1/record",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(v["code"], "TENANT_MISMATCH");
+    assert_eq!(v["status"], 403);
+
+    let metrics = client
+        .get(format!("http://127.0.0.1:{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("scp_pep_decisions_total{outcome=\"allow\",code=\"OK\"} 1"), "{metrics}");
+    assert!(metrics.contains("code=\"TENANT_MISMATCH\""));
+    assert!(metrics.contains("scp_pep_decision_duration_seconds_bucket"));
+
+    // Graceful stop on SIGTERM.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No token in anything the server wrote.
+    let mut stderr = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        stderr.push_str(&line.unwrap());
+    }
+    let log = std::fs::read_to_string(dir.path().join("d.jsonl")).unwrap();
+    let sig = token.rsplit('.').next().unwrap();
+    assert!(!stderr.contains(sig) && !log.contains(sig), "a token reached a log");
+    assert_eq!(log.lines().count(), 2);
+}
+
+/// An empty store: not ready, and every request is denied 503 (fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_store_is_not_ready_and_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = scp_pep::config::Config::default();
+    config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.store.url = format!("sqlite:{}", dir.path().join("empty.db").display());
+    config.decision_log.enabled = false;
+    let running = scp_pep::server::start(config, None).await.unwrap();
+    let r = reqwest::get(format!("http://{}/readyz", running.http_addr)).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["policy_loaded"], false);
+    let v = scp_pep::check::check(
+        &format!("http://{}", running.grpc_addr),
+        &Harness::get("/v1/tenants/ke/health/persons/p-1/record", "x.y.z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v["code"], "DEPENDENCY_UNAVAILABLE");
+    assert_eq!(v["status"], 503);
+    running.shutdown().await;
+}
+
+/// The demo runs its whole tour on free ports and every decision matches its expectation.
+#[test]
+fn demo_once_runs_the_tour() {
+    let out = bin()
+        .args(["demo", "--once", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--jwks-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("every decision as expected"), "{stdout}");
+    for code in ["VERTICAL_NOT_PERMITTED", "TENANT_MISMATCH", "INTEGRATION_SUSPENDED", "RATE_LIMITED", "PATH_AMBIGUOUS"] {
+        assert!(stdout.contains(code), "tour shows {code}");
+    }
+}
