@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
 use serde_json::{Value, json};
@@ -33,7 +33,9 @@ pub fn build_request(input: &CheckInput) -> CheckRequest {
         .collect();
     headers.insert(":method".into(), input.method.clone());
     headers.insert(":path".into(), input.path.clone());
-    headers.entry(":authority".into()).or_insert_with(|| "scp.local".into());
+    headers
+        .entry(":authority".into())
+        .or_insert_with(|| "scp.local".into());
     let source = Peer {
         address: input.source_ip.as_ref().map(|ip| Address {
             address: Some(address::Address::SocketAddress(SocketAddress {
@@ -95,7 +97,8 @@ pub fn response_json(resp: &CheckResponse) -> Value {
             "metadata": metadata,
         }),
         Some(HttpResponse::DeniedResponse(d)) => {
-            let body: Value = serde_json::from_str(&d.body).unwrap_or(Value::String(d.body.clone()));
+            let body: Value =
+                serde_json::from_str(&d.body).unwrap_or(Value::String(d.body.clone()));
             json!({
                 "allowed": false,
                 "status": d.status.as_ref().map_or(403, |s| s.code),
@@ -113,7 +116,9 @@ pub fn response_json(resp: &CheckResponse) -> Value {
             "body": e.body,
             "metadata": metadata,
         }),
-        None => json!({"allowed": grpc_code == 0, "status": null, "code": null, "grpc_code": grpc_code}),
+        None => {
+            json!({"allowed": grpc_code == 0, "status": null, "code": null, "grpc_code": grpc_code})
+        }
     }
 }
 

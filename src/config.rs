@@ -101,7 +101,12 @@ impl Default for AuthConfig {
         AuthConfig {
             audience: "scp-pep".into(),
             leeway_s: 30,
-            algorithms: vec!["RS256".into(), "PS256".into(), "ES256".into(), "EdDSA".into()],
+            algorithms: vec![
+                "RS256".into(),
+                "PS256".into(),
+                "ES256".into(),
+                "EdDSA".into(),
+            ],
             jwks_ttl_s: 300,
             jwks_refetch_min_interval_s: 10,
             jwks_fetch_timeout_s: 5,
@@ -149,19 +154,16 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(
-            Env::prefixed("SCP_PEP_")
-                .split("__")
-                .filter(|k| {
-                    let section = k.as_str().split('.').next().unwrap_or("");
-                    SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
-                }),
-        );
+        fig = fig.merge(Env::prefixed("SCP_PEP_").split("__").filter(|k| {
+            let section = k.as_str().split('.').next().unwrap_or("");
+            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        }));
         fig.extract().map_err(Box::new)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
 
@@ -178,7 +180,10 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[store]\nurl = \"sqlite:a.db\"\n[auth]\nleeway_s = 5\n")?;
+            jail.create_file(
+                "c.toml",
+                "[store]\nurl = \"sqlite:a.db\"\n[auth]\nleeway_s = 5\n",
+            )?;
             jail.set_env("SCP_PEP_STORE__URL", "postgres://x@127.0.0.1/test");
             jail.set_env("SCP_PEP_CONFIG", "ignored");
             let c = Config::load(Some(Path::new("c.toml"))).unwrap();

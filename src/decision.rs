@@ -149,16 +149,32 @@ impl DenyCode {
     pub fn http_status(self) -> u16 {
         use DenyCode::*;
         match self {
-            TokenMissing | TokenMalformed | TokenAlgorithmNotAllowed | TokenKeyUnknown
-            | TokenSignatureInvalid | TokenExpired | TokenNotYetValid | TokenIssuerUnknown
-            | TokenAudienceInvalid | TokenClaimsMissing | TokenClaimsInvalid | ApiKeyInvalid
+            TokenMissing
+            | TokenMalformed
+            | TokenAlgorithmNotAllowed
+            | TokenKeyUnknown
+            | TokenSignatureInvalid
+            | TokenExpired
+            | TokenNotYetValid
+            | TokenIssuerUnknown
+            | TokenAudienceInvalid
+            | TokenClaimsMissing
+            | TokenClaimsInvalid
+            | ApiKeyInvalid
             | ClientCertificateInvalid => 401,
             PathAmbiguous | PersonIdMissing => 400,
             RateLimited | QuotaExceeded => 429,
             DependencyUnavailable => 503,
-            IpNotAllowed | IntegrationUnknown | IntegrationSuspended | IntegrationNotActive
-            | IntegrationRestricted | TenantMismatch | VerticalNotPermitted | RouteNotFound
-            | ScopeViolation | DenyRuleMatched => 403,
+            IpNotAllowed
+            | IntegrationUnknown
+            | IntegrationSuspended
+            | IntegrationNotActive
+            | IntegrationRestricted
+            | TenantMismatch
+            | VerticalNotPermitted
+            | RouteNotFound
+            | ScopeViolation
+            | DenyRuleMatched => 403,
         }
     }
 
@@ -384,7 +400,10 @@ mod tests {
             let s = c.http_status();
             assert!([400, 401, 403, 429, 503].contains(&s));
             assert_eq!(c.retryable(), s == 429 || s == 503, "{c}");
-            assert_eq!(c.www_authenticate().is_some(), s == 401 || *c == DenyCode::ScopeViolation);
+            assert_eq!(
+                c.www_authenticate().is_some(),
+                s == 401 || *c == DenyCode::ScopeViolation
+            );
         }
     }
 
@@ -397,6 +416,10 @@ mod tests {
         assert_eq!(v["error"]["code"], "SCOPE_VIOLATION");
         assert_eq!(v["error"]["retryable"], false);
         assert_eq!(v["error"]["decision_id"], d.decision_id.as_str());
-        assert!(Decision::new("GET", "/", Utc::now()).denial_body().is_none());
+        assert!(
+            Decision::new("GET", "/", Utc::now())
+                .denial_body()
+                .is_none()
+        );
     }
 }

@@ -51,7 +51,13 @@ async fn certs(State(iss): State<Arc<Issuer>>, Path(realm): Path<String>) -> imp
     let body = match realm.as_str() {
         "ke" => jwks_json(&[&iss.ke]),
         "ug" => jwks_json(&[&iss.ug]),
-        _ => return (StatusCode::NOT_FOUND, [("content-type", "application/json")], "{}".to_owned()),
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                [("content-type", "application/json")],
+                "{}".to_owned(),
+            );
+        }
     };
     (StatusCode::OK, [("content-type", "application/json")], body)
 }
@@ -111,7 +117,13 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     let running = crate::server::start(config, None).await?;
     let server = format!("http://{}", running.grpc_addr);
 
-    let token = |key: &SigningKey, realm: &str, client: &str, integ: &str, verticals: &[&str], scope: &str, ttl: i64| {
+    let token = |key: &SigningKey,
+                 realm: &str,
+                 client: &str,
+                 integ: &str,
+                 verticals: &[&str],
+                 scope: &str,
+                 ttl: i64| {
         let mut claims = ClaimsSpec {
             issuer: &format!("{issuer_base}/realms/{realm}"),
             audience: "scp-pep",
@@ -130,15 +142,64 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         }
         key.sign(&claims)
     };
-    let moh = token(&issuer.ke, "ke", "ke-moh-connector", "int-ke-moh", &["health"], "health:person:read health:encounter:write", 300);
-    let moh_edu = token(&issuer.ke, "ke", "ke-moh-connector", "int-ke-moh", &["health"], "health:person:read education:student:read", 300);
-    let ngo = token(&issuer.ke, "ke", "literacy-first", "int-ke-ngo-literacy", &["education"], "education:student:read", 300);
-    let knbs = token(&issuer.ke, "ke", "knbs", "int-ke-knbs", &["health", "education"], "stats:aggregate:read", 300);
-    let expired = token(&issuer.ke, "ke", "ke-moh-connector", "int-ke-moh", &["health"], "health:person:read", -120);
-    let ug = token(&issuer.ug, "ug", "ug-moh", "int-ug-moh", &["health"], "health:person:read", 300);
+    let moh = token(
+        &issuer.ke,
+        "ke",
+        "ke-moh-connector",
+        "int-ke-moh",
+        &["health"],
+        "health:person:read health:encounter:write",
+        300,
+    );
+    let moh_edu = token(
+        &issuer.ke,
+        "ke",
+        "ke-moh-connector",
+        "int-ke-moh",
+        &["health"],
+        "health:person:read education:student:read",
+        300,
+    );
+    let ngo = token(
+        &issuer.ke,
+        "ke",
+        "literacy-first",
+        "int-ke-ngo-literacy",
+        &["education"],
+        "education:student:read",
+        300,
+    );
+    let knbs = token(
+        &issuer.ke,
+        "ke",
+        "knbs",
+        "int-ke-knbs",
+        &["health", "education"],
+        "stats:aggregate:read",
+        300,
+    );
+    let expired = token(
+        &issuer.ke,
+        "ke",
+        "ke-moh-connector",
+        "int-ke-moh",
+        &["health"],
+        "health:person:read",
+        -120,
+    );
+    let ug = token(
+        &issuer.ug,
+        "ug",
+        "ug-moh",
+        "int-ug-moh",
+        &["health"],
+        "health:person:read",
+        300,
+    );
 
     let get = |path: &str, tok: &str, extra: &[(&str, &str)]| {
-        let mut headers: Vec<(String, String)> = vec![("authorization".into(), format!("Bearer {tok}"))];
+        let mut headers: Vec<(String, String)> =
+            vec![("authorization".into(), format!("Bearer {tok}"))];
         headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         CheckInput {
             method: "GET".into(),
@@ -150,26 +211,92 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     };
     let record = "/v1/tenants/ke/health/persons/p-1001/record";
     let mut steps = vec![
-        Step { scenario: "MoH reads a health record (fields masked)", input: get(record, &moh, &[]), expect: "OK" },
-        Step { scenario: "MoH reads an education record (out-of-scope vertical)", input: get("/v1/tenants/ke/education/students/p-1001/enrolment", &moh_edu, &[]), expect: "VERTICAL_NOT_PERMITTED" },
-        Step { scenario: "MoH (ke) reads a Uganda record (wrong tenant)", input: get("/v1/tenants/ug/health/persons/p-1001/record", &moh, &[]), expect: "TENANT_MISMATCH" },
-        Step { scenario: "Suspended NGO reads an enrolment", input: get("/v1/tenants/ke/education/students/p-1001/enrolment", &ngo, &[]), expect: "INTEGRATION_SUSPENDED" },
-        Step { scenario: "MoH forges x-scp-masked-fields: none", input: get(record, &moh, &[("x-scp-masked-fields", "none"), ("x-scp-tenant-id", "ug")]), expect: "OK" },
-        Step { scenario: "Uganda MoH reads its own tenant (ES256 key)", input: get("/v1/tenants/ug/health/persons/p-2001/record", &ug, &[]), expect: "OK" },
-        Step { scenario: "API key without a token", input: CheckInput { method: "GET".into(), path: record.into(), headers: vec![("x-api-key".into(), "k-123".into())], source_ip: None, peer_certificate: None }, expect: "TOKEN_MISSING" },
-        Step { scenario: "Expired token", input: get(record, &expired, &[]), expect: "TOKEN_EXPIRED" },
-        Step { scenario: "Path traversal (..)", input: get("/v1/tenants/ke/health/persons/p-1/../p-2/record", &moh, &[]), expect: "PATH_AMBIGUOUS" },
+        Step {
+            scenario: "MoH reads a health record (fields masked)",
+            input: get(record, &moh, &[]),
+            expect: "OK",
+        },
+        Step {
+            scenario: "MoH reads an education record (out-of-scope vertical)",
+            input: get(
+                "/v1/tenants/ke/education/students/p-1001/enrolment",
+                &moh_edu,
+                &[],
+            ),
+            expect: "VERTICAL_NOT_PERMITTED",
+        },
+        Step {
+            scenario: "MoH (ke) reads a Uganda record (wrong tenant)",
+            input: get("/v1/tenants/ug/health/persons/p-1001/record", &moh, &[]),
+            expect: "TENANT_MISMATCH",
+        },
+        Step {
+            scenario: "Suspended NGO reads an enrolment",
+            input: get(
+                "/v1/tenants/ke/education/students/p-1001/enrolment",
+                &ngo,
+                &[],
+            ),
+            expect: "INTEGRATION_SUSPENDED",
+        },
+        Step {
+            scenario: "MoH forges x-scp-masked-fields: none",
+            input: get(
+                record,
+                &moh,
+                &[("x-scp-masked-fields", "none"), ("x-scp-tenant-id", "ug")],
+            ),
+            expect: "OK",
+        },
+        Step {
+            scenario: "Uganda MoH reads its own tenant (ES256 key)",
+            input: get("/v1/tenants/ug/health/persons/p-2001/record", &ug, &[]),
+            expect: "OK",
+        },
+        Step {
+            scenario: "API key without a token",
+            input: CheckInput {
+                method: "GET".into(),
+                path: record.into(),
+                headers: vec![("x-api-key".into(), "k-123".into())],
+                source_ip: None,
+                peer_certificate: None,
+            },
+            expect: "TOKEN_MISSING",
+        },
+        Step {
+            scenario: "Expired token",
+            input: get(record, &expired, &[]),
+            expect: "TOKEN_EXPIRED",
+        },
+        Step {
+            scenario: "Path traversal (..)",
+            input: get("/v1/tenants/ke/health/persons/p-1/../p-2/record", &moh, &[]),
+            expect: "PATH_AMBIGUOUS",
+        },
     ];
     for i in 1..=5 {
         steps.push(Step {
-            scenario: ["KNBS aggregate #1 (limit 1/s, burst 3)", "KNBS aggregate #2", "KNBS aggregate #3", "KNBS aggregate #4", "KNBS aggregate #5"][i - 1],
+            scenario: [
+                "KNBS aggregate #1 (limit 1/s, burst 3)",
+                "KNBS aggregate #2",
+                "KNBS aggregate #3",
+                "KNBS aggregate #4",
+                "KNBS aggregate #5",
+            ][i - 1],
             input: get("/v1/tenants/ke/stats/health-education/summary", &knbs, &[]),
             expect: if i <= 3 { "OK" } else { "RATE_LIMITED" },
         });
     }
 
-    println!("\nscp-pep demo: {} real gRPC checks against {server}\n", steps.len());
-    println!("{:<3} {:<58} {:>6}  {:<24} detail", "#", "scenario", "status", "code");
+    println!(
+        "\nscp-pep demo: {} real gRPC checks against {server}\n",
+        steps.len()
+    );
+    println!(
+        "{:<3} {:<58} {:>6}  {:<24} detail",
+        "#", "scenario", "status", "code"
+    );
     println!("{}", "-".repeat(120));
     let mut all_ok = true;
     for (n, s) in steps.iter().enumerate() {
@@ -185,19 +312,36 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
                 h["x-scp-masked-fields"].as_str().unwrap_or(""),
             )
         } else {
-            let retry = v["headers_set"]["retry-after"].as_str().map(|r| format!(" retry-after={r}s")).unwrap_or_default();
-            format!("{}{retry}", v["body"]["error"]["message"].as_str().unwrap_or(""))
+            let retry = v["headers_set"]["retry-after"]
+                .as_str()
+                .map(|r| format!(" retry-after={r}s"))
+                .unwrap_or_default();
+            format!(
+                "{}{retry}",
+                v["body"]["error"]["message"].as_str().unwrap_or("")
+            )
         };
         let mark = if code == s.expect { " " } else { "✗" };
         if code != s.expect {
             all_ok = false;
         }
-        println!("{:<3} {:<58} {:>6}  {mark}{:<23} {}", n + 1, s.scenario, status, code, detail);
+        println!(
+            "{:<3} {:<58} {:>6}  {mark}{:<23} {}",
+            n + 1,
+            s.scenario,
+            status,
+            code,
+            detail
+        );
     }
     println!("{}", "-".repeat(120));
     println!(
         "{}\ndecision log (JSON lines): {}\n",
-        if all_ok { "every decision as expected" } else { "✗ some decisions differ from the expected ones" },
+        if all_ok {
+            "every decision as expected"
+        } else {
+            "✗ some decisions differ from the expected ones"
+        },
         log_path.display()
     );
 
@@ -207,12 +351,18 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     }
     let token_file = dir.path().join("token-ke-moh.jwt");
     std::fs::write(&token_file, &moh)?;
-    println!("scp-pep is serving ext_authz on {} (ops: http://{}/metrics). Try:\n", running.grpc_addr, running.http_addr);
+    println!(
+        "scp-pep is serving ext_authz on {} (ops: http://{}/metrics). Try:\n",
+        running.grpc_addr, running.http_addr
+    );
     println!(
         "  cargo run -q -- check --server {server} --token-file {} GET {record}\n",
         token_file.display()
     );
-    println!("The token is a throwaway demo token valid for 5 minutes. Ctrl-C to stop.");
+    println!("or, through Envoy (docker compose up, see envoy/README.md):\n");
+    println!("  export TOKEN={moh}");
+    println!("  curl -H \"authorization: Bearer $TOKEN\" http://localhost:10000{record}\n");
+    println!("The token is a throwaway demo token signed by a key that exists only in this process; it is valid for 5 minutes. Ctrl-C to stop.");
     crate::cli::wait_for_signal().await;
     running.shutdown().await;
     Ok(all_ok)

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use envoy_types::ext_authz::v3::pb::{
     CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
-use envoy_types::pb::envoy::config::core::v3::{Address, address};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::config::core::v3::{Address, address};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use tonic::{Request, Response, Status};
 
@@ -131,7 +131,10 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
             };
             set("x-scp-decision-id", d.decision_id.clone());
             set("x-scp-tenant-id", d.tenant_id.clone().unwrap_or_default());
-            set("x-scp-integration-id", d.integration_id.clone().unwrap_or_default());
+            set(
+                "x-scp-integration-id",
+                d.integration_id.clone().unwrap_or_default(),
+            );
             set("x-scp-verticals", d.verticals.join(","));
             set("x-scp-scopes", d.scopes.join(" "));
             set("x-scp-masked-fields", d.masked_fields.join(","));

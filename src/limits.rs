@@ -61,8 +61,7 @@ impl Limits {
                 let l = Arc::new(RateLimiter::direct(
                     GQuota::per_second(per_second).allow_burst(burst),
                 ));
-                self.gcra
-                    .insert(integration.id.clone(), (rl, l.clone()));
+                self.gcra.insert(integration.id.clone(), (rl, l.clone()));
                 l
             }
         };
@@ -86,10 +85,7 @@ impl Limits {
         };
         let ts = now.timestamp();
         let day = ts.div_euclid(86_400);
-        let mut e = self
-            .quota
-            .entry(integration.id.clone())
-            .or_insert((day, 0));
+        let mut e = self.quota.entry(integration.id.clone()).or_insert((day, 0));
         if e.0 != day {
             *e = (day, 0);
         }
@@ -141,7 +137,13 @@ mod tests {
     #[test]
     fn gcra_burst_then_deny() {
         let l = Limits::new();
-        let i = integ(Some(RateLimit { per_second: 1, burst: 3 }), None);
+        let i = integ(
+            Some(RateLimit {
+                per_second: 1,
+                burst: 3,
+            }),
+            None,
+        );
         for _ in 0..3 {
             assert!(l.check(&i, RouteKind::RealTime, Utc::now()).is_ok());
         }

@@ -57,7 +57,7 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, AmbiguousPath> {
             return Err(AmbiguousPath("dot segment in path"));
         }
         for b in seg.bytes() {
-            if b < 0x21 || b >= 0x7f {
+            if !(0x21..0x7f).contains(&b) {
                 return Err(AmbiguousPath("control, space or non-ASCII byte in path"));
             }
             if b == b'\\' {
@@ -176,7 +176,10 @@ mod tests {
 
     #[test]
     fn query_params_decode() {
-        assert_eq!(query_param("a=1&pid=p%2D1+x", "pid").as_deref(), Some("p-1 x"));
+        assert_eq!(
+            query_param("a=1&pid=p%2D1+x", "pid").as_deref(),
+            Some("p-1 x")
+        );
         assert_eq!(query_param("a=1", "pid"), None);
     }
 }

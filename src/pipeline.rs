@@ -138,7 +138,8 @@ impl Engine {
             d.incidents.push(Incident::ForgedHeaders);
         }
         if facts.headers.contains_key(&self.settings.api_key_header) {
-            d.headers_to_remove.push(self.settings.api_key_header.clone());
+            d.headers_to_remove
+                .push(self.settings.api_key_header.clone());
         }
 
         let guard = self.snapshot.load();
@@ -194,7 +195,10 @@ impl Engine {
 
         // Stage 9: rate limit / quota.
         d.stages.push(Stage::RateLimit);
-        if let Err(denial) = self.limits.check(&integration.integration, route.kind, d.time) {
+        if let Err(denial) = self
+            .limits
+            .check(&integration.integration, route.kind, d.time)
+        {
             d.outcome = Outcome::Deny(denial);
             return;
         }
@@ -277,7 +281,11 @@ pub fn authorize<'s>(
             ));
         }
     }
-    if let Some(v) = token.verticals.iter().find(|v| !integ.verticals.contains(*v)) {
+    if let Some(v) = token
+        .verticals
+        .iter()
+        .find(|v| !integ.verticals.contains(*v))
+    {
         d.incidents.push(Incident::VerticalMisScoped);
         return Err(Denial::new(
             DenyCode::VerticalNotPermitted,
@@ -292,12 +300,20 @@ pub fn authorize<'s>(
     // Stage 3: route.
     d.stages.push(Stage::Route);
     let norm = path::normalize(&facts.path).map_err(|e| {
-        Denial::new(DenyCode::PathAmbiguous, format!("ambiguous path rejected: {e}"))
+        Denial::new(
+            DenyCode::PathAmbiguous,
+            format!("ambiguous path rejected: {e}"),
+        )
     })?;
     d.path = norm.path.clone();
     let m = snap
         .match_route(&facts.method, &norm.segments)
-        .ok_or_else(|| Denial::new(DenyCode::RouteNotFound, "no route matches this method and path"))?;
+        .ok_or_else(|| {
+            Denial::new(
+                DenyCode::RouteNotFound,
+                "no route matches this method and path",
+            )
+        })?;
     let route = m.route;
     d.route_id = Some(route.id.clone());
     d.action = Some(route.action.as_str().to_owned());
@@ -315,7 +331,10 @@ pub fn authorize<'s>(
         Some(loc) => {
             let found = match loc {
                 PersonLocation::Path { name } => m.param(name).map(str::to_owned),
-                PersonLocation::Query { name } => norm.query.as_deref().and_then(|q| path::query_param(q, name)),
+                PersonLocation::Query { name } => norm
+                    .query
+                    .as_deref()
+                    .and_then(|q| path::query_param(q, name)),
                 PersonLocation::Header { name } => facts.headers.get(name).cloned(),
                 PersonLocation::Body { .. } => None,
             };
@@ -354,7 +373,11 @@ pub fn authorize<'s>(
 
     // Stage 5: scope (ONB-2, ONB-PRIV-01).
     d.stages.push(Stage::Scope);
-    if integ.routes.as_ref().is_some_and(|r| !r.contains(&route.id)) {
+    if integ
+        .routes
+        .as_ref()
+        .is_some_and(|r| !r.contains(&route.id))
+    {
         return Err(Denial::new(
             DenyCode::ScopeViolation,
             "the route is not in the integration's contract",
@@ -363,7 +386,10 @@ pub fn authorize<'s>(
     if !integ.scopes.contains(&route.scope) || !token.scopes.contains(&route.scope) {
         return Err(Denial::new(
             DenyCode::ScopeViolation,
-            format!("scope `{}` must be granted by both the contract and the token", route.scope),
+            format!(
+                "scope `{}` must be granted by both the contract and the token",
+                route.scope
+            ),
         ));
     }
     let mut scopes: Vec<String> = token
@@ -383,7 +409,9 @@ pub fn authorize<'s>(
                 && r.action.is_none_or(|a| a == route.action)
                 && r.resource.as_ref().is_none_or(|x| *x == route.resource)
                 && r.scope.as_ref().is_none_or(|x| *x == route.scope)
-                && r.vertical.as_ref().is_none_or(|x| route.verticals.contains(x));
+                && r.vertical
+                    .as_ref()
+                    .is_none_or(|x| route.verticals.contains(x));
             if hit {
                 return Err(Denial::new(
                     DenyCode::DenyRuleMatched,
@@ -433,7 +461,11 @@ fn second_factors(
         let ok = facts
             .headers
             .get(&settings.api_key_header)
-            .map(|k| Sha256::digest(k.as_bytes()).ct_eq(expected.as_slice()).into())
+            .map(|k| {
+                Sha256::digest(k.as_bytes())
+                    .ct_eq(expected.as_slice())
+                    .into()
+            })
             .unwrap_or(false);
         if !ok {
             return Err(Denial::new(
@@ -486,7 +518,9 @@ fn second_factors(
 /// when trusted, from the XFCC header's `Hash` (hex) of its last element.
 pub fn client_cert_sha256(facts: &RequestFacts, trust_xfcc: bool) -> Option<Vec<u8>> {
     if let Some(pem) = facts.peer_certificate.as_deref().filter(|p| !p.is_empty()) {
-        let pem = percent_encoding::percent_decode_str(pem).decode_utf8().ok()?;
+        let pem = percent_encoding::percent_decode_str(pem)
+            .decode_utf8()
+            .ok()?;
         let der = pem_to_der(&pem)?;
         return Some(Sha256::digest(&der).to_vec());
     }
@@ -511,7 +545,10 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let end = "-----END CERTIFICATE-----";
     let start = pem.find(begin)? + begin.len();
     let stop = pem[start..].find(end)? + start;
-    let b64: String = pem[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = pem[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
@@ -539,6 +576,9 @@ mod tests {
             format!("By=spiffe://x;Hash={hash};Subject=\"CN=a\""),
         );
         assert!(client_cert_sha256(&f, false).is_none());
-        assert_eq!(client_cert_sha256(&f, true).unwrap(), hex::decode(&hash).unwrap());
+        assert_eq!(
+            client_cert_sha256(&f, true).unwrap(),
+            hex::decode(&hash).unwrap()
+        );
     }
 }

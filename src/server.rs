@@ -149,7 +149,9 @@ pub async fn start(
     let audience = config.auth.audience.clone();
     match reload(&store, &engine, &audience).await {
         Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
-        Ok(None) => tracing::warn!("policy store is empty: every request is denied until `scp-pep policy apply`"),
+        Ok(None) => tracing::warn!(
+            "policy store is empty: every request is denied until `scp-pep policy apply`"
+        ),
         Err(e) => tracing::error!(error = %e, "cannot load policy; denying until it loads"),
     }
     if let Some(snap) = engine.snapshot().load().as_ref() {
@@ -168,7 +170,8 @@ pub async fn start(
         .await
         .with_context(|| format!("binding gRPC listener {}", config.server.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let svc = ExtAuthz::new(engine.clone()).into_server();
     let mut grpc_rx = rx.clone();
     tasks.push(tokio::spawn(async move {

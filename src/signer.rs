@@ -5,9 +5,9 @@
 //! production tokens come from the tenant's Keycloak realm.
 
 use aws_lc_rs::encoding::AsDer;
-use base64::Engine as _;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use base64::Engine as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -39,8 +39,10 @@ impl SigningKey {
         let err = |e: &dyn std::fmt::Display| KeyGenError(e.to_string());
         let encoding = match alg {
             Algorithm::RS256 | Algorithm::PS256 => {
-                let kp = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).map_err(|e| err(&e))?;
-                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).map_err(|e| err(&e))?;
+                let kp =
+                    aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).map_err(|e| err(&e))?;
+                let der =
+                    AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).map_err(|e| err(&e))?;
                 // jsonwebtoken wants PKCS#1 DER; its PEM reader unwraps PKCS#8.
                 let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
                 let lines: Vec<&str> = b64

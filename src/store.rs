@@ -9,9 +9,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
 
 use crate::policy::{PolicyError, PolicyErrors, PolicySet};
 

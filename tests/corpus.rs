@@ -146,7 +146,8 @@ fn make_token(h: &Harness, spec: &TokenSpec) -> String {
         }
     }
     let key = h.idp.keys.get(key_name);
-    let mut header = serde_json::json!({"alg": format!("{:?}", key.alg), "typ": "JWT", "kid": key.kid});
+    let mut header =
+        serde_json::json!({"alg": format!("{:?}", key.alg), "typ": "JWT", "kid": key.kid});
     for (k, v) in &spec.header {
         if v.is_null() {
             header.as_object_mut().unwrap().remove(k);
@@ -174,7 +175,7 @@ fn make_token(h: &Harness, spec: &TokenSpec) -> String {
             let token = if spec.header.is_empty() {
                 key.sign(&claims)
             } else {
-                let mut hd: Header = serde_json::from_value(header.clone()).expect("header");
+                let hd: Header = serde_json::from_value(header.clone()).expect("header");
                 jsonwebtoken::encode(&hd, &claims, &key.encoding).unwrap()
             };
             let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
@@ -218,8 +219,12 @@ fn input(h: &Harness, req: &Req, secrets: &mut Vec<String>) -> CheckInput {
         headers.push(("authorization".into(), format!("Bearer {t}")));
     }
     let peer_certificate = req.client_cert.as_ref().map(|f| {
-        let pem = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(f))
-            .expect("fixture certificate");
+        let pem = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(f),
+        )
+        .expect("fixture certificate");
         percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string()
     });
     CheckInput {
@@ -235,10 +240,16 @@ fn compare(case: &Case, v: &Value) -> Vec<String> {
     let e = &case.expect;
     let mut errs = Vec::new();
     if v["allowed"] != Value::Bool(e.allowed) {
-        errs.push(format!("allowed: expected {}, got {}", e.allowed, v["allowed"]));
+        errs.push(format!(
+            "allowed: expected {}, got {}",
+            e.allowed, v["allowed"]
+        ));
     }
     if v["status"].as_u64() != Some(e.status) {
-        errs.push(format!("status: expected {}, got {}", e.status, v["status"]));
+        errs.push(format!(
+            "status: expected {}, got {}",
+            e.status, v["status"]
+        ));
     }
     if v["code"].as_str() != Some(e.code.as_str()) {
         errs.push(format!(
@@ -254,11 +265,17 @@ fn compare(case: &Case, v: &Value) -> Vec<String> {
     }
     let removed: Vec<String> = v["headers_removed"]
         .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     for r in &e.removed {
         if !removed.contains(r) {
-            errs.push(format!("header {r} should be removed; removed = {removed:?}"));
+            errs.push(format!(
+                "header {r} should be removed; removed = {removed:?}"
+            ));
         }
     }
     for r in &e.not_removed {
@@ -287,7 +304,9 @@ fn compare(case: &Case, v: &Value) -> Vec<String> {
             || !body["retryable"].is_boolean()
             || body["message"].as_str().is_none_or(str::is_empty)
         {
-            errs.push(format!("denial body does not have the documented shape: {body}"));
+            errs.push(format!(
+                "denial body does not have the documented shape: {body}"
+            ));
         }
     }
     errs
@@ -345,17 +364,36 @@ async fn corpus_cases_decide_as_expected() {
         }
     }
     assert!(total >= 60, "corpus unexpectedly small: {total} cases");
-    assert!(failures.is_empty(), "{} of {total} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // INT-8-1: one JSON line per decision with the documented fields.
     let lines = h.log_lines(sent).await;
     assert_eq!(lines.len(), sent, "one decision-log line per decision");
     for l in &lines {
         for field in [
-            "decision_id", "time", "outcome", "tenant_id", "integration_id", "client_id", "route_id",
-            "verticals", "data_categories", "stages", "latency_us", "method", "path",
+            "decision_id",
+            "time",
+            "outcome",
+            "tenant_id",
+            "integration_id",
+            "client_id",
+            "route_id",
+            "verticals",
+            "data_categories",
+            "stages",
+            "latency_us",
+            "method",
+            "path",
         ] {
-            assert!(l.get(field).is_some(), "decision log line lacks `{field}`: {l}");
+            assert!(
+                l.get(field).is_some(),
+                "decision log line lacks `{field}`: {l}"
+            );
         }
         if l["outcome"] == "deny" {
             assert!(l["code"].is_string(), "deny lines carry the code: {l}");
@@ -364,12 +402,24 @@ async fn corpus_cases_decide_as_expected() {
     // No token, API key or certificate ever reaches the log.
     let text = std::fs::read_to_string(&h.log_path).unwrap();
     for s in &secrets {
-        assert!(!text.contains(s.as_str()), "a secret reached the decision log");
+        assert!(
+            !text.contains(s.as_str()),
+            "a secret reached the decision log"
+        );
         if let Some(sig) = s.rsplit('.').next().filter(|s| s.len() > 16) {
-            assert!(!text.contains(sig), "a token signature reached the decision log");
+            assert!(
+                !text.contains(sig),
+                "a token signature reached the decision log"
+            );
         }
     }
-    assert!(!text.contains("Bearer"), "an authorization header reached the decision log");
-    assert!(!text.contains("BEGIN CERTIFICATE"), "a certificate reached the decision log");
+    assert!(
+        !text.contains("Bearer"),
+        "an authorization header reached the decision log"
+    );
+    assert!(
+        !text.contains("BEGIN CERTIFICATE"),
+        "a certificate reached the decision log"
+    );
     h.running.shutdown().await;
 }

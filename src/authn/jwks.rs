@@ -163,7 +163,9 @@ impl JwksCache {
         }
         if set.fetched_at.is_none() {
             return Err(KeyError::Unavailable(
-                set.last_error.clone().unwrap_or_else(|| "not fetched".into()),
+                set.last_error
+                    .clone()
+                    .unwrap_or_else(|| "not fetched".into()),
             ));
         }
         Err(KeyError::Unknown)
@@ -209,7 +211,9 @@ impl JwksCache {
             // Someone else fetched while we waited: use their result.
             return;
         }
-        entry.last_attempt_ms.store(self.now_ms(), Ordering::Release);
+        entry
+            .last_attempt_ms
+            .store(self.now_ms(), Ordering::Release);
         let result = self.fetch(source).await;
         let old = entry.keys.load_full();
         let next = match result {
@@ -260,7 +264,9 @@ impl JwksCache {
                     .map_err(|e| format!("GET {url}: {}", without_url(&e)))?
                 {
                     if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                        return Err(format!("GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"));
+                        return Err(format!(
+                            "GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }

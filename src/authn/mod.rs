@@ -40,7 +40,9 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
         .parse()
         .map_err(|_| format!("unknown JWS algorithm `{name}`"))?;
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-        return Err(format!("`{name}`: symmetric algorithms are never accepted (ONB-SEC-01)"));
+        return Err(format!(
+            "`{name}`: symmetric algorithms are never accepted (ONB-SEC-01)"
+        ));
     }
     Ok(alg)
 }
@@ -183,18 +185,30 @@ impl Authenticator {
         Ok(verified)
     }
 
-    async fn verify(&self, snapshot: &PolicySnapshot, token: &str) -> Result<VerifiedToken, Denial> {
+    async fn verify(
+        &self,
+        snapshot: &PolicySnapshot,
+        token: &str,
+    ) -> Result<VerifiedToken, Denial> {
         let deny = |code, msg: &str| Denial::new(code, msg);
         let mut parts = token.split('.');
-        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(deny(DenyCode::TokenMalformed, "bearer token is not a JWS compact serialization"));
+            return Err(deny(
+                DenyCode::TokenMalformed,
+                "bearer token is not a JWS compact serialization",
+            ));
         };
         let header_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(h)
             .map_err(|_| deny(DenyCode::TokenMalformed, "token header is not base64url"))?;
-        let header: RawHeader = serde_json::from_slice(&header_bytes)
-            .map_err(|_| deny(DenyCode::TokenMalformed, "token header is not a JSON object"))?;
+        let header: RawHeader = serde_json::from_slice(&header_bytes).map_err(|_| {
+            deny(
+                DenyCode::TokenMalformed,
+                "token header is not a JSON object",
+            )
+        })?;
         let alg_name = header.alg.as_ref().and_then(|a| a.as_str()).unwrap_or("");
         let alg = alg_name
             .parse::<Algorithm>()
@@ -215,28 +229,40 @@ impl Authenticator {
 
         // The issuer selects the tenant and so the key set; the signature check below then
         // requires the same `iss` exactly.
-        let iss: IssOnly = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| deny(DenyCode::TokenMalformed, "token payload is not a JSON object"))?;
+        let iss: IssOnly =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| {
+                deny(
+                    DenyCode::TokenMalformed,
+                    "token payload is not a JSON object",
+                )
+            })?;
         let iss = iss
             .iss
             .as_ref()
             .and_then(|i| i.as_str())
             .ok_or_else(|| deny(DenyCode::TokenIssuerUnknown, "token has no `iss`"))?;
-        let tenant_id = snapshot
-            .issuers
-            .get(iss)
-            .ok_or_else(|| deny(DenyCode::TokenIssuerUnknown, "token issuer is not a tenant's issuer"))?;
-        let tenant = snapshot
-            .tenants
-            .get(tenant_id)
-            .ok_or_else(|| deny(DenyCode::TokenIssuerUnknown, "token issuer is not a tenant's issuer"))?;
+        let tenant_id = snapshot.issuers.get(iss).ok_or_else(|| {
+            deny(
+                DenyCode::TokenIssuerUnknown,
+                "token issuer is not a tenant's issuer",
+            )
+        })?;
+        let tenant = snapshot.tenants.get(tenant_id).ok_or_else(|| {
+            deny(
+                DenyCode::TokenIssuerUnknown,
+                "token issuer is not a tenant's issuer",
+            )
+        })?;
 
         // Read before the key: a revocation racing with this verification forces a re-check later.
         let key_epoch = self.jwks.revocation_epoch();
         let key = match self.jwks.key(&tenant.tenant.jwks, kid).await {
             Ok(k) => k,
             Err(KeyError::Unknown) => {
-                return Err(deny(DenyCode::TokenKeyUnknown, "no key with the token's `kid` in the issuer's JWKS"));
+                return Err(deny(
+                    DenyCode::TokenKeyUnknown,
+                    "no key with the token's `kid` in the issuer's JWKS",
+                ));
             }
             Err(KeyError::Unavailable(_)) => {
                 return Err(Denial::retry_after(
@@ -311,10 +337,17 @@ impl Authenticator {
             ));
         }
         let scopes = match &c.scope {
-            Some(serde_json::Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            Some(serde_json::Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             None => HashSet::new(),
             Some(_) => {
-                return Err(deny(DenyCode::TokenClaimsInvalid, "token `scope` is not a space-separated string"));
+                return Err(deny(
+                    DenyCode::TokenClaimsInvalid,
+                    "token `scope` is not a space-separated string",
+                ));
             }
         };
         Ok(VerifiedToken {

@@ -277,7 +277,10 @@ impl PolicySet {
                 })
             };
             if !is_ident(&i.id, true) {
-                err("id", format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", i.id));
+                err(
+                    "id",
+                    format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", i.id),
+                );
             }
             if !tenants.contains(i.tenant.as_str()) {
                 err("tenant", format!("unknown tenant `{}`", i.tenant));
@@ -289,16 +292,25 @@ impl PolicySet {
                 err("legal_basis", "must not be empty".into());
             }
             if i.verticals.is_empty() {
-                err("verticals", "an integration declares at least one vertical".into());
+                err(
+                    "verticals",
+                    "an integration declares at least one vertical".into(),
+                );
             }
             for (k, v) in i.verticals.iter().enumerate() {
                 if !is_ident(v, false) {
-                    err(&format!("verticals[{k}]"), format!("`{v}` is not a valid vertical"));
+                    err(
+                        &format!("verticals[{k}]"),
+                        format!("`{v}` is not a valid vertical"),
+                    );
                 }
             }
             for (k, s) in i.scopes.iter().enumerate() {
                 if s.trim().is_empty() || s.contains(char::is_whitespace) {
-                    err(&format!("scopes[{k}]"), format!("`{s}` is not a valid scope"));
+                    err(
+                        &format!("scopes[{k}]"),
+                        format!("`{s}` is not a valid scope"),
+                    );
                 }
             }
             if let Some(rs) = &i.routes {
@@ -334,7 +346,10 @@ impl PolicySet {
             if let Some(fp) = &i.field_policy.allowed_fields
                 && fp.iter().any(|f| f.trim().is_empty())
             {
-                err("field_policy.allowed_fields", "field names must not be empty".into());
+                err(
+                    "field_policy.allowed_fields",
+                    "field names must not be empty".into(),
+                );
             }
         }
 
@@ -350,14 +365,20 @@ impl PolicySet {
                 })
             };
             if !is_ident(&r.id, true) {
-                err("id", format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", r.id));
+                err(
+                    "id",
+                    format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", r.id),
+                );
             }
             if r.methods.is_empty() {
                 err("methods", "at least one method".into());
             }
             for (k, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                    err(&format!("methods[{k}]"), format!("`{m}` is not an upper-case HTTP method"));
+                    err(
+                        &format!("methods[{k}]"),
+                        format!("`{m}` is not an upper-case HTTP method"),
+                    );
                 }
             }
             let template = match snapshot::parse_template(&r.path) {
@@ -368,7 +389,10 @@ impl PolicySet {
                 }
             };
             if r.verticals.is_empty() {
-                err("verticals", "a route names at least one vertical (INT-4.4-3)".into());
+                err(
+                    "verticals",
+                    "a route names at least one vertical (INT-4.4-3)".into(),
+                );
             }
             if r.scope.trim().is_empty() || r.scope.contains(char::is_whitespace) {
                 err("scope", format!("`{}` is not a valid scope", r.scope));
@@ -378,12 +402,18 @@ impl PolicySet {
             }
             match (&r.person_id, &template) {
                 (Some(PersonLocation::Path { name }), Some(t)) if !t.has_param(name) => {
-                    err("person_id.name", format!("path template has no `{{{name}}}` parameter"));
+                    err(
+                        "person_id.name",
+                        format!("path template has no `{{{name}}}` parameter"),
+                    );
                 }
                 (Some(PersonLocation::Header { name }), _)
                     if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase()) =>
                 {
-                    err("person_id.name", "header names are lower-case and non-empty".into());
+                    err(
+                        "person_id.name",
+                        "header names are lower-case and non-empty".into(),
+                    );
                 }
                 (Some(PersonLocation::Query { name }), _) if name.is_empty() => {
                     err("person_id.name", "must not be empty".into());
@@ -450,13 +480,13 @@ impl PolicySet {
 /// Identifier rule: lower-case (`[a-z0-9][a-z0-9_-]*`) or, with `mixed`, `[A-Za-z0-9][A-Za-z0-9._-]*`.
 fn is_ident(s: &str, mixed: bool) -> bool {
     let mut bytes = s.bytes();
-    let ok_first = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || (mixed && b.is_ascii_uppercase());
+    let ok_first =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || (mixed && b.is_ascii_uppercase());
     match bytes.next() {
         Some(b) if ok_first(b) => {}
         _ => return false,
     }
-    s.len() <= 128
-        && bytes.all(|b| ok_first(b) || b == b'-' || b == b'_' || (mixed && b == b'.'))
+    s.len() <= 128 && bytes.all(|b| ok_first(b) || b == b'-' || b == b'_' || (mixed && b == b'.'))
 }
 
 /// Issuer and JWKS URLs: `https://`, or `http://` to a loopback host only (local development).
@@ -542,13 +572,18 @@ mod tests {
             tenant_yaml()
         );
         let f = PolicySet::parse_file("i.yaml", &text).unwrap();
-        let errs = PolicySet::from_files(vec![("i.yaml".into(), f)]).unwrap_err().0;
+        let errs = PolicySet::from_files(vec![("i.yaml".into(), f)])
+            .unwrap_err()
+            .0;
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"tenant"));
         assert!(fields.contains(&"legal_basis"));
         assert!(fields.contains(&"verticals"));
         assert!(fields.contains(&"rate_limit.per_second"));
-        assert!(errs.iter().all(|e| e.file == "i.yaml" && e.entry == "integrations[0] (a)"));
+        assert!(
+            errs.iter()
+                .all(|e| e.file == "i.yaml" && e.entry == "integrations[0] (a)")
+        );
     }
 
     /// DESIGN stage 3: two routes that match the same requests are rejected at validation time.
@@ -556,7 +591,9 @@ mod tests {
     fn ambiguous_routes_are_rejected() {
         let r = "routes:\n  - {id: r1, methods: [GET], path: '/v1/{a}/x', verticals: [h], action: read, resource: r, scope: s, kind: real_time}\n  - {id: r2, methods: [GET], path: '/v1/{b}/x', verticals: [h], action: read, resource: r, scope: s, kind: real_time}\n";
         let f = PolicySet::parse_file("r.yaml", r).unwrap();
-        let errs = PolicySet::from_files(vec![("r.yaml".into(), f)]).unwrap_err().0;
+        let errs = PolicySet::from_files(vec![("r.yaml".into(), f)])
+            .unwrap_err()
+            .0;
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("ambiguous"), "{}", errs[0]);
     }

@@ -74,8 +74,14 @@ impl TryFrom<JwksSourceDoc> for JwksSource {
 impl From<JwksSource> for JwksSourceDoc {
     fn from(s: JwksSource) -> Self {
         match s {
-            JwksSource::Url(u) => JwksSourceDoc { url: Some(u), file: None },
-            JwksSource::File(f) => JwksSourceDoc { url: None, file: Some(f) },
+            JwksSource::Url(u) => JwksSourceDoc {
+                url: Some(u),
+                file: None,
+            },
+            JwksSource::File(f) => JwksSourceDoc {
+                url: None,
+                file: Some(f),
+            },
         }
     }
 }

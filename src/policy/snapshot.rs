@@ -69,7 +69,9 @@ pub fn parse_template(path: &str) -> Result<Template, String> {
             segments.push(Segment::Param(inner.to_owned()));
         } else {
             if seg.contains(['{', '}']) {
-                return Err(format!("segment `{seg}`: a parameter must be a whole segment"));
+                return Err(format!(
+                    "segment `{seg}`: a parameter must be a whole segment"
+                ));
             }
             match crate::path::normalize(&format!("/{seg}")) {
                 Ok(n) if n.segments.len() == 1 && n.segments[0] == seg => {}
@@ -101,7 +103,10 @@ pub struct RouteMatch<'a, 's> {
 impl RouteMatch<'_, '_> {
     /// The value of path parameter `name`, if the template has it.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -156,7 +161,10 @@ impl PolicySnapshot {
             snap.tenants.insert(
                 t.id.clone(),
                 Arc::new(TenantEntry {
-                    audience: t.audience.clone().unwrap_or_else(|| default_audience.to_owned()),
+                    audience: t
+                        .audience
+                        .clone()
+                        .unwrap_or_else(|| default_audience.to_owned()),
                     tenant: t.clone(),
                 }),
             );
@@ -284,6 +292,10 @@ mod tests {
         assert!(parse_template("/v1/x{a}").is_err());
         assert!(parse_template("/v1/../x").is_err());
         assert!(parse_template("v1").is_err());
-        assert!(parse_template("/v1/{tenant}/x").unwrap().has_param("tenant"));
+        assert!(
+            parse_template("/v1/{tenant}/x")
+                .unwrap()
+                .has_param("tenant")
+        );
     }
 }
