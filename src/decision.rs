@@ -407,6 +407,16 @@ mod tests {
         }
     }
 
+    /// INT-4.6-3: the README's code table lists every code with its status (the README stays true).
+    #[test]
+    fn readme_documents_every_code() {
+        let readme = include_str!("../README.md");
+        for c in ALL_CODES {
+            let row = format!("| `{}` | {} |", c.as_str(), c.http_status());
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
+    }
+
     /// INT-4.6-3: the denial body has the documented shape.
     #[test]
     fn denial_body_shape() {
