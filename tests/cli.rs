@@ -16,14 +16,25 @@ fn bin() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// EXT-4.2-1: a valid directory validates; the JSON result counts each kind.
 #[test]
 fn policy_validate_accepts_the_shipped_policies() {
-    let out = bin().args(["policy", "validate", "policies"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["policy", "validate", "policies"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["counts"]["tenants"], 2);
@@ -43,15 +54,26 @@ fn bad_policy_is_named_and_nothing_is_applied() {
         .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["changed"].as_bool(), v["version"].as_i64()), (Some(true), Some(1)));
+    assert_eq!(
+        (v["changed"].as_bool(), v["version"].as_i64()),
+        (Some(true), Some(1))
+    );
     let again = bin()
         .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!((v["changed"].as_bool(), v["version"].as_i64()), (Some(false), Some(1)), "idempotent");
+    assert_eq!(
+        (v["changed"].as_bool(), v["version"].as_i64()),
+        (Some(false), Some(1)),
+        "idempotent"
+    );
 
     // Break one field of one entry, plus a dangling reference in another file.
     let bad = dir.path().join("bad");
@@ -59,7 +81,11 @@ fn bad_policy_is_named_and_nothing_is_applied() {
     let integ = std::fs::read_to_string(bad.join("integrations.yaml")).unwrap();
     std::fs::write(
         bad.join("integrations.yaml"),
-        integ.replacen("rate_limit: {per_second: 1000, burst: 5000}", "rate_limit: {per_second: 0, burst: 5000}", 1),
+        integ.replacen(
+            "rate_limit: {per_second: 1000, burst: 5000}",
+            "rate_limit: {per_second: 0, burst: 5000}",
+            1,
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -67,7 +93,10 @@ fn bad_policy_is_named_and_nothing_is_applied() {
         "deny_rules:\n  - {id: dr-x, tenant: ke, integration: int-missing, reason: r}\n",
     )
     .unwrap();
-    let out = bin().args(["policy", "validate", bad.to_str().unwrap()]).output().unwrap();
+    let out = bin()
+        .args(["policy", "validate", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -75,7 +104,9 @@ fn bad_policy_is_named_and_nothing_is_applied() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("zz-extra.yaml: deny_rules[0] (dr-x): integration: unknown integration `int-missing`"),
+        stderr.contains(
+            "zz-extra.yaml: deny_rules[0] (dr-x): integration: unknown integration `int-missing`"
+        ),
         "{stderr}"
     );
     let out = bin()
@@ -93,8 +124,15 @@ fn bad_policy_is_named_and_nothing_is_applied() {
     assert_eq!(v["version"], 1);
 
     // A YAML syntax/type error names file and position.
-    std::fs::write(bad.join("zz-extra.yaml"), "routes:\n  - id: r\n    methods: GET\n").unwrap();
-    let out = bin().args(["policy", "validate", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        bad.join("zz-extra.yaml"),
+        "routes:\n  - id: r\n    methods: GET\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["policy", "validate", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("zz-extra.yaml: routes[0]"), "{stderr}");
 }
@@ -138,10 +176,17 @@ async fn serve_check_and_ops_endpoints() {
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not become ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let health = client.get(format!("http://127.0.0.1:{http}/healthz")).send().await.unwrap();
+    let health = client
+        .get(format!("http://127.0.0.1:{http}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 
     let token = keys.get("ke-rs256").sign(
@@ -167,14 +212,30 @@ async fn serve_check_and_ops_endpoints() {
         (out.status.code(), v)
     };
     let (code, v) = run_check(&[
-        "check", "--server", &server, "--token-file", token_file.to_str().unwrap(),
-        "-H", "x-scp-masked-fields: none", "GET", "/v1/tenants/ke/health/persons/p-1/record",
+        "check",
+        "--server",
+        &server,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "-H",
+        "x-scp-masked-fields: none",
+        "GET",
+        "/v1/tenants/ke/health/persons/p-1/record",
     ]);
     assert_eq!(code, Some(0));
     assert_eq!(v["allowed"], true);
-    assert_eq!(v["headers_set"]["x-scp-masked-fields"], "dob,hiv_status,national_id");
+    assert_eq!(
+        v["headers_set"]["x-scp-masked-fields"],
+        "dob,hiv_status,national_id"
+    );
     let (code, v) = run_check(&[
-        "check", "--server", &server, "--token", &token, "GET", "/v1/tenants/ug/health/persons/p-1/record",
+        "check",
+        "--server",
+        &server,
+        "--token",
+        &token,
+        "GET",
+        "/v1/tenants/ug/health/persons/p-1/record",
     ]);
     assert_eq!(code, Some(1));
     assert_eq!(v["code"], "TENANT_MISMATCH");
@@ -188,7 +249,10 @@ async fn serve_check_and_ops_endpoints() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("scp_pep_decisions_total{outcome=\"allow\",code=\"OK\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("scp_pep_decisions_total{outcome=\"allow\",code=\"OK\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("code=\"TENANT_MISMATCH\""));
     assert!(metrics.contains("scp_pep_decision_duration_seconds_bucket"));
 
@@ -201,7 +265,10 @@ async fn serve_check_and_ops_endpoints() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // No token in anything the server wrote.
@@ -211,7 +278,10 @@ async fn serve_check_and_ops_endpoints() {
     }
     let log = std::fs::read_to_string(dir.path().join("d.jsonl")).unwrap();
     let sig = token.rsplit('.').next().unwrap();
-    assert!(!stderr.contains(sig) && !log.contains(sig), "a token reached a log");
+    assert!(
+        !stderr.contains(sig) && !log.contains(sig),
+        "a token reached a log"
+    );
     assert_eq!(log.lines().count(), 2);
 }
 
@@ -225,7 +295,9 @@ async fn empty_store_is_not_ready_and_denies() {
     config.store.url = format!("sqlite:{}", dir.path().join("empty.db").display());
     config.decision_log.enabled = false;
     let running = scp_pep::server::start(config, None).await.unwrap();
-    let r = reqwest::get(format!("http://{}/readyz", running.http_addr)).await.unwrap();
+    let r = reqwest::get(format!("http://{}/readyz", running.http_addr))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["policy_loaded"], false);
@@ -244,13 +316,32 @@ async fn empty_store_is_not_ready_and_denies() {
 #[test]
 fn demo_once_runs_the_tour() {
     let out = bin()
-        .args(["demo", "--once", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--jwks-listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--once",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--jwks-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("every decision as expected"), "{stdout}");
-    for code in ["VERTICAL_NOT_PERMITTED", "TENANT_MISMATCH", "INTEGRATION_SUSPENDED", "RATE_LIMITED", "PATH_AMBIGUOUS"] {
+    for code in [
+        "VERTICAL_NOT_PERMITTED",
+        "TENANT_MISMATCH",
+        "INTEGRATION_SUSPENDED",
+        "RATE_LIMITED",
+        "PATH_AMBIGUOUS",
+    ] {
         assert!(stdout.contains(code), "tour shows {code}");
     }
 }

@@ -26,7 +26,10 @@ async fn rotation_is_followed_with_one_shared_refetch() {
     let new_key = SigningKey::generate(Algorithm::RS256, "ke-rotated").unwrap();
     let token = new_key.sign(&claims(&h));
     // Not yet published: unknown kid.
-    assert_eq!(h.check(&Harness::get(RECORD, &token)).await["code"], "TOKEN_KEY_UNKNOWN");
+    assert_eq!(
+        h.check(&Harness::get(RECORD, &token)).await["code"],
+        "TOKEN_KEY_UNKNOWN"
+    );
     h.idp.add_key("ke", new_key);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s refetch interval
     let fetches_before_burst = h.idp.fetches.load(Ordering::SeqCst);
@@ -43,7 +46,10 @@ async fn rotation_is_followed_with_one_shared_refetch() {
         assert_eq!(t.await.unwrap()["code"], "OK");
     }
     let burst_fetches = h.idp.fetches.load(Ordering::SeqCst) - fetches_before_burst;
-    assert_eq!(burst_fetches, 1, "one shared refetch for 16 concurrent unknown-kid tokens");
+    assert_eq!(
+        burst_fetches, 1,
+        "one shared refetch for 16 concurrent unknown-kid tokens"
+    );
     assert!(h.idp.fetches.load(Ordering::SeqCst) > before);
     h.running.shutdown().await;
 }
@@ -63,10 +69,16 @@ async fn unknown_kid_flood_is_rate_limited() {
         let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
         header.kid = Some(format!("random-kid-{i}"));
         let t = jsonwebtoken::encode(&header, &c, &rogue.encoding).unwrap();
-        assert_eq!(h.check(&Harness::get(RECORD, &t)).await["code"], "TOKEN_KEY_UNKNOWN");
+        assert_eq!(
+            h.check(&Harness::get(RECORD, &t)).await["code"],
+            "TOKEN_KEY_UNKNOWN"
+        );
     }
     let fetched = h.idp.fetches.load(Ordering::SeqCst) - start;
-    assert!(fetched <= 1, "40 unknown kids caused {fetched} JWKS fetches");
+    assert!(
+        fetched <= 1,
+        "40 unknown kids caused {fetched} JWKS fetches"
+    );
     h.running.shutdown().await;
 }
 
@@ -79,10 +91,19 @@ async fn jwks_outage_keeps_previous_keys() {
     for key in ["ke-rs256", "ke-es256", "ke-eddsa"] {
         // Fresh (uncached) tokens must verify with the kept keys while refreshes fail.
         let t = h.sign(key, &claims(&h));
-        assert_eq!(h.check(&Harness::get(RECORD, &t)).await["code"], "OK", "{key}");
+        assert_eq!(
+            h.check(&Harness::get(RECORD, &t)).await["code"],
+            "OK",
+            "{key}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(h.ops_url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(h.ops_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("scp_pep_jwks_fetch_total{result=\"error\"}"),
         "failed refreshes are counted"
@@ -97,14 +118,24 @@ async fn unpublished_key_is_revoked_after_refetch() {
     let mut h = Harness::start(None).await;
     let cached = h.sign("ke-es256", &claims(&h));
     assert_eq!(h.check(&Harness::get(RECORD, &cached)).await["code"], "OK");
-    assert_eq!(h.check(&Harness::get(RECORD, &cached)).await["code"], "OK", "served from the token cache");
+    assert_eq!(
+        h.check(&Harness::get(RECORD, &cached)).await["code"],
+        "OK",
+        "served from the token cache"
+    );
     h.idp.unpublish("ke", "ke-es256");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // An unknown kid forces the refetch that learns the new set.
     let rogue = h.sign("rogue-rs256", &claims(&h));
-    assert_eq!(h.check(&Harness::get(RECORD, &rogue)).await["code"], "TOKEN_KEY_UNKNOWN");
+    assert_eq!(
+        h.check(&Harness::get(RECORD, &rogue)).await["code"],
+        "TOKEN_KEY_UNKNOWN"
+    );
     let t = h.sign("ke-es256", &claims(&h));
-    assert_eq!(h.check(&Harness::get(RECORD, &t)).await["code"], "TOKEN_KEY_UNKNOWN");
+    assert_eq!(
+        h.check(&Harness::get(RECORD, &t)).await["code"],
+        "TOKEN_KEY_UNKNOWN"
+    );
     assert_eq!(
         h.check(&Harness::get(RECORD, &cached)).await["code"],
         "TOKEN_KEY_UNKNOWN",
@@ -122,7 +153,9 @@ async fn unreachable_jwks_fails_closed() {
     for t in &mut set.tenants {
         t.jwks = JwksSource::Url("http://127.0.0.1:9/never".into());
     }
-    let store = scp_pep::store::Store::connect(&h.store_url, 1, Duration::from_secs(5)).await.unwrap();
+    let store = scp_pep::store::Store::connect(&h.store_url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
     store.apply(&set).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await; // poll interval is 100 ms
     let t = h.sign("ke-rs256", &claims(&h));
@@ -144,7 +177,9 @@ async fn jwks_from_file() {
     let mut set = PolicySet::load_dir(&h.policy_dir).unwrap();
     set.tenants.iter_mut().find(|t| t.id == "ke").unwrap().jwks =
         JwksSource::File(path.display().to_string());
-    let store = scp_pep::store::Store::connect(&h.store_url, 1, Duration::from_secs(5)).await.unwrap();
+    let store = scp_pep::store::Store::connect(&h.store_url, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
     store.apply(&set).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let t = key.sign(&claims(&h));

@@ -59,9 +59,18 @@ async fn ensure_node_modules() {
         .expect("npm must be installed to run the OIDC end-to-end test");
     let status = tokio::time::timeout(NPM_CI_TIMEOUT, child.wait())
         .await
-        .unwrap_or_else(|_| panic!("`npm ci` in {} took longer than {NPM_CI_TIMEOUT:?}", dir.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "`npm ci` in {} took longer than {NPM_CI_TIMEOUT:?}",
+                dir.display()
+            )
+        })
         .expect("npm ci runs");
-    assert!(status.success(), "`npm ci` in {} failed: {status}", dir.display());
+    assert!(
+        status.success(),
+        "`npm ci` in {} failed: {status}",
+        dir.display()
+    );
 }
 
 /// The running `tests/oidc/provider.mjs`.
@@ -123,9 +132,8 @@ impl Provider {
         let mut line = String::new();
         let read = tokio::time::timeout(READY_TIMEOUT, stdout.read_line(&mut line)).await;
         let ready: Value = match read {
-            Ok(Ok(n)) if n > 0 => serde_json::from_str(line.trim()).unwrap_or_else(|e| {
-                panic!("provider ready line is not JSON ({e}): {line:?}")
-            }),
+            Ok(Ok(n)) if n > 0 => serde_json::from_str(line.trim())
+                .unwrap_or_else(|e| panic!("provider ready line is not JSON ({e}): {line:?}")),
             other => {
                 // Give the stderr drain a moment to collect the reason.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -141,7 +149,10 @@ impl Provider {
                 .unwrap_or_else(|| panic!("ready line lacks `{k}`: {ready}"))
                 .to_owned()
         };
-        let http = reqwest::Client::builder().timeout(IO_TIMEOUT).build().unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(IO_TIMEOUT)
+            .build()
+            .unwrap();
         Provider {
             child,
             stdin: Some(stdin),
@@ -174,7 +185,11 @@ impl Provider {
             .expect("token endpoint answers");
         let status = resp.status();
         let text = resp.text().await.expect("token response body");
-        assert!(status.is_success(), "token request for {} failed: HTTP {status}: {text}", client.0);
+        assert!(
+            status.is_success(),
+            "token request for {} failed: HTTP {status}: {text}",
+            client.0
+        );
         let v: Value = serde_json::from_str(&text).expect("token response is JSON");
         v["access_token"]
             .as_str()
@@ -233,7 +248,10 @@ fn jwt_part(token: &str, i: usize) -> Value {
 }
 
 fn kid_of(token: &str) -> String {
-    jwt_part(token, 0)["kid"].as_str().expect("token has a kid").to_owned()
+    jwt_part(token, 0)["kid"]
+        .as_str()
+        .expect("token has a kid")
+        .to_owned()
 }
 
 fn policy_yaml(issuer: &str, jwks_uri: &str) -> String {
@@ -291,15 +309,31 @@ async fn check(
 }
 
 fn assert_allowed(r: &Value, what: &str) {
-    assert_eq!(r["allowed"], json!(true), "{what}: expected allow, got {r:#}");
+    assert_eq!(
+        r["allowed"],
+        json!(true),
+        "{what}: expected allow, got {r:#}"
+    );
     assert_eq!(r["status"], json!(200), "{what}: {r:#}");
     assert_eq!(r["code"], json!("OK"), "{what}: {r:#}");
-    assert_eq!(r["headers_set"]["x-scp-tenant-id"], json!("ke"), "{what}: {r:#}");
-    assert_eq!(r["headers_set"]["x-scp-integration-id"], json!("int-1"), "{what}: {r:#}");
+    assert_eq!(
+        r["headers_set"]["x-scp-tenant-id"],
+        json!("ke"),
+        "{what}: {r:#}"
+    );
+    assert_eq!(
+        r["headers_set"]["x-scp-integration-id"],
+        json!("int-1"),
+        "{what}: {r:#}"
+    );
 }
 
 fn assert_denied(r: &Value, status: u16, code: &str, what: &str) {
-    assert_eq!(r["allowed"], json!(false), "{what}: expected deny, got {r:#}");
+    assert_eq!(
+        r["allowed"],
+        json!(false),
+        "{what}: expected deny, got {r:#}"
+    );
     assert_eq!(r["status"], json!(status), "{what}: {r:#}");
     assert_eq!(r["code"], json!(code), "{what}: {r:#}");
 }
@@ -355,7 +389,11 @@ async fn oidc_provider_tokens_and_key_rotation() {
     }))
     .await;
     let kid1 = provider.kid.clone();
-    eprintln!("oidc_e2e: provider ready at {} (kid {kid1}) after {:?}", provider.issuer, started.elapsed());
+    eprintln!(
+        "oidc_e2e: provider ready at {} (kid {kid1}) after {:?}",
+        provider.issuer,
+        started.elapsed()
+    );
 
     // scp-pep, trusting the provider as tenant `ke`.
     let dir = tempfile::tempdir().unwrap();
@@ -377,10 +415,13 @@ async fn oidc_provider_tokens_and_key_rotation() {
     // Fresh for the whole test: every refetch below is one triggered by an unknown `kid`.
     config.auth.jwks_ttl_s = 300;
     config.auth.jwks_refetch_min_interval_s = REFETCH_INTERVAL.as_secs();
-    let running = tokio::time::timeout(Duration::from_secs(60), scp_pep::server::start(config, None))
-        .await
-        .expect("scp-pep starts in time")
-        .expect("scp-pep starts");
+    let running = tokio::time::timeout(
+        Duration::from_secs(60),
+        scp_pep::server::start(config, None),
+    )
+    .await
+    .expect("scp-pep starts in time")
+    .expect("scp-pep starts");
     let mut client = tokio::time::timeout(
         IO_TIMEOUT,
         AuthorizationClient::connect(format!("http://{}", running.grpc_addr)),
@@ -388,9 +429,15 @@ async fn oidc_provider_tokens_and_key_rotation() {
     .await
     .expect("client connects in time")
     .expect("client connects");
-    let http = reqwest::Client::builder().timeout(IO_TIMEOUT).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap();
     let fetches_at_start = jwks_fetches_ok(&http, running.http_addr).await;
-    assert!(fetches_at_start >= 1, "scp-pep prefetches the tenant's JWKS at start");
+    assert!(
+        fetches_at_start >= 1,
+        "scp-pep prefetches the tenant's JWKS at start"
+    );
 
     // 1. A provider token for the bound client, with the route's scope, is allowed (INT-4.2-1).
     let t1 = provider.token(CLIENT, "health:read person:read").await;
@@ -411,16 +458,31 @@ async fn oidc_provider_tokens_and_key_rotation() {
     let t = provider.token(CLIENT_NO_INTEGRATION, "health:read").await;
     assert!(jwt_part(&t, 1).get("integration_id").is_none());
     let r = check(&mut client, RECORD_PATH, &t).await;
-    assert_denied(&r, 401, "TOKEN_CLAIMS_MISSING", "token without integration_id");
+    assert_denied(
+        &r,
+        401,
+        "TOKEN_CLAIMS_MISSING",
+        "token without integration_id",
+    );
     // … a token whose `tenant_id` is not the tenant of its issuer …
     let t = provider.token(CLIENT_WRONG_TENANT, "health:read").await;
     let r = check(&mut client, RECORD_PATH, &t).await;
-    assert_denied(&r, 401, "TOKEN_CLAIMS_INVALID", "token with another tenant_id");
+    assert_denied(
+        &r,
+        401,
+        "TOKEN_CLAIMS_INVALID",
+        "token with another tenant_id",
+    );
     // … and a correctly shaped token of a client the integration is not bound to (`azp`).
     let t = provider.token(CLIENT_UNBOUND, "health:read").await;
     assert_eq!(jwt_part(&t, 1)["azp"], CLIENT_UNBOUND.0);
     let r = check(&mut client, RECORD_PATH, &t).await;
-    assert_denied(&r, 401, "TOKEN_CLAIMS_INVALID", "token of an unbound client");
+    assert_denied(
+        &r,
+        401,
+        "TOKEN_CLAIMS_INVALID",
+        "token of an unbound client",
+    );
 
     // 3. Scope: the bound client without health:read (INT-4.2-2).
     let t = provider.token(CLIENT, "person:read").await;
@@ -429,7 +491,10 @@ async fn oidc_provider_tokens_and_key_rotation() {
     assert_denied(&r, 403, "SCOPE_VIOLATION", "token without health:read");
 
     // Every token so far was signed with the prefetched key: no refetch.
-    assert_eq!(jwks_fetches_ok(&http, running.http_addr).await, fetches_at_start);
+    assert_eq!(
+        jwks_fetches_ok(&http, running.http_addr).await,
+        fetches_at_start
+    );
 
     // Old-key tokens, issued before the rotation and NOT presented until later: once verified, a
     // token is cached until `exp`, so only never-seen tokens show what the JWKS cache holds.
@@ -449,7 +514,11 @@ async fn oidc_provider_tokens_and_key_rotation() {
     both.sort();
     assert_eq!(provider.published_kids().await, both);
     let t2 = provider.token(CLIENT, "health:read").await;
-    assert_eq!(kid_of(&t2), kid2, "tokens after the rotation carry the new kid");
+    assert_eq!(
+        kid_of(&t2),
+        kid2,
+        "tokens after the rotation carry the new kid"
+    );
     assert_ne!(kid_of(&t2), kid_of(&t1));
     // The last JWKS fetch must lie more than the refetch interval back.
     tokio::time::sleep(PAST_REFETCH_INTERVAL).await;
@@ -463,7 +532,10 @@ async fn oidc_provider_tokens_and_key_rotation() {
     // The old key is still published, so a never-seen old-key token verifies against the
     // refetched key set; the already-verified old token stays allowed too.
     let r = check(&mut client, RECORD_PATH, &t1_unused_a).await;
-    assert_allowed(&r, "old-key token (never presented before) while the old key is published");
+    assert_allowed(
+        &r,
+        "old-key token (never presented before) while the old key is published",
+    );
     let r = check(&mut client, RECORD_PATH, &t1).await;
     assert_allowed(&r, "old-key token presented before the rotation");
     assert_eq!(
@@ -475,7 +547,9 @@ async fn oidc_provider_tokens_and_key_rotation() {
     // 5. Revocation: the provider stops publishing the old key. scp-pep only learns of it on its
     // next refetch, which an unknown kid triggers: rotate once more (kid 3), present a kid-3 token
     // after the refetch interval, then the never-presented kid-1 token must be refused.
-    let dropped = provider.admin(reqwest::Method::POST, "/admin/drop-old").await;
+    let dropped = provider
+        .admin(reqwest::Method::POST, "/admin/drop-old")
+        .await;
     assert_eq!(dropped["kids"], json!([kid2]), "{dropped}");
     let kid3 = provider.admin(reqwest::Method::POST, "/admin/rotate").await["kid"]
         .as_str()
@@ -484,7 +558,11 @@ async fn oidc_provider_tokens_and_key_rotation() {
     assert!(kid3 != kid1 && kid3 != kid2);
     let mut published = vec![kid2.clone(), kid3.clone()];
     published.sort();
-    assert_eq!(provider.published_kids().await, published, "kid 1 is no longer published");
+    assert_eq!(
+        provider.published_kids().await,
+        published,
+        "kid 1 is no longer published"
+    );
     let t3 = provider.token(CLIENT, "health:read").await;
     assert_eq!(kid_of(&t3), kid3);
     tokio::time::sleep(PAST_REFETCH_INTERVAL).await;
@@ -498,7 +576,12 @@ async fn oidc_provider_tokens_and_key_rotation() {
     // scp-pep's key set is now {kid 2, kid 3}. Whether or not this unknown kid may refetch again
     // (rate limit), the provider no longer publishes kid 1, so the answer is the same.
     let r = check(&mut client, RECORD_PATH, &t1_unused_b).await;
-    assert_denied(&r, 401, "TOKEN_KEY_UNKNOWN", "never-presented token signed with the dropped key");
+    assert_denied(
+        &r,
+        401,
+        "TOKEN_KEY_UNKNOWN",
+        "never-presented token signed with the dropped key",
+    );
     // Tokens of the still-published key 2 keep working.
     let r = check(&mut client, RECORD_PATH, &t2).await;
     assert_allowed(&r, "kid-2 token after the drop");

@@ -123,7 +123,10 @@ async fn failed_apply_leaves_store_untouched(url: String) {
     boom.id = "zz-boom".into();
     boom.path = "/zz/boom".into();
     bad.routes.push(boom);
-    assert!(store.apply(&bad).await.is_err(), "the trigger makes apply fail");
+    assert!(
+        store.apply(&bad).await.is_err(),
+        "the trigger makes apply fail"
+    );
     let (v, loaded) = store.load().await.unwrap();
     assert_eq!(v, 1, "version unchanged");
     assert_eq!(loaded, set, "nothing of the failed apply is visible");
@@ -158,7 +161,10 @@ async fn api_documents_survive_file_apply(url: String) {
 /// polling every 100 ms in this test).
 async fn policy_change_reaches_running_server(url: String) {
     let mut h = Harness::start(Some(url.clone())).await;
-    let token = h.sign("ke-rs256", &h.claims("ke", "int-ke-moh", &["health"], "health:person:read"));
+    let token = h.sign(
+        "ke-rs256",
+        &h.claims("ke", "int-ke-moh", &["health"], "health:person:read"),
+    );
     let req = Harness::get("/v1/tenants/ke/health/persons/p-1/record", &token);
     assert_eq!(h.check(&req).await["code"], "OK");
 
@@ -179,7 +185,10 @@ async fn policy_change_reaches_running_server(url: String) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(last["code"], "INTEGRATION_SUSPENDED", "suspension took effect");
+    assert_eq!(
+        last["code"], "INTEGRATION_SUSPENDED",
+        "suspension took effect"
+    );
     eprintln!(
         "{}: suspension visible after {} ms",
         store.backend(),

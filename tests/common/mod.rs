@@ -36,13 +36,18 @@ impl Keys {
             ("ug-rs256", Algorithm::RS256),
             ("rogue-rs256", Algorithm::RS256),
         ] {
-            m.insert(name.to_owned(), SigningKey::generate(alg, name).expect("keygen"));
+            m.insert(
+                name.to_owned(),
+                SigningKey::generate(alg, name).expect("keygen"),
+            );
         }
         Keys(m)
     }
 
     pub fn get(&self, name: &str) -> &SigningKey {
-        self.0.get(name).unwrap_or_else(|| panic!("no test key `{name}`"))
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("no test key `{name}`"))
     }
 }
 
@@ -84,7 +89,12 @@ impl Idp {
         let published = HashMap::from([
             (
                 "ke".to_owned(),
-                vec!["ke-rs256".into(), "ke-ps256".into(), "ke-es256".into(), "ke-eddsa".into()],
+                vec![
+                    "ke-rs256".into(),
+                    "ke-ps256".into(),
+                    "ke-es256".into(),
+                    "ke-eddsa".into(),
+                ],
             ),
             ("ug".to_owned(), vec!["ug-rs256".into()]),
         ]);
@@ -111,7 +121,12 @@ impl Idp {
 
     /// Publishes an additional key for `realm` (key rotation).
     pub fn add_key(&self, realm: &str, key: SigningKey) {
-        self.extra.write().unwrap().entry(realm.into()).or_default().push(key);
+        self.extra
+            .write()
+            .unwrap()
+            .entry(realm.into())
+            .or_default()
+            .push(key);
     }
 
     /// Stops publishing the fixture key `name` in `realm`.
@@ -128,7 +143,9 @@ pub fn write_policies(idp_base: &str, dest: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies");
     for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
-        let text = std::fs::read_to_string(&p).unwrap().replace("{{IDP}}", idp_base);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("{{IDP}}", idp_base);
         std::fs::write(dest.join(p.file_name().unwrap()), text).unwrap();
     }
 }
@@ -157,8 +174,8 @@ impl Harness {
         let policy_dir = dir.path().join("policies");
         write_policies(&idp.base, &policy_dir);
         let log_path = dir.path().join("decisions.jsonl");
-        let store_url = store_url
-            .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("pep.db").display()));
+        let store_url =
+            store_url.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("pep.db").display()));
         let mut config = Config::default();
         config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
         config.server.http_listen = "127.0.0.1:0".parse().unwrap();
@@ -168,7 +185,9 @@ impl Harness {
         config.decision_log.output = log_path.display().to_string();
         config.auth.jwks_refetch_min_interval_s = 1;
         tweak(&mut config);
-        let running = scp_pep::server::start(config, None).await.expect("scp-pep starts");
+        let running = scp_pep::server::start(config, None)
+            .await
+            .expect("scp-pep starts");
         let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
             .await
             .expect("client connects");
@@ -184,11 +203,21 @@ impl Harness {
     }
 
     /// Keycloak-shaped claims for `integration` of `tenant`, valid for 5 minutes.
-    pub fn claims(&self, tenant: &str, integration: &str, verticals: &[&str], scope: &str) -> Value {
+    pub fn claims(
+        &self,
+        tenant: &str,
+        integration: &str,
+        verticals: &[&str],
+        scope: &str,
+    ) -> Value {
         scp_pep::signer::ClaimsSpec {
             issuer: &self.idp.issuer(tenant),
             audience: "scp-pep",
-            client_id: if integration == "int-ke-moh" { "ke-moh-connector" } else { integration },
+            client_id: if integration == "int-ke-moh" {
+                "ke-moh-connector"
+            } else {
+                integration
+            },
             tenant_id: tenant,
             integration_id: integration,
             verticals,
@@ -249,7 +278,8 @@ impl Harness {
 /// The PostgreSQL server for store tests: `SCP_PEP_TEST_PG` or the machine's local server.
 /// Tests fail (never skip) when it is unreachable.
 pub fn pg_admin_url() -> String {
-    std::env::var("SCP_PEP_TEST_PG").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+    std::env::var("SCP_PEP_TEST_PG")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 /// Creates a fresh, empty PostgreSQL database and returns its URL.
@@ -265,7 +295,10 @@ pub async fn fresh_pg_database() -> String {
         .execute(&mut conn)
         .await
         .expect("create test database");
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
     format!("{base}/{name}")
 }
 
