@@ -174,6 +174,37 @@ mod tests {
         }
     }
 
+    /// Percent-encode everything but unreserved characters (RFC 3986 canonical form).
+    const CANONICAL: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+
+    proptest::proptest! {
+        /// DESIGN stage 3: whatever the input, normalization never panics; an accepted path has
+        /// no dot, empty or slash-bearing segment, and normalizing its canonical form again gives
+        /// the same segments (no second interpretation exists).
+        #[test]
+        fn normalization_is_unambiguous(raw in "(/([a-zA-Z0-9._~;:@!$&'()*+,=-]|%[0-9a-fA-F]{2}|/|\\\\|%|\\.){0,6}){1,6}(\\?[a-z=&%0-9]{0,8})?") {
+            if let Ok(n) = normalize(&raw) {
+                for s in &n.segments {
+                    proptest::prop_assert!(!s.is_empty() && s != "." && s != "..");
+                    proptest::prop_assert!(!s.contains('/') && !s.contains('\\'));
+                }
+                let reencoded: Vec<String> = n
+                    .segments
+                    .iter()
+                    .map(|s| percent_encoding::utf8_percent_encode(s, CANONICAL).to_string())
+                    .collect();
+                let again = format!("/{}", reencoded.join("/"));
+                let m = normalize(&again);
+                proptest::prop_assert!(m.is_ok(), "canonical form {} rejected", again);
+                proptest::prop_assert_eq!(m.unwrap().segments, n.segments);
+            }
+        }
+    }
+
     #[test]
     fn query_params_decode() {
         assert_eq!(

@@ -123,6 +123,14 @@ impl Engine {
         }
         d.latency_us = start.elapsed().as_micros() as u64;
         record_metrics(&d);
+        tracing::debug!(
+            decision_id = %d.decision_id,
+            authz.decision = if d.allowed() { "allow" } else { "deny" },
+            authz.code = d.code_str(),
+            integration_id = d.integration_id.as_deref().unwrap_or(""),
+            latency_us = d.latency_us,
+            "decision"
+        );
         d
     }
 
