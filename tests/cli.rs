@@ -41,6 +41,17 @@ fn policy_validate_accepts_the_shipped_policies() {
     assert!(v["counts"]["routes"].as_u64().unwrap() >= 5);
 }
 
+/// Runs `scp-pep ARGS`; returns (exit code, stdout as JSON or null, stderr).
+fn run(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = bin().args(args).output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// EXT-4.2-1, INT-9.3-1: bad files are refused with the file, entry and field at fault, and
 /// `policy apply` then writes nothing.
 #[test]
@@ -48,27 +59,17 @@ fn bad_policy_is_named_and_nothing_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good");
     common::write_policies("http://127.0.0.1:1", &good);
-    let db = dir.path().join("p.db");
-    let store = format!("sqlite:{}", db.display());
-    let out = bin()
-        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let good = good.to_str().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("p.db").display());
+    let apply = |d: &str| run(&["policy", "apply", d, "--store", &store]);
+
+    let (code, v, err) = apply(good);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         (v["changed"].as_bool(), v["version"].as_i64()),
         (Some(true), Some(1))
     );
-    let again = bin()
-        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let (_, v, _) = apply(good);
     assert_eq!(
         (v["changed"].as_bool(), v["version"].as_i64()),
         (Some(false), Some(1)),
@@ -76,64 +77,46 @@ fn bad_policy_is_named_and_nothing_is_applied() {
     );
 
     // Break one field of one entry, plus a dangling reference in another file.
-    let bad = dir.path().join("bad");
-    common::write_policies("http://127.0.0.1:1", &bad);
-    let integ = std::fs::read_to_string(bad.join("integrations.yaml")).unwrap();
+    let bad_dir = dir.path().join("bad");
+    common::write_policies("http://127.0.0.1:1", &bad_dir);
+    let integ = std::fs::read_to_string(bad_dir.join("integrations.yaml")).unwrap();
+    let broken = integ.replacen(
+        "rate_limit: {per_second: 1000, burst: 5000}",
+        "rate_limit: {per_second: 0, burst: 5000}",
+        1,
+    );
+    std::fs::write(bad_dir.join("integrations.yaml"), broken).unwrap();
     std::fs::write(
-        bad.join("integrations.yaml"),
-        integ.replacen(
-            "rate_limit: {per_second: 1000, burst: 5000}",
-            "rate_limit: {per_second: 0, burst: 5000}",
-            1,
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        bad.join("zz-extra.yaml"),
+        bad_dir.join("zz-extra.yaml"),
         "deny_rules:\n  - {id: dr-x, tenant: ke, integration: int-missing, reason: r}\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["policy", "validate", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("integrations.yaml: integrations[0] (int-ke-moh): rate_limit.per_second: must be at least 1"),
-        "{stderr}"
+    let bad = bad_dir.to_str().unwrap();
+    let (code, _, stderr) = run(&["policy", "validate", bad]);
+    assert_eq!(code, Some(1));
+    for expected in [
+        "integrations.yaml: integrations[0] (int-ke-moh): rate_limit.per_second: must be at least 1",
+        "zz-extra.yaml: deny_rules[0] (dr-x): integration: unknown integration `int-missing`",
+    ] {
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    let (code, _, stderr) = apply(bad);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("nothing was applied"));
+    let (_, v, _) = apply(good);
+    assert_eq!(
+        (v["changed"].as_bool(), v["version"].as_i64()),
+        (Some(false), Some(1)),
+        "store untouched"
     );
-    assert!(
-        stderr.contains(
-            "zz-extra.yaml: deny_rules[0] (dr-x): integration: unknown integration `int-missing`"
-        ),
-        "{stderr}"
-    );
-    let out = bin()
-        .args(["policy", "apply", bad.to_str().unwrap(), "--store", &store])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was applied"));
-    // The store still holds version 1.
-    let again = bin()
-        .args(["policy", "apply", good.to_str().unwrap(), "--store", &store])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(v["version"], 1);
 
-    // A YAML syntax/type error names file and position.
+    // A YAML type error names file and entry.
     std::fs::write(
-        bad.join("zz-extra.yaml"),
+        bad_dir.join("zz-extra.yaml"),
         "routes:\n  - id: r\n    methods: GET\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["policy", "validate", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, _, stderr) = run(&["policy", "validate", bad]);
     assert!(stderr.contains("zz-extra.yaml: routes[0]"), "{stderr}");
 }
 

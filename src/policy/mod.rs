@@ -62,6 +62,24 @@ struct Origins {
 }
 
 impl Origins {
+    /// A closure recording one problem `(field, message)` of entry `kind`/`id` into `out`.
+    fn reporter<'a>(
+        &self,
+        out: &'a mut Vec<PolicyError>,
+        kind: &'static str,
+        id: &str,
+    ) -> impl FnMut(&str, String) + 'a {
+        let (file, entry) = self.entry(kind, id);
+        move |field, message| {
+            out.push(PolicyError {
+                file: file.clone(),
+                entry: entry.clone(),
+                field: field.into(),
+                message,
+            })
+        }
+    }
+
     fn entry(&self, kind: &'static str, id: &str) -> (String, String) {
         match self.map.get(&(kind, id.to_owned())) {
             Some((file, idx)) => (file.clone(), format!("{kind}[{idx}] ({id})")),
@@ -225,15 +243,7 @@ impl PolicySet {
         let mut issuers: HashMap<&str, &str> = HashMap::new();
 
         for t in &self.tenants {
-            let (file, entry) = origins.entry("tenants", &t.id);
-            let mut err = |field: &str, message: String| {
-                out.push(PolicyError {
-                    file: file.clone(),
-                    entry: entry.clone(),
-                    field: field.into(),
-                    message,
-                })
-            };
+            let mut err = origins.reporter(&mut out, "tenants", &t.id);
             if !is_ident(&t.id, false) {
                 err("id", format!("`{}` must match [a-z0-9][a-z0-9_-]*", t.id));
             }
@@ -267,15 +277,7 @@ impl PolicySet {
         }
 
         for i in &self.integrations {
-            let (file, entry) = origins.entry("integrations", &i.id);
-            let mut err = |field: &str, message: String| {
-                out.push(PolicyError {
-                    file: file.clone(),
-                    entry: entry.clone(),
-                    field: field.into(),
-                    message,
-                })
-            };
+            let mut err = origins.reporter(&mut out, "integrations", &i.id);
             if !is_ident(&i.id, true) {
                 err(
                     "id",
@@ -355,15 +357,7 @@ impl PolicySet {
 
         let mut shapes: HashMap<(String, Vec<Option<String>>), &str> = HashMap::new();
         for r in &self.routes {
-            let (file, entry) = origins.entry("routes", &r.id);
-            let mut err = |field: &str, message: String| {
-                out.push(PolicyError {
-                    file: file.clone(),
-                    entry: entry.clone(),
-                    field: field.into(),
-                    message,
-                })
-            };
+            let mut err = origins.reporter(&mut out, "routes", &r.id);
             if !is_ident(&r.id, true) {
                 err(
                     "id",
@@ -437,15 +431,7 @@ impl PolicySet {
         }
 
         for d in &self.deny_rules {
-            let (file, entry) = origins.entry("deny_rules", &d.id);
-            let mut err = |field: &str, message: String| {
-                out.push(PolicyError {
-                    file: file.clone(),
-                    entry: entry.clone(),
-                    field: field.into(),
-                    message,
-                })
-            };
+            let mut err = origins.reporter(&mut out, "deny_rules", &d.id);
             if !tenants.contains(d.tenant.as_str()) {
                 err("tenant", format!("unknown tenant `{}`", d.tenant));
             }
