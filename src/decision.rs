@@ -343,7 +343,7 @@ impl Decision {
             persons: 0,
             masked_fields: Vec::new(),
             allowed_fields: None,
-            stages: Vec::new(),
+            stages: Vec::with_capacity(9),
             incidents: Vec::new(),
             latency_us: 0,
             headers_to_remove: Vec::new(),

@@ -362,7 +362,9 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     println!("or, through Envoy (docker compose up, see envoy/README.md):\n");
     println!("  export TOKEN={moh}");
     println!("  curl -H \"authorization: Bearer $TOKEN\" http://localhost:10000{record}\n");
-    println!("The token is a throwaway demo token signed by a key that exists only in this process; it is valid for 5 minutes. Ctrl-C to stop.");
+    println!(
+        "The token is a throwaway demo token signed by a key that exists only in this process; it is valid for 5 minutes. Ctrl-C to stop."
+    );
     crate::cli::wait_for_signal().await;
     running.shutdown().await;
     Ok(all_ok)

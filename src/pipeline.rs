@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::authn::{Authenticator, VerifiedToken};
-use crate::decision::{Decision, Denial, DenyCode, Incident, Outcome, Stage};
+use crate::decision::{ALL_CODES, Decision, Denial, DenyCode, Incident, Outcome, Stage};
 use crate::limits::Limits;
 use crate::path;
 use crate::policy::snapshot::IntegrationEntry;
@@ -69,6 +69,54 @@ pub struct Engine {
     limits: Limits,
     sink: Arc<dyn DecisionSink>,
     settings: PipelineSettings,
+    metrics: DecisionMetrics,
+}
+
+/// Metric handles registered once (a labelled `counter!` per call costs a registry lookup).
+struct DecisionMetrics {
+    allowed: metrics::Counter,
+    /// One per [`ALL_CODES`] entry, same order.
+    denied: Vec<metrics::Counter>,
+    duration: metrics::Histogram,
+    incidents: [metrics::Counter; 3],
+}
+
+impl DecisionMetrics {
+    fn register() -> Self {
+        DecisionMetrics {
+            allowed: metrics::counter!("scp_pep_decisions_total", "outcome" => "allow", "code" => "OK"),
+            denied: ALL_CODES
+                .iter()
+                .map(|c| metrics::counter!("scp_pep_decisions_total", "outcome" => "deny", "code" => c.as_str()))
+                .collect(),
+            duration: metrics::histogram!("scp_pep_decision_duration_seconds"),
+            incidents: [
+                metrics::counter!("scp_pep_security_incidents_total", "kind" => "vertical_mis_scoped"),
+                metrics::counter!("scp_pep_security_incidents_total", "kind" => "cross_tenant"),
+                metrics::counter!("scp_pep_security_incidents_total", "kind" => "forged_headers"),
+            ],
+        }
+    }
+
+    fn record(&self, d: &Decision) {
+        match d.denial() {
+            None => self.allowed.increment(1),
+            Some(denial) => {
+                if let Some(i) = ALL_CODES.iter().position(|c| *c == denial.code) {
+                    self.denied[i].increment(1);
+                }
+            }
+        }
+        self.duration.record(d.latency_us as f64 / 1e6);
+        for i in &d.incidents {
+            let k = match i {
+                Incident::VerticalMisScoped => 0,
+                Incident::CrossTenant => 1,
+                Incident::ForgedHeaders => 2,
+            };
+            self.incidents[k].increment(1);
+        }
+    }
 }
 
 impl Engine {
@@ -84,6 +132,7 @@ impl Engine {
             limits: Limits::new(),
             sink,
             settings,
+            metrics: DecisionMetrics::register(),
         }
     }
 
@@ -122,7 +171,7 @@ impl Engine {
             ));
         }
         d.latency_us = start.elapsed().as_micros() as u64;
-        record_metrics(&d);
+        self.metrics.record(&d);
         tracing::debug!(
             decision_id = %d.decision_id,
             authz.decision = if d.allowed() { "allow" } else { "deny" },
@@ -224,21 +273,6 @@ fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-fn record_metrics(d: &Decision) {
-    let outcome = if d.allowed() { "allow" } else { "deny" };
-    metrics::counter!("scp_pep_decisions_total", "outcome" => outcome, "code" => d.code_str())
-        .increment(1);
-    metrics::histogram!("scp_pep_decision_duration_seconds").record(d.latency_us as f64 / 1e6);
-    for i in &d.incidents {
-        let kind = match i {
-            Incident::VerticalMisScoped => "vertical_mis_scoped",
-            Incident::CrossTenant => "cross_tenant",
-            Incident::ForgedHeaders => "forged_headers",
-        };
-        metrics::counter!("scp_pep_security_incidents_total", "kind" => kind).increment(1);
-    }
 }
 
 /// Stages 2–8, pure: integration, second factors, route, tenant and vertical, scope, deny rules,

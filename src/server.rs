@@ -46,6 +46,19 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|handle| {
+                    // Histograms keep raw samples until upkeep drains them; without this a replica
+                    // nobody scrapes grows without bound.
+                    let h = handle.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(Duration::from_secs(5));
+                                h.run_upkeep();
+                            }
+                        });
+                })
         })
         .as_ref()
 }

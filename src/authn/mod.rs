@@ -112,6 +112,8 @@ pub struct Authenticator {
     jwks: JwksCache,
     cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
     settings: Arc<AuthSettings>,
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
 }
 
 struct UntilExp;
@@ -145,6 +147,8 @@ impl Authenticator {
             jwks,
             cache,
             settings: Arc::new(settings),
+            cache_hits: metrics::counter!("scp_pep_token_cache_total", "result" => "hit"),
+            cache_misses: metrics::counter!("scp_pep_token_cache_total", "result" => "miss"),
         }
     }
 
@@ -175,11 +179,11 @@ impl Authenticator {
                 && v.key_epoch == self.jwks.revocation_epoch()
                 && snapshot.tenants.contains_key(&v.tenant_id)
             {
-                metrics::counter!("scp_pep_token_cache_total", "result" => "hit").increment(1);
+                self.cache_hits.increment(1);
                 return Ok(v);
             }
         }
-        metrics::counter!("scp_pep_token_cache_total", "result" => "miss").increment(1);
+        self.cache_misses.increment(1);
         let verified = Arc::new(self.verify(snapshot, token).await?);
         self.cache.insert(digest, verified.clone());
         Ok(verified)

@@ -1,0 +1,284 @@
+//! In-process decision latency (target (a): p99 ≤ 20 µs with a cached token).
+//!
+//! Criterion benchmarks (means):
+//! - `decide/cached_token`: `Engine::decide` for an allowed request whose token is in the
+//!   verified-token cache (the steady state), decision log off.
+//! - `decide/cached_token_json_log`: the same with the JSON-lines decision log to a file.
+//! - `handler/cached_token`: what the gRPC handler does around it: `facts_from_check` →
+//!   `decide` → `to_check_response` (no transport).
+//! - `authorize/stages_2_8`: the pure function `pipeline::authorize`.
+//! - `authn/cold_verify_rs256`: an uncached token verification (JWS parse, key lookup, RS256
+//!   signature, claims) through `Authenticator::authenticate` with its cache emptied each time.
+//! - `authn/jsonwebtoken_decode_rs256`: the bare `jsonwebtoken::decode` for reference.
+//!
+//! Then a sampled loop (100,000 timed calls each, `std::time::Instant`) prints p50/p99/p99.9 of
+//! `decide` and of the handler path, which is what target (a) is about.
+//!
+//! Run: `cargo bench --bench pipeline`. `BENCH_SAMPLED=decide,log,handler,cold,rss` selects the
+//! sampled loops (`rss`, off by default, measures memory growth over 2,000,000 decisions).
+
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion};
+use jsonwebtoken::{DecodingKey, Validation};
+use scp_pep::authn::{AuthSettings, Authenticator, DEFAULT_ALGORITHMS};
+use scp_pep::check::build_request;
+use scp_pep::decision::Decision;
+use scp_pep::grpc::{facts_from_check, to_check_response};
+use scp_pep::pipeline::{PipelineSettings, authorize};
+use support::{Bench, pct};
+
+const SAMPLED_ITERS: usize = 100_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bench = rt.block_on(Bench::start());
+    let logged = rt.block_on(Bench::start_with(Some("decisions.jsonl")));
+    let engine = bench.running.engine.clone();
+    let engine_logged = logged.running.engine.clone();
+    let facts = bench.facts();
+    let facts_logged = logged.facts();
+
+    // Setup checks: a benchmark of denials would be meaningless.
+    for (e, f) in [(&engine, &facts), (&engine_logged, &facts_logged)] {
+        let d = rt.block_on(e.decide(f));
+        assert!(
+            d.allowed(),
+            "bench request must be allowed: {:?}",
+            d.denial()
+        );
+    }
+    let check_req = build_request(&bench.check_input());
+    {
+        let f = facts_from_check(check_req.clone());
+        let d = rt.block_on(engine.decide(&f));
+        assert!(
+            d.allowed(),
+            "gRPC-shaped request must be allowed: {:?}",
+            d.denial()
+        );
+    }
+
+    let snap_guard = engine.snapshot().load_full();
+    let snap = snap_guard
+        .as_ref()
+        .as_ref()
+        .expect("policy snapshot")
+        .clone();
+    let verified = rt
+        .block_on(engine.authenticator().authenticate(&snap, &bench.token))
+        .expect("token verifies");
+    let settings = PipelineSettings::default();
+    {
+        let mut d = Decision::new("GET", support::PATH, chrono::Utc::now());
+        authorize(&snap, &facts, &verified, &settings, &mut d).expect("stages 2-8 allow");
+    }
+
+    // A second authenticator sharing the (prefetched) JWKS cache but not the token cache.
+    let cold = Authenticator::new(
+        engine.authenticator().jwks().clone(),
+        AuthSettings {
+            leeway_s: 30,
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            token_cache_entries: 1_000,
+        },
+    );
+    rt.block_on(cold.authenticate(&snap, &bench.token))
+        .expect("cold verification succeeds");
+
+    let mut c = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+
+    c.bench_function("decide/cached_token", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(engine.decide(&facts).await) })
+    });
+    c.bench_function("decide/cached_token_json_log", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(engine_logged.decide(&facts_logged).await) })
+    });
+    let eng = &engine;
+    c.bench_function("handler/cached_token", |b| {
+        b.to_async(&rt).iter_batched(
+            || check_req.clone(),
+            |req| async move {
+                let f = facts_from_check(req);
+                let d = eng.decide(&f).await;
+                black_box(to_check_response(&d))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let template = Decision::new("GET", support::PATH, chrono::Utc::now());
+    c.bench_function("authorize/stages_2_8", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |d| {
+                let r = authorize(&snap, &facts, &verified, &settings, d);
+                black_box(r.is_ok())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("authn/cold_verify_rs256", |b| {
+        b.to_async(&rt).iter(|| async {
+            cold.invalidate_all();
+            black_box(cold.authenticate(&snap, &bench.token).await.is_ok())
+        })
+    });
+    let dk = DecodingKey::from_jwk(&bench.key.public).expect("decoding key");
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&[format!("{}/realms/ke", bench.idp_base)]);
+    validation.set_audience(&["scp-pep"]);
+    jsonwebtoken::decode::<serde_json::Value>(&bench.token, &dk, &validation).expect("decodes");
+    c.bench_function("authn/jsonwebtoken_decode_rs256", |b| {
+        b.iter(|| {
+            black_box(jsonwebtoken::decode::<serde_json::Value>(
+                black_box(&bench.token),
+                &dk,
+                &validation,
+            ))
+        })
+    });
+
+    // Sampled loops for percentiles (criterion reports means and confidence intervals only).
+    // `BENCH_SAMPLED=decide,log,handler,cold,rss` selects loops (for profiling); default: all
+    // but `rss`.
+    let only = std::env::var("BENCH_SAMPLED").unwrap_or_else(|_| "decide,log,handler,cold".into());
+    let run = |name: &str| only.split(',').any(|s| s.trim() == name);
+    if run("decide") {
+        let decide_ns = rt.block_on(async {
+            let mut v = Vec::with_capacity(SAMPLED_ITERS);
+            let mut denied = 0usize;
+            for _ in 0..SAMPLED_ITERS {
+                let t = Instant::now();
+                let d = engine.decide(&facts).await;
+                v.push(t.elapsed().as_nanos() as u64);
+                denied += usize::from(!d.allowed());
+            }
+            assert_eq!(denied, 0, "denials in the sampled loop");
+            v
+        });
+        report("decide (cached token, log off)", decide_ns);
+    }
+
+    if run("log") {
+        let logged_ns = rt.block_on(async {
+            let mut v = Vec::with_capacity(SAMPLED_ITERS);
+            for _ in 0..SAMPLED_ITERS {
+                let t = Instant::now();
+                let d = engine_logged.decide(&facts_logged).await;
+                v.push(t.elapsed().as_nanos() as u64);
+                assert!(d.allowed());
+            }
+            v
+        });
+        report("decide (cached token, JSON log to file)", logged_ns);
+    }
+
+    if run("handler") {
+        let handler_ns = rt.block_on(async {
+            let mut v = Vec::with_capacity(SAMPLED_ITERS);
+            for _ in 0..SAMPLED_ITERS {
+                let req = check_req.clone();
+                let t = Instant::now();
+                let f = facts_from_check(req);
+                let d = engine.decide(&f).await;
+                let resp = to_check_response(&d);
+                v.push(t.elapsed().as_nanos() as u64);
+                assert!(d.allowed());
+                black_box(resp);
+            }
+            v
+        });
+        report(
+            "handler: facts_from_check+decide+to_check_response",
+            handler_ns,
+        );
+    }
+
+    // Not in the default set: memory growth over 2,000,000 decisions (the Prometheus histogram
+    // buckets are only drained by a scrape or an upkeep task).
+    if run("rss") {
+        let before = rss_kb();
+        rt.block_on(async {
+            for _ in 0..2_000_000 {
+                black_box(engine.decide(&facts).await);
+            }
+        });
+        let after = rss_kb();
+        println!(
+            "RSS over 2,000,000 decisions: {before} kB -> {after} kB (+{} kB, {:.1} bytes/decision)",
+            after.saturating_sub(before),
+            after.saturating_sub(before) as f64 * 1024.0 / 2e6
+        );
+        if let Some(h) = scp_pep::server::prometheus() {
+            let t = Instant::now();
+            let text = h.render();
+            println!(
+                "first /metrics render after that: {:.1} ms, {} bytes; RSS {} kB",
+                t.elapsed().as_secs_f64() * 1e3,
+                text.len(),
+                rss_kb()
+            );
+        }
+    }
+
+    if run("cold") {
+        let cold_ns = rt.block_on(async {
+            let n = 2_000;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                cold.invalidate_all();
+                let ok = cold.authenticate(&snap, &bench.token).await.is_ok();
+                v.push(t.elapsed().as_nanos() as u64);
+                assert!(ok);
+            }
+            v
+        });
+        report("cold RS256 verification (2,000 samples)", cold_ns);
+    }
+
+    c.final_summary();
+    rt.block_on(async {
+        bench.running.shutdown().await;
+        logged.running.shutdown().await;
+    });
+}
+
+fn report(name: &str, mut ns: Vec<u64>) {
+    ns.sort_unstable();
+    let us = |x: u64| x as f64 / 1000.0;
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1000.0;
+    println!(
+        "SAMPLED {name}: n={} mean={mean:.2}µs p50={:.2}µs p90={:.2}µs p99={:.2}µs p99.9={:.2}µs max={:.2}µs",
+        ns.len(),
+        us(pct(&ns, 0.50)),
+        us(pct(&ns, 0.90)),
+        us(pct(&ns, 0.99)),
+        us(pct(&ns, 0.999)),
+        us(*ns.last().unwrap_or(&0)),
+    );
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
