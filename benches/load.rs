@@ -28,6 +28,10 @@
 
 mod support;
 
+/// The same allocator as the `scp-pep` binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,10 @@
 
 mod support;
 
+/// The same allocator as the `scp-pep` binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

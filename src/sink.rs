@@ -10,8 +10,9 @@
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::decision::Decision;
 
@@ -29,50 +30,81 @@ pub trait DecisionSink: Send + Sync + 'static {
     fn record<'a>(&'a self, decision: &'a Decision) -> SinkFuture<'a>;
 }
 
-/// Writes decisions as JSON lines to stdout or a file from a dedicated thread, through a bounded
-/// queue. A full queue drops the line and counts it in `scp_pep_decision_log_dropped_total`; a slow
-/// terminal never slows decisions. (Durability is the audit log's job.)
+/// Writes decisions as JSON lines to stdout or a file.
 ///
-/// The writer drains the queue in batches every [`JsonLogSink::BATCH_INTERVAL`] and flushes once
-/// per batch, so deciding threads rarely have to wake it; a line reaches the output at most about
-/// one interval after its decision.
+/// Deciding threads serialize into a thread-local scratch buffer and append it to a shared,
+/// bounded batch buffer under a short lock; a writer thread swaps the batch out every
+/// [`JsonLogSink::BATCH_INTERVAL`] and writes it with one call. No allocation or wake-up per
+/// decision, and a slow terminal never slows decisions: when the batch buffer is full, lines are
+/// dropped and counted in `scp_pep_decision_log_dropped_total`. A line reaches the output about one
+/// interval after its decision. (Durability is the audit log's job.)
 pub struct JsonLogSink {
-    tx: SyncSender<String>,
+    shared: Arc<Shared>,
     dropped: metrics::Counter,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    batch: Mutex<Vec<u8>>,
+    /// Bytes the batch buffer may hold before lines are dropped.
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl JsonLogSink {
     /// Pause between two batches of the writer thread.
-    pub const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+    pub const BATCH_INTERVAL: Duration = Duration::from_millis(5);
 
-    /// Starts the writer thread. `out`: where lines go; `capacity`: queued lines at most.
-    pub fn new(out: Box<dyn Write + Send>, capacity: usize) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(capacity);
-        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    /// Starts the writer thread. `out`: where lines go; `capacity`: bytes buffered at most
+    /// between two batches.
+    pub fn new(mut out: Box<dyn Write + Send>, capacity: usize) -> Self {
+        let shared = Arc::new(Shared {
+            batch: Mutex::new(Vec::with_capacity(64 * 1024)),
+            capacity,
+            closed: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(more.as_bytes());
+                let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+                loop {
+                    let closed = writer.closed.load(Ordering::Acquire);
+                    if let Ok(mut batch) = writer.batch.lock() {
+                        std::mem::swap(&mut *batch, &mut spare);
                     }
-                    let _ = out.flush();
+                    if !spare.is_empty() {
+                        let _ = out.write_all(&spare);
+                        let _ = out.flush();
+                        spare.clear();
+                    }
+                    if closed {
+                        return;
+                    }
                     std::thread::sleep(Self::BATCH_INTERVAL);
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start decision-log thread; decisions will not be logged");
-        }
+        let writer = match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start decision-log thread; decisions will not be logged");
+                None
+            }
+        };
         JsonLogSink {
-            tx,
+            shared,
             dropped: metrics::counter!("scp_pep_decision_log_dropped_total"),
+            writer,
         }
     }
 
     /// A sink writing to standard output.
     pub fn stdout() -> Self {
-        Self::new(Box::new(std::io::stdout()), 65_536)
+        Self::new(Box::new(std::io::stdout()), 16 << 20)
     }
 
     /// A sink appending to `path`.
@@ -81,17 +113,40 @@ impl JsonLogSink {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Self::new(Box::new(f), 65_536))
+        Ok(Self::new(Box::new(f), 16 << 20))
+    }
+}
+
+impl Drop for JsonLogSink {
+    /// Lets the writer write what is buffered, then waits for it (at most one batch interval
+    /// plus the write).
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl DecisionSink for JsonLogSink {
     fn record<'a>(&'a self, decision: &'a Decision) -> SinkFuture<'a> {
-        let mut line = serde_json::to_string(decision).unwrap_or_default();
-        line.push('\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(line) {
-            self.dropped.increment(1);
-        }
+        SCRATCH.with_borrow_mut(|line| {
+            line.clear();
+            if serde_json::to_writer(&mut *line, decision).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let appended = match self.shared.batch.lock() {
+                Ok(mut batch) if batch.len() + line.len() <= self.shared.capacity => {
+                    batch.extend_from_slice(line);
+                    true
+                }
+                _ => false,
+            };
+            if !appended {
+                self.dropped.increment(1);
+            }
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 }
