@@ -33,6 +33,9 @@ async fn rotation_is_followed_with_one_shared_refetch() {
     h.idp.add_key("ke", new_key);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s refetch interval
     let fetches_before_burst = h.idp.fetches.load(Ordering::SeqCst);
+    // A slow IdP: the other requests arrive while the shared refetch is in flight, and must wait
+    // for it rather than fail.
+    h.idp.delay_ms.store(300, Ordering::SeqCst);
     // 16 concurrent first uses of the new kid.
     let mut tasks = Vec::new();
     for _ in 0..16 {

@@ -21,6 +21,18 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::policy::JwksSource;
 
+/// When [`JwksCache::refresh`] fetches.
+#[derive(Clone, Copy)]
+enum Refresh {
+    /// Stale set: fetch unless a refresh is already running (then return at once).
+    Background,
+    /// A `kid` is unknown (or nothing is loaded): wait for any running refresh; fetch only if no
+    /// refresh completed since generation `seen` and the refetch interval has passed.
+    Needed { seen: u64 },
+    /// Start-up prefetch: fetch (after any running refresh).
+    Force,
+}
+
 /// Largest JWKS document accepted, bytes.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -133,30 +145,25 @@ impl JwksCache {
     /// refetch); [`KeyError::Unavailable`] when no set was ever loaded.
     pub async fn key(&self, source: &JwksSource, kid: &str) -> Result<Arc<VerifyKey>, KeyError> {
         let entry = self.entry(source);
+        // Read before the keys: a refresh stores its keys, then bumps the generation.
+        let seen = entry.generation.load(Ordering::Acquire);
         let set = entry.keys.load();
-        match set.fetched_at {
-            None => {
-                self.refresh(source, &entry, true).await;
-            }
-            Some(at) if at.elapsed() > self.inner.ttl => {
-                // Stale: serve what we have, refresh in the background (one at a time).
-                let this = self.clone();
-                let src = source.clone();
-                let e = entry.clone();
-                tokio::spawn(async move { this.refresh(&src, &e, false).await });
-            }
-            Some(_) => {}
+        if set
+            .fetched_at
+            .is_some_and(|at| at.elapsed() > self.inner.ttl)
+        {
+            // Stale: serve what we have, refresh in the background (one at a time).
+            let this = self.clone();
+            let src = source.clone();
+            let e = entry.clone();
+            tokio::spawn(async move { this.refresh(&src, &e, Refresh::Background).await });
         }
-        let set = entry.keys.load();
         if let Some(k) = set.keys.get(kid) {
             return Ok(k.clone());
         }
-        // Unknown kid: one shared refetch, rate-limited.
-        let now = self.now_ms();
-        let last = entry.last_attempt_ms.load(Ordering::Acquire);
-        if last == 0 || now.saturating_sub(last) >= self.inner.min_refetch.as_millis() as u64 {
-            self.refresh(source, &entry, true).await;
-        }
+        // Unknown kid, or nothing loaded yet: wait for an in-flight refresh, or make the one
+        // shared, rate-limited refetch ourselves.
+        self.refresh(source, &entry, Refresh::Needed { seen }).await;
         let set = entry.keys.load();
         if let Some(k) = set.keys.get(kid) {
             return Ok(k.clone());
@@ -175,7 +182,7 @@ impl JwksCache {
     /// usable keys loaded, or the fetch error.
     pub async fn prefetch(&self, source: &JwksSource) -> Result<usize, String> {
         let entry = self.entry(source);
-        self.refresh(source, &entry, true).await;
+        self.refresh(source, &entry, Refresh::Force).await;
         let set = entry.keys.load();
         match (&set.last_error, set.fetched_at) {
             (Some(e), _) => Err(e.clone()),
@@ -195,21 +202,26 @@ impl JwksCache {
         self.inner.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// Single-flight refresh. With `wait`, waits for an in-flight refresh instead of starting a
-    /// second one; without, returns at once when one is running.
-    async fn refresh(&self, source: &JwksSource, entry: &Entry, wait: bool) {
-        let gen_before = entry.generation.load(Ordering::Acquire);
-        let _guard = if wait {
-            entry.refresh.lock().await
-        } else {
-            match entry.refresh.try_lock() {
+    /// Single-flight refresh (one fetch at a time per source); see [`Refresh`] for when it fetches.
+    async fn refresh(&self, source: &JwksSource, entry: &Entry, mode: Refresh) {
+        let _guard = match mode {
+            Refresh::Background => match entry.refresh.try_lock() {
                 Ok(g) => g,
                 Err(_) => return,
-            }
+            },
+            Refresh::Needed { .. } | Refresh::Force => entry.refresh.lock().await,
         };
-        if entry.generation.load(Ordering::Acquire) != gen_before {
-            // Someone else fetched while we waited: use their result.
-            return;
+        if let Refresh::Needed { seen } = mode {
+            if entry.generation.load(Ordering::Acquire) != seen {
+                // A refresh completed since the caller looked: use its result.
+                return;
+            }
+            let last = entry.last_attempt_ms.load(Ordering::Acquire);
+            let min = self.inner.min_refetch.as_millis() as u64;
+            if last != 0 && self.now_ms().saturating_sub(last) < min {
+                // Rate-limited: unknown `kid`s must not make scp-pep hammer the IdP.
+                return;
+            }
         }
         entry
             .last_attempt_ms

@@ -63,10 +63,16 @@ pub struct Idp {
     pub fetches: Arc<AtomicUsize>,
     /// When set, every JWKS request fails with 503.
     pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds every JWKS response is delayed (a slow IdP).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn certs(State(idp): State<Idp>, AxPath(realm): AxPath<String>) -> impl IntoResponse {
     idp.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = idp.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if idp.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, String::new());
     }
@@ -105,6 +111,7 @@ impl Idp {
             extra: Arc::new(RwLock::new(HashMap::new())),
             fetches: Arc::new(AtomicUsize::new(0)),
             down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let app = Router::new()
             .route("/realms/{realm}/protocol/openid-connect/certs", get(certs))
