@@ -236,7 +236,9 @@ async fn serve_check_and_ops_endpoints() {
         metrics.contains("scp_pep_decisions_total{outcome=\"allow\",code=\"OK\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("code=\"TENANT_MISMATCH\""));
+    assert!(
+        metrics.contains("scp_pep_decisions_total{outcome=\"deny\",code=\"TENANT_MISMATCH\"} 1")
+    );
     assert!(metrics.contains("scp_pep_decision_duration_seconds_bucket"));
 
     // Graceful stop on SIGTERM.
