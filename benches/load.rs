@@ -136,7 +136,7 @@ fn main() {
     let (shaped_addr, shaped_stop) = srv_rt.block_on(start_noop(Some(allow_response)));
     println!(
         "scp-pep gRPC {pep_addr}, no-op {noop_addr}, no-op with scp-pep's response {shaped_addr}; RSS {} kB",
-        rss_kb()
+        support::rss_kb()
     );
 
     // Client on its own runtime and thread.
@@ -164,7 +164,7 @@ fn main() {
         .expect("client thread");
     let ok = client.join().expect("client thread panicked");
 
-    println!("RSS at end {} kB", rss_kb());
+    println!("RSS at end {} kB", support::rss_kb());
     let _ = noop_stop.send(());
     let _ = shaped_stop.send(());
     srv_rt.block_on(bench.running.shutdown());
@@ -393,7 +393,7 @@ async fn closed_loop(
         srv / secs * 100.0,
         cli / secs * 100.0,
         other / secs * 100.0,
-        rss_kb(),
+        support::rss_kb(),
     );
     ClosedResult {
         rate,
@@ -535,7 +535,7 @@ async fn open_loop(
         cpu.get("srv").copied().unwrap_or(0.0) / secs * 100.0,
         cpu.get("client").copied().unwrap_or(0.0) / secs * 100.0,
         cpu.get("other").copied().unwrap_or(0.0) / secs * 100.0,
-        rss_kb(),
+        support::rss_kb(),
     );
     errors == 0
 }
@@ -586,15 +586,4 @@ fn cpu_delta(
     b.iter()
         .map(|(k, v)| (*k, v - a.get(k).copied().unwrap_or(0.0)))
         .collect()
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
 }

@@ -214,13 +214,13 @@ fn main() {
     // Not in the default set: memory growth over 2,000,000 decisions (the Prometheus histogram
     // buckets are only drained by a scrape or an upkeep task).
     if run("rss") {
-        let before = rss_kb();
+        let before = support::rss_kb();
         rt.block_on(async {
             for _ in 0..2_000_000 {
                 black_box(engine.decide(&facts).await);
             }
         });
-        let after = rss_kb();
+        let after = support::rss_kb();
         println!(
             "RSS over 2,000,000 decisions: {before} kB -> {after} kB (+{} kB, {:.1} bytes/decision)",
             after.saturating_sub(before),
@@ -233,7 +233,7 @@ fn main() {
                 "first /metrics render after that: {:.1} ms, {} bytes; RSS {} kB",
                 t.elapsed().as_secs_f64() * 1e3,
                 text.len(),
-                rss_kb()
+                support::rss_kb()
             );
         }
     }
@@ -274,15 +274,4 @@ fn report(name: &str, mut ns: Vec<u64>) {
         us(pct(&ns, 0.999)),
         us(*ns.last().unwrap_or(&0)),
     );
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
 }
