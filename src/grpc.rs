@@ -125,35 +125,28 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     match d.denial() {
         None => {
-            let mut ok = OkHttpResponseBuilder::new();
-            let mut set = |k: &str, v: String| {
-                ok.add_header(k, v, overwrite, true);
-            };
-            set("x-scp-decision-id", d.decision_id.clone());
-            set("x-scp-tenant-id", d.tenant_id.clone().unwrap_or_default());
-            set(
-                "x-scp-integration-id",
-                d.integration_id.clone().unwrap_or_default(),
-            );
-            set("x-scp-verticals", d.verticals.join(","));
-            set("x-scp-scopes", d.scopes.join(" "));
-            set("x-scp-masked-fields", d.masked_fields.join(","));
-            let mut set_names: Vec<&str> = vec![
-                "x-scp-decision-id",
-                "x-scp-tenant-id",
-                "x-scp-integration-id",
-                "x-scp-verticals",
-                "x-scp-scopes",
-                "x-scp-masked-fields",
+            let mut headers: Vec<(&str, String)> = vec![
+                ("x-scp-decision-id", d.decision_id.clone()),
+                ("x-scp-tenant-id", d.tenant_id.clone().unwrap_or_default()),
+                (
+                    "x-scp-integration-id",
+                    d.integration_id.clone().unwrap_or_default(),
+                ),
+                ("x-scp-verticals", d.verticals.join(",")),
+                ("x-scp-scopes", d.scopes.join(" ")),
+                ("x-scp-masked-fields", d.masked_fields.join(",")),
             ];
             if let Some(a) = &d.allowed_fields {
-                ok.add_header("x-scp-allowed-fields", a.join(","), overwrite, true);
-                set_names.push("x-scp-allowed-fields");
+                headers.push(("x-scp-allowed-fields", a.join(",")));
             }
+            let mut ok = OkHttpResponseBuilder::new();
             for h in &d.headers_to_remove {
-                if !set_names.contains(&h.as_str()) {
+                if !headers.iter().any(|(name, _)| name == h) {
                     ok.remove_header(h.clone());
                 }
+            }
+            for (name, value) in headers {
+                ok.add_header(name, value, overwrite, true);
             }
             resp.set_status(Status::new(RPC_OK, ""));
             resp.set_http_response(ok);

@@ -82,11 +82,6 @@ impl Running {
         }
         self.store.close().await;
     }
-
-    /// Resolves when a shutdown was requested (Ctrl-C / SIGTERM are wired by the CLI).
-    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
-        self.shutdown.clone()
-    }
 }
 
 /// Starts scp-pep with `config`. `extra_sink` receives every decision besides the configured log

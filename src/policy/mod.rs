@@ -155,7 +155,7 @@ impl PolicySet {
             return Ok(PolicyFile::default());
         }
         serde_yaml_ng::from_str::<PolicyFile>(text).map_err(|e| {
-            let (entry, field) = locate_yaml_error(text, &e);
+            let (entry, field) = locate_yaml_error(&e);
             PolicyError {
                 file: name.to_owned(),
                 entry,
@@ -498,7 +498,7 @@ fn check_url(u: &str) -> Result<(), String> {
 
 /// Best-effort `(entry, field)` for a serde_yaml error: the list and index from the error's path
 /// text, and the field from "unknown field"/"missing field" messages.
-fn locate_yaml_error(text: &str, e: &serde_yaml_ng::Error) -> (String, String) {
+fn locate_yaml_error(e: &serde_yaml_ng::Error) -> (String, String) {
     let msg = e.to_string();
     // serde_yaml_ng prefixes errors with their path, e.g. "integrations[1].rate_limit: invalid type ..."
     let path = msg.split(": ").next().unwrap_or("");
@@ -519,7 +519,6 @@ fn locate_yaml_error(text: &str, e: &serde_yaml_ng::Error) -> (String, String) {
     } else {
         "-".to_owned()
     };
-    let _ = text;
     (entry, field)
 }
 

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -307,9 +306,4 @@ pub async fn fresh_pg_database() -> String {
         .map(|(b, _)| b.to_owned())
         .unwrap_or(admin);
     format!("{base}/{name}")
-}
-
-/// Listener address helper.
-pub fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }
