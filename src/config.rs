@@ -18,6 +18,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub auth: AuthConfig,
     pub decision_log: DecisionLogConfig,
+    pub audit: AuditConfig,
+    pub admin: crate::admin::AdminConfig,
 }
 
 /// Listeners.
@@ -135,9 +137,85 @@ impl Default for DecisionLogConfig {
     }
 }
 
+/// The tamper-evident audit log (`[audit]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `durable` (an allow leaves only after its record is committed), `buffered` (records are
+    /// queued; a crash loses at most `queue_capacity` records) or `off` (development only).
+    pub mode: crate::audit::AuditMode,
+    /// Writer name stored with every chain; defaults to the host name.
+    pub writer: Option<String>,
+    /// Checkpoint signing key in the Go note format (`PRIVATE+KEY+<name>+<id>+<base64>`). Prefer
+    /// `signing_key_file` or `SCP_PEP_AUDIT__SIGNING_KEY`. With neither, a throwaway key is
+    /// generated at start (logged as a warning: checkpoints then prove nothing after a restart).
+    pub signing_key: Option<String>,
+    /// File holding the signing key.
+    pub signing_key_file: Option<PathBuf>,
+    /// Records queued at most; beyond it decisions are denied with `AUDIT_UNAVAILABLE`.
+    pub queue_capacity: usize,
+    /// Records per transaction at most.
+    pub max_batch: usize,
+    /// Milliseconds a commit may take before it counts as failed.
+    pub write_timeout_ms: u64,
+    /// A checkpoint every this many records per chain…
+    pub checkpoint_every: u64,
+    /// …or this many seconds after the last one, when the chain has new records.
+    pub checkpoint_interval_s: u64,
+    /// Also write the latest checkpoint of each chain to `<dir>/<tenant>/<chain id>.note`.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Also POST every checkpoint to this URL.
+    pub checkpoint_url: Option<String>,
+    /// Retention in days for tenants that set none (`audit_retention_days` in the tenant policy).
+    pub retention_days: u32,
+    /// Seconds between two retention runs (0: never).
+    pub purge_interval_s: u64,
+    /// Seconds between two incremental self-verifications of the stored chains (0: never).
+    pub verify_interval_s: u64,
+    /// Key for signed export download links (any string, ≥ 32 bytes; share it between replicas).
+    /// Without it a random per-process key is used: links then only work on the replica that made them.
+    pub link_key: Option<String>,
+    /// Seconds an export download link stays valid.
+    pub link_ttl_s: u64,
+    /// Events buffered per live-tail subscriber before it starts losing events.
+    pub tail_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            mode: crate::audit::AuditMode::Durable,
+            writer: None,
+            signing_key: None,
+            signing_key_file: None,
+            queue_capacity: 65_536,
+            max_batch: 4096,
+            write_timeout_ms: 2000,
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 10,
+            checkpoint_dir: None,
+            checkpoint_url: None,
+            retention_days: 2557,
+            purge_interval_s: 3600,
+            verify_interval_s: 60,
+            link_key: None,
+            link_ttl_s: 300,
+            tail_capacity: 4096,
+        }
+    }
+}
+
 /// Sections that `SCP_PEP_*` variables may address; other `SCP_PEP_*` variables (like
 /// `SCP_PEP_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &["server", "store", "policy", "auth", "decision_log"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "store",
+    "policy",
+    "auth",
+    "decision_log",
+    "audit",
+    "admin",
+];
 
 impl Config {
     /// Defaults ← `file` (TOML, if given) ← `SCP_PEP_*` environment.

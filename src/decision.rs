@@ -74,6 +74,8 @@ pub enum DenyCode {
     QuotaExceeded,
     /// A dependency needed to decide (policy store snapshot, issuer JWKS) is unavailable; fail closed.
     DependencyUnavailable,
+    /// The audit record could not be written (store down, buffer full); never an unaudited allow.
+    AuditUnavailable,
 }
 
 /// Every code, in catalogue order (used by tests and the README table).
@@ -106,6 +108,7 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::RateLimited,
     DenyCode::QuotaExceeded,
     DenyCode::DependencyUnavailable,
+    DenyCode::AuditUnavailable,
 ];
 
 impl DenyCode {
@@ -141,6 +144,7 @@ impl DenyCode {
             RateLimited => "RATE_LIMITED",
             QuotaExceeded => "QUOTA_EXCEEDED",
             DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
+            AuditUnavailable => "AUDIT_UNAVAILABLE",
         }
     }
 
@@ -165,6 +169,7 @@ impl DenyCode {
             PathAmbiguous | PersonIdMissing => 400,
             RateLimited | QuotaExceeded => 429,
             DependencyUnavailable => 503,
+            AuditUnavailable => 503,
             IpNotAllowed
             | IntegrationUnknown
             | IntegrationSuspended
@@ -183,7 +188,10 @@ impl DenyCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            DenyCode::RateLimited | DenyCode::QuotaExceeded | DenyCode::DependencyUnavailable
+            DenyCode::RateLimited
+                | DenyCode::QuotaExceeded
+                | DenyCode::DependencyUnavailable
+                | DenyCode::AuditUnavailable
         )
     }
 
@@ -277,6 +285,18 @@ pub enum Incident {
     ForgedHeaders,
 }
 
+/// One consent check of stage 7: which person (by reference, never the id), which vertical and
+/// purpose, and the status found (`active`, `pending`, `withdrawn`, `expired`, `rejected`,
+/// `missing`). Fields are in sorted order: the audit body serializes this struct as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsentCheck {
+    /// Hex SHA-256 prefix of `tenant ‖ person id`; lets auditors match records without the id.
+    pub person_ref: String,
+    pub purpose: Option<String>,
+    pub result: String,
+    pub vertical: String,
+}
+
 /// Allow or deny.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -313,6 +333,8 @@ pub struct Decision {
     /// `None` when the contract does not limit fields.
     pub allowed_fields: Option<Vec<String>>,
     pub stages: Vec<Stage>,
+    /// Consent checks performed (stage 7), one per person and vertical.
+    pub consent_checks: Vec<ConsentCheck>,
     pub incidents: Vec<Incident>,
     /// Wall time spent deciding, µs.
     pub latency_us: u64,
@@ -344,6 +366,7 @@ impl Decision {
             masked_fields: Vec::new(),
             allowed_fields: None,
             stages: Vec::with_capacity(9),
+            consent_checks: Vec::new(),
             incidents: Vec::new(),
             latency_us: 0,
             headers_to_remove: Vec::new(),

@@ -13,11 +13,15 @@
 //! - [`limits`]: GCRA rate limits and daily quotas.
 //! - [`sink`]: the `DecisionSink` seam and the JSON-lines decision log.
 //! - [`store`]: SQLite / PostgreSQL policy store.
+//! - [`audit`]: the tamper-evident audit log (hash chains, group commit, signed checkpoints,
+//!   export, verification, retention); [`tail`]: its live gRPC tail; [`admin`]: admin callers.
 //! - [`grpc`]: the Envoy ext_authz adapter.
 //! - [`server`]: wiring, HTTP ops endpoints, change feed.
 //! - [`config`], [`cli`], [`check`], [`demo`], [`signer`]: configuration and the command line.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
 pub mod authn;
 pub mod check;
 pub mod cli;

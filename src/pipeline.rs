@@ -68,6 +68,8 @@ pub struct Engine {
     auth: Authenticator,
     limits: Limits,
     sink: Arc<dyn DecisionSink>,
+    /// Stage 10: the audit log, written before any other sink; its failure denies.
+    audit: Option<Arc<dyn DecisionSink>>,
     settings: PipelineSettings,
     metrics: DecisionMetrics,
 }
@@ -131,9 +133,17 @@ impl Engine {
             auth,
             limits: Limits::new(),
             sink,
+            audit: None,
             settings,
             metrics: DecisionMetrics::register(),
         }
+    }
+
+    /// Sets the audit sink (stage 10): every decision is recorded there first; when it cannot be,
+    /// the decision becomes a 503 `AUDIT_UNAVAILABLE` denial (never an unaudited allow).
+    pub fn with_audit(mut self, audit: Arc<dyn DecisionSink>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// The authenticator (its token cache is invalidated on policy changes).
@@ -155,14 +165,26 @@ impl Engine {
         self.limits.retain(|id| keep.contains(id));
     }
 
-    /// Decides one request and records it in the sink. Never fails: every problem is a denial.
-    /// Latency is measured from entry to the sink's acknowledgement, µs.
+    /// Decides one request, records it in the audit log (stage 10) and then in the other sinks.
+    /// Never fails: every problem is a denial. `latency_us` is the time from entry to the last
+    /// sink's acknowledgement, µs (the audit log sees the time spent deciding, before its write).
     pub async fn decide(&self, facts: &RequestFacts) -> Decision {
         let start = Instant::now();
         let mut d = Decision::new(&facts.method, path_only(&facts.path), chrono::Utc::now());
         self.run(facts, &mut d).await;
+        d.latency_us = start.elapsed().as_micros() as u64;
+        if let Some(audit) = &self.audit {
+            if let Err(e) = audit.record(&d).await {
+                // Fail closed: an unaudited allow never leaves scp-pep.
+                tracing::error!(error = %e, "audit record not written; denying");
+                d.outcome = Outcome::Deny(Denial::retry_after(
+                    DenyCode::AuditUnavailable,
+                    "the decision could not be recorded in the audit log",
+                    1,
+                ));
+            }
+        }
         if let Err(e) = self.sink.record(&d).await {
-            // Fail closed: an unrecorded allow never leaves scp-pep.
             tracing::error!(error = %e, "decision sink failed; denying");
             d.outcome = Outcome::Deny(Denial::retry_after(
                 DenyCode::DependencyUnavailable,

@@ -18,6 +18,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::AdminAuth;
+use crate::audit::{AuditLog, AuditMode, AuditSettings, CheckpointSigner};
 use crate::authn::jwks::JwksCache;
 use crate::authn::{AuthSettings, Authenticator, parse_algorithm};
 use crate::config::Config;
@@ -69,6 +71,10 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub engine: Arc<Engine>,
     pub store: Store,
+    /// The audit log (`None` when `audit.mode = "off"`).
+    pub audit: Option<Arc<AuditLog>>,
+    /// Admin caller authentication (audit export and tail).
+    pub admin: AdminAuth,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -79,6 +85,10 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        // After the listeners: in-flight decisions have their records; then the chains are sealed.
+        if let Some(a) = &self.audit {
+            a.close().await;
         }
         self.store.close().await;
     }
@@ -114,6 +124,7 @@ pub async fn start(
         .map(|a| parse_algorithm(a))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("auth.algorithms: {e}"))?;
+    let algorithms_for_admin = algorithms.clone();
     let jwks = JwksCache::new(
         Duration::from_secs(config.auth.jwks_ttl_s),
         Duration::from_secs(config.auth.jwks_refetch_min_interval_s),
@@ -144,16 +155,28 @@ pub async fn start(
     }
     let sink: Arc<dyn DecisionSink> = Arc::new(FanoutSink(sinks));
 
+    let audit = start_audit(&config, &store)?;
     let slot: SnapshotSlot = Arc::new(ArcSwap::from_pointee(None));
-    let engine = Arc::new(Engine::new(
-        slot,
+    let mut engine = Engine::new(
+        slot.clone(),
         auth,
         sink,
         PipelineSettings {
             api_key_header: config.auth.api_key_header.to_ascii_lowercase(),
             trust_xfcc: config.auth.trust_xfcc,
         },
-    ));
+    );
+    if let Some(a) = &audit {
+        engine = engine.with_audit(a.clone());
+    }
+    let engine = Arc::new(engine);
+    let admin = AdminAuth::new(
+        jwks.clone(),
+        slot,
+        config.admin.clone(),
+        algorithms_for_admin,
+        config.auth.leeway_s,
+    );
     let audience = config.auth.audience.clone();
     match reload(&store, &engine, &audience).await {
         Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
@@ -181,10 +204,15 @@ pub async fn start(
     let incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let svc = ExtAuthz::new(engine.clone()).into_server();
+    // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
+    // let tail_svc = audit
+    //     .as_ref()
+    //     .map(|a| crate::tail::service(a.clone(), admin.clone()));
     let mut grpc_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .add_service(svc)
+            // .add_optional_service(tail_svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_rx.wait_for(|v| *v).await;
             })
@@ -230,9 +258,66 @@ pub async fn start(
         http_addr,
         engine,
         store,
+        audit,
+        admin,
         shutdown: tx,
         tasks,
     })
+}
+
+/// Builds the checkpoint signer and starts the audit writer, unless `audit.mode = "off"`.
+///
+/// Errors: unreadable or malformed signing key.
+fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Arc<AuditLog>>> {
+    let c = &config.audit;
+    if c.mode == AuditMode::Off {
+        tracing::warn!("audit.mode = \"off\": decisions are NOT audited (development only)");
+        return Ok(None);
+    }
+    let key = match (&c.signing_key, &c.signing_key_file) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading audit.signing_key_file {}", f.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let signer = match key {
+        Some(k) => CheckpointSigner::from_key(&k).context("audit signing key")?,
+        None => {
+            tracing::warn!(
+                "no audit.signing_key: checkpoints are signed with a throwaway key; \
+                 generate one with `scp-pep audit keygen`"
+            );
+            CheckpointSigner::generate("scp-pep")
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .0
+        }
+    };
+    tracing::info!(verifier_key = %signer.verifier_key(), mode = ?c.mode, "audit log");
+    let settings = AuditSettings {
+        mode: c.mode,
+        writer: c.writer.clone().unwrap_or_else(default_writer),
+        queue_capacity: c.queue_capacity,
+        max_batch: c.max_batch,
+        write_timeout: Duration::from_millis(c.write_timeout_ms.max(1)),
+        checkpoint_every: c.checkpoint_every,
+        checkpoint_interval: Duration::from_secs(c.checkpoint_interval_s.max(1)),
+        checkpoint_dir: c.checkpoint_dir.clone(),
+        checkpoint_url: c.checkpoint_url.clone(),
+        tail_capacity: c.tail_capacity,
+    };
+    Ok(Some(AuditLog::start(store.clone(), signer, settings)))
+}
+
+/// The host name, else `scp-pep`.
+fn default_writer() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "scp-pep".into())
 }
 
 /// Loads the store's policy when its version differs from the installed snapshot's.

@@ -1,0 +1,227 @@
+//! Admin caller authentication for the audit endpoints (EXT-6-1, EXT-5.3-1).
+//!
+//! Admin callers present an OIDC bearer token from their tenant's issuer (the same JWKS machinery
+//! as partner tokens, a separate audience: `admin.audience`). Their roles come from a configured
+//! claim (`admin.roles_claim`, a dotted path such as Keycloak's `realm_access.roles`); this is the
+//! bootstrap mapping of ADM role assignments, least privilege by default: a token without one of
+//! the configured roles may do nothing.
+//!
+//! - `admin.audit_roles` (default `scp-auditor`, `scp-security`): read the audit log of the
+//!   token's own tenant (export, tail).
+//! - `admin.root_role` (default `scp-root`): break-glass, every tenant; every use is recorded as a
+//!   `root_bypass` audit event by the caller.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::authn::jwks::{JwksCache, KeyError};
+use crate::pipeline::SnapshotSlot;
+
+/// Admin settings (`[admin]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Audience admin tokens must carry.
+    pub audience: String,
+    /// Dotted path of the roles claim (an array of strings).
+    pub roles_claim: String,
+    /// Roles that may read their own tenant's audit log.
+    pub audit_roles: Vec<String>,
+    /// Break-glass role: every tenant, always audited.
+    pub root_role: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            audience: "scp-pep-admin".into(),
+            roles_claim: "realm_access.roles".into(),
+            audit_roles: vec!["scp-auditor".into(), "scp-security".into()],
+            root_role: "scp-root".into(),
+        }
+    }
+}
+
+/// An authenticated admin caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPrincipal {
+    /// `sub` (else `preferred_username`).
+    pub subject: String,
+    /// The tenant whose issuer signed the token.
+    pub tenant_id: String,
+    pub roles: Vec<String>,
+    /// Holds the root role.
+    pub root: bool,
+    /// Holds one of the audit roles.
+    pub auditor: bool,
+}
+
+impl AdminPrincipal {
+    /// May read `tenant`'s audit log: an auditor of that tenant, or root.
+    pub fn may_read_audit(&self, tenant: &str) -> bool {
+        self.root || (self.auditor && self.tenant_id == tenant)
+    }
+}
+
+/// Why an admin call was refused. `code()` is the machine code of the JSON error body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminAuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("admin token rejected: {0}")]
+    Invalid(&'static str),
+    #[error("the issuer's signing keys are unavailable")]
+    Unavailable,
+    #[error("the caller lacks the role this needs")]
+    Forbidden,
+}
+
+impl AdminAuthError {
+    /// `UNAUTHENTICATED` (401), `FORBIDDEN` (403) or `DEPENDENCY_UNAVAILABLE` (503).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminAuthError::Missing | AdminAuthError::Invalid(_) => "UNAUTHENTICATED",
+            AdminAuthError::Forbidden => "FORBIDDEN",
+            AdminAuthError::Unavailable => "DEPENDENCY_UNAVAILABLE",
+        }
+    }
+
+    /// HTTP status of [`Self::code`].
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AdminAuthError::Missing | AdminAuthError::Invalid(_) => 401,
+            AdminAuthError::Forbidden => 403,
+            AdminAuthError::Unavailable => 503,
+        }
+    }
+}
+
+/// Verifies admin tokens against the tenants of the current policy snapshot.
+#[derive(Clone)]
+pub struct AdminAuth {
+    jwks: JwksCache,
+    snapshot: SnapshotSlot,
+    config: Arc<AdminConfig>,
+    algorithms: Arc<Vec<Algorithm>>,
+    leeway_s: u64,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<String>,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Iss {
+    iss: Option<String>,
+}
+
+impl AdminAuth {
+    pub fn new(
+        jwks: JwksCache,
+        snapshot: SnapshotSlot,
+        config: AdminConfig,
+        algorithms: Vec<Algorithm>,
+        leeway_s: u64,
+    ) -> Self {
+        AdminAuth {
+            jwks,
+            snapshot,
+            config: Arc::new(config),
+            algorithms: Arc::new(algorithms),
+            leeway_s,
+        }
+    }
+
+    /// Verifies an `authorization` header value (`Bearer <jwt>`), returning the caller.
+    ///
+    /// Errors: [`AdminAuthError::Missing`] / [`AdminAuthError::Invalid`] (401),
+    /// [`AdminAuthError::Unavailable`] (503). Role checks are the caller's
+    /// ([`AdminPrincipal::may_read_audit`]).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<AdminPrincipal, AdminAuthError> {
+        let token = authorization
+            .and_then(|h| {
+                let (scheme, rest) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(AdminAuthError::Missing)?;
+        let inv = AdminAuthError::Invalid;
+        let h = token.split('.').next().ok_or(inv("malformed"))?;
+        let header: Header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(inv("malformed header"))?;
+        let alg = header
+            .alg
+            .as_deref()
+            .and_then(|a| a.parse::<Algorithm>().ok())
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or(inv("algorithm not allowed"))?;
+        let kid = header
+            .kid
+            .filter(|k| !k.is_empty() && k.len() <= 256)
+            .ok_or(inv("no kid"))?;
+        let iss = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
+            .ok()
+            .and_then(|c| c.iss)
+            .ok_or(inv("no iss"))?;
+        let snap = self.snapshot.load_full();
+        let snap = snap.as_ref().as_ref().ok_or(AdminAuthError::Unavailable)?;
+        let tenant_id = snap.issuers.get(&iss).ok_or(inv("unknown issuer"))?.clone();
+        let tenant = snap.tenants.get(&tenant_id).ok_or(inv("unknown issuer"))?;
+        let key = match self.jwks.key(&tenant.tenant.jwks, &kid).await {
+            Ok(k) => k,
+            Err(KeyError::Unknown) => return Err(inv("unknown kid")),
+            Err(KeyError::Unavailable(_)) => return Err(AdminAuthError::Unavailable),
+        };
+        if key.alg.is_some_and(|a| a != alg) {
+            return Err(inv("algorithm does not fit the key"));
+        }
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway_s;
+        v.validate_nbf = true;
+        v.set_issuer(&[iss.as_str()]);
+        v.set_audience(&[self.config.audience.as_str()]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v)
+            .map_err(|_| inv("signature, audience or validity"))?
+            .claims;
+        let subject = claims
+            .get("sub")
+            .or_else(|| claims.get("preferred_username"))
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or(inv("no sub"))?
+            .to_owned();
+        let mut node = Some(&claims);
+        for part in self.config.roles_claim.split('.') {
+            node = node.and_then(|n| n.get(part));
+        }
+        let roles: Vec<String> = node
+            .and_then(|r| r.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let root = roles.iter().any(|r| *r == self.config.root_role);
+        let auditor = roles.iter().any(|r| self.config.audit_roles.contains(r));
+        Ok(AdminPrincipal {
+            subject,
+            tenant_id,
+            roles,
+            root,
+            auditor,
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! The tamper-evident audit log (INT-8-1, INT-8-2, ONB-AUD-1, CON-19, CON-37, ADM-2, EXT-6-1).
+//!
+//! - **Records** ([`record`]): one per decision and per event (admin change, credential lifecycle,
+//!   security incident, consent change, evidence access, frozen share, ROOT bypass…), as RFC 8785
+//!   canonical JSON.
+//! - **Hash chains**: one chain per (writer process, tenant). Each scp-pep process opens a new chain
+//!   per tenant the first time it records for that tenant; its first record (`chain_start`) names
+//!   the writer, the checkpoint key and the size and head of the same writer's previous chain for the
+//!   tenant, so chains of one writer link up and a deleted tail of a dead chain is noticed. Replicas
+//!   never contend on a shared head, and a tenant's export holds only that tenant's chains.
+//! - **Group commit** ([`writer`]): decisions queue into a bounded channel; one writer task takes
+//!   everything queued (up to `max_batch`) and writes it in one transaction. In `durable` mode
+//!   [`AuditLog::record`] resolves only after that commit; in `buffered` mode it resolves once queued.
+//!   A full queue or a failed commit is an `Err`, which the pipeline turns into `AUDIT_UNAVAILABLE`.
+//! - **Signed checkpoints** ([`checkpoint`]): every `checkpoint_every` records or
+//!   `checkpoint_interval_s` seconds per chain, an Ed25519 signed note, stored and optionally
+//!   published to a directory and a URL outside the database.
+//! - **Export and verification** ([`export`], [`verify`]), **retention** ([`retention`]) and the
+//!   **live tail** ([`TailItem`], served by [`crate::tail`]).
+
+pub mod checkpoint;
+pub mod export;
+pub mod record;
+pub mod retention;
+pub mod store;
+pub mod verify;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::decision::Decision;
+use crate::sink::{DecisionSink, SinkError, SinkFuture};
+use crate::store::Store;
+
+pub use checkpoint::CheckpointSigner;
+pub use record::{AuditEvent, RecordKind, UNATTRIBUTED};
+
+/// When a record counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMode {
+    /// A decision leaves scp-pep only after its record is committed (the default).
+    Durable,
+    /// A decision leaves once its record is queued; a crash loses at most the queue.
+    Buffered,
+    /// No audit log (benchmarks and development only; logged as a warning at start).
+    Off,
+}
+
+/// Settings of the audit writer (from `[audit]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub mode: AuditMode,
+    /// Writer name recorded in every chain (default: the host name).
+    pub writer: String,
+    /// Records queued at most before new decisions are denied with `AUDIT_UNAVAILABLE`.
+    pub queue_capacity: usize,
+    /// Records per transaction at most.
+    pub max_batch: usize,
+    /// Longest a transaction may take before it counts as failed.
+    pub write_timeout: Duration,
+    /// Checkpoint after this many new records of a chain…
+    pub checkpoint_every: u64,
+    /// …or this long after the last checkpoint when a chain has new records.
+    pub checkpoint_interval: Duration,
+    /// Latest checkpoint of every chain is also written to `<dir>/<tenant>/<chain id>.note`.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Every checkpoint is also POSTed (`text/plain`) to this URL.
+    pub checkpoint_url: Option<String>,
+    /// Tail events buffered per subscriber before that subscriber loses events.
+    pub tail_capacity: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            mode: AuditMode::Durable,
+            writer: "scp-pep".into(),
+            queue_capacity: 65_536,
+            max_batch: 4096,
+            write_timeout: Duration::from_secs(2),
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_dir: None,
+            checkpoint_url: None,
+            tail_capacity: 4096,
+        }
+    }
+}
+
+/// One committed record as the live tail sees it.
+#[derive(Debug, Clone)]
+pub struct TailItem {
+    pub chain_id: Arc<str>,
+    pub seq: u64,
+    pub kind: RecordKind,
+    /// The chain's tenant ([`UNATTRIBUTED`] when none is known).
+    pub tenant_id: String,
+    /// Decisions: the integration, when known.
+    pub integration_id: Option<String>,
+    /// Decisions: `allow` or `deny`.
+    pub outcome: Option<&'static str>,
+    /// Decisions: `OK` or the denial code.
+    pub code: Option<String>,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Decisions: time spent deciding before the audit write, µs.
+    pub latency_us: Option<u64>,
+    /// The canonical body.
+    pub body: Arc<str>,
+}
+
+/// One record waiting for the writer.
+struct Item {
+    kind: RecordKind,
+    event_id: String,
+    time_ms: i64,
+    body: String,
+}
+
+/// What one `record` call queues: a decision with its incident events, or one event. All of an
+/// entry's items land in the same transaction.
+struct Entry {
+    tenant: String,
+    items: Vec<Item>,
+    ack: Option<oneshot::Sender<Result<(), ()>>>,
+    tail: Option<TailSummary>,
+}
+
+struct TailSummary {
+    integration_id: Option<String>,
+    outcome: &'static str,
+    code: String,
+    latency_us: u64,
+}
+
+/// Metric handles, registered once.
+pub(crate) struct AuditMetrics {
+    rejected: metrics::Counter,
+    queue_depth: metrics::Gauge,
+}
+
+/// The audit log: a [`DecisionSink`] and the entry point for events.
+pub struct AuditLog {
+    tx: mpsc::Sender<Entry>,
+    mode: AuditMode,
+    tail: broadcast::Sender<Arc<TailItem>>,
+    closed: AtomicBool,
+    stop: watch::Sender<bool>,
+    handle: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    signer: CheckpointSigner,
+    metrics: AuditMetrics,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current Tokio runtime.
+    ///
+    /// `signer`: checkpoint key; `settings.mode` must not be [`AuditMode::Off`] (callers skip the
+    /// audit log entirely then).
+    pub fn start(store: Store, signer: CheckpointSigner, settings: AuditSettings) -> Arc<AuditLog> {
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let (tail, _) = broadcast::channel(settings.tail_capacity.max(16));
+        let (stop, stop_rx) = watch::channel(false);
+        let mode = settings.mode;
+        let w = writer::Writer::new(store, signer.clone(), settings, tail.clone());
+        let handle = tokio::spawn(w.run(rx, stop_rx));
+        Arc::new(AuditLog {
+            tx,
+            mode,
+            tail,
+            closed: AtomicBool::new(false),
+            stop,
+            handle: std::sync::Mutex::new(Some(handle)),
+            signer,
+            metrics: AuditMetrics {
+                rejected: metrics::counter!("scp_pep_audit_rejected_total"),
+                queue_depth: metrics::gauge!("scp_pep_audit_queue_depth"),
+            },
+        })
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> AuditMode {
+        self.mode
+    }
+
+    /// The checkpoint verifier key (`<name>+<id>+<base64>`).
+    pub fn verifier_key(&self) -> &str {
+        self.signer.verifier_key()
+    }
+
+    /// A live feed of committed records. A subscriber that falls more than `tail_capacity` events
+    /// behind loses the oldest ones (`RecvError::Lagged`); the writer never waits for it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TailItem>> {
+        self.tail.subscribe()
+    }
+
+    /// Records an event. Durable mode: resolves after the commit. Errors: queue full, writer
+    /// stopped, commit failed.
+    pub async fn record_event(&self, event: &AuditEvent) -> Result<(), SinkError> {
+        let tenant = event
+            .tenant_id
+            .clone()
+            .unwrap_or_else(|| UNATTRIBUTED.to_owned());
+        let item = Item {
+            kind: event.kind,
+            event_id: event.event_id.clone(),
+            time_ms: event.time.timestamp_millis(),
+            body: String::from_utf8(event.body()).unwrap_or_default(),
+        };
+        self.enqueue(tenant, vec![item], None).await
+    }
+
+    async fn enqueue(
+        &self,
+        tenant: String,
+        items: Vec<Item>,
+        tail: Option<TailSummary>,
+    ) -> Result<(), SinkError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SinkError("audit log is closed".into()));
+        }
+        let (ack, done) = if self.mode == AuditMode::Durable {
+            let (a, d) = oneshot::channel();
+            (Some(a), Some(d))
+        } else {
+            (None, None)
+        };
+        let entry = Entry {
+            tenant,
+            items,
+            ack,
+            tail,
+        };
+        if self.tx.try_send(entry).is_err() {
+            self.metrics.rejected.increment(1);
+            return Err(SinkError("audit queue full or writer stopped".into()));
+        }
+        self.metrics
+            .queue_depth
+            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
+        match done {
+            None => Ok(()),
+            Some(d) => match d.await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(SinkError("audit record not committed".into())),
+            },
+        }
+    }
+
+    /// Stops accepting records, writes what is queued, closes every chain with a `chain_end`
+    /// record and a final checkpoint, and waits for the writer (at most `write_timeout` per
+    /// attempt).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let h = self.handle.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = h {
+            let _ = h.await;
+        }
+    }
+}
+
+impl DecisionSink for AuditLog {
+    fn record<'a>(&'a self, d: &'a Decision) -> SinkFuture<'a> {
+        let mut body = Vec::with_capacity(768);
+        record::decision_body(d, &mut body);
+        let time_ms = d.time.timestamp_millis();
+        let mut items = Vec::with_capacity(1 + d.incidents.len());
+        items.push(Item {
+            kind: RecordKind::Decision,
+            event_id: d.decision_id.clone(),
+            time_ms,
+            body: String::from_utf8(body).unwrap_or_default(),
+        });
+        for e in record::incident_events(d) {
+            items.push(Item {
+                kind: e.kind,
+                event_id: e.event_id.clone(),
+                time_ms,
+                body: String::from_utf8(e.body()).unwrap_or_default(),
+            });
+        }
+        let tenant = d
+            .tenant_id
+            .clone()
+            .unwrap_or_else(|| UNATTRIBUTED.to_owned());
+        let tail = (self.tail.receiver_count() > 0).then(|| TailSummary {
+            integration_id: d.integration_id.clone(),
+            outcome: if d.allowed() { "allow" } else { "deny" },
+            code: d.code_str().to_owned(),
+            latency_us: d.latency_us,
+        });
+        Box::pin(self.enqueue(tenant, items, tail))
+    }
+}

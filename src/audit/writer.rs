@@ -1,0 +1,509 @@
+//! The audit writer task: group commit, chain heads, checkpoints, tail fan-out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::checkpoint::CheckpointSigner;
+use super::record::{AuditEvent, ChainedRecord, Hash, RecordKind, genesis_hash, record_hash};
+use super::store::{self as audit_store, ChainRow, CheckpointRow};
+use super::{AuditMode, AuditSettings, Entry, Item, TailItem};
+use crate::store::Store;
+
+/// The head of one of this writer's chains.
+#[derive(Debug, Clone)]
+struct Head {
+    chain_id: Arc<str>,
+    seq: u64,
+    hash: Hash,
+    /// Size covered by the last stored checkpoint.
+    cp_seq: u64,
+    cp_at: Instant,
+}
+
+struct WriterMetrics {
+    records: HashMap<RecordKind, metrics::Counter>,
+    batch_size: metrics::Histogram,
+    commit_duration: metrics::Histogram,
+    failures: metrics::Counter,
+    checkpoints: metrics::Counter,
+    checkpoint_failures: metrics::Counter,
+    queue_depth: metrics::Gauge,
+    lost: metrics::Counter,
+}
+
+pub(super) struct Writer {
+    store: Store,
+    signer: CheckpointSigner,
+    settings: AuditSettings,
+    tail: broadcast::Sender<Arc<TailItem>>,
+    heads: HashMap<String, Head>,
+    /// Set after a failed or timed-out commit, whose outcome is unknown: heads are re-read from
+    /// the store before the next write.
+    resync: bool,
+    http: Option<reqwest::Client>,
+    metrics: WriterMetrics,
+}
+
+const ALL_KINDS: &[RecordKind] = &[
+    RecordKind::Decision,
+    RecordKind::AdminChange,
+    RecordKind::CredentialIssued,
+    RecordKind::CredentialRotated,
+    RecordKind::CredentialRevoked,
+    RecordKind::SecurityIncident,
+    RecordKind::ConsentChange,
+    RecordKind::ConsentEvidenceAccess,
+    RecordKind::FrozenShare,
+    RecordKind::RootBypass,
+    RecordKind::AuditAccess,
+    RecordKind::RetentionPurge,
+    RecordKind::ChainStart,
+    RecordKind::ChainEnd,
+];
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Store,
+        signer: CheckpointSigner,
+        settings: AuditSettings,
+        tail: broadcast::Sender<Arc<TailItem>>,
+    ) -> Self {
+        let http = settings.checkpoint_url.as_ref().and_then(|_| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .ok()
+        });
+        Writer {
+            store,
+            signer,
+            settings,
+            tail,
+            heads: HashMap::new(),
+            resync: false,
+            http,
+            metrics: WriterMetrics {
+                records: ALL_KINDS
+                    .iter()
+                    .map(|k| {
+                        (
+                            *k,
+                            metrics::counter!("scp_pep_audit_records_total", "kind" => k.as_str()),
+                        )
+                    })
+                    .collect(),
+                batch_size: metrics::histogram!("scp_pep_audit_commit_batch_records"),
+                commit_duration: metrics::histogram!("scp_pep_audit_commit_duration_seconds"),
+                failures: metrics::counter!("scp_pep_audit_write_failures_total"),
+                checkpoints: metrics::counter!("scp_pep_audit_checkpoints_total"),
+                checkpoint_failures: metrics::counter!("scp_pep_audit_checkpoint_failures_total"),
+                queue_depth: metrics::gauge!("scp_pep_audit_queue_depth"),
+                lost: metrics::counter!("scp_pep_audit_records_lost_total"),
+            },
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Entry>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let tick_every = self
+            .settings
+            .checkpoint_interval
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    e = rx.recv() => match e {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        self.checkpoint_due(false).await;
+                        continue;
+                    }
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+            let mut n: usize = batch.iter().map(|e| e.items.len()).sum();
+            while n < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(e) => {
+                        n += e.items.len();
+                        batch.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.metrics.queue_depth.set(rx.len() as f64);
+            match self.write(&batch).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    for e in batch.drain(..) {
+                        if let Some(a) = e.ack {
+                            let _ = a.send(Ok(()));
+                        }
+                    }
+                    self.checkpoint_due(false).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = n, "audit write failed");
+                    if self.settings.mode == AuditMode::Durable {
+                        // Every waiting decision becomes AUDIT_UNAVAILABLE.
+                        for e in batch.drain(..) {
+                            if let Some(a) = e.ack {
+                                let _ = a.send(Err(()));
+                            }
+                        }
+                    } else {
+                        // Buffered: keep the batch and retry; the queue fills meanwhile and new
+                        // decisions are denied once it is full.
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopped(&mut stop) => {
+                                self.metrics.lost.increment(n as u64);
+                                tracing::error!(records = n, "audit writer stopping with unwritten buffered records");
+                                batch.clear();
+                                break;
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        // Orderly stop: write what is queued, then close every chain.
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            rest.push(e);
+        }
+        for chunk in rest.chunks_mut(self.settings.max_batch.max(1)) {
+            let ok = self.write(chunk).await.is_ok();
+            for e in chunk.iter_mut() {
+                if let Some(a) = e.ack.take() {
+                    let _ = a.send(if ok { Ok(()) } else { Err(()) });
+                }
+            }
+        }
+        self.seal().await;
+    }
+
+    /// Writes `batch` in one transaction, opening chains as needed. On success the heads advance
+    /// and the tail sees the records; on failure nothing changes but `resync` is set.
+    async fn write(&mut self, batch: &[Entry]) -> Result<(), anyhow::Error> {
+        let started = Instant::now();
+        if self.resync {
+            self.resync_heads().await?;
+        }
+        let mut heads = self.heads.clone();
+        let mut chains: Vec<ChainRow> = Vec::new();
+        let mut rows: Vec<ChainedRecord> = Vec::with_capacity(batch.len() + 1);
+        let mut tail_refs: Vec<(usize, usize)> = Vec::new();
+        for (ei, e) in batch.iter().enumerate() {
+            if !heads.contains_key(&e.tenant) {
+                let (head, chain, start) = self.open_chain(&e.tenant).await?;
+                chains.push(chain);
+                heads.insert(e.tenant.clone(), head);
+                let h = heads.get_mut(&e.tenant).expect("inserted above");
+                rows.push(chain_record(h, &e.tenant, &start));
+            }
+            let h = heads.get_mut(&e.tenant).expect("present");
+            for (ii, item) in e.items.iter().enumerate() {
+                if ii == 0 && e.tail.is_some() {
+                    tail_refs.push((ei, rows.len()));
+                }
+                rows.push(chain_record(h, &e.tenant, item));
+            }
+        }
+        let res = tokio::time::timeout(
+            self.settings.write_timeout,
+            audit_store::write_batch(&self.store, &chains, &rows),
+        )
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.resync = true;
+                self.metrics.failures.increment(1);
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.resync = true;
+                self.metrics.failures.increment(1);
+                anyhow::bail!(
+                    "audit write timed out after {:?}",
+                    self.settings.write_timeout
+                );
+            }
+        }
+        self.heads = heads;
+        self.metrics.batch_size.record(rows.len() as f64);
+        self.metrics
+            .commit_duration
+            .record(started.elapsed().as_secs_f64());
+        for r in &rows {
+            if let Ok(k) =
+                serde_json::from_value::<RecordKind>(serde_json::Value::String(r.kind.clone()))
+            {
+                if let Some(c) = self.metrics.records.get(&k) {
+                    c.increment(1);
+                }
+            }
+        }
+        if self.tail.receiver_count() > 0 {
+            self.publish_tail(batch, &rows, &tail_refs);
+        }
+        Ok(())
+    }
+
+    fn publish_tail(&self, batch: &[Entry], rows: &[ChainedRecord], refs: &[(usize, usize)]) {
+        for &(ei, ri) in refs {
+            let (Some(t), Some(r)) = (batch[ei].tail.as_ref(), rows.get(ri)) else {
+                continue;
+            };
+            let item = TailItem {
+                chain_id: self
+                    .heads
+                    .get(&r.tenant_id)
+                    .map(|h| h.chain_id.clone())
+                    .unwrap_or_else(|| Arc::from(r.chain_id.as_str())),
+                seq: r.seq,
+                kind: RecordKind::Decision,
+                tenant_id: r.tenant_id.clone(),
+                integration_id: t.integration_id.clone(),
+                outcome: Some(t.outcome),
+                code: Some(t.code.clone()),
+                time_ms: r.time_ms,
+                latency_us: Some(t.latency_us),
+                body: Arc::from(r.body.as_str()),
+            };
+            // No receivers or a lagging receiver never blocks the writer.
+            let _ = self.tail.send(Arc::new(item));
+        }
+    }
+
+    /// A new chain for `tenant`: its row, its head before the first record, and the
+    /// `chain_start` item linking it to this writer's previous chain for the tenant.
+    async fn open_chain(&self, tenant: &str) -> Result<(Head, ChainRow, Item), anyhow::Error> {
+        let previous =
+            audit_store::latest_chain(&self.store, &self.settings.writer, tenant).await?;
+        let chain_id = uuid::Uuid::now_v7().to_string();
+        let created_ms = now_ms();
+        let row = ChainRow {
+            chain_id: chain_id.clone(),
+            tenant_id: tenant.to_owned(),
+            writer: self.settings.writer.clone(),
+            created_ms,
+            key_id: self.signer.key_id(),
+        };
+        let prev = previous.map(|(id, size, head)| {
+            serde_json::json!({
+                "chain_id": id,
+                "size": size,
+                "head": head.map(hex::encode),
+            })
+        });
+        let mut ev = AuditEvent::new(
+            RecordKind::ChainStart,
+            (tenant != super::UNATTRIBUTED).then_some(tenant),
+            serde_json::json!({
+                "chain_id": chain_id,
+                "writer": self.settings.writer,
+                "verifier_key": self.signer.verifier_key(),
+                "previous": prev,
+                "version": env!("CARGO_PKG_VERSION"),
+            }),
+        )
+        .actor("scp-pep")
+        .subject(chain_id.clone());
+        ev.time = chrono::DateTime::from_timestamp_millis(created_ms).unwrap_or(ev.time);
+        let start = Item {
+            kind: RecordKind::ChainStart,
+            event_id: ev.event_id.clone(),
+            time_ms: created_ms,
+            body: String::from_utf8(ev.body()).unwrap_or_default(),
+        };
+        let head = Head {
+            chain_id: Arc::from(chain_id.as_str()),
+            seq: 0,
+            hash: genesis_hash(&chain_id),
+            cp_seq: 0,
+            cp_at: Instant::now(),
+        };
+        Ok((head, row, start))
+    }
+
+    async fn resync_heads(&mut self) -> Result<(), anyhow::Error> {
+        for h in self.heads.values_mut() {
+            match audit_store::chain_head(&self.store, &h.chain_id).await? {
+                Some((seq, hash)) => {
+                    h.seq = seq;
+                    h.hash = hash;
+                }
+                None => {
+                    h.seq = 0;
+                    h.hash = genesis_hash(&h.chain_id);
+                }
+            }
+            h.cp_seq = h.cp_seq.min(h.seq);
+        }
+        self.resync = false;
+        Ok(())
+    }
+
+    /// Signs and stores a checkpoint for every chain that is due (`all`: every chain with
+    /// records not yet covered).
+    async fn checkpoint_due(&mut self, all: bool) {
+        let every = self.settings.checkpoint_every.max(1);
+        let interval = self.settings.checkpoint_interval;
+        let due: Vec<String> = self
+            .heads
+            .iter()
+            .filter(|(_, h)| {
+                h.seq > h.cp_seq
+                    && (all || h.seq - h.cp_seq >= every || h.cp_at.elapsed() >= interval)
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in due {
+            let Some(h) = self.heads.get(&tenant).cloned() else {
+                continue;
+            };
+            let time_ms = now_ms();
+            let note = self
+                .signer
+                .sign(&tenant, &h.chain_id, h.seq, &h.hash, time_ms);
+            let row = CheckpointRow {
+                chain_id: h.chain_id.to_string(),
+                size: h.seq,
+                time_ms,
+                note,
+            };
+            match audit_store::insert_checkpoint(&self.store, &row).await {
+                Ok(()) => {
+                    self.metrics.checkpoints.increment(1);
+                    if let Some(hm) = self.heads.get_mut(&tenant) {
+                        hm.cp_seq = h.seq;
+                        hm.cp_at = Instant::now();
+                    }
+                    self.publish_checkpoint(&tenant, &row);
+                }
+                Err(e) => {
+                    self.metrics.checkpoint_failures.increment(1);
+                    tracing::warn!(error = %e, chain_id = %h.chain_id, "checkpoint not stored; will retry");
+                }
+            }
+        }
+    }
+
+    /// Writes the checkpoint outside the database: `<dir>/<tenant>/<chain>.note` (atomic
+    /// replace) and a POST to the configured URL. Failures are logged and counted, never fatal.
+    fn publish_checkpoint(&self, tenant: &str, cp: &CheckpointRow) {
+        if let Some(dir) = &self.settings.checkpoint_dir {
+            let d = dir.join(tenant);
+            let path = d.join(format!("{}.note", cp.chain_id));
+            let res = std::fs::create_dir_all(&d).and_then(|_| {
+                let mut tmp = tempfile::NamedTempFile::new_in(&d)?;
+                std::io::Write::write_all(&mut tmp, cp.note.as_bytes())?;
+                tmp.persist(&path).map(|_| ()).map_err(|e| e.error)
+            });
+            if let Err(e) = res {
+                self.metrics.checkpoint_failures.increment(1);
+                tracing::warn!(error = %e, path = %path.display(), "cannot publish checkpoint to file");
+            }
+        }
+        if let (Some(url), Some(client)) = (&self.settings.checkpoint_url, &self.http) {
+            let req = client
+                .post(url)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(cp.note.clone());
+            let failures = self.metrics.checkpoint_failures.clone();
+            tokio::spawn(async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        failures.increment(1);
+                        tracing::warn!(status = %r.status(), "checkpoint publication refused");
+                    }
+                    Err(e) => {
+                        failures.increment(1);
+                        tracing::warn!(error = %e, "checkpoint publication failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Closes every chain with a `chain_end` record and a final checkpoint.
+    async fn seal(&mut self) {
+        let tenants: Vec<String> = self.heads.keys().cloned().collect();
+        let entries: Vec<Entry> = tenants
+            .iter()
+            .map(|t| {
+                let ev = AuditEvent::new(
+                    RecordKind::ChainEnd,
+                    (t != super::UNATTRIBUTED).then_some(t.as_str()),
+                    serde_json::json!({"reason": "shutdown"}),
+                )
+                .actor("scp-pep")
+                .subject(self.heads[t].chain_id.to_string());
+                Entry {
+                    tenant: t.clone(),
+                    items: vec![Item {
+                        kind: RecordKind::ChainEnd,
+                        event_id: ev.event_id.clone(),
+                        time_ms: ev.time.timestamp_millis(),
+                        body: String::from_utf8(ev.body()).unwrap_or_default(),
+                    }],
+                    ack: None,
+                    tail: None,
+                }
+            })
+            .collect();
+        if !entries.is_empty() {
+            if let Err(e) = self.write(&entries).await {
+                tracing::warn!(error = %e, "could not write chain_end records");
+            }
+        }
+        self.checkpoint_due(true).await;
+    }
+}
+
+/// Chains `item` onto `h` and returns the stored form.
+fn chain_record(h: &mut Head, tenant: &str, item: &Item) -> ChainedRecord {
+    let seq = h.seq + 1;
+    let hash = record_hash(seq, &h.hash, item.body.as_bytes());
+    let r = ChainedRecord {
+        chain_id: h.chain_id.to_string(),
+        seq,
+        tenant_id: tenant.to_owned(),
+        time_ms: item.time_ms,
+        kind: item.kind.as_str().to_owned(),
+        event_id: item.event_id.clone(),
+        prev_hash: h.hash,
+        hash,
+        body: item.body.clone(),
+    };
+    h.seq = seq;
+    h.hash = hash;
+    r
+}
+
+/// Resolves once `stop` turns true (the `watch::Ref` is not held across an await).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
