@@ -33,6 +33,29 @@ pub enum Command {
     Check(CheckArgs),
     /// Start scp-pep with demo policies and a throwaway signing key, and run a tour of checks.
     Demo(crate::demo::DemoArgs),
+    /// The tamper-evident audit log: export, verify, keys, live tail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Follow the audit log live (decisions; `--events` for every record), one line each.
+    Tail(crate::tail::TailArgs),
+    /// Export a tenant's audit records (with the checkpoints and keys needed to verify them) as
+    /// JSON lines or CSV, streamed to stdout or a file.
+    Export(crate::audit::cmd::ExportArgs),
+    /// Verify an export file or the store: replay every chain, check every checkpoint signature,
+    /// and name the first record where tampering, deletion, reordering or truncation shows.
+    Verify(crate::audit::cmd::VerifyArgs),
+    /// Generate a checkpoint signing key (Ed25519, Go note format) and print its verifier key.
+    Keygen(crate::audit::cmd::KeygenArgs),
+    /// Print the verifier (public) key of the configured signing key.
+    PublicKey(crate::audit::cmd::PublicKeyArgs),
+    /// Apply the retention policy now (purges records older than each tenant's retention).
+    Purge(crate::audit::cmd::PurgeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +141,18 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Policy { action } => policy(action).await,
         Command::Check(args) => check(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Audit { action } => audit(action).await,
+    }
+}
+
+async fn audit(action: AuditAction) -> ExitCode {
+    match action {
+        AuditAction::Tail(args) => crate::tail::run_cli(args).await,
+        AuditAction::Export(a) => crate::audit::cmd::export(a).await,
+        AuditAction::Verify(a) => crate::audit::cmd::verify(a).await,
+        AuditAction::Keygen(a) => crate::audit::cmd::keygen(a),
+        AuditAction::PublicKey(a) => crate::audit::cmd::public_key(a),
+        AuditAction::Purge(a) => crate::audit::cmd::purge(a).await,
     }
 }
 

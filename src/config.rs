@@ -142,7 +142,7 @@ impl Default for DecisionLogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// `durable` (an allow leaves only after its record is committed), `buffered` (records are
-    /// queued; a crash loses at most `queue_capacity` records) or `off` (development only).
+    /// queued; a crash loses at most `queue_capacity + max_batch` records) or `off` (development only).
     pub mode: crate::audit::AuditMode,
     /// Writer name stored with every chain; defaults to the host name.
     pub writer: Option<String>,
@@ -172,6 +172,8 @@ pub struct AuditConfig {
     pub purge_interval_s: u64,
     /// Seconds between two incremental self-verifications of the stored chains (0: never).
     pub verify_interval_s: u64,
+    /// Seconds between two full re-verifications (everything from the start, not just new records).
+    pub full_verify_interval_s: u64,
     /// Key for signed export download links (any string, ≥ 32 bytes; share it between replicas).
     /// Without it a random per-process key is used: links then only work on the replica that made them.
     pub link_key: Option<String>,
@@ -198,6 +200,7 @@ impl Default for AuditConfig {
             retention_days: 2557,
             purge_interval_s: 3600,
             verify_interval_s: 60,
+            full_verify_interval_s: 86_400,
             link_key: None,
             link_ttl_s: 300,
             tail_capacity: 4096,

@@ -345,6 +345,23 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         log_path.display()
     );
 
+    // Every decision above is in the tamper-evident audit log; replay it.
+
+    if let Some(audit) = &running.audit {
+        let vkey = audit.verifier_key().to_owned();
+        let keys = crate::audit::checkpoint::TrustedKeys::new(&[vkey.as_str()])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let r = crate::audit::verify::verify_store(&running.store, None, Some(&keys), None).await?;
+        println!(
+            "audit log: {} records in {} chains, hash chains {} ({} records not yet under a signed checkpoint)\ncheckpoint key: {vkey}\n",
+            r.records,
+            r.chains,
+            if r.ok { "verify" } else { "DO NOT verify" },
+            r.unsigned_records
+        );
+        all_ok &= r.ok;
+    }
+
     if args.once {
         running.shutdown().await;
         return Ok(all_ok);

@@ -15,6 +15,7 @@
 //! - [`store`]: SQLite / PostgreSQL policy store.
 //! - [`audit`]: the tamper-evident audit log (hash chains, group commit, signed checkpoints,
 //!   export, verification, retention); [`tail`]: its live gRPC tail; [`admin`]: admin callers.
+//! - [`proto`]: generated code of scp-pep's own gRPC services (`proto/`).
 //! - [`grpc`]: the Envoy ext_authz adapter.
 //! - [`server`]: wiring, HTTP ops endpoints, change feed.
 //! - [`config`], [`cli`], [`check`], [`demo`], [`signer`]: configuration and the command line.
@@ -33,7 +34,9 @@ pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod policy;
+pub mod proto;
 pub mod server;
 pub mod signer;
 pub mod sink;
 pub mod store;
+pub mod tail;

@@ -3,7 +3,8 @@
 //! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
 //! recorded. Stages 2–8 are the pure function [`authorize`] (no I/O, no transport types); stage 1
 //! needs the issuer's JWKS (async, cached) and stage 9 the per-replica rate-limit state.
-//! Stage 7 (consent) and stage 10 (durable audit) plug in at the marked seams.
+//! Stage 7 (consent) plugs in at the marked seam; stage 10 (the audit log) is the sink set with
+//! [`Engine::with_audit`].
 //!
 //! Default deny: no token, no route, no integration, no snapshot → deny.
 
@@ -173,16 +174,16 @@ impl Engine {
         let mut d = Decision::new(&facts.method, path_only(&facts.path), chrono::Utc::now());
         self.run(facts, &mut d).await;
         d.latency_us = start.elapsed().as_micros() as u64;
-        if let Some(audit) = &self.audit {
-            if let Err(e) = audit.record(&d).await {
-                // Fail closed: an unaudited allow never leaves scp-pep.
-                tracing::error!(error = %e, "audit record not written; denying");
-                d.outcome = Outcome::Deny(Denial::retry_after(
-                    DenyCode::AuditUnavailable,
-                    "the decision could not be recorded in the audit log",
-                    1,
-                ));
-            }
+        if let Some(audit) = &self.audit
+            && let Err(e) = audit.record(&d).await
+        {
+            // Fail closed: an unaudited allow never leaves scp-pep.
+            tracing::error!(error = %e, "audit record not written; denying");
+            d.outcome = Outcome::Deny(Denial::retry_after(
+                DenyCode::AuditUnavailable,
+                "the decision could not be recorded in the audit log",
+                1,
+            ));
         }
         if let Err(e) = self.sink.record(&d).await {
             tracing::error!(error = %e, "decision sink failed; denying");

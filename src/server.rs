@@ -205,14 +205,16 @@ pub async fn start(
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let svc = ExtAuthz::new(engine.clone()).into_server();
     // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
-    // let tail_svc = audit
-    //     .as_ref()
-    //     .map(|a| crate::tail::service(a.clone(), admin.clone()));
+    let tail_svc = audit.as_ref().map(|a| {
+        crate::tail::DecisionLogService::new(a.clone(), admin.clone())
+            .with_shutdown(rx.clone())
+            .into_server()
+    });
     let mut grpc_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .add_service(svc)
-            // .add_optional_service(tail_svc)
+            .add_optional_service(tail_svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_rx.wait_for(|v| *v).await;
             })
@@ -227,10 +229,22 @@ pub async fn start(
         .await
         .with_context(|| format!("binding HTTP listener {}", config.server.http_listen))?;
     let http_addr = http_listener.local_addr()?;
-    let app = ops_router(OpsState {
+    let mut app = ops_router(OpsState {
         engine: engine.clone(),
         store: store.clone(),
     });
+    if let Some(a) = &audit {
+        app = app.merge(
+            crate::audit::http::AuditHttp::new(
+                store.clone(),
+                a.clone(),
+                admin.clone(),
+                config.audit.link_key.as_deref(),
+                config.audit.link_ttl_s,
+            )
+            .router(),
+        );
+    }
     let mut http_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, app)
@@ -252,6 +266,29 @@ pub async fn start(
         rx.clone(),
     )));
 
+    // Audit retention and incremental self-verification.
+    if let Some(a) = &audit {
+        if config.audit.purge_interval_s > 0 {
+            tasks.push(tokio::spawn(retention_loop(
+                store.clone(),
+                a.clone(),
+                engine.clone(),
+                config.audit.retention_days,
+                Duration::from_secs(config.audit.purge_interval_s),
+                rx.clone(),
+            )));
+        }
+        if config.audit.verify_interval_s > 0 {
+            tasks.push(tokio::spawn(self_verify_loop(
+                store.clone(),
+                a.verifier_key().to_owned(),
+                Duration::from_secs(config.audit.verify_interval_s),
+                Duration::from_secs(config.audit.full_verify_interval_s.max(1)),
+                rx.clone(),
+            )));
+        }
+    }
+
     tracing::info!(%grpc_addr, %http_addr, store = store.backend(), "scp-pep listening");
     Ok(Running {
         grpc_addr,
@@ -263,6 +300,71 @@ pub async fn start(
         shutdown: tx,
         tasks,
     })
+}
+
+/// Applies audit retention every `every` (tenant days from the policy snapshot).
+async fn retention_loop(
+    store: Store,
+    audit: Arc<AuditLog>,
+    engine: Arc<Engine>,
+    default_days: u32,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let days: std::collections::HashMap<String, u32> = engine
+            .snapshot()
+            .load()
+            .as_ref()
+            .as_ref()
+            .map(|s| {
+                s.tenants
+                    .values()
+                    .filter_map(|t| {
+                        t.tenant
+                            .audit_retention_days
+                            .map(|d| (t.tenant.id.clone(), d))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) =
+            crate::audit::retention::purge_expired(&store, Some(&audit), &days, default_days, now)
+                .await
+        {
+            tracing::warn!(error = %e, "audit retention run failed; will retry");
+        }
+    }
+}
+
+/// Re-verifies the stored chains incrementally every `every`, and from scratch every `full_every`.
+async fn self_verify_loop(
+    store: Store,
+    own_key: String,
+    every: Duration,
+    full_every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut v = crate::audit::verify::SelfVerifier::new(&own_key);
+    let mut last_full = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let full = last_full.elapsed() >= full_every;
+        if full {
+            last_full = std::time::Instant::now();
+        }
+        if let Err(e) = v.run_once(&store, full).await {
+            tracing::warn!(error = %e, "audit self-verification could not read the store; will retry");
+        }
+    }
 }
 
 /// Builds the checkpoint signer and starts the audit writer, unless `audit.mode = "off"`.
@@ -311,7 +413,7 @@ fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Arc<Audi
 }
 
 /// The host name, else `scp-pep`.
-fn default_writer() -> String {
+pub fn default_writer() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

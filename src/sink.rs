@@ -2,8 +2,9 @@
 //!
 //! Today: [`JsonLogSink`] writes one JSON line per decision (decision id, time, tenant, integration,
 //! client, route, verticals, data categories, code, stages run, latency in µs). The tamper-evident
-//! audit log plugs in here as another sink; its `record` resolves only once the record is durable,
-//! and an `Err` turns the decision into a denial (fail closed, never an unrecorded allow).
+//! audit log ([`crate::audit::AuditLog`]) implements the same trait and is called first
+//! ([`crate::pipeline::Engine::with_audit`]); its `record` resolves once the record is durable, and
+//! an `Err` turns the decision into a denial (fail closed, never an unaudited allow).
 //!
 //! No token, API key, certificate or header value is ever part of a [`Decision`]'s serialized form.
 

@@ -8,7 +8,10 @@ CREATE TABLE audit_chains (
     tenant_id   TEXT NOT NULL,
     writer      TEXT NOT NULL,
     created_ms  BIGINT NOT NULL,
-    key_id      TEXT NOT NULL
+    key_id      TEXT NOT NULL,
+    -- The checkpoint verifier key of the writer (`<name>+<id>+<base64>`): a convenience copy of
+    -- what the chain_start record states. Verifiers should pin the published key instead.
+    verifier_key TEXT NOT NULL
 );
 CREATE INDEX audit_chains_writer ON audit_chains (writer, tenant_id, created_ms);
 
@@ -45,10 +48,13 @@ CREATE TABLE audit_purges (
 
 CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_records' AND EXISTS (
-        SELECT 1 FROM audit_purges p WHERE p.chain_id = OLD.chain_id AND p.upto_seq >= OLD.seq
-    ) THEN
-        RETURN OLD;
+    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_records' THEN
+        -- Nested: OLD.seq exists only on audit_records.
+        IF EXISTS (
+            SELECT 1 FROM audit_purges p WHERE p.chain_id = OLD.chain_id AND p.upto_seq >= OLD.seq
+        ) THEN
+            RETURN OLD;
+        END IF;
     END IF;
     RAISE EXCEPTION '% is append-only (% refused)', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';

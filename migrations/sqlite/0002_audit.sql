@@ -8,7 +8,10 @@ CREATE TABLE audit_chains (
     tenant_id   TEXT NOT NULL,
     writer      TEXT NOT NULL,
     created_ms  BIGINT NOT NULL,
-    key_id      TEXT NOT NULL
+    key_id      TEXT NOT NULL,
+    -- The checkpoint verifier key of the writer (`<name>+<id>+<base64>`): a convenience copy of
+    -- what the chain_start record states. Verifiers should pin the published key instead.
+    verifier_key TEXT NOT NULL
 );
 CREATE INDEX audit_chains_writer ON audit_chains (writer, tenant_id, created_ms);
 

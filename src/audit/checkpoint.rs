@@ -16,7 +16,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use signed_note::{Note, StandardSigner, StandardVerifier, Verifier as _, VerifierList};
+use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
 
 use super::record::Hash;
 
@@ -147,26 +147,25 @@ pub struct Checkpoint {
 
 /// The keys a verifier trusts.
 pub struct TrustedKeys {
-    list: VerifierList,
+    verifiers: Vec<StandardVerifier>,
     keys: Vec<String>,
 }
 
 impl TrustedKeys {
     /// Parses verifier keys (`<name>+<hex id>+<base64>`).
     pub fn new<S: AsRef<str>>(keys: &[S]) -> Result<Self, CheckpointError> {
-        let mut verifiers: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+        let mut verifiers = Vec::new();
         let mut seen = Vec::new();
         for k in keys {
             let k = k.as_ref().trim();
             let v = StandardVerifier::new(k).map_err(|_| CheckpointError::VerifierKey)?;
             if !seen.iter().any(|s: &String| s == k) {
                 seen.push(k.to_owned());
-                let _ = v.key_id();
-                verifiers.push(Box::new(v));
+                verifiers.push(v);
             }
         }
         Ok(TrustedKeys {
-            list: VerifierList::new(verifiers),
+            verifiers,
             keys: seen,
         })
     }
@@ -180,8 +179,13 @@ impl TrustedKeys {
     pub fn open(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
         let n = Note::from_bytes(note.as_bytes())
             .map_err(|_| CheckpointError::Malformed("not a signed note"))?;
-        n.verify(&self.list)
-            .map_err(|_| CheckpointError::BadSignature)?;
+        let list = VerifierList::new(
+            self.verifiers
+                .iter()
+                .map(|v| Box::new(v.clone()) as Box<dyn signed_note::Verifier>)
+                .collect(),
+        );
+        n.verify(&list).map_err(|_| CheckpointError::BadSignature)?;
         parse_body(n.text())
     }
 }

@@ -19,7 +19,9 @@
 //!   **live tail** ([`TailItem`], served by [`crate::tail`]).
 
 pub mod checkpoint;
+pub mod cmd;
 pub mod export;
+pub mod http;
 pub mod record;
 pub mod retention;
 pub mod store;
@@ -46,7 +48,8 @@ pub use record::{AuditEvent, RecordKind, UNATTRIBUTED};
 pub enum AuditMode {
     /// A decision leaves scp-pep only after its record is committed (the default).
     Durable,
-    /// A decision leaves once its record is queued; a crash loses at most the queue.
+    /// A decision leaves once its record is queued; a crash loses at most the queue and the batch
+    /// in flight (`queue_capacity + max_batch` records).
     Buffered,
     /// No audit log (benchmarks and development only; logged as a warning at start).
     Off,

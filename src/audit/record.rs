@@ -81,6 +81,29 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 14] = [
+        RecordKind::Decision,
+        RecordKind::AdminChange,
+        RecordKind::CredentialIssued,
+        RecordKind::CredentialRotated,
+        RecordKind::CredentialRevoked,
+        RecordKind::SecurityIncident,
+        RecordKind::ConsentChange,
+        RecordKind::ConsentEvidenceAccess,
+        RecordKind::FrozenShare,
+        RecordKind::RootBypass,
+        RecordKind::AuditAccess,
+        RecordKind::RetentionPurge,
+        RecordKind::ChainStart,
+        RecordKind::ChainEnd,
+    ];
+
+    /// The kind named `name` (its snake_case name), if any.
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         use RecordKind::*;

@@ -23,6 +23,7 @@ pub struct ChainRow {
     pub writer: String,
     pub created_ms: i64,
     pub key_id: String,
+    pub verifier_key: String,
 }
 
 /// A stored checkpoint.
@@ -72,7 +73,7 @@ where
     }
 }
 
-const INSERT_CHAIN: &str = "INSERT INTO audit_chains (chain_id, tenant_id, writer, created_ms, key_id) VALUES ($1, $2, $3, $4, $5)";
+const INSERT_CHAIN: &str = "INSERT INTO audit_chains (chain_id, tenant_id, writer, created_ms, key_id, verifier_key) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Writes new chains and records in one transaction: all of them or none.
 pub async fn write_batch(
@@ -90,6 +91,7 @@ pub async fn write_batch(
                     .bind(&c.writer)
                     .bind(c.created_ms)
                     .bind(&c.key_id)
+                    .bind(&c.verifier_key)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -121,6 +123,7 @@ pub async fn write_batch(
                     .bind(&c.writer)
                     .bind(c.created_ms)
                     .bind(&c.key_id)
+                    .bind(&c.verifier_key)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -211,23 +214,25 @@ pub async fn insert_checkpoint(store: &Store, cp: &CheckpointRow) -> Result<(), 
 
 /// Chains, optionally of one tenant, oldest first.
 pub async fn chains(store: &Store, tenant: Option<&str>) -> Result<Vec<ChainRow>, StoreError> {
-    let rows: Vec<(String, String, String, i64, String)> = with_pool!(store, p => {
+    type Cols = (String, String, String, i64, String, String);
+    let rows: Vec<Cols> = with_pool!(store, p => {
         match tenant {
-            Some(t) => sqlx::query_as("SELECT chain_id, tenant_id, writer, created_ms, key_id FROM audit_chains WHERE tenant_id = $1 ORDER BY created_ms, chain_id")
+            Some(t) => sqlx::query_as("SELECT chain_id, tenant_id, writer, created_ms, key_id, verifier_key FROM audit_chains WHERE tenant_id = $1 ORDER BY created_ms, chain_id")
                 .bind(t).fetch_all(p).await?,
-            None => sqlx::query_as("SELECT chain_id, tenant_id, writer, created_ms, key_id FROM audit_chains ORDER BY created_ms, chain_id")
+            None => sqlx::query_as("SELECT chain_id, tenant_id, writer, created_ms, key_id, verifier_key FROM audit_chains ORDER BY created_ms, chain_id")
                 .fetch_all(p).await?,
         }
     });
     Ok(rows
         .into_iter()
         .map(
-            |(chain_id, tenant_id, writer, created_ms, key_id)| ChainRow {
+            |(chain_id, tenant_id, writer, created_ms, key_id, verifier_key)| ChainRow {
                 chain_id,
                 tenant_id,
                 writer,
                 created_ms,
                 key_id,
+                verifier_key,
             },
         )
         .collect())
@@ -350,4 +355,14 @@ pub async fn record_by_event(
         sqlx::query(SQL).bind(event_id).fetch_optional(p).await?.as_ref().map(record_from_row)
     });
     Ok(r)
+}
+
+/// The checkpoint verifier keys the store's chains name (deduplicated). These come from the
+/// database itself: a verifier should pin the published key instead.
+pub async fn embedded_keys(store: &Store) -> Result<Vec<String>, StoreError> {
+    let keys: Vec<String> = with_pool!(store, p => {
+        sqlx::query_scalar("SELECT DISTINCT verifier_key FROM audit_chains ORDER BY verifier_key")
+            .fetch_all(p).await?
+    });
+    Ok(keys)
 }

@@ -47,23 +47,6 @@ pub(super) struct Writer {
     metrics: WriterMetrics,
 }
 
-const ALL_KINDS: &[RecordKind] = &[
-    RecordKind::Decision,
-    RecordKind::AdminChange,
-    RecordKind::CredentialIssued,
-    RecordKind::CredentialRotated,
-    RecordKind::CredentialRevoked,
-    RecordKind::SecurityIncident,
-    RecordKind::ConsentChange,
-    RecordKind::ConsentEvidenceAccess,
-    RecordKind::FrozenShare,
-    RecordKind::RootBypass,
-    RecordKind::AuditAccess,
-    RecordKind::RetentionPurge,
-    RecordKind::ChainStart,
-    RecordKind::ChainEnd,
-];
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -90,7 +73,7 @@ impl Writer {
             resync: false,
             http,
             metrics: WriterMetrics {
-                records: ALL_KINDS
+                records: RecordKind::ALL
                     .iter()
                     .map(|k| {
                         (
@@ -125,8 +108,13 @@ impl Writer {
         let mut batch: Vec<Entry> = Vec::new();
         let mut backoff = Duration::from_millis(100);
         loop {
+            // A retried batch (buffered mode) takes no new entries: what is in flight stays at
+            // most `max_batch`, what is queued at most `queue_capacity`.
+            let retrying = !batch.is_empty();
             if batch.is_empty() {
                 tokio::select! {
+                    // Queued decisions before checkpoints.
+                    biased;
                     e = rx.recv() => match e {
                         Some(e) => batch.push(e),
                         None => break,
@@ -139,7 +127,7 @@ impl Writer {
                 }
             }
             let mut n: usize = batch.iter().map(|e| e.items.len()).sum();
-            while n < self.settings.max_batch {
+            while !retrying && n < self.settings.max_batch {
                 match rx.try_recv() {
                     Ok(e) => {
                         n += e.items.len();
@@ -205,6 +193,25 @@ impl Writer {
     /// Writes `batch` in one transaction, opening chains as needed. On success the heads advance
     /// and the tail sees the records; on failure nothing changes but `resync` is set.
     async fn write(&mut self, batch: &[Entry]) -> Result<(), anyhow::Error> {
+        // Everything (re-reading heads, opening chains, the transaction) is bounded by one
+        // deadline, so a store that hangs costs a decision at most `write_timeout`.
+        let deadline = self.settings.write_timeout;
+        match tokio::time::timeout(deadline, self.write_inner(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.resync = true;
+                self.metrics.failures.increment(1);
+                Err(e)
+            }
+            Err(_) => {
+                self.resync = true;
+                self.metrics.failures.increment(1);
+                anyhow::bail!("audit write timed out after {deadline:?}")
+            }
+        }
+    }
+
+    async fn write_inner(&mut self, batch: &[Entry]) -> Result<(), anyhow::Error> {
         let started = Instant::now();
         if self.resync {
             self.resync_heads().await?;
@@ -229,39 +236,17 @@ impl Writer {
                 rows.push(chain_record(h, &e.tenant, item));
             }
         }
-        let res = tokio::time::timeout(
-            self.settings.write_timeout,
-            audit_store::write_batch(&self.store, &chains, &rows),
-        )
-        .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.resync = true;
-                self.metrics.failures.increment(1);
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.resync = true;
-                self.metrics.failures.increment(1);
-                anyhow::bail!(
-                    "audit write timed out after {:?}",
-                    self.settings.write_timeout
-                );
-            }
-        }
+        audit_store::write_batch(&self.store, &chains, &rows).await?;
         self.heads = heads;
         self.metrics.batch_size.record(rows.len() as f64);
         self.metrics
             .commit_duration
             .record(started.elapsed().as_secs_f64());
         for r in &rows {
-            if let Ok(k) =
-                serde_json::from_value::<RecordKind>(serde_json::Value::String(r.kind.clone()))
+            if let Some(c) =
+                RecordKind::from_name(&r.kind).and_then(|k| self.metrics.records.get(&k))
             {
-                if let Some(c) = self.metrics.records.get(&k) {
-                    c.increment(1);
-                }
+                c.increment(1);
             }
         }
         if self.tail.receiver_count() > 0 {
@@ -270,29 +255,64 @@ impl Writer {
         Ok(())
     }
 
+    /// Sends the committed `rows` to live-tail subscribers: decisions with the summary their
+    /// entry carries (`refs`: entry index, row index), every other record (events, chain starts)
+    /// with its kind only. A decision queued while nobody was subscribed has no summary and is
+    /// skipped.
     fn publish_tail(&self, batch: &[Entry], rows: &[ChainedRecord], refs: &[(usize, usize)]) {
-        for &(ei, ri) in refs {
-            let (Some(t), Some(r)) = (batch[ei].tail.as_ref(), rows.get(ri)) else {
-                continue;
+        let mut refs = refs.iter().peekable();
+        for (ri, r) in rows.iter().enumerate() {
+            let summary = match refs.peek() {
+                Some(&&(ei, i)) if i == ri => {
+                    refs.next();
+                    batch[ei].tail.as_ref()
+                }
+                _ => None,
             };
-            let item = TailItem {
-                chain_id: self
-                    .heads
-                    .get(&r.tenant_id)
-                    .map(|h| h.chain_id.clone())
-                    .unwrap_or_else(|| Arc::from(r.chain_id.as_str())),
-                seq: r.seq,
-                kind: RecordKind::Decision,
-                tenant_id: r.tenant_id.clone(),
-                integration_id: t.integration_id.clone(),
-                outcome: Some(t.outcome),
-                code: Some(t.code.clone()),
-                time_ms: r.time_ms,
-                latency_us: Some(t.latency_us),
-                body: Arc::from(r.body.as_str()),
+            let item = match summary {
+                Some(t) => TailItem {
+                    chain_id: self.chain_id_of(r),
+                    seq: r.seq,
+                    kind: RecordKind::Decision,
+                    tenant_id: r.tenant_id.clone(),
+                    integration_id: t.integration_id.clone(),
+                    outcome: Some(t.outcome),
+                    code: Some(t.code.clone()),
+                    time_ms: r.time_ms,
+                    latency_us: Some(t.latency_us),
+                    body: Arc::from(r.body.as_str()),
+                },
+                None => {
+                    let Some(kind) = RecordKind::from_name(&r.kind) else {
+                        continue;
+                    };
+                    if kind == RecordKind::Decision {
+                        continue;
+                    }
+                    TailItem {
+                        chain_id: self.chain_id_of(r),
+                        seq: r.seq,
+                        kind,
+                        tenant_id: r.tenant_id.clone(),
+                        integration_id: None,
+                        outcome: None,
+                        code: None,
+                        time_ms: r.time_ms,
+                        latency_us: None,
+                        body: Arc::from(r.body.as_str()),
+                    }
+                }
             };
             // No receivers or a lagging receiver never blocks the writer.
             let _ = self.tail.send(Arc::new(item));
+        }
+    }
+
+    /// The chain id of `r`, shared with the head when `r` is on the tenant's current chain.
+    fn chain_id_of(&self, r: &ChainedRecord) -> Arc<str> {
+        match self.heads.get(&r.tenant_id) {
+            Some(h) if *h.chain_id == *r.chain_id => h.chain_id.clone(),
+            _ => Arc::from(r.chain_id.as_str()),
         }
     }
 
@@ -309,6 +329,7 @@ impl Writer {
             writer: self.settings.writer.clone(),
             created_ms,
             key_id: self.signer.key_id(),
+            verifier_key: self.signer.verifier_key().to_owned(),
         };
         let prev = previous.map(|(id, size, head)| {
             serde_json::json!({
@@ -368,6 +389,11 @@ impl Writer {
     /// Signs and stores a checkpoint for every chain that is due (`all`: every chain with
     /// records not yet covered).
     async fn checkpoint_due(&mut self, all: bool) {
+        if self.resync {
+            // The store failed the last write: no checkpoint until a write succeeds again (a
+            // checkpoint attempt would only hold up the queued decisions).
+            return;
+        }
         let every = self.settings.checkpoint_every.max(1);
         let interval = self.settings.checkpoint_interval;
         let due: Vec<String> = self
@@ -393,7 +419,14 @@ impl Writer {
                 time_ms,
                 note,
             };
-            match audit_store::insert_checkpoint(&self.store, &row).await {
+            let stored = tokio::time::timeout(
+                self.settings.write_timeout,
+                audit_store::insert_checkpoint(&self.store, &row),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from));
+            match stored {
                 Ok(()) => {
                     self.metrics.checkpoints.increment(1);
                     if let Some(hm) = self.heads.get_mut(&tenant) {
@@ -474,10 +507,10 @@ impl Writer {
                 }
             })
             .collect();
-        if !entries.is_empty() {
-            if let Err(e) = self.write(&entries).await {
-                tracing::warn!(error = %e, "could not write chain_end records");
-            }
+        if !entries.is_empty()
+            && let Err(e) = self.write(&entries).await
+        {
+            tracing::warn!(error = %e, "could not write chain_end records");
         }
         self.checkpoint_due(true).await;
     }

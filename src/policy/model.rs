@@ -40,6 +40,10 @@ pub struct Tenant {
     /// Remove the partner's `authorization` header before forwarding upstream (EXT-3.3-1).
     #[serde(default)]
     pub strip_authorization: bool,
+    /// Days audit records of this tenant are kept before the retention purge removes them
+    /// (INT-8-2); defaults to the server's `audit.retention_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_retention_days: Option<u32>,
 }
 
 /// A JWKS location: `{url: "https://…"}` (fetched over HTTP(S), cached) or `{file: "path"}`.

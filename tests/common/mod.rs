@@ -307,3 +307,206 @@ pub async fn fresh_pg_database() -> String {
         .unwrap_or(admin);
     format!("{base}/{name}")
 }
+
+/// How a [`TcpProxy`] treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward bytes both ways.
+    Up,
+    /// Store down, fast: forwarded connections are closed and new ones are accepted and closed at
+    /// once (the client reads EOF).
+    Refuse,
+    /// Store down, slow: forwarded connections are closed and new ones are accepted but never
+    /// answered (a black hole) until the mode changes, when they are closed.
+    Blackhole,
+    /// PostgreSQL only: forward everything, except that a reply carrying a `COMMIT` command tag is
+    /// never delivered: the transaction is committed but the client never learns it (its
+    /// connection hangs until the mode changes, then is closed).
+    LoseCommitAck,
+}
+
+impl ProxyMode {
+    fn forwards(self) -> bool {
+        matches!(self, ProxyMode::Up | ProxyMode::LoseCommitAck)
+    }
+}
+
+/// A TCP proxy on `127.0.0.1:0` in front of `upstream` (`host:port`), with a switch that takes
+/// the upstream "down" ([`ProxyMode::Refuse`], [`ProxyMode::Blackhole`]) and back up, or loses
+/// commit acknowledgements ([`ProxyMode::LoseCommitAck`]).
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    /// Connections currently forwarded (or about to be).
+    active: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Commit acknowledgements withheld so far.
+    pub lost_commit_acks: Arc<AtomicUsize>,
+}
+
+/// Decrements a counter when dropped.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The PostgreSQL `CommandComplete` tag of a commit.
+const COMMIT_TAG: &[u8] = b"COMMIT\0";
+
+/// Copies `from` to `to` while the mode forwards. `replies`: this is the server-to-client
+/// direction, where [`ProxyMode::LoseCommitAck`] applies.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: tokio::sync::watch::Receiver<ProxyMode>,
+    replies: bool,
+    lost: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    // The end of the previous chunk, so a tag split across two reads is still seen.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = rx.wait_for(|m| !m.forwards()) => return,
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        let chunk = &buf[..n];
+        let mode = *rx.borrow();
+        if replies && mode == ProxyMode::LoseCommitAck {
+            let mut window = std::mem::take(&mut tail);
+            window.extend_from_slice(chunk);
+            if window.windows(COMMIT_TAG.len()).any(|w| w == COMMIT_TAG) {
+                lost.fetch_add(1, Ordering::SeqCst);
+                let _ = rx.wait_for(|m| *m != ProxyMode::LoseCommitAck).await;
+                return;
+            }
+        }
+        tail = chunk[n.saturating_sub(COMMIT_TAG.len())..].to_vec();
+        if to.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `upstream` on the current Tokio runtime.
+    pub async fn start(upstream: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, rx) = tokio::sync::watch::channel(ProxyMode::Up);
+        let active = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let lost_commit_acks = Arc::new(AtomicUsize::new(0));
+        let upstream = upstream.to_owned();
+        let (act, acc, lost) = (active.clone(), accepted.clone(), lost_commit_acks.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                acc.fetch_add(1, Ordering::SeqCst);
+                // Counted before the mode is read: `set_mode` waits for this connection to close.
+                act.fetch_add(1, Ordering::SeqCst);
+                let guard = ActiveGuard(act.clone());
+                let mut rx = rx.clone();
+                let current = *rx.borrow_and_update();
+                match current {
+                    ProxyMode::Refuse => drop((client, guard)),
+                    ProxyMode::Blackhole => {
+                        drop(guard);
+                        tokio::spawn(async move {
+                            let _ = rx.wait_for(|m| *m != ProxyMode::Blackhole).await;
+                            drop(client);
+                        });
+                    }
+                    ProxyMode::Up | ProxyMode::LoseCommitAck => {
+                        let upstream = upstream.clone();
+                        let lost = lost.clone();
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                                return;
+                            };
+                            let _ = client.set_nodelay(true);
+                            let _ = server.set_nodelay(true);
+                            let (cr, cw) = client.into_split();
+                            let (sr, sw) = server.into_split();
+                            tokio::select! {
+                                _ = pump(cr, sw, rx.clone(), false, lost.clone()) => {}
+                                _ = pump(sr, cw, rx, true, lost) => {}
+                            }
+                            // Both sockets close here.
+                        });
+                    }
+                }
+            }
+        });
+        TcpProxy {
+            addr,
+            mode,
+            active,
+            accepted,
+            lost_commit_acks,
+        }
+    }
+
+    /// Switches the mode. Going down returns once every forwarded connection is closed (≤ 5 s),
+    /// so nothing reaches the upstream afterwards.
+    pub async fn set_mode(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+        if mode.forwards() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        while self.active.load(Ordering::SeqCst) > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "proxy connections did not close"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn mode(&self) -> ProxyMode {
+        *self.mode.borrow()
+    }
+}
+
+/// `url` (`postgres://user@host:port/db`) with its host and port replaced by `addr`.
+pub fn pg_url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let mut u = reqwest::Url::parse(url).expect("PostgreSQL URL");
+    u.set_ip_host(addr.ip()).expect("settable host");
+    u.set_port(Some(addr.port())).expect("settable port");
+    u.to_string()
+}
+
+/// `host:port` of a PostgreSQL URL (port 5432 when absent).
+pub fn pg_host_port(url: &str) -> String {
+    let u = reqwest::Url::parse(url).expect("PostgreSQL URL");
+    format!(
+        "{}:{}",
+        u.host_str().expect("PostgreSQL URL has a host"),
+        u.port().unwrap_or(5432)
+    )
+}
+
+/// Sum of the samples of the Prometheus metric `name` (any labels) in `/metrics` text; 0 when
+/// absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,376 @@
+//! Audit export over HTTP: readable only by audit roles, answered with a signed, time-limited
+//! download link (EXT-4.1-1, EXT-6-1, EXT-6-3, INT-8-2).
+//!
+//! - `POST /v1/audit/exports` with `authorization: Bearer <admin token>` and a JSON body
+//!   `{"tenant": "ke", "from": "2026-11-01", "to": "2026-11-22T00:00:00Z", "format": "jsonl"|"csv"}`
+//!   (`from`/`to` optional: RFC 3339 or `YYYY-MM-DD`). The caller must hold an audit role of that
+//!   tenant (or root; a root request is also recorded as `root_bypass`). Answer `201`:
+//!   `{"url": "/v1/audit/exports/download?…&sig=…", "expires_at": "…", "expires_in_s": 300}`.
+//! - `GET /v1/audit/exports/download?…` streams the export. The link is the credential: its
+//!   parameters are covered by an HMAC-SHA-256 (`audit.link_key`), compared in constant time, and it
+//!   expires after `audit.link_ttl_s` seconds.
+//!
+//! Issuing a link and every download are `audit_access` records; when one cannot be written the
+//! answer is 503 `AUDIT_UNAVAILABLE` and nothing is exported (no unaudited read of the audit log).
+//!
+//! Errors are `{"error": {"code": "…", "message": "…", "field": "…"}}` with codes
+//! `UNAUTHENTICATED` (401), `FORBIDDEN` (403), `INVALID_REQUEST` (400, `field` names the input),
+//! `LINK_INVALID` (403), `LINK_EXPIRED` (410), `AUDIT_UNAVAILABLE` (503),
+//! `DEPENDENCY_UNAVAILABLE` (503).
+
+use std::sync::Arc;
+
+use aws_lc_rs::hmac;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde::Deserialize;
+
+use super::AuditLog;
+use super::cmd::parse_instant;
+use super::export::{ExportRequest, ExportSink, Format};
+use super::record::{AuditEvent, RecordKind};
+use crate::admin::AdminAuth;
+use crate::store::Store;
+
+/// State of the audit HTTP routes.
+#[derive(Clone)]
+pub struct AuditHttp {
+    pub store: Store,
+    pub audit: Arc<AuditLog>,
+    pub admin: AdminAuth,
+    link_key: Arc<hmac::Key>,
+    link_ttl_s: u64,
+}
+
+impl AuditHttp {
+    /// `link_key`: HMAC key of download links (≥ 32 bytes recommended; `None`: 32 random bytes,
+    /// so links only work on this replica). `link_ttl_s`: link lifetime, seconds.
+    pub fn new(
+        store: Store,
+        audit: Arc<AuditLog>,
+        admin: AdminAuth,
+        link_key: Option<&str>,
+        link_ttl_s: u64,
+    ) -> Self {
+        let key = match link_key {
+            Some(k) => hmac::Key::new(hmac::HMAC_SHA256, k.as_bytes()),
+            None => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+                    // Generation only fails if the OS RNG fails; fall back to a UUIDv4-derived key.
+                    hmac::Key::new(hmac::HMAC_SHA256, uuid::Uuid::new_v4().as_bytes())
+                })
+            }
+        };
+        AuditHttp {
+            store,
+            audit,
+            admin,
+            link_key: Arc::new(key),
+            link_ttl_s,
+        }
+    }
+
+    /// The routes, to merge into the HTTP listener's router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/v1/audit/exports", post(create_link))
+            .route("/v1/audit/exports/download", get(download))
+            .with_state(self)
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
+    let mut e = serde_json::json!({"code": code, "message": message});
+    if let Some(f) = field {
+        e["field"] = serde_json::Value::String(f.to_owned());
+    }
+    (status, axum::Json(serde_json::json!({ "error": e }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkRequest {
+    tenant: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    format: Option<Format>,
+}
+
+/// The signed parameters of a download link.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+struct LinkParams {
+    tenant: String,
+    from_ms: i64,
+    to_ms: i64,
+    format: Format,
+    /// Unix seconds after which the link is dead.
+    exp: i64,
+    /// The admin subject the link was issued to (recorded with each download).
+    sub: String,
+}
+
+impl LinkParams {
+    fn message(&self) -> String {
+        let f = match self.format {
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+        };
+        format!(
+            "scp-pep/audit-export-link/v1\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.tenant, self.from_ms, self.to_ms, f, self.exp, self.sub
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadQuery {
+    tenant: String,
+    from_ms: i64,
+    to_ms: i64,
+    format: Format,
+    exp: i64,
+    sub: String,
+    sig: String,
+}
+
+async fn create_link(
+    State(s): State<AuditHttp>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let who = match s.admin.authenticate(authz).await {
+        Ok(p) => p,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            return error(status, e.code(), &e.to_string(), None);
+        }
+    };
+    let req: LinkRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let field = ["tenant", "from", "to", "format"]
+                .into_iter()
+                .find(|f| e.to_string().contains(&format!("`{f}`")));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "body must be {\"tenant\", \"from\"?, \"to\"?, \"format\"?: \"jsonl\"|\"csv\"}",
+                field,
+            );
+        }
+    };
+    if !who.may_read_audit(&req.tenant) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "reading this tenant's audit log needs one of its audit roles",
+            Some("tenant"),
+        );
+    }
+    let from_ms = match req.from.as_deref().map(parse_instant).transpose() {
+        Ok(v) => v.unwrap_or(0),
+        Err(m) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &m, Some("from")),
+    };
+    let to_ms = match req.to.as_deref().map(parse_instant).transpose() {
+        Ok(v) => v.unwrap_or(i64::MAX),
+        Err(m) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &m, Some("to")),
+    };
+    if from_ms >= to_ms {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "`from` must be before `to`",
+            Some("to"),
+        );
+    }
+    let now = chrono::Utc::now();
+    let params = LinkParams {
+        tenant: req.tenant.clone(),
+        from_ms,
+        to_ms,
+        format: req.format.unwrap_or(Format::Jsonl),
+        exp: now.timestamp() + s.link_ttl_s as i64,
+        sub: who.subject.clone(),
+    };
+    let detail = serde_json::json!({
+        "action": "export_link_issued", "tenant": params.tenant, "from_ms": from_ms,
+        "to_ms": to_ms, "format": params.format, "expires": params.exp,
+    });
+    if who.root && who.tenant_id != req.tenant {
+        let ev = AuditEvent::new(RecordKind::RootBypass, Some(&req.tenant), detail.clone())
+            .actor(who.subject.clone());
+        if s.audit.record_event(&ev).await.is_err() {
+            return audit_unavailable();
+        }
+    }
+    let ev = AuditEvent::new(RecordKind::AuditAccess, Some(&req.tenant), detail)
+        .actor(who.subject.clone());
+    if s.audit.record_event(&ev).await.is_err() {
+        return audit_unavailable();
+    }
+    let tag = hmac::sign(&s.link_key, params.message().as_bytes());
+    let query = match serde_urlencoded_pairs(&params, &B64URL.encode(tag.as_ref())) {
+        Some(q) => q,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "tenant",
+                Some("tenant"),
+            );
+        }
+    };
+    let expires_at = chrono::DateTime::from_timestamp(params.exp, 0).unwrap_or(now);
+    (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({
+            "url": format!("/v1/audit/exports/download?{query}"),
+            "expires_at": expires_at.to_rfc3339(),
+            "expires_in_s": s.link_ttl_s,
+        })),
+    )
+        .into_response()
+}
+
+fn serde_urlencoded_pairs(p: &LinkParams, sig: &str) -> Option<String> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let enc = |v: &str| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
+    let f = match p.format {
+        Format::Jsonl => "jsonl",
+        Format::Csv => "csv",
+    };
+    Some(format!(
+        "tenant={}&from_ms={}&to_ms={}&format={f}&exp={}&sub={}&sig={}",
+        enc(&p.tenant),
+        p.from_ms,
+        p.to_ms,
+        p.exp,
+        enc(&p.sub),
+        enc(sig)
+    ))
+}
+
+fn audit_unavailable() -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "AUDIT_UNAVAILABLE",
+        "this access could not be recorded in the audit log",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+async fn download(
+    State(s): State<AuditHttp>,
+    q: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "LINK_INVALID",
+            "malformed download link",
+            None,
+        );
+    };
+    let Ok(tag) = B64URL.decode(q.sig.as_bytes()) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "LINK_INVALID",
+            "malformed download link",
+            Some("sig"),
+        );
+    };
+    let params = LinkParams {
+        tenant: q.tenant,
+        from_ms: q.from_ms,
+        to_ms: q.to_ms,
+        format: q.format,
+        exp: q.exp,
+        sub: q.sub,
+    };
+    if hmac::verify(&s.link_key, params.message().as_bytes(), &tag).is_err() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "LINK_INVALID",
+            "the link's signature does not verify",
+            Some("sig"),
+        );
+    }
+    if chrono::Utc::now().timestamp() >= params.exp {
+        return error(
+            StatusCode::GONE,
+            "LINK_EXPIRED",
+            "the download link has expired",
+            Some("exp"),
+        );
+    }
+    let p = params;
+    let ev = AuditEvent::new(
+        RecordKind::AuditAccess,
+        Some(&p.tenant),
+        serde_json::json!({"action": "export_downloaded", "from_ms": p.from_ms, "to_ms": p.to_ms, "format": p.format}),
+    )
+    .actor(p.sub.clone());
+    if s.audit.record_event(&ev).await.is_err() {
+        return audit_unavailable();
+    }
+    let req = ExportRequest {
+        tenant: p.tenant.clone(),
+        from_ms: p.from_ms,
+        to_ms: p.to_ms,
+        format: p.format,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = s.store.clone();
+    let keys = vec![s.audit.verifier_key().to_owned()];
+    tokio::spawn(async move {
+        let err_tx = tx.clone();
+        if let Err(e) = super::export::export(&store, &req, &keys, ExportSink::Channel(tx)).await {
+            tracing::warn!(error = %e, "audit export stream failed");
+            // The client sees a cut stream; the missing end line makes `verify` reject it.
+            let _ = err_tx
+                .send(Err(std::io::Error::other("export failed")))
+                .await;
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let ext = match p.format {
+        Format::Jsonl => "jsonl",
+        Format::Csv => "csv",
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, p.format.content_type())
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"audit-{}.{ext}\"",
+                p.tenant.replace(['"', '\\', '/'], "_")
+            ),
+        )
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "response",
+                None,
+            )
+        })
+}

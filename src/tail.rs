@@ -1,0 +1,816 @@
+//! The live decision-log tail: `scp.pep.v1.DecisionLog/Tail` and `scp-pep audit tail`
+//! (EXT-6-1, INT-8-1).
+//!
+//! Security staff follow the audit log as it is committed. The server side ([`service`]) reads the
+//! audit log's broadcast feed ([`AuditLog::subscribe`]); every subscriber has its own forwarding
+//! task and a small send buffer, and neither ever makes the audit writer or a decision wait:
+//!
+//! - a subscriber that falls more than `audit.tail_capacity` records behind the broadcast, or whose
+//!   gRPC send buffer is full, loses records (for that subscriber only; the log keeps them). The
+//!   loss is counted in `scp_pep_audit_tail_dropped_total` and announced to the subscriber by a
+//!   marker [`TailEvent`] whose `dropped` is the number of records lost;
+//! - the forwarding task ends as soon as the client goes away.
+//!
+//! Authorization (EXT-6-1): an admin bearer token ([`AdminAuth`]). Auditors tail their own tenant;
+//! root tails any tenant or all of them, recorded as a `root_bypass` event; every tail opened is
+//! recorded as an `audit_access` event first, and a tail whose access cannot be recorded is
+//! refused (`UNAVAILABLE`). Both events go to the chain of the tailed tenant (of the caller's own
+//! tenant for an all-tenant root tail), actor = the token's subject, detail = the filters.
+//!
+//! The client side is [`run_cli`] (`scp-pep audit tail`, arguments [`TailArgs`]).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::admin::{AdminAuth, AdminAuthError, AdminPrincipal};
+use crate::audit::{AuditEvent, AuditLog, RecordKind, TailItem};
+use crate::proto::scp::pep::v1::decision_log_client::DecisionLogClient;
+use crate::proto::scp::pep::v1::decision_log_server::{DecisionLog, DecisionLogServer};
+use crate::proto::scp::pep::v1::{TailEvent, TailRequest};
+
+/// Events buffered per subscriber between its forwarding task and gRPC; when full, records are
+/// dropped for that subscriber (and counted) instead of waiting.
+const SEND_BUFFER: usize = 64;
+/// At most this many `codes` in a request.
+const MAX_CODES: usize = 64;
+/// Longest tenant, integration or code accepted in a request.
+const MAX_FILTER_LEN: usize = 256;
+
+/// The `scp.pep.v1.DecisionLog` service.
+///
+/// Built by [`service`]; [`DecisionLogService::with_shutdown`] additionally ends every open tail
+/// when the server shuts down (otherwise a tail ends only when its client leaves).
+#[derive(Clone)]
+pub struct DecisionLogService {
+    audit: Arc<AuditLog>,
+    auth: AdminAuth,
+    dropped: metrics::Counter,
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// The live-tail gRPC service over `audit`, authorizing callers with `auth` (EXT-6-1, INT-8-1).
+///
+/// Input: the audit log whose committed records are streamed, and the admin token verifier.
+/// Output: a tonic server to add to the gRPC listener
+/// (`Server::builder().add_service(..)`). Records reach the tail only after their commit.
+pub fn service(audit: Arc<AuditLog>, auth: AdminAuth) -> DecisionLogServer<DecisionLogService> {
+    DecisionLogServer::new(DecisionLogService::new(audit, auth))
+}
+
+impl DecisionLogService {
+    /// The service over `audit` with admin authentication `auth`.
+    pub fn new(audit: Arc<AuditLog>, auth: AdminAuth) -> Self {
+        DecisionLogService {
+            audit,
+            auth,
+            dropped: metrics::counter!("scp_pep_audit_tail_dropped_total"),
+            shutdown: None,
+        }
+    }
+
+    /// Ends every open tail (the stream completes normally) once `shutdown` becomes `true`, so a
+    /// connected tail does not hold up a graceful shutdown.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Wraps the service in its tonic server.
+    pub fn into_server(self) -> DecisionLogServer<DecisionLogService> {
+        DecisionLogServer::new(self)
+    }
+}
+
+/// The gRPC status of a refused admin token. The message never contains the token.
+fn auth_status(e: AdminAuthError) -> Status {
+    match e {
+        AdminAuthError::Missing | AdminAuthError::Invalid(_) => {
+            Status::unauthenticated(e.to_string())
+        }
+        AdminAuthError::Forbidden => Status::permission_denied(e.to_string()),
+        AdminAuthError::Unavailable => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A validated request: what one subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Filter {
+    /// `None`: every tenant (root only).
+    tenant: Option<String>,
+    integration: Option<String>,
+    outcome: Option<&'static str>,
+    codes: Vec<String>,
+    include_events: bool,
+}
+
+impl Filter {
+    /// Checks `req` and decides the tenant `p` may tail. Errors: `INVALID_ARGUMENT` (unknown
+    /// outcome, oversized filter), `PERMISSION_DENIED` (no audit role; another tenant without
+    /// root).
+    fn authorize(req: TailRequest, p: &AdminPrincipal) -> Result<Filter, Status> {
+        let outcome = match req.outcome.trim().to_ascii_lowercase().as_str() {
+            "" => None,
+            "allow" => Some("allow"),
+            "deny" => Some("deny"),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "outcome must be \"allow\", \"deny\" or empty",
+                ));
+            }
+        };
+        let too_long = |s: &str| s.len() > MAX_FILTER_LEN;
+        if req.codes.len() > MAX_CODES
+            || too_long(&req.tenant_id)
+            || too_long(&req.integration_id)
+            || req.codes.iter().any(|c| too_long(c))
+        {
+            return Err(Status::invalid_argument("filter too large"));
+        }
+        if !p.root && !p.auditor {
+            return Err(Status::permission_denied(
+                "the caller has no audit role (EXT-6-1)",
+            ));
+        }
+        let tenant = match req.tenant_id.as_str() {
+            "" if p.root => None,
+            "" => Some(p.tenant_id.clone()),
+            t if p.may_read_audit(t) => Some(t.to_owned()),
+            _ => {
+                return Err(Status::permission_denied(
+                    "the caller may tail only its own tenant (EXT-6-1)",
+                ));
+            }
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        Ok(Filter {
+            tenant,
+            integration: non_empty(req.integration_id),
+            outcome,
+            codes: req.codes.into_iter().filter(|c| !c.is_empty()).collect(),
+            include_events: req.include_events,
+        })
+    }
+
+    /// Whether the tail needs the root role: all tenants, or a tenant the caller audits not as an
+    /// auditor of its own tenant.
+    fn is_root_bypass(&self, p: &AdminPrincipal) -> bool {
+        p.root && !(p.auditor && self.tenant.as_deref() == Some(p.tenant_id.as_str()))
+    }
+
+    /// The filters as recorded in the `audit_access` event.
+    fn detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tenant_id": self.tenant.as_deref().unwrap_or("*"),
+            "integration_id": self.integration,
+            "outcome": self.outcome,
+            "codes": self.codes,
+            "include_events": self.include_events,
+        })
+    }
+
+    fn matches(&self, it: &TailItem) -> bool {
+        if self.tenant.as_ref().is_some_and(|t| *t != it.tenant_id) {
+            return false;
+        }
+        if it.kind != RecordKind::Decision {
+            return self.include_events;
+        }
+        if self
+            .integration
+            .as_ref()
+            .is_some_and(|i| it.integration_id.as_ref() != Some(i))
+        {
+            return false;
+        }
+        if self.outcome.is_some() && it.outcome != self.outcome {
+            return false;
+        }
+        self.codes.is_empty()
+            || it
+                .code
+                .as_deref()
+                .is_some_and(|c| self.codes.iter().any(|x| x == c))
+    }
+}
+
+/// The wire form of a committed record.
+fn tail_event(it: &TailItem) -> TailEvent {
+    TailEvent {
+        chain_id: it.chain_id.to_string(),
+        seq: it.seq,
+        kind: it.kind.as_str().to_owned(),
+        tenant_id: it.tenant_id.clone(),
+        integration_id: it.integration_id.clone().unwrap_or_default(),
+        outcome: it.outcome.unwrap_or_default().to_owned(),
+        code: it.code.clone().unwrap_or_default(),
+        time_unix_ms: it.time_ms,
+        latency_us: it.latency_us.unwrap_or_default(),
+        body: it.body.to_string(),
+        dropped: 0,
+    }
+}
+
+/// The marker telling a subscriber that `n` records were lost.
+fn dropped_marker(n: u64) -> TailEvent {
+    TailEvent {
+        dropped: n,
+        ..TailEvent::default()
+    }
+}
+
+/// Resolves once `shutdown` is `true` (never, without a receiver).
+async fn shut_down(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            if rx.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Moves matching records from the broadcast feed to one subscriber's send buffer. Never waits
+/// for the subscriber: a lag on the feed or a full buffer drops records, counts them, and queues
+/// a marker that is sent as soon as the buffer has room. Ends when the client goes away, the feed
+/// closes or the server shuts down. Returns the number of records this subscriber lost.
+async fn forward(
+    mut feed: broadcast::Receiver<Arc<TailItem>>,
+    tx: mpsc::Sender<Result<TailEvent, Status>>,
+    filter: Filter,
+    counter: metrics::Counter,
+    mut shutdown: Option<watch::Receiver<bool>>,
+) -> u64 {
+    let mut pending: u64 = 0;
+    let mut lost: u64 = 0;
+    let mut lose = |pending: &mut u64, n: u64| {
+        *pending = pending.saturating_add(n);
+        lost = lost.saturating_add(n);
+        counter.increment(n);
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => break,
+            _ = shut_down(&mut shutdown) => break,
+            permit = tx.reserve(), if pending > 0 => match permit {
+                Ok(p) => {
+                    p.send(Ok(dropped_marker(pending)));
+                    pending = 0;
+                }
+                Err(_) => break,
+            },
+            r = feed.recv() => match r {
+                Ok(it) => {
+                    if !filter.matches(&it) {
+                        continue;
+                    }
+                    if pending > 0 {
+                        // The marker goes first; without room for it, this record is lost too.
+                        lose(&mut pending, 1);
+                        continue;
+                    }
+                    match tx.try_send(Ok(tail_event(&it))) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => lose(&mut pending, 1),
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => lose(&mut pending, n),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    lost
+}
+
+#[tonic::async_trait]
+impl DecisionLog for DecisionLogService {
+    type TailStream = ReceiverStream<Result<TailEvent, Status>>;
+
+    /// Opens a tail (EXT-6-1, INT-8-1).
+    ///
+    /// Input: `authorization: Bearer <admin token>` metadata and the filters of [`TailRequest`].
+    /// Output: a stream of committed records that match, with `dropped` markers when this
+    /// subscriber lost records. Errors: `UNAUTHENTICATED`, `PERMISSION_DENIED`,
+    /// `INVALID_ARGUMENT`, `UNAVAILABLE` (issuer keys unavailable, or the access could not be
+    /// audited).
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let header =
+            match request.metadata().get("authorization") {
+                None => None,
+                Some(v) => Some(v.to_str().map_err(|_| {
+                    auth_status(AdminAuthError::Invalid("authorization is not ASCII"))
+                })?),
+            };
+        let principal = self.auth.authenticate(header).await.map_err(auth_status)?;
+        let filter = Filter::authorize(request.into_inner(), &principal)?;
+        // Subscribe before the access is recorded: nothing committed after the grant is missed.
+        let feed = self.audit.subscribe();
+        let audited_tenant = filter
+            .tenant
+            .clone()
+            .unwrap_or_else(|| principal.tenant_id.clone());
+        let subject = filter.tenant.clone().unwrap_or_else(|| "*".into());
+        if filter.is_root_bypass(&principal) {
+            let ev = AuditEvent::new(
+                RecordKind::RootBypass,
+                Some(&audited_tenant),
+                serde_json::json!({"action": "audit_tail", "filters": filter.detail()}),
+            )
+            .actor(principal.subject.clone())
+            .subject(subject.clone());
+            if self.audit.record_event(&ev).await.is_err() {
+                return Err(Status::unavailable(
+                    "the audit log cannot record this access; tail refused",
+                ));
+            }
+        }
+        let ev = AuditEvent::new(
+            RecordKind::AuditAccess,
+            Some(&audited_tenant),
+            serde_json::json!({"action": "tail", "filters": filter.detail()}),
+        )
+        .actor(principal.subject.clone())
+        .subject(subject);
+        if self.audit.record_event(&ev).await.is_err() {
+            return Err(Status::unavailable(
+                "the audit log cannot record this access; tail refused",
+            ));
+        }
+        tracing::info!(
+            actor = %principal.subject,
+            tenant = %filter.tenant.as_deref().unwrap_or("*"),
+            root = principal.root,
+            "audit tail opened"
+        );
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        tokio::spawn(forward(
+            feed,
+            tx,
+            filter,
+            self.dropped.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line: `scp-pep audit tail`.
+
+/// `scp-pep audit tail`: follow the audit log live (EXT-6-1, INT-8-1).
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// scp-pep gRPC listener, e.g. `http://127.0.0.1:9191`.
+    #[arg(long, default_value = "http://127.0.0.1:9191")]
+    pub server: String,
+    /// Admin bearer token (auditor or root role). Prefer `--token-file` or the env var, so the
+    /// token does not land in shell history.
+    #[arg(long, env = "SCP_PEP_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the admin bearer token from this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Only this tenant (default: the token's tenant; every tenant for root).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only decisions of this integration.
+    #[arg(long)]
+    pub integration: Option<String>,
+    /// Only denied decisions.
+    #[arg(long)]
+    pub deny_only: bool,
+    /// Only decisions with this code, e.g. `SCOPE_VIOLATION` or `OK` (repeatable).
+    #[arg(long = "code")]
+    pub codes: Vec<String>,
+    /// Also show records that are not decisions (incidents, admin changes, audit access…).
+    #[arg(long)]
+    pub events: bool,
+    /// One JSON object per line (the `TailEvent` fields, `body` parsed) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+impl TailArgs {
+    /// The request these arguments describe.
+    pub fn request(&self) -> TailRequest {
+        TailRequest {
+            tenant_id: self.tenant.clone().unwrap_or_default(),
+            integration_id: self.integration.clone().unwrap_or_default(),
+            outcome: if self.deny_only {
+                "deny".into()
+            } else {
+                "".into()
+            },
+            codes: self.codes.clone(),
+            include_events: self.events,
+        }
+    }
+}
+
+/// The name of a gRPC status code, as in the gRPC specification (`PERMISSION_DENIED`).
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Escapes control characters (a request path is partner input; it must not drive the terminal).
+fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `2026-11-22T02:10:36.123Z`.
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// One readable line for a record (not a marker).
+///
+/// Decisions: `TIME OUTCOME CODE TENANT/INTEGRATION METHOD PATH route=R LATENCYµs decision=ID`;
+/// other records: `TIME EVENT KIND TENANT actor=A subject=S id=ID`. Fields are taken from the
+/// canonical body where the event has no column for them; control characters are escaped.
+pub fn format_line(ev: &TailEvent) -> String {
+    let body: serde_json::Value = serde_json::from_str(&ev.body).unwrap_or_default();
+    let field = |k: &str| clean(body.get(k).and_then(|v| v.as_str()).unwrap_or("-"));
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            clean(s)
+        }
+    };
+    let time = format_ms(ev.time_unix_ms);
+    if ev.kind == RecordKind::Decision.as_str() {
+        format!(
+            "{time} {:<5} {:<16} {}/{} {} {} route={} {}µs decision={}",
+            ev.outcome.to_ascii_uppercase(),
+            or_dash(&ev.code),
+            or_dash(&ev.tenant_id),
+            or_dash(&ev.integration_id),
+            field("method"),
+            field("path"),
+            field("route_id"),
+            ev.latency_us,
+            field("decision_id"),
+        )
+    } else {
+        format!(
+            "{time} EVENT {:<16} {} actor={} subject={} id={}",
+            or_dash(&ev.kind),
+            or_dash(&ev.tenant_id),
+            field("actor"),
+            field("subject"),
+            field("event_id"),
+        )
+    }
+}
+
+/// The `--json` form of an event: the [`TailEvent`] fields, `body` parsed as JSON.
+pub fn json_line(ev: &TailEvent) -> serde_json::Value {
+    let body = serde_json::from_str::<serde_json::Value>(&ev.body)
+        .unwrap_or_else(|_| serde_json::Value::String(ev.body.clone()));
+    serde_json::json!({
+        "chain_id": ev.chain_id,
+        "seq": ev.seq,
+        "kind": ev.kind,
+        "tenant_id": ev.tenant_id,
+        "integration_id": ev.integration_id,
+        "outcome": ev.outcome,
+        "code": ev.code,
+        "time_unix_ms": ev.time_unix_ms,
+        "latency_us": ev.latency_us,
+        "body": body,
+        "dropped": ev.dropped,
+    })
+}
+
+/// Opens a tail on `server` with `token` and `request`. Errors are one-line messages naming the
+/// gRPC status; they never contain the token.
+pub async fn open(
+    server: &str,
+    token: &str,
+    request: TailRequest,
+) -> Result<tonic::Streaming<TailEvent>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .map_err(|e| format!("invalid --server `{server}`: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {server}: {e}"))?;
+    let mut req = Request::new(request);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the admin token contains characters not allowed in a header".to_owned())?;
+    req.metadata_mut().insert("authorization", value);
+    DecisionLogClient::new(channel)
+        .tail(req)
+        .await
+        .map(Response::into_inner)
+        .map_err(|s| {
+            format!(
+                "tail refused by {server}: {} ({})",
+                code_name(s.code()),
+                s.message()
+            )
+        })
+}
+
+/// Runs `scp-pep audit tail` (EXT-6-1, INT-8-1).
+///
+/// Input: [`TailArgs`]; the token from `--token-file`, else `--token` / `SCP_PEP_ADMIN_TOKEN`.
+/// Output: one line per record on stdout (text, or JSON with `--json`); a `# N events dropped
+/// (consumer too slow)` line on stderr for every marker. Exit codes: 0 when the stream ends, the
+/// `--count` is reached or stdout is closed; 2 on a missing token, connection or authorization
+/// errors (the message names the gRPC status and never contains the token); 1 when stdout
+/// cannot be written.
+pub async fn run_cli(args: TailArgs) -> ExitCode {
+    let token = match (&args.token_file, &args.token) {
+        (Some(f), _) => match std::fs::read_to_string(f) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                eprintln!("error: cannot read --token-file: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(t)) => t.trim().to_owned(),
+        (None, None) => String::new(),
+    };
+    if token.is_empty() {
+        eprintln!("error: no admin token: use --token-file or set SCP_PEP_ADMIN_TOKEN");
+        return ExitCode::from(2);
+    }
+    let mut stream = match open(&args.server, &token, args.request()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut seen: u64 = 0;
+    if args.count == Some(0) {
+        return ExitCode::SUCCESS;
+    }
+    loop {
+        let ev = match stream.message().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(s) => {
+                eprintln!(
+                    "error: tail ended: {} ({})",
+                    code_name(s.code()),
+                    s.message()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if ev.dropped > 0 {
+            eprintln!("# {} events dropped (consumer too slow)", ev.dropped);
+            if args.json {
+                writeln!(out, "{}", json_line(&ev))
+            } else {
+                Ok(())
+            }
+        } else if args.json {
+            writeln!(out, "{}", json_line(&ev))
+        } else {
+            writeln!(out, "{}", format_line(&ev))
+        };
+        match written.and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write output: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        if ev.dropped == 0 {
+            seen += 1;
+            if args.count.is_some_and(|n| seen >= n) {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(tenant: &str, auditor: bool, root: bool) -> AdminPrincipal {
+        AdminPrincipal {
+            subject: "alice".into(),
+            tenant_id: tenant.into(),
+            roles: vec![],
+            root,
+            auditor,
+        }
+    }
+
+    fn item(tenant: &str, kind: RecordKind, integration: &str, outcome: &'static str) -> TailItem {
+        TailItem {
+            chain_id: Arc::from("c"),
+            seq: 1,
+            kind,
+            tenant_id: tenant.into(),
+            integration_id: Some(integration.into()),
+            outcome: Some(outcome),
+            code: Some(
+                if outcome == "allow" {
+                    "OK"
+                } else {
+                    "SCOPE_VIOLATION"
+                }
+                .into(),
+            ),
+            time_ms: 0,
+            latency_us: Some(5),
+            body: Arc::from("{}"),
+        }
+    }
+
+    /// EXT-6-1: an auditor is confined to its tenant; root is not, and that is a bypass.
+    #[test]
+    fn authorize_confines_auditors_to_their_tenant() {
+        let aud = principal("ke", true, false);
+        let f = Filter::authorize(TailRequest::default(), &aud).unwrap();
+        assert_eq!(f.tenant.as_deref(), Some("ke"));
+        assert!(!f.is_root_bypass(&aud));
+        let other = TailRequest {
+            tenant_id: "ug".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Filter::authorize(other.clone(), &aud).unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        let nobody = principal("ke", false, false);
+        assert_eq!(
+            Filter::authorize(TailRequest::default(), &nobody)
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        let root = principal("ke", false, true);
+        let f = Filter::authorize(TailRequest::default(), &root).unwrap();
+        assert_eq!(f.tenant, None);
+        assert!(f.is_root_bypass(&root));
+        assert!(
+            Filter::authorize(other, &root)
+                .unwrap()
+                .is_root_bypass(&root)
+        );
+        let bad = TailRequest {
+            outcome: "maybe".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Filter::authorize(bad, &aud).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+
+    /// INT-8-1: the filters select decisions; events only on request.
+    #[test]
+    fn filters_select_records() {
+        let f = Filter {
+            tenant: Some("ke".into()),
+            integration: Some("int-a".into()),
+            outcome: Some("deny"),
+            codes: vec![],
+            include_events: false,
+        };
+        assert!(f.matches(&item("ke", RecordKind::Decision, "int-a", "deny")));
+        assert!(!f.matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
+        assert!(!f.matches(&item("ke", RecordKind::Decision, "int-b", "deny")));
+        assert!(!f.matches(&item("ug", RecordKind::Decision, "int-a", "deny")));
+        assert!(!f.matches(&item("ke", RecordKind::AuditAccess, "int-a", "deny")));
+        let f = Filter {
+            include_events: true,
+            codes: vec!["OK".into()],
+            outcome: None,
+            ..f
+        };
+        assert!(f.matches(&item("ke", RecordKind::AuditAccess, "x", "deny")));
+        assert!(f.matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
+        assert!(!f.matches(&item("ke", RecordKind::Decision, "int-a", "deny")));
+    }
+
+    /// INT-8-1: a subscriber that does not read loses records (each one counted) while the feed
+    /// never waits for it; once it reads again, a marker reports the loss before newer records.
+    #[tokio::test]
+    async fn forward_never_waits_and_reports_losses() {
+        let (feed_tx, feed_rx) = broadcast::channel(16);
+        let (tx, mut rx) = mpsc::channel(SEND_BUFFER);
+        let f = Filter {
+            tenant: None,
+            integration: None,
+            outcome: None,
+            codes: vec![],
+            include_events: false,
+        };
+        let task = tokio::spawn(forward(feed_rx, tx, f, metrics::Counter::noop(), None));
+        let total = 1000u64;
+        for i in 0..total {
+            // Broadcast send is synchronous: the producer cannot wait for the subscriber.
+            let _ = feed_tx.send(Arc::new(item("ke", RecordKind::Decision, "i", "allow")));
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Let the forwarding task take the last records off the feed.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let mut records = 0u64;
+        for _ in 0..SEND_BUFFER {
+            let ev = rx.recv().await.unwrap().unwrap();
+            assert_eq!(ev.dropped, 0);
+            records += 1;
+        }
+        let marker = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            marker.dropped,
+            total - records,
+            "every record is delivered or counted"
+        );
+        let _ = feed_tx.send(Arc::new(item("ke", RecordKind::Decision, "i", "allow")));
+        let next = rx.recv().await.unwrap().unwrap();
+        assert_eq!((next.dropped, next.kind.as_str()), (0, "decision"));
+        drop(feed_tx);
+        assert_eq!(task.await.unwrap(), total - records);
+    }
+
+    #[test]
+    fn readable_line_escapes_control_characters() {
+        let ev = TailEvent {
+            kind: "decision".into(),
+            outcome: "deny".into(),
+            code: "SCOPE_VIOLATION".into(),
+            tenant_id: "ke".into(),
+            integration_id: "int-ke-moh".into(),
+            time_unix_ms: 1_795_313_436_123,
+            latency_us: 412,
+            body:
+                r#"{"method":"GET","path":"/v1/a\u001b[31m","route_id":"r1","decision_id":"0193"}"#
+                    .into(),
+            ..Default::default()
+        };
+        let line = format_line(&ev);
+        assert!(
+            line.starts_with("2026-11-22T") && line.contains("DENY  SCOPE_VIOLATION "),
+            "{line}"
+        );
+        assert!(line.contains("ke/int-ke-moh GET /v1/a\\u{1b}[31m route=r1 412µs decision=0193"));
+        assert!(!line.contains('\u{1b}'));
+    }
+}
