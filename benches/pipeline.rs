@@ -16,6 +16,7 @@
 //!
 //! Run: `cargo bench --bench pipeline`. `BENCH_SAMPLED=decide,log,handler,cold,rss` selects the
 //! sampled loops (`rss`, off by default, measures memory growth over 2,000,000 decisions).
+//! `BENCH_AUDIT` / `BENCH_STORE` (see `support`) choose the audit log (default off) and store.
 
 mod support;
 
@@ -44,7 +45,10 @@ fn main() {
         .build()
         .expect("runtime");
     let bench = rt.block_on(Bench::start());
-    let logged = rt.block_on(Bench::start_with(Some("decisions.jsonl")));
+    let logged = rt.block_on(Bench::start_with(support::Options {
+        decision_log: Some("decisions.jsonl".into()),
+        ..support::Options::from_env()
+    }));
     let engine = bench.running.engine.clone();
     let engine_logged = logged.running.engine.clone();
     let facts = bench.facts();
@@ -256,8 +260,8 @@ fn main() {
 
     c.final_summary();
     rt.block_on(async {
-        bench.running.shutdown().await;
-        logged.running.shutdown().await;
+        bench.stop().await;
+        logged.stop().await;
     });
 }
 

@@ -996,3 +996,75 @@ async fn cli_exports_and_verifies() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// INT-8-2: every checkpoint is also POSTed to `checkpoint_url` (outside the database) as the
+/// signed note, which opens with the verifier key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_published_to_a_url() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/witness",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                sink.lock().unwrap().push((ct, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = connect(&format!("sqlite:{}", dir.path().join("u.db").display())).await;
+    let (signer, _) = CheckpointSigner::generate("scp-pep").unwrap();
+    let keys = TrustedKeys::new(&[signer.verifier_key()]).unwrap();
+    let audit = AuditLog::start(
+        store.clone(),
+        signer,
+        AuditSettings {
+            checkpoint_url: Some(format!("http://{addr}/witness")),
+            ..settings()
+        },
+    );
+    for i in 0..10 {
+        audit
+            .record(&decision(i, Some("ke"), Utc::now()))
+            .await
+            .unwrap();
+    }
+    audit.close().await;
+    // `close` waits for the POSTs in flight: every stored checkpoint has arrived.
+    let stored = count(&store, "SELECT COUNT(*) FROM audit_checkpoints").await as usize;
+    let got = received.lock().unwrap().clone();
+    assert!(
+        stored >= 2 && got.len() == stored,
+        "{} published of {stored}",
+        got.len()
+    );
+    let mut sizes: Vec<u64> = got
+        .iter()
+        .map(|(ct, note)| {
+            assert!(ct.starts_with("text/plain"), "{ct}");
+            let cp = keys.open(note).expect("published note verifies");
+            assert_eq!(cp.tenant_id, "ke");
+            cp.size
+        })
+        .collect();
+    sizes.sort();
+    let last = count(&store, "SELECT MAX(seq) FROM audit_records").await as u64;
+    assert_eq!(
+        sizes.last().copied(),
+        Some(last),
+        "the final checkpoint covers the sealed chain"
+    );
+    store.close().await;
+}

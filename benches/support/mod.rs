@@ -1,5 +1,13 @@
 //! Shared setup for the benchmarks: an in-process JWKS server, the fixture policies with the
 //! rate limit raised, a running scp-pep on loopback ports, and a signed token that it allows.
+//!
+//! The audit log and the store are chosen by [`Options`] (`BENCH_AUDIT` = `off` (default) |
+//! `buffered` | `durable`; `BENCH_STORE` = `sqlite` (default, a temp file) | `postgres` (a fresh
+//! database on `BENCH_PG_URL`, default `postgres://root@127.0.0.1:5432/test`, dropped by
+//! [`Bench::stop`])); `BENCH_SELF_VERIFY_S` sets `audit.verify_interval_s` (default 60; 0 turns
+//! the in-process self-verifier off, so that its periodic passes do not land in a random phase of
+//! a throughput comparison). The default is the audit log off so that figures stay comparable with those
+//! measured before the audit log existed.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -9,6 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use jsonwebtoken::Algorithm;
+use scp_pep::audit::AuditMode;
 use scp_pep::check::CheckInput;
 use scp_pep::config::Config;
 use scp_pep::pipeline::RequestFacts;
@@ -19,25 +28,91 @@ use scp_pep::signer::{ClaimsSpec, SigningKey, jwks_json};
 pub const METHOD: &str = "GET";
 pub const PATH: &str = "/v1/tenants/ke/health/persons/p-1/record";
 
+/// Which store scp-pep runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A SQLite file in the bench's temp dir (the default).
+    Sqlite,
+    /// A fresh database on the local PostgreSQL server.
+    Postgres,
+}
+
+/// How to start scp-pep for a benchmark.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `Some(file)`: the JSON-lines decision log, written to `file` in the bench's temp dir.
+    pub decision_log: Option<String>,
+    /// The audit log mode (`Off` by default).
+    pub audit: AuditMode,
+    pub store: StoreKind,
+    /// `audit.verify_interval_s` (the in-process self-verifier; 0 = off). `None`: the default
+    /// (60 s). From `BENCH_SELF_VERIFY_S`.
+    pub self_verify_s: Option<u64>,
+}
+
+impl Options {
+    /// Decision log off; audit and store from `BENCH_AUDIT` and `BENCH_STORE` (default `off`,
+    /// `sqlite`). Panics on an unknown value rather than measuring the wrong thing.
+    pub fn from_env() -> Options {
+        Options {
+            decision_log: None,
+            audit: std::env::var("BENCH_AUDIT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map_or(AuditMode::Off, |v| parse_audit(&v)),
+            store: match std::env::var("BENCH_STORE").ok().as_deref() {
+                None | Some("") | Some("sqlite") => StoreKind::Sqlite,
+                Some("postgres") | Some("pg") => StoreKind::Postgres,
+                Some(o) => panic!("BENCH_STORE={o}: expected sqlite or postgres"),
+            },
+            self_verify_s: std::env::var("BENCH_SELF_VERIFY_S")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// `off`, `buffered` or `durable`.
+pub fn parse_audit(v: &str) -> AuditMode {
+    match v.trim() {
+        "off" => AuditMode::Off,
+        "buffered" => AuditMode::Buffered,
+        "durable" => AuditMode::Durable,
+        o => panic!("audit mode {o:?}: expected off, buffered or durable"),
+    }
+}
+
+/// The lower-case name of `m`.
+pub fn audit_name(m: AuditMode) -> &'static str {
+    match m {
+        AuditMode::Off => "off",
+        AuditMode::Buffered => "buffered",
+        AuditMode::Durable => "durable",
+    }
+}
+
 /// A running scp-pep plus what a client needs to get allowed.
 pub struct Bench {
     pub running: Running,
     pub key: Arc<SigningKey>,
     pub idp_base: String,
     pub token: String,
+    pub options: Options,
+    /// PostgreSQL: (admin URL, database name) of the database to drop in [`Bench::stop`].
+    pg_db: Option<(String, String)>,
     /// Kept alive for the store file and the policy copy.
     pub dir: tempfile::TempDir,
 }
 
 impl Bench {
-    /// Starts the JWKS server and scp-pep (decision log off) on the current tokio runtime.
+    /// Starts the JWKS server and scp-pep (decision log off, audit and store from the
+    /// environment: [`Options::from_env`]) on the current tokio runtime.
     pub async fn start() -> Bench {
-        Self::start_with(None).await
+        Self::start_with(Options::from_env()).await
     }
 
-    /// As [`Bench::start`]; `decision_log`: `Some(file)` enables the JSON-lines decision log
-    /// written to `file` (relative to the bench's temp dir).
-    pub async fn start_with(decision_log: Option<&str>) -> Bench {
+    /// As [`Bench::start`], with explicit options.
+    pub async fn start_with(options: Options) -> Bench {
         let key = Arc::new(SigningKey::generate(Algorithm::RS256, "ke-rs256").expect("keygen"));
         let idp_base = start_idp(key.clone()).await;
 
@@ -48,11 +123,23 @@ impl Bench {
         let mut config = Config::default();
         config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
         config.server.http_listen = "127.0.0.1:0".parse().unwrap();
-        config.store.url = format!("sqlite:{}", dir.path().join("b.db").display());
+        let mut pg_db = None;
+        config.store.url = match options.store {
+            StoreKind::Sqlite => format!("sqlite:{}", dir.path().join("b.db").display()),
+            StoreKind::Postgres => {
+                let (url, admin, name) = fresh_pg_database().await;
+                pg_db = Some((admin, name));
+                url
+            }
+        };
         config.policy.dir = Some(policy_dir);
-        config.decision_log.enabled = decision_log.is_some();
-        if let Some(f) = decision_log {
+        config.decision_log.enabled = options.decision_log.is_some();
+        if let Some(f) = &options.decision_log {
             config.decision_log.output = dir.path().join(f).display().to_string();
+        }
+        config.audit.mode = options.audit;
+        if let Some(s) = options.self_verify_s {
+            config.audit.verify_interval_s = s;
         }
         config.auth.token_cache_entries = 10_000;
         let running = scp_pep::server::start(config, None)
@@ -65,7 +152,59 @@ impl Bench {
             key,
             idp_base,
             token,
+            options,
+            pg_db,
             dir,
+        }
+    }
+
+    /// A one-line description: store, audit mode, and SQLite's `synchronous` / `journal_mode`.
+    pub async fn describe(&self) -> String {
+        let store = match &self.running.store {
+            scp_pep::store::Store::Sqlite(p) => {
+                let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or(-1);
+                let jm: String = sqlx::query_scalar("PRAGMA journal_mode")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or_default();
+                let sync = match sync {
+                    0 => "OFF",
+                    1 => "NORMAL",
+                    2 => "FULL",
+                    3 => "EXTRA",
+                    _ => "?",
+                };
+                format!("sqlite (journal_mode={jm}, synchronous={sync})")
+            }
+            scp_pep::store::Store::Postgres(p) => {
+                let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or_default();
+                let fs: String = sqlx::query_scalar("SHOW fsync")
+                    .fetch_one(p)
+                    .await
+                    .unwrap_or_default();
+                format!("postgres (synchronous_commit={sc}, fsync={fs})")
+            }
+        };
+        format!(
+            "store={store} audit={} self_verify_interval={}",
+            audit_name(self.options.audit),
+            self.options
+                .self_verify_s
+                .map_or("default (60 s)".to_string(), |s| format!("{s} s"))
+        )
+    }
+
+    /// Shuts scp-pep down (sealing the audit chains) and drops the PostgreSQL database, if any.
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+        if let Some((admin, name)) = self.pg_db {
+            drop_pg_database(&admin, &name).await;
         }
     }
 
@@ -125,6 +264,119 @@ pub fn facts_for(token: &str) -> RequestFacts {
         headers,
         source_ip: Some("10.20.1.2".parse().unwrap()),
         peer_certificate: None,
+    }
+}
+
+/// `BENCH_PG_URL`, else the local test server.
+pub fn pg_admin_url() -> String {
+    std::env::var("BENCH_PG_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// Creates a fresh, empty PostgreSQL database; returns (its URL, the admin URL, its name).
+pub async fn fresh_pg_database() -> (String, String, String) {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {admin}: {e}"));
+    let name = format!("scp_pep_bench_{}", uuid::Uuid::now_v7().simple());
+    // `name` is generated here from a UUID: no outside input reaches this statement.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create bench database");
+    let _ = conn.close().await;
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or_else(|| admin.clone());
+    (format!("{base}/{name}"), admin, name)
+}
+
+/// Drops a database made by [`fresh_pg_database`] (best effort: a failure is only printed).
+pub async fn drop_pg_database(admin: &str, name: &str) {
+    use sqlx::Connection;
+    let res = async {
+        let mut conn = sqlx::PgConnection::connect(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await?;
+        conn.close().await
+    }
+    .await;
+    if let Err(e) = res {
+        eprintln!("could not drop bench database {name}: {e}");
+    }
+}
+
+/// Sum of the samples of Prometheus metric `name` (any labels) in the process-wide registry
+/// (the same text scp-pep serves at `/metrics`); 0 when absent.
+pub fn metric_sum(name: &str) -> f64 {
+    let Some(h) = scp_pep::server::prometheus() else {
+        return 0.0;
+    };
+    let text = h.render();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The audit writer's counters (process-wide: all scp-pep instances of the process add up).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditCounters {
+    /// Records committed (all kinds).
+    pub records: f64,
+    /// Transactions committed.
+    pub commits: f64,
+    /// Records in those transactions (sum of the batch-size histogram).
+    pub batch_records: f64,
+    /// Seconds spent in those transactions (sum of the commit-duration histogram).
+    pub commit_seconds: f64,
+    pub rejected: f64,
+    pub write_failures: f64,
+    pub checkpoints: f64,
+    /// Records re-verified by the in-process self-verifier.
+    pub verified: f64,
+}
+
+impl AuditCounters {
+    pub fn read() -> AuditCounters {
+        AuditCounters {
+            records: metric_sum("scp_pep_audit_records_total"),
+            commits: metric_sum("scp_pep_audit_commit_batch_records_count"),
+            batch_records: metric_sum("scp_pep_audit_commit_batch_records_sum"),
+            commit_seconds: metric_sum("scp_pep_audit_commit_duration_seconds_sum"),
+            rejected: metric_sum("scp_pep_audit_rejected_total"),
+            write_failures: metric_sum("scp_pep_audit_write_failures_total"),
+            checkpoints: metric_sum("scp_pep_audit_checkpoints_total"),
+            verified: metric_sum("scp_pep_audit_verified_records_total"),
+        }
+    }
+
+    /// `self - earlier`, as a one-line summary.
+    pub fn since(&self, earlier: &AuditCounters) -> String {
+        let commits = self.commits - earlier.commits;
+        let recs = self.batch_records - earlier.batch_records;
+        let secs = self.commit_seconds - earlier.commit_seconds;
+        format!(
+            "audit: {:.0} records committed in {commits:.0} transactions (mean {:.1} records/commit, \
+             mean commit {:.2} ms, writer busy {:.1} s); rejected {:.0}, write failures {:.0}, \
+             checkpoints {:.0}, self-verified {:.0}",
+            self.records - earlier.records,
+            recs / commits.max(1.0),
+            secs * 1e3 / commits.max(1.0),
+            secs,
+            self.rejected - earlier.rejected,
+            self.write_failures - earlier.write_failures,
+            self.checkpoints - earlier.checkpoints,
+            self.verified - earlier.verified,
+        )
     }
 }
 

@@ -44,6 +44,8 @@ pub(super) struct Writer {
     /// the store before the next write.
     resync: bool,
     http: Option<reqwest::Client>,
+    /// Checkpoint POSTs in flight (awaited, bounded, when the writer stops).
+    posts: Vec<tokio::task::JoinHandle<()>>,
     metrics: WriterMetrics,
 }
 
@@ -72,6 +74,7 @@ impl Writer {
             heads: HashMap::new(),
             resync: false,
             http,
+            posts: Vec::new(),
             metrics: WriterMetrics {
                 records: RecordKind::ALL
                     .iter()
@@ -445,7 +448,7 @@ impl Writer {
 
     /// Writes the checkpoint outside the database: `<dir>/<tenant>/<chain>.note` (atomic
     /// replace) and a POST to the configured URL. Failures are logged and counted, never fatal.
-    fn publish_checkpoint(&self, tenant: &str, cp: &CheckpointRow) {
+    fn publish_checkpoint(&mut self, tenant: &str, cp: &CheckpointRow) {
         if let Some(dir) = &self.settings.checkpoint_dir {
             let d = dir.join(tenant);
             let path = d.join(format!("{}.note", cp.chain_id));
@@ -465,7 +468,8 @@ impl Writer {
                 .header("content-type", "text/plain; charset=utf-8")
                 .body(cp.note.clone());
             let failures = self.metrics.checkpoint_failures.clone();
-            tokio::spawn(async move {
+            self.posts.retain(|h| !h.is_finished());
+            self.posts.push(tokio::spawn(async move {
                 match req.send().await {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
@@ -477,7 +481,7 @@ impl Writer {
                         tracing::warn!(error = %e, "checkpoint publication failed");
                     }
                 }
-            });
+            }));
         }
     }
 
@@ -513,6 +517,10 @@ impl Writer {
             tracing::warn!(error = %e, "could not write chain_end records");
         }
         self.checkpoint_due(true).await;
+        // The final checkpoints must leave the process too (each POST has a 5 s timeout).
+        for h in self.posts.drain(..) {
+            let _ = h.await;
+        }
     }
 }
 
