@@ -33,7 +33,7 @@ use scp_pep::authn::{AuthSettings, Authenticator, DEFAULT_ALGORITHMS};
 use scp_pep::check::build_request;
 use scp_pep::decision::Decision;
 use scp_pep::grpc::{facts_from_check, to_check_response};
-use scp_pep::pipeline::{PipelineSettings, authorize};
+use scp_pep::pipeline::{PipelineSettings, authorize, minimize};
 use support::{Bench, pct};
 
 const SAMPLED_ITERS: usize = 100_000;
@@ -86,7 +86,8 @@ fn main() {
     let settings = PipelineSettings::default();
     {
         let mut d = Decision::new("GET", support::PATH, chrono::Utc::now());
-        authorize(&snap, &facts, &verified, &settings, &mut d).expect("stages 2-8 allow");
+        let a = authorize(&snap, &facts, &verified, &settings, &mut d).expect("stages 2-6 allow");
+        minimize(a.integration, a.route, None, &mut d);
     }
 
     // A second authenticator sharing the (prefetched) JWKS cache but not the token cache.
@@ -132,7 +133,8 @@ fn main() {
         b.iter_batched_ref(
             || template.clone(),
             |d| {
-                let r = authorize(&snap, &facts, &verified, &settings, d);
+                let r = authorize(&snap, &facts, &verified, &settings, d)
+                    .map(|a| minimize(a.integration, a.route, None, d));
                 black_box(r.is_ok())
             },
             BatchSize::SmallInput,

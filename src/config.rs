@@ -20,6 +20,7 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     pub audit: AuditConfig,
     pub admin: crate::admin::AdminConfig,
+    pub consent: crate::consent::ConsentConfig,
 }
 
 /// Listeners.

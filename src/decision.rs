@@ -68,6 +68,22 @@ pub enum DenyCode {
     ScopeViolation,
     /// An active deny rule matched (ADM-3).
     DenyRuleMatched,
+    /// The request body (batch push) is missing, truncated, not JSON, or lacks the person ids the
+    /// route's JSON pointer names.
+    PayloadInvalid,
+    /// A person the request touches has no consent for a vertical of the route (INT-4.3-1).
+    ConsentMissing,
+    /// A person's consent is pending (no evidence yet, not verified, or before `active_from`)
+    /// (CON-13).
+    ConsentPending,
+    /// A person's consent is withdrawn, or expired past its grace period; for aggregate routes, a
+    /// withdrawal is newer than the aggregate's refresh epoch (INT-4.3-2, INT-4.3-4, INT-9.1-1,
+    /// CON-22, CON-23, CON-28).
+    ConsentWithdrawn,
+    /// A person's consent expired; grace periods are for staff, never for integrations (CON-26).
+    ConsentExpired,
+    /// A person's consent was rejected at verification (CON-20).
+    ConsentRejected,
     /// The integration's real-time rate limit (GCRA) is exhausted (INT-4.6-1).
     RateLimited,
     /// The integration's daily batch quota is exhausted (INT-4.6-2).
@@ -105,6 +121,12 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::PersonIdMissing,
     DenyCode::ScopeViolation,
     DenyCode::DenyRuleMatched,
+    DenyCode::PayloadInvalid,
+    DenyCode::ConsentMissing,
+    DenyCode::ConsentPending,
+    DenyCode::ConsentWithdrawn,
+    DenyCode::ConsentExpired,
+    DenyCode::ConsentRejected,
     DenyCode::RateLimited,
     DenyCode::QuotaExceeded,
     DenyCode::DependencyUnavailable,
@@ -141,6 +163,12 @@ impl DenyCode {
             PersonIdMissing => "PERSON_ID_MISSING",
             ScopeViolation => "SCOPE_VIOLATION",
             DenyRuleMatched => "DENY_RULE_MATCHED",
+            PayloadInvalid => "PAYLOAD_INVALID",
+            ConsentMissing => "CONSENT_MISSING",
+            ConsentPending => "CONSENT_PENDING",
+            ConsentWithdrawn => "CONSENT_WITHDRAWN",
+            ConsentExpired => "CONSENT_EXPIRED",
+            ConsentRejected => "CONSENT_REJECTED",
             RateLimited => "RATE_LIMITED",
             QuotaExceeded => "QUOTA_EXCEEDED",
             DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
@@ -166,7 +194,7 @@ impl DenyCode {
             | TokenClaimsInvalid
             | ApiKeyInvalid
             | ClientCertificateInvalid => 401,
-            PathAmbiguous | PersonIdMissing => 400,
+            PathAmbiguous | PersonIdMissing | PayloadInvalid => 400,
             RateLimited | QuotaExceeded => 429,
             DependencyUnavailable => 503,
             AuditUnavailable => 503,
@@ -179,7 +207,12 @@ impl DenyCode {
             | VerticalNotPermitted
             | RouteNotFound
             | ScopeViolation
-            | DenyRuleMatched => 403,
+            | DenyRuleMatched
+            | ConsentMissing
+            | ConsentPending
+            | ConsentWithdrawn
+            | ConsentExpired
+            | ConsentRejected => 403,
         }
     }
 
@@ -267,6 +300,9 @@ pub enum Stage {
     Scope,
     /// 6: deny rules (policy packs come with the admin API).
     DenyRules,
+    /// 7: consent of every person the request touches, for every vertical of the route; for
+    /// aggregate routes, withdrawals against the aggregate's refresh epoch.
+    Consent,
     /// 8: allowed and masked fields.
     DataMinimization,
     /// 9: GCRA rate limit or daily quota.
@@ -335,6 +371,9 @@ pub struct Decision {
     pub stages: Vec<Stage>,
     /// Consent checks performed (stage 7), one per person and vertical.
     pub consent_checks: Vec<ConsentCheck>,
+    /// The consent purpose the route is bound to (sent upstream as `x-scp-purpose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     pub incidents: Vec<Incident>,
     /// Wall time spent deciding, µs.
     pub latency_us: u64,
@@ -367,6 +406,7 @@ impl Decision {
             allowed_fields: None,
             stages: Vec::with_capacity(9),
             consent_checks: Vec::new(),
+            purpose: None,
             incidents: Vec::new(),
             latency_us: 0,
             headers_to_remove: Vec::new(),

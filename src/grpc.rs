@@ -97,6 +97,14 @@ pub fn facts_from_check(req: CheckRequest) -> RequestFacts {
                 headers.insert(h.key.to_ascii_lowercase(), value);
             }
         }
+        facts.body_truncated = headers
+            .get("x-envoy-auth-partial-body")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if !http.raw_body.is_empty() {
+            facts.body = Some(http.raw_body);
+        } else if !http.body.is_empty() {
+            facts.body = Some(http.body.into_bytes());
+        }
         facts.headers = headers;
     }
     facts
@@ -138,6 +146,9 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
             ];
             if let Some(a) = &d.allowed_fields {
                 headers.push(("x-scp-allowed-fields", a.join(",")));
+            }
+            if let Some(p) = &d.purpose {
+                headers.push(("x-scp-purpose", p.clone()));
             }
             let mut ok = OkHttpResponseBuilder::new();
             for h in &d.headers_to_remove {

@@ -10,6 +10,7 @@
 //! - [`path`]: request-path normalization (ambiguous paths are rejected).
 //! - [`authn`]: JWT verification and the JWKS cache.
 //! - [`pipeline`]: the decision pipeline (DESIGN.md stages 1–9).
+//! - [`consent`]: the consent registry, its REST API, stage-7 enforcement and notifications.
 //! - [`limits`]: GCRA rate limits and daily quotas.
 //! - [`sink`]: the `DecisionSink` seam and the JSON-lines decision log.
 //! - [`store`]: SQLite / PostgreSQL policy store.
@@ -27,6 +28,7 @@ pub mod authn;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod decision;
 pub mod demo;
 pub mod grpc;

@@ -1,9 +1,10 @@
 //! The decision pipeline of DESIGN.md: request facts + policy snapshot → [`Decision`].
 //!
 //! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
-//! recorded. Stages 2–8 are the pure function [`authorize`] (no I/O, no transport types); stage 1
-//! needs the issuer's JWKS (async, cached) and stage 9 the per-replica rate-limit state.
-//! Stage 7 (consent) plugs in at the marked seam; stage 10 (the audit log) is the sink set with
+//! recorded. Stages 2–6 are the pure function [`authorize`] and stage 8 the pure [`minimize`] (no
+//! I/O, no transport types); stage 1 needs the issuer's JWKS (async, cached), stage 7 the consent
+//! service (moka cache in front of the store, [`Engine::with_consents`]) and stage 9 the
+//! per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
 //! [`Engine::with_audit`].
 //!
 //! Default deny: no token, no route, no integration, no snapshot → deny.
@@ -23,7 +24,8 @@ use crate::decision::{ALL_CODES, Decision, Denial, DenyCode, Incident, Outcome, 
 use crate::limits::Limits;
 use crate::path;
 use crate::policy::snapshot::IntegrationEntry;
-use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route};
+use crate::consent::Consents;
+use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route, RouteKind};
 use crate::sink::DecisionSink;
 
 /// What scp-pep knows about one request, independent of the transport (Envoy gRPC, HTTP mode).
@@ -39,6 +41,10 @@ pub struct RequestFacts {
     pub source_ip: Option<IpAddr>,
     /// Client certificate as Envoy reports it with `include_peer_certificate` (URL-encoded PEM).
     pub peer_certificate: Option<String>,
+    /// Request body as Envoy buffered it (`with_request_body`), when it did.
+    pub body: Option<Vec<u8>>,
+    /// Envoy cut the body at `max_request_bytes` (`x-envoy-auth-partial-body: true`).
+    pub body_truncated: bool,
 }
 
 /// Pipeline settings from configuration.
@@ -49,6 +55,10 @@ pub struct PipelineSettings {
     /// Accept the XFCC `Hash` as the client certificate digest. Only safe when Envoy sanitizes
     /// XFCC (`forward_client_cert_details: SANITIZE_SET`).
     pub trust_xfcc: bool,
+    /// Largest request body read for person ids, bytes.
+    pub max_body_bytes: usize,
+    /// Most persons one request may touch.
+    pub max_persons: usize,
 }
 
 impl Default for PipelineSettings {
@@ -56,6 +66,8 @@ impl Default for PipelineSettings {
         PipelineSettings {
             api_key_header: "x-api-key".into(),
             trust_xfcc: false,
+            max_body_bytes: 1 << 20,
+            max_persons: 1_000,
         }
     }
 }
@@ -72,6 +84,8 @@ pub struct Engine {
     /// Stage 10: the audit log, written before any other sink; its failure denies.
     audit: Option<Arc<dyn DecisionSink>>,
     settings: PipelineSettings,
+    /// Stage 7: the consent service (`None`: routes that touch persons are denied, fail closed).
+    consents: Option<Arc<Consents>>,
     metrics: DecisionMetrics,
 }
 
@@ -136,6 +150,7 @@ impl Engine {
             sink,
             audit: None,
             settings,
+            consents: None,
             metrics: DecisionMetrics::register(),
         }
     }
@@ -145,6 +160,17 @@ impl Engine {
     pub fn with_audit(mut self, audit: Arc<dyn DecisionSink>) -> Self {
         self.audit = Some(audit);
         self
+    }
+
+    /// Sets the consent service of stage 7.
+    pub fn with_consents(mut self, consents: Arc<Consents>) -> Self {
+        self.consents = Some(consents);
+        self
+    }
+
+    /// The consent service, if set.
+    pub fn consents(&self) -> Option<&Arc<Consents>> {
+        self.consents.as_ref()
     }
 
     /// The authenticator (its token cache is invalidated on policy changes).
@@ -264,14 +290,55 @@ impl Engine {
             d.headers_to_remove.push("authorization".into());
         }
 
-        // Stages 2–8.
-        let (integration, route) = match authorize(snap, facts, &verified, &self.settings, d) {
+        // Stages 2–6.
+        let Authorized {
+            integration,
+            route,
+            persons,
+        } = match authorize(snap, facts, &verified, &self.settings, d) {
             Ok(x) => x,
             Err(denial) => {
                 d.outcome = Outcome::Deny(denial);
                 return;
             }
         };
+
+        // Stage 7: consent (INT-4.3-*, CON-22, CON-23, CON-31: before any data is shared).
+        let needs_consent = !persons.is_empty() || route.kind == RouteKind::Aggregate;
+        let mut consent_fields = None;
+        if needs_consent {
+            d.stages.push(Stage::Consent);
+            let Some(consents) = &self.consents else {
+                d.outcome = Outcome::Deny(Denial::retry_after(
+                    DenyCode::DependencyUnavailable,
+                    "consent cannot be checked: no consent service",
+                    1,
+                ));
+                return;
+            };
+            let tenant = &integration.integration.tenant;
+            let res = if route.kind == RouteKind::Aggregate && persons.is_empty() {
+                consents
+                    .check_aggregate(tenant, route, &mut d.consent_checks)
+                    .await
+                    .map(|()| None)
+            } else {
+                consents
+                    .check_persons(tenant, route, &persons, &mut d.consent_checks)
+                    .await
+            };
+            match res {
+                Ok(f) => consent_fields = f,
+                Err(denial) => {
+                    d.outcome = Outcome::Deny(denial);
+                    return;
+                }
+            }
+            d.purpose = route.consent_purpose.clone();
+        }
+
+        // Stage 8: data minimization.
+        minimize(integration, route, consent_fields.as_deref(), d);
 
         // Stage 9: rate limit / quota.
         d.stages.push(Stage::RateLimit);
@@ -283,6 +350,16 @@ impl Engine {
             return;
         }
         d.outcome = Outcome::Allow;
+        if !persons.is_empty()
+            && let Some(c) = &self.consents
+        {
+            c.record_shares(
+                &integration.integration.tenant,
+                &integration.integration.id,
+                &persons,
+                &route.verticals,
+            );
+        }
     }
 }
 
@@ -298,17 +375,26 @@ fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Stages 2–8, pure: integration, second factors, route, tenant and vertical, scope, deny rules,
-/// data minimization. Fills `d` (route, verticals, scopes, fields, incidents, stages) as it goes.
+/// What stages 2–6 established: the integration, the route and the ids of the persons the request
+/// touches (deduplicated, in request order; they never enter a log).
+pub struct Authorized<'s> {
+    pub integration: &'s IntegrationEntry,
+    pub route: &'s Route,
+    pub persons: Vec<String>,
+}
+
+/// Stages 2–6, pure: integration, second factors, route (with the person ids it carries), tenant
+/// and vertical, scope, deny rules. Fills `d` (route, verticals, scopes, incidents, stages) as it
+/// goes. Stage 7 (consent, async) and 8 ([`minimize`]) follow.
 ///
-/// Returns the integration and route for stage 9, or the first denial.
+/// Returns the integration, route and persons, or the first denial.
 pub fn authorize<'s>(
     snap: &'s PolicySnapshot,
     facts: &RequestFacts,
     token: &VerifiedToken,
     settings: &PipelineSettings,
     d: &mut Decision,
-) -> Result<(&'s IntegrationEntry, &'s Route), Denial> {
+) -> Result<Authorized<'s>, Denial> {
     // Stage 2: integration (INT-4.1-1, INT-4.1-2, INT-6.2-*).
     d.stages.push(Stage::Integration);
     let integ = snap
@@ -391,29 +477,8 @@ pub fn authorize<'s>(
             "the integration is restricted to reads",
         ));
     }
-    match &route.person_id {
-        None | Some(PersonLocation::Body { .. }) => {}
-        Some(loc) => {
-            let found = match loc {
-                PersonLocation::Path { name } => m.param(name).map(str::to_owned),
-                PersonLocation::Query { name } => norm
-                    .query
-                    .as_deref()
-                    .and_then(|q| path::query_param(q, name)),
-                PersonLocation::Header { name } => facts.headers.get(name).cloned(),
-                PersonLocation::Body { .. } => None,
-            };
-            match found {
-                Some(p) if !p.is_empty() => d.persons = 1,
-                _ => {
-                    return Err(Denial::new(
-                        DenyCode::PersonIdMissing,
-                        "the route needs a person id and the request carries none",
-                    ));
-                }
-            }
-        }
-    }
+    let persons = persons_of(route, &m, &norm, facts, settings)?;
+    d.persons = persons.len();
 
     // Stage 4: tenant and vertical (INT-4.5-1, INT-4.4-2, INT-9.4-1).
     d.stages.push(Stage::TenantVertical);
@@ -486,17 +551,33 @@ pub fn authorize<'s>(
         }
     }
 
-    // Stage 7 (consent) plugs in here.
+    Ok(Authorized {
+        integration: integ,
+        route,
+        persons,
+    })
+}
 
-    // Stage 8: data minimization (INT-5.3-1, INT-5.3-2).
+/// Stage 8, pure: allowed and masked fields from the integration's field policy, the route's
+/// fields and field-level consent (`consent_fields`: fields every deciding consent allows; `None`
+/// when no consent limits fields) (INT-5.3-1, INT-5.3-2, INT-4.3-5).
+pub fn minimize(
+    integ: &IntegrationEntry,
+    route: &Route,
+    consent_fields: Option<&[String]>,
+    d: &mut Decision,
+) {
     d.stages.push(Stage::DataMinimization);
-    let fp = &i.field_policy;
+    let fp = &integ.integration.field_policy;
     let mut masked: Vec<String> = Vec::new();
     let mut allowed: Option<Vec<String>> = None;
-    if let Some(allow) = &fp.allowed_fields {
+    if fp.allowed_fields.is_some() || consent_fields.is_some() {
         let mut a = Vec::new();
         for f in &route.fields {
-            if allow.contains(f) && !fp.masked_fields.contains(f) {
+            let ok = fp.allowed_fields.as_ref().is_none_or(|x| x.contains(f))
+                && consent_fields.is_none_or(|x| x.contains(f))
+                && !fp.masked_fields.contains(f);
+            if ok {
                 a.push(f.clone());
             } else {
                 masked.push(f.clone());
@@ -512,7 +593,119 @@ pub fn authorize<'s>(
     masked.sort();
     d.masked_fields = masked;
     d.allowed_fields = allowed;
-    Ok((integ, route))
+}
+
+/// The ids of the persons a request touches, from where the route says they are (stage 3).
+///
+/// Errors: `PERSON_ID_MISSING` (path, query, header without the id); `PAYLOAD_INVALID` (no body,
+/// a body Envoy truncated, larger than `max_body_bytes`, not JSON, no string at the pointer, more
+/// than `max_persons`).
+fn persons_of(
+    route: &Route,
+    m: &crate::policy::snapshot::RouteMatch<'_, '_>,
+    norm: &path::NormalizedPath,
+    facts: &RequestFacts,
+    settings: &PipelineSettings,
+) -> Result<Vec<String>, Denial> {
+    let one = |found: Option<String>| match found {
+        Some(p) if !p.is_empty() => Ok(vec![p]),
+        _ => Err(Denial::new(
+            DenyCode::PersonIdMissing,
+            "the route needs a person id and the request carries none",
+        )),
+    };
+    match &route.person_id {
+        None => Ok(Vec::new()),
+        Some(PersonLocation::Path { name }) => one(m.param(name).map(str::to_owned)),
+        Some(PersonLocation::Query { name }) => one(
+            norm.query
+                .as_deref()
+                .and_then(|q| path::query_param(q, name)),
+        ),
+        Some(PersonLocation::Header { name }) => one(facts.headers.get(name).cloned()),
+        Some(PersonLocation::Body { pointer }) => {
+            let invalid = |m: &str| Err(Denial::new(DenyCode::PayloadInvalid, m.to_owned()));
+            if facts.body_truncated {
+                return invalid(
+                    "the request body was truncated before it reached scp-pep; person ids cannot be checked",
+                );
+            }
+            let Some(body) = facts.body.as_deref().filter(|b| !b.is_empty()) else {
+                return invalid("the route needs a JSON body with person ids");
+            };
+            if body.len() > settings.max_body_bytes {
+                return invalid("the request body is larger than scp-pep reads");
+            }
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return invalid("the request body is not JSON");
+            };
+            match persons_at(&json, pointer, settings.max_persons) {
+                Ok(p) if !p.is_empty() => Ok(p),
+                Ok(_) => invalid("the request body carries no person id where the route says"),
+                Err(m) => invalid(m),
+            }
+        }
+    }
+}
+
+/// The strings at `pointer` in `doc` (RFC 6901, with `*` = every array element), deduplicated in
+/// order. Errors when a value there is not a non-empty string, or there are more than `max`.
+pub fn persons_at(
+    doc: &serde_json::Value,
+    pointer: &str,
+    max: usize,
+) -> Result<Vec<String>, &'static str> {
+    let mut nodes = vec![doc];
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        let mut next = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            match (seg.as_str(), n) {
+                ("*", serde_json::Value::Array(a)) => next.extend(a.iter()),
+                ("*", _) => return Err("the body has no array where the route's pointer has `*`"),
+                (s, serde_json::Value::Object(o)) => match o.get(s) {
+                    Some(v) => next.push(v),
+                    None => return Err("the body lacks the field the route's pointer names"),
+                },
+                (s, serde_json::Value::Array(a)) => {
+                    match s.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                        Some(v) => next.push(v),
+                        None => return Err("the body lacks the array element the pointer names"),
+                    }
+                }
+                _ => return Err("the body lacks the field the route's pointer names"),
+            }
+        }
+        nodes = next;
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |v: &serde_json::Value| -> Result<(), &'static str> {
+        match v.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= 256 => {
+                if seen.insert(s.to_owned()) {
+                    out.push(s.to_owned());
+                }
+                Ok(())
+            }
+            _ => Err("a person id in the body is not a non-empty string"),
+        }
+    };
+    for n in nodes {
+        match n {
+            serde_json::Value::Array(a) => {
+                for v in a {
+                    push(v)?;
+                }
+            }
+            v => push(v)?,
+        }
+    }
+    drop(push);
+    if out.len() > max {
+        return Err("the request touches more persons than scp-pep checks in one request");
+    }
+    Ok(out)
 }
 
 fn second_factors(

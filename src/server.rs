@@ -23,6 +23,7 @@ use crate::audit::{AuditLog, AuditMode, AuditSettings, CheckpointSigner};
 use crate::authn::jwks::JwksCache;
 use crate::authn::{AuthSettings, Authenticator, parse_algorithm};
 use crate::config::Config;
+use crate::consent::{Clock, Consents, SystemClock};
 use crate::grpc::ExtAuthz;
 use crate::pipeline::{Engine, PipelineSettings, SnapshotSlot};
 use crate::policy::{PolicySet, PolicySnapshot};
@@ -73,8 +74,10 @@ pub struct Running {
     pub store: Store,
     /// The audit log (`None` when `audit.mode = "off"`).
     pub audit: Option<Arc<AuditLog>>,
-    /// Admin caller authentication (audit export and tail).
+    /// Admin caller authentication (audit export and tail, consent API).
     pub admin: AdminAuth,
+    /// The consent service (stage 7 and the consent API).
+    pub consents: Arc<Consents>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -101,6 +104,16 @@ impl Running {
 pub async fn start(
     config: Config,
     extra_sink: Option<Arc<dyn DecisionSink>>,
+) -> anyhow::Result<Running> {
+    start_with_clock(config, extra_sink, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the clock consent evaluation reads "now" from (tests cross consent time
+/// boundaries with a [`crate::consent::ManualClock`]).
+pub async fn start_with_clock(
+    config: Config,
+    extra_sink: Option<Arc<dyn DecisionSink>>,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
     let _ = prometheus();
     let store = Store::connect(
@@ -164,11 +177,18 @@ pub async fn start(
         PipelineSettings {
             api_key_header: config.auth.api_key_header.to_ascii_lowercase(),
             trust_xfcc: config.auth.trust_xfcc,
+            max_body_bytes: config.consent.max_body_bytes,
+            max_persons: config.consent.max_persons,
         },
     );
     if let Some(a) = &audit {
         engine = engine.with_audit(a.clone());
     }
+    if config.consent.default_grace_days > crate::consent::model::MAX_GRACE_DAYS {
+        anyhow::bail!("consent.default_grace_days must be at most 90 (CON-27)");
+    }
+    let consents = Consents::new(store.clone(), config.consent.clone(), clock);
+    engine = engine.with_consents(consents.clone());
     let engine = Arc::new(engine);
     let admin = AdminAuth::new(
         jwks.clone(),
@@ -245,6 +265,15 @@ pub async fn start(
             .router(),
         );
     }
+    app = app.merge(
+        crate::consent::http::ConsentHttp::new(
+            consents.clone(),
+            audit.clone(),
+            admin.clone(),
+            engine.snapshot().clone(),
+        )
+        .router(),
+    );
     let mut http_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, app)
@@ -263,6 +292,15 @@ pub async fn start(
         engine.clone(),
         audience,
         Duration::from_millis(config.store.poll_interval_ms.max(50)),
+        rx.clone(),
+    )));
+
+    // Consent: change feed (cache invalidation from other replicas), share ledger, outbox.
+    tasks.push(tokio::spawn(consents.clone().follow(rx.clone())));
+    tasks.push(tokio::spawn(consents.clone().run_share_writer(rx.clone())));
+    tasks.push(tokio::spawn(crate::consent::notify::run(
+        consents.clone(),
+        engine.snapshot().clone(),
         rx.clone(),
     )));
 
@@ -297,6 +335,7 @@ pub async fn start(
         store,
         audit,
         admin,
+        consents,
         shutdown: tx,
         tasks,
     })

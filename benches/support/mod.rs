@@ -264,6 +264,7 @@ pub fn facts_for(token: &str) -> RequestFacts {
         headers,
         source_ip: Some("10.20.1.2".parse().unwrap()),
         peer_certificate: None,
+        ..RequestFacts::default()
     }
 }
 

@@ -250,6 +250,31 @@ impl PolicySet {
             if t.residency_region.trim().is_empty() {
                 err("residency_region", "must not be empty".into());
             }
+            if let Some(d) = t.consent_grace_days
+                && d > crate::consent::model::MAX_GRACE_DAYS
+            {
+                err(
+                    "consent_grace_days",
+                    format!("{d} is above the global maximum of 90 days (CON-27)"),
+                );
+            }
+            if let Some(days) = &t.consent_reminder_days {
+                let mut seen = HashSet::new();
+                if days.is_empty() || days.len() > 16 {
+                    err(
+                        "consent_reminder_days",
+                        "1 to 16 days before expiry".into(),
+                    );
+                }
+                for d in days {
+                    if *d == 0 || *d > 366 || !seen.insert(*d) {
+                        err(
+                            "consent_reminder_days",
+                            format!("{d}: each day is 1–366 and appears once"),
+                        );
+                    }
+                }
+            }
             if let Err(m) = check_url(&t.issuer) {
                 err("issuer", m);
             }
@@ -394,6 +419,14 @@ impl PolicySet {
             if r.resource.trim().is_empty() {
                 err("resource", "must not be empty".into());
             }
+            if let Some(p) = &r.consent_purpose
+                && !is_ident(p, false)
+            {
+                err(
+                    "consent_purpose",
+                    format!("`{p}` must match [a-z0-9][a-z0-9_-]*"),
+                );
+            }
             match (&r.person_id, &template) {
                 (Some(PersonLocation::Path { name }), Some(t)) if !t.has_param(name) => {
                     err(
@@ -414,6 +447,14 @@ impl PolicySet {
                 }
                 (Some(PersonLocation::Body { pointer }), _) if !pointer.starts_with('/') => {
                     err("person_id.pointer", "a JSON pointer starts with `/`".into());
+                }
+                (Some(PersonLocation::Body { pointer }), _)
+                    if pointer.split('/').skip(1).any(str::is_empty) =>
+                {
+                    err(
+                        "person_id.pointer",
+                        "a JSON pointer has no empty segments".into(),
+                    );
                 }
                 _ => {}
             }

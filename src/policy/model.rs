@@ -44,6 +44,13 @@ pub struct Tenant {
     /// (INT-8-2); defaults to the server's `audit.retention_days`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_retention_days: Option<u32>,
+    /// Days an expired consent stays in its read-only grace period for staff (CON-26, CON-27: at
+    /// most 90, approved by the umbrella authority); defaults to `consent.default_grace_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_grace_days: Option<u32>,
+    /// Days before expiry at which reminders go out (CON-33); default 30, 7, 3, 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_reminder_days: Option<Vec<u32>>,
 }
 
 /// A JWKS location: `{url: "https://…"}` (fetched over HTTP(S), cached) or `{file: "path"}`.
@@ -229,7 +236,9 @@ pub enum PersonLocation {
     Query { name: String },
     /// A request header (lower-case name).
     Header { name: String },
-    /// A JSON pointer into the request body (batch push routes; enforced with the consent issue).
+    /// A JSON pointer (RFC 6901) into the request body, where a `*` segment means every element
+    /// of an array, e.g. `/records/*/person_id` (batch push routes; Envoy `with_request_body`).
+    /// The value at the pointer is a string or an array of strings.
     Body { pointer: String },
 }
 
@@ -251,6 +260,10 @@ pub struct Route {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub person_id: Option<PersonLocation>,
+    /// The purpose the route's data is used for, when consent is purpose-bound (CON-2); sent
+    /// upstream as `x-scp-purpose`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_purpose: Option<String>,
     #[serde(default)]
     pub data_categories: Vec<String>,
     /// Fields the route returns or accepts (input to data minimization).

@@ -264,6 +264,7 @@ mod tests {
             resource: "r".into(),
             scope: "s".into(),
             person_id: None,
+            consent_purpose: None,
             data_categories: vec![],
             fields: vec![],
             kind: RouteKind::RealTime,
