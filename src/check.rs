@@ -22,6 +22,8 @@ pub struct CheckInput {
     pub source_ip: Option<String>,
     /// URL-encoded PEM, as Envoy's `include_peer_certificate` sends it.
     pub peer_certificate: Option<String>,
+    /// Request body, as Envoy's `with_request_body` (`pack_as_bytes`) sends it.
+    pub body: Option<Vec<u8>>,
 }
 
 /// Builds the `CheckRequest` Envoy would send for `input`.
@@ -59,6 +61,7 @@ pub fn build_request(input: &CheckInput) -> CheckRequest {
                     scheme: "https".into(),
                     protocol: "HTTP/1.1".into(),
                     headers,
+                    raw_body: input.body.clone().unwrap_or_default(),
                     ..Default::default()
                 }),
                 ..Default::default()

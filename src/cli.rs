@@ -1,4 +1,4 @@
-//! The command line: `serve`, `policy validate|apply`, `check`, `demo`.
+//! The command line: `serve`, `policy validate|apply`, `check`, `demo`, `audit …`, `consent import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,29 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// The consent registry (operator tools; day-to-day changes go through `/v1/consents`).
+    Consent {
+        #[command(subcommand)]
+        action: ConsentAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentAction {
+    /// Import persons and consents from a YAML or JSON file (`persons:`, `consents:`), validated
+    /// as a whole first; idempotent; every capture is a `consent_change` audit event.
+    Import {
+        file: PathBuf,
+        /// TOML configuration file (for `store.url`, `audit.*`, `consent.*`).
+        #[arg(long, env = "SCP_PEP_CONFIG")]
+        config: Option<PathBuf>,
+        /// Store URL; overrides the configuration.
+        #[arg(long)]
+        store: Option<String>,
+        /// Operator recorded as `captured_by`.
+        #[arg(long, default_value = "scp-pep-import")]
+        by: String,
     },
 }
 
@@ -142,6 +165,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Audit { action } => audit(action).await,
+        Command::Consent { action } => consent(action).await,
     }
 }
 
@@ -260,6 +284,87 @@ async fn policy(action: PolicyAction) -> ExitCode {
     }
 }
 
+async fn consent(action: ConsentAction) -> ExitCode {
+    let ConsentAction::Import {
+        file,
+        config,
+        store,
+        by,
+    } = action;
+    let mut cfg = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(s) = store {
+        cfg.store.url = s;
+    }
+    let doc: crate::consent::import::ImportFile = match std::fs::read_to_string(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_yaml_ng::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {}: {e}; nothing was imported", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let store = match crate::store::Store::connect(
+        &cfg.store.url,
+        2,
+        std::time::Duration::from_secs(cfg.store.acquire_timeout_s),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let grace: std::collections::HashMap<String, u32> = match store.load().await {
+        Ok((_, set)) => set
+            .tenants
+            .iter()
+            .filter_map(|t| t.consent_grace_days.map(|d| (t.id.clone(), d)))
+            .collect(),
+        Err(_) => Default::default(),
+    };
+    let audit = match crate::server::start_audit(&cfg, &store) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: audit log: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let consents = crate::consent::Consents::new(
+        store.clone(),
+        cfg.consent.clone(),
+        std::sync::Arc::new(crate::consent::SystemClock),
+    );
+    let default_grace = cfg.consent.default_grace_days;
+    let res = crate::consent::import::import(&consents, audit.as_deref(), &doc, &by, |t| {
+        grace.get(t).copied().unwrap_or(default_grace)
+    })
+    .await;
+    if let Some(a) = &audit {
+        a.close().await;
+    }
+    store.close().await;
+    match res {
+        Ok(out) => {
+            println!("{}", serde_json::json!({"imported": true, "counts": out}));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn check(args: CheckArgs) -> ExitCode {
     let token = match (&args.token, &args.token_file) {
         (_, Some(f)) => match std::fs::read_to_string(f) {
@@ -293,6 +398,7 @@ async fn check(args: CheckArgs) -> ExitCode {
         headers,
         source_ip: args.source_ip,
         peer_certificate: None,
+        body: None,
     };
     match crate::check::check(&args.server, &input).await {
         Ok(v) => {

@@ -116,6 +116,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     config.decision_log.output = log_path.display().to_string();
     let running = crate::server::start(config, None).await?;
     let server = format!("http://{}", running.grpc_addr);
+    seed_consents(&running).await?;
 
     let token = |key: &SigningKey,
                  realm: &str,
@@ -207,6 +208,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             headers,
             source_ip: Some("203.0.113.10".into()),
             peer_certificate: None,
+            body: None,
         }
     };
     let record = "/v1/tenants/ke/health/persons/p-1001/record";
@@ -215,6 +217,11 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
             scenario: "MoH reads a health record (fields masked)",
             input: get(record, &moh, &[]),
             expect: "OK",
+        },
+        Step {
+            scenario: "MoH reads a person without recorded consent",
+            input: get("/v1/tenants/ke/health/persons/p-1002/record", &moh, &[]),
+            expect: "CONSENT_MISSING",
         },
         Step {
             scenario: "MoH reads an education record (out-of-scope vertical)",
@@ -261,6 +268,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
                 headers: vec![("x-api-key".into(), "k-123".into())],
                 source_ip: None,
                 peer_certificate: None,
+                body: None,
             },
             expect: "TOKEN_MISSING",
         },
@@ -389,4 +397,48 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
 
 fn short_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()[24..].to_owned()
+}
+
+/// Gives the demo persons `p-1001` (tenant `ke`: health, education) and `p-2001` (`ug`: health)
+/// active consent; `p-1002` has none, so the tour shows stage 7 refusing.
+async fn seed_consents(running: &crate::server::Running) -> anyhow::Result<()> {
+    use crate::consent::import::{ConsentDoc, ImportFile, PersonDoc, import};
+    let person = |t: &str, p: &str| PersonDoc {
+        tenant: t.into(),
+        person_id: p.into(),
+        verification: "verified".into(),
+        status: "active".into(),
+        channels: vec!["sms".into()],
+    };
+    let consent = |t: &str, p: &str, v: &str| ConsentDoc {
+        tenant: t.into(),
+        person_id: p.into(),
+        vertical_id: v.into(),
+        purpose: None,
+        active_from: "2024-01-01".into(),
+        active_until: None,
+        evidence_attachment_ids: vec!["att-demo-signature".into()],
+        fields: None,
+    };
+    let file = ImportFile {
+        persons: vec![
+            person("ke", "p-1001"),
+            person("ke", "p-1002"),
+            person("ug", "p-2001"),
+        ],
+        consents: vec![
+            consent("ke", "p-1001", "health"),
+            consent("ke", "p-1001", "education"),
+            consent("ug", "p-2001", "health"),
+        ],
+    };
+    import(
+        &running.consents,
+        running.audit.as_deref(),
+        &file,
+        "demo",
+        |_| 30,
+    )
+    .await?;
+    Ok(())
 }

@@ -409,7 +409,7 @@ async fn self_verify_loop(
 /// Builds the checkpoint signer and starts the audit writer, unless `audit.mode = "off"`.
 ///
 /// Errors: unreadable or malformed signing key.
-fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Arc<AuditLog>>> {
+pub(crate) fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Option<Arc<AuditLog>>> {
     let c = &config.audit;
     if c.mode == AuditMode::Off {
         tracing::warn!("audit.mode = \"off\": decisions are NOT audited (development only)");

@@ -54,6 +54,25 @@ const LOAD_AT_MOST: Duration = Duration::from_secs(15);
 /// Bound on any single check, on the server start and on the SIGTERM exit.
 const BOUND: Duration = Duration::from_secs(20);
 
+/// Persons `p-0` … `p-63` carry the load; each has active consent (pipeline stage 7).
+const PERSONS: u64 = 64;
+
+/// Gives `p-0` … `p-{PERSONS-1}` active consent in every tenant and vertical the targets use.
+async fn seed_persons(url: &str) {
+    let store = Store::connect(url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let consents = scp_pep::consent::Consents::new(
+        store.clone(),
+        Default::default(),
+        Arc::new(scp_pep::consent::SystemClock),
+    );
+    let persons: Vec<String> = (0..PERSONS).map(|n| format!("p-{n}")).collect();
+    common::seed_consents(&consents, "ke", &["health", "education"], &persons).await;
+    common::seed_consents(&consents, "ug", &["health"], &persons).await;
+    store.close().await;
+}
+
 /// A TOML basic string.
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -233,10 +252,11 @@ fn targets(idp: &Idp, keys: &Keys) -> Vec<Target> {
 fn input(t: &Target, n: u64) -> CheckInput {
     CheckInput {
         method: "GET".into(),
-        path: t.path.replace("{n}", &n.to_string()),
+        path: t.path.replace("{n}", &(n % PERSONS).to_string()),
         headers: vec![("authorization".into(), format!("Bearer {}", t.token))],
         source_ip: Some("192.0.2.1".into()),
         peer_certificate: None,
+        body: None,
     }
 }
 
@@ -350,6 +370,7 @@ async fn kill_9_under_load_loses_no_allowed_decision(url: String) {
     let vkey = signer.verifier_key().to_owned();
     let cfg = write_config(dir.path(), &url, &policies, &signing_key);
     let targets = targets(&idp, &keys);
+    seed_persons(&url).await;
 
     // 1. Load, then SIGKILL while requests are in flight.
     let mut server = Server::start(&cfg).await;

@@ -143,6 +143,56 @@ async fn serve_check_and_ops_endpoints() {
         ),
     )
     .unwrap();
+
+    // `consent import`: a bad file names the entry and field and writes nothing; a good one
+    // captures active consent for the person the checks below touch (pipeline stage 7).
+    let bad = dir.path().join("bad-consents.yaml");
+    std::fs::write(
+        &bad,
+        "persons:\n  - {tenant: ke, person_id: p-1}\nconsents:\n  - {tenant: ke, person_id: p-1, vertical_id: health, active_from: yesterday}\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "consent",
+            "import",
+            bad.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("consents[0]: active_from"), "{stderr}");
+    let good = dir.path().join("consents.yaml");
+    std::fs::write(
+        &good,
+        "persons:\n  - {tenant: ke, person_id: p-1, channels: [email]}\nconsents:\n  - {tenant: ke, person_id: p-1, vertical_id: health, active_from: 2020-01-01, evidence_attachment_ids: [att-1]}\n",
+    )
+    .unwrap();
+    for expected in [(1, 0), (0, 1)] {
+        let out = bin()
+            .args([
+                "consent",
+                "import",
+                good.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["counts"]["captured"], expected.0, "{v}");
+        assert_eq!(v["counts"]["unchanged"], expected.1, "{v}");
+    }
+
     let mut child = bin()
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("SCP_PEP_SERVER__GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
@@ -326,6 +376,7 @@ fn demo_once_runs_the_tour() {
         "INTEGRATION_SUSPENDED",
         "RATE_LIMITED",
         "PATH_AMBIGUOUS",
+        "CONSENT_MISSING",
     ] {
         assert!(stdout.contains(code), "tour shows {code}");
     }

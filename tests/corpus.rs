@@ -233,6 +233,7 @@ fn input(h: &Harness, req: &Req, secrets: &mut Vec<String>) -> CheckInput {
         headers,
         source_ip: req.source_ip.clone(),
         peer_certificate,
+        body: None,
     }
 }
 

@@ -299,6 +299,7 @@ async fn check(
         headers: vec![("authorization".into(), format!("Bearer {token}"))],
         source_ip: Some("192.0.2.1".into()),
         peer_certificate: None,
+        body: None,
     };
     let resp = tokio::time::timeout(IO_TIMEOUT, client.check(build_request(&input)))
         .await

@@ -226,6 +226,7 @@ impl Bench {
             ],
             source_ip: Some("10.20.1.2".into()),
             peer_certificate: None,
+            body: None,
         }
     }
 }

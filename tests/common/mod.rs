@@ -174,6 +174,16 @@ impl Harness {
     }
 
     pub async fn start_with(store_url: Option<String>, tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_with_clock(store_url, tweak, Arc::new(scp_pep::consent::SystemClock)).await
+    }
+
+    /// [`Self::start_with`] with the clock consent evaluation reads (a `ManualClock` in tests
+    /// that cross consent time boundaries).
+    pub async fn start_with_clock(
+        store_url: Option<String>,
+        tweak: impl FnOnce(&mut Config),
+        clock: Arc<dyn scp_pep::consent::Clock>,
+    ) -> Harness {
         let keys = Arc::new(Keys::generate());
         let idp = Idp::start(keys).await;
         let dir = tempfile::tempdir().unwrap();
@@ -191,9 +201,10 @@ impl Harness {
         config.decision_log.output = log_path.display().to_string();
         config.auth.jwks_refetch_min_interval_s = 1;
         tweak(&mut config);
-        let running = scp_pep::server::start(config, None)
+        let running = scp_pep::server::start_with_clock(config, None, clock)
             .await
             .expect("scp-pep starts");
+        seed_default_consents(&running.consents).await;
         let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
             .await
             .expect("client connects");
@@ -256,6 +267,7 @@ impl Harness {
             headers: vec![("authorization".into(), format!("Bearer {token}"))],
             source_ip: Some("192.0.2.1".into()),
             peer_certificate: None,
+            body: None,
         }
     }
 
@@ -509,4 +521,54 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Persons every [`Harness`] gives active, open-ended consent in tenant `ke` (verticals `health`,
+/// `education`) and `ug` (`health`), so tests of other stages pass stage 7 (consent).
+pub const SEEDED_PERSONS: &[&str] = &[
+    "p-1", "p-2", "p-3", "p-4", "p-5", "p-6", "p-7", "p-8", "p-9", "p-123", "p-1001", "p-2001",
+    "p-hang", "p-down", "me",
+];
+
+/// Registers `persons` as verified and captures active, open-ended consent (with evidence) for
+/// each of `verticals` in `tenant`, through the same import operation as `scp-pep consent import`.
+pub async fn seed_consents(
+    consents: &scp_pep::consent::Consents,
+    tenant: &str,
+    verticals: &[&str],
+    persons: &[String],
+) {
+    use scp_pep::consent::import::{ConsentDoc, ImportFile, PersonDoc, import};
+    let mut file = ImportFile::default();
+    for p in persons {
+        file.persons.push(PersonDoc {
+            tenant: tenant.into(),
+            person_id: p.clone(),
+            verification: "verified".into(),
+            status: "active".into(),
+            channels: vec!["email".into()],
+        });
+        for v in verticals {
+            file.consents.push(ConsentDoc {
+                tenant: tenant.into(),
+                person_id: p.clone(),
+                vertical_id: (*v).into(),
+                purpose: None,
+                active_from: "2000-01-01".into(),
+                active_until: None,
+                evidence_attachment_ids: vec!["att-seed".into()],
+                fields: None,
+            });
+        }
+    }
+    import(consents, None, &file, "test-harness", |_| 30)
+        .await
+        .expect("seed consents");
+}
+
+/// [`seed_consents`] of [`SEEDED_PERSONS`] for the tenants and verticals of the test policies.
+pub async fn seed_default_consents(consents: &scp_pep::consent::Consents) {
+    let persons: Vec<String> = SEEDED_PERSONS.iter().map(|s| s.to_string()).collect();
+    seed_consents(consents, "ke", &["health", "education"], &persons).await;
+    seed_consents(consents, "ug", &["health"], &persons).await;
 }
