@@ -423,6 +423,15 @@ async fn oidc_provider_tokens_and_key_rotation() {
     .await
     .expect("scp-pep starts in time")
     .expect("scp-pep starts");
+    // The person the checks read has active consent (pipeline stage 7).
+    let seed: scp_pep::consent::import::ImportFile = serde_yaml_ng::from_str(
+        "persons: [{tenant: ke, person_id: p-123}]\n\
+         consents: [{tenant: ke, person_id: p-123, vertical_id: health, active_from: 2020-01-01, evidence_attachment_ids: [att-1]}]\n",
+    )
+    .unwrap();
+    scp_pep::consent::import::import(&running.consents, None, &seed, "test", |_| 30)
+        .await
+        .expect("seed consent");
     let mut client = tokio::time::timeout(
         IO_TIMEOUT,
         AuthorizationClient::connect(format!("http://{}", running.grpc_addr)),
