@@ -92,7 +92,9 @@ async fn exec(store: &Store, sql: &'static str) -> Result<u64, sqlx::Error> {
 /// CON-18 (evidence stays with every version, as long as the record), and the version rule of
 /// `consent_append` (a stale version is a conflict and writes nothing).
 async fn tables(url: String) {
-    let store = Store::connect(&url, 2, Duration::from_secs(5)).await.unwrap();
+    let store = Store::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
     let cols = columns(&store).await;
     for c in CON_35 {
         assert!(cols.iter().any(|x| x == c), "consent_versions lacks {c}");
@@ -109,7 +111,10 @@ async fn tables(url: String) {
     assert!(
         matches!(
             stale,
-            Err(scp_pep::consent::ConsentStoreError::Conflict("VERSION_CONFLICT", _))
+            Err(scp_pep::consent::ConsentStoreError::Conflict(
+                "VERSION_CONFLICT",
+                _
+            ))
         ),
         "{stale:?}"
     );
@@ -120,7 +125,11 @@ async fn tables(url: String) {
             .iter()
             .all(|v| v.evidence_attachment_ids == ["att-sig"])
     );
-    assert!(exec(&store, "UPDATE consent_versions SET status = 'active'").await.is_err());
+    assert!(
+        exec(&store, "UPDATE consent_versions SET status = 'active'")
+            .await
+            .is_err()
+    );
     assert!(exec(&store, "DELETE FROM consent_versions").await.is_err());
     assert_eq!(store.consent_history("c-1").await.unwrap().len(), 2);
     store.close().await;

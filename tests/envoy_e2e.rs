@@ -1063,6 +1063,65 @@ async fn envoy_end_to_end() {
         );
     }
 
+    // 7b. Batch push (consent, stage 7): Envoy forwards the JSON body (`with_request_body`) and
+    // scp-pep checks every person in it (INT-4.3-1); a body Envoy had to cut is refused.
+    let batch_token = h.sign(
+        "ke-rs256",
+        &h.claims(
+            "ke",
+            "int-ke-consent",
+            &["health"],
+            "health:encounter:write",
+        ),
+    );
+    let batch = "/v1/tenants/ke/health/encounters/batch";
+    let body = |ids: &[&str]| {
+        json!({"records": ids.iter().map(|p| json!({"person_id": p})).collect::<Vec<_>>()})
+            .to_string()
+    };
+    let hits = echo.hits();
+    let resp = client
+        .post(url(batch))
+        .bearer_auth(&batch_token)
+        .header("content-type", "application/json")
+        .body(body(&["p-1", "p-2"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "batch push with consent: {:?}",
+        resp.text().await
+    );
+    assert_eq!(echo.hits(), hits + 1);
+    let resp = client
+        .post(url(batch))
+        .bearer_auth(&batch_token)
+        .header("content-type", "application/json")
+        .body(body(&["p-1", "p-without-consent"]))
+        .send()
+        .await
+        .unwrap();
+    assert_denial(resp, 403, "CONSENT_MISSING").await;
+    let mut big = vec!["p-1"; 1];
+    let filler = "x".repeat(1 << 20);
+    big.push(&filler);
+    let resp = client
+        .post(url(batch))
+        .bearer_auth(&batch_token)
+        .header("content-type", "application/json")
+        .body(body(&big))
+        .send()
+        .await
+        .unwrap();
+    assert_denial(resp, 400, "PAYLOAD_INVALID").await;
+    assert_eq!(
+        echo.hits(),
+        hits + 1,
+        "refused pushes never reach the upstream"
+    );
+
     // Every request the upstream received carries the decision that allowed exactly it.
     for seen in echo.all() {
         let id = seen_req(&seen, "x-scp-decision-id");
