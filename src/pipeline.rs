@@ -20,11 +20,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::authn::{Authenticator, VerifiedToken};
+use crate::consent::Consents;
 use crate::decision::{ALL_CODES, Decision, Denial, DenyCode, Incident, Outcome, Stage};
 use crate::limits::Limits;
 use crate::path;
 use crate::policy::snapshot::IntegrationEntry;
-use crate::consent::Consents;
 use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route, RouteKind};
 use crate::sink::DecisionSink;
 
@@ -617,11 +617,10 @@ fn persons_of(
     match &route.person_id {
         None => Ok(Vec::new()),
         Some(PersonLocation::Path { name }) => one(m.param(name).map(str::to_owned)),
-        Some(PersonLocation::Query { name }) => one(
-            norm.query
-                .as_deref()
-                .and_then(|q| path::query_param(q, name)),
-        ),
+        Some(PersonLocation::Query { name }) => one(norm
+            .query
+            .as_deref()
+            .and_then(|q| path::query_param(q, name))),
         Some(PersonLocation::Header { name }) => one(facts.headers.get(name).cloned()),
         Some(PersonLocation::Body { pointer }) => {
             let invalid = |m: &str| Err(Denial::new(DenyCode::PayloadInvalid, m.to_owned()));
@@ -701,7 +700,6 @@ pub fn persons_at(
             v => push(v)?,
         }
     }
-    drop(push);
     if out.len() > max {
         return Err("the request touches more persons than scp-pep checks in one request");
     }

@@ -118,6 +118,9 @@ where
     })
 }
 
+/// A head row as the append reads it: consent id, version, status, active until, grace until.
+type HeadRow = (String, i64, String, Option<i64>, Option<i64>);
+
 /// True when a head row blocks a new capture for its key: pending, or active and not yet past
 /// its grace period.
 fn head_is_live(status: &str, grace_until: Option<i64>, until: Option<i64>, now_ms: i64) -> bool {
@@ -163,14 +166,16 @@ impl Store {
             .bind(tenant).bind(person)
             .fetch_optional(pool).await?
         });
-        Ok(row.map(|(verification, status, channels, updated_ms)| PersonRecord {
-            tenant_id: tenant.to_owned(),
-            person_id: person.to_owned(),
-            verification,
-            status,
-            channels: serde_json::from_str(&channels).unwrap_or_default(),
-            updated_ms,
-        }))
+        Ok(row.map(
+            |(verification, status, channels, updated_ms)| PersonRecord {
+                tenant_id: tenant.to_owned(),
+                person_id: person.to_owned(),
+                verification,
+                status,
+                channels: serde_json::from_str(&channels).unwrap_or_default(),
+                updated_ms,
+            },
+        ))
     }
 
     /// The head versions (one per purpose) of (tenant, person, vertical): what enforcement reads.
@@ -180,9 +185,13 @@ impl Store {
         person: &str,
         vertical: &str,
     ) -> Result<Vec<ConsentVersion>, ConsentStoreError> {
-        let sql: &str = concat!("SELECT ", version_columns!(), " FROM consent_heads h JOIN consent_versions v \
+        let sql: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM consent_heads h JOIN consent_versions v \
              ON v.consent_id = h.consent_id AND v.version = h.version \
-             WHERE h.tenant_id = $1 AND h.person_id = $2 AND h.vertical_id = $3 ORDER BY h.purpose");
+             WHERE h.tenant_id = $1 AND h.person_id = $2 AND h.vertical_id = $3 ORDER BY h.purpose"
+        );
         let out = with_pool!(self, pool => {
             let rows = sqlx::query(sql).bind(tenant).bind(person).bind(vertical)
                 .fetch_all(pool).await?;
@@ -197,9 +206,13 @@ impl Store {
         tenant: &str,
         person: &str,
     ) -> Result<Vec<ConsentVersion>, ConsentStoreError> {
-        let sql: &str = concat!("SELECT ", version_columns!(), " FROM consent_heads h JOIN consent_versions v \
+        let sql: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM consent_heads h JOIN consent_versions v \
              ON v.consent_id = h.consent_id AND v.version = h.version \
-             WHERE h.tenant_id = $1 AND h.person_id = $2 ORDER BY h.vertical_id, h.purpose");
+             WHERE h.tenant_id = $1 AND h.person_id = $2 ORDER BY h.vertical_id, h.purpose"
+        );
         let out = with_pool!(self, pool => {
             let rows = sqlx::query(sql).bind(tenant).bind(person).fetch_all(pool).await?;
             rows.iter().map(version_from_row).collect::<Result<Vec<_>, _>>()?
@@ -212,8 +225,12 @@ impl Store {
         &self,
         consent_id: &str,
     ) -> Result<Option<ConsentVersion>, ConsentStoreError> {
-        let sql: &str = concat!("SELECT ", version_columns!(), " FROM consent_versions v WHERE v.consent_id = $1 \
-             ORDER BY v.version DESC LIMIT 1");
+        let sql: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM consent_versions v WHERE v.consent_id = $1 \
+             ORDER BY v.version DESC LIMIT 1"
+        );
         let out = with_pool!(self, pool => {
             match sqlx::query(sql).bind(consent_id).fetch_optional(pool).await? {
                 Some(r) => Some(version_from_row(&r)?),
@@ -228,7 +245,11 @@ impl Store {
         &self,
         consent_id: &str,
     ) -> Result<Vec<ConsentVersion>, ConsentStoreError> {
-        let sql: &str = concat!("SELECT ", version_columns!(), " FROM consent_versions v WHERE v.consent_id = $1 ORDER BY v.version");
+        let sql: &str = concat!(
+            "SELECT ",
+            version_columns!(),
+            " FROM consent_versions v WHERE v.consent_id = $1 ORDER BY v.version"
+        );
         let out = with_pool!(self, pool => {
             let rows = sqlx::query(sql).bind(consent_id).fetch_all(pool).await?;
             rows.iter().map(version_from_row).collect::<Result<Vec<_>, _>>()?
@@ -254,7 +275,10 @@ impl Store {
             .identity_verification
             .as_ref()
             .and_then(|i| serde_json::to_string(i).ok());
-        let fields = v.fields.as_ref().and_then(|f| serde_json::to_string(f).ok());
+        let fields = v
+            .fields
+            .as_ref()
+            .and_then(|f| serde_json::to_string(f).ok());
         let pg = matches!(self, Store::Postgres(_));
         let seq = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -270,7 +294,7 @@ impl Store {
                 "FROM consent_heads WHERE tenant_id = $1 AND person_id = $2 AND vertical_id = $3 AND purpose = $4 ",
                 "FOR UPDATE"
             );
-            let head: Option<(String, i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(if pg { HEAD_LOCKED } else { HEAD })
+            let head: Option<HeadRow> = sqlx::query_as(if pg { HEAD_LOCKED } else { HEAD })
             .bind(&v.tenant_id).bind(&v.person_id).bind(&v.vertical_id).bind(&v.purpose)
             .fetch_optional(&mut *tx).await?;
             if v.version == 1 {
@@ -540,7 +564,10 @@ impl OutboxRow {
 impl Store {
     /// Queues `rows` in one transaction; a row whose `dedup_key` is already queued is skipped.
     /// Returns how many were new.
-    pub async fn consent_outbox_insert(&self, rows: &[OutboxRow]) -> Result<u64, ConsentStoreError> {
+    pub async fn consent_outbox_insert(
+        &self,
+        rows: &[OutboxRow],
+    ) -> Result<u64, ConsentStoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
