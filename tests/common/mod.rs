@@ -174,6 +174,22 @@ impl Harness {
     }
 
     pub async fn start_with(store_url: Option<String>, tweak: impl FnOnce(&mut Config)) -> Harness {
+        Self::start_full(store_url, tweak, Arc::new(scp_pep::consent::SystemClock)).await
+    }
+
+    /// Starts everything with consent time read from `clock` (e.g. a `ManualClock`).
+    pub async fn start_with_clock(
+        store_url: Option<String>,
+        clock: Arc<dyn scp_pep::consent::Clock>,
+    ) -> Harness {
+        Self::start_full(store_url, |_| {}, clock).await
+    }
+
+    async fn start_full(
+        store_url: Option<String>,
+        tweak: impl FnOnce(&mut Config),
+        clock: Arc<dyn scp_pep::consent::Clock>,
+    ) -> Harness {
         let keys = Arc::new(Keys::generate());
         let idp = Idp::start(keys).await;
         let dir = tempfile::tempdir().unwrap();
@@ -191,7 +207,7 @@ impl Harness {
         config.decision_log.output = log_path.display().to_string();
         config.auth.jwks_refetch_min_interval_s = 1;
         tweak(&mut config);
-        let running = scp_pep::server::start(config, None)
+        let running = scp_pep::server::start_with_clock(config, None, clock)
             .await
             .expect("scp-pep starts");
         let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
