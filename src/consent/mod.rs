@@ -358,13 +358,12 @@ impl Consents {
                     }
                     Effective::Rejected => return denial(DenyCode::ConsentRejected, "rejected"),
                     Effective::Withdrawn => {
-                        let what = if version
-                            .is_some_and(|v| v.status == model::Recorded::Withdrawn)
-                        {
-                            "withdrawn"
-                        } else {
-                            "expired past its grace period, which counts as withdrawn"
-                        };
+                        let what =
+                            if version.is_some_and(|v| v.status == model::Recorded::Withdrawn) {
+                                "withdrawn"
+                            } else {
+                                "expired past its grace period, which counts as withdrawn"
+                            };
                         return denial(DenyCode::ConsentWithdrawn, what);
                     }
                 }
@@ -685,10 +684,7 @@ mod tests {
             Consents::decide(&withdrawn, Some("research"), 5).0,
             Effective::Withdrawn
         );
-        assert_eq!(
-            Consents::decide(&[research], None, 5).0,
-            Effective::Missing
-        );
+        assert_eq!(Consents::decide(&[research], None, 5).0, Effective::Missing);
     }
 
     #[test]

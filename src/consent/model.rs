@@ -393,8 +393,7 @@ pub fn check_attachment_ids(field: &'static str, ids: &[String]) -> Result<(), R
 pub fn check_token(field: &'static str, s: &str) -> Result<(), RuleError> {
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok {
         Ok(())
@@ -482,9 +481,18 @@ mod tests {
     fn evidence_rules() {
         use CaptureMode::*;
         assert_eq!(status_after_evidence(Online, true, false), Recorded::Active);
-        assert_eq!(status_after_evidence(Online, false, false), Recorded::Pending);
-        assert_eq!(status_after_evidence(Offline, true, false), Recorded::Pending);
+        assert_eq!(
+            status_after_evidence(Online, false, false),
+            Recorded::Pending
+        );
+        assert_eq!(
+            status_after_evidence(Offline, true, false),
+            Recorded::Pending
+        );
         assert_eq!(status_after_evidence(Offline, true, true), Recorded::Active);
-        assert_eq!(status_after_evidence(Offline, false, true), Recorded::Pending);
+        assert_eq!(
+            status_after_evidence(Offline, false, true),
+            Recorded::Pending
+        );
     }
 }

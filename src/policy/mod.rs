@@ -261,10 +261,7 @@ impl PolicySet {
             if let Some(days) = &t.consent_reminder_days {
                 let mut seen = HashSet::new();
                 if days.is_empty() || days.len() > 16 {
-                    err(
-                        "consent_reminder_days",
-                        "1 to 16 days before expiry".into(),
-                    );
+                    err("consent_reminder_days", "1 to 16 days before expiry".into());
                 }
                 for d in days {
                     if *d == 0 || *d > 366 || !seen.insert(*d) {
