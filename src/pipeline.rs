@@ -700,7 +700,6 @@ pub fn persons_at(
             v => push(v)?,
         }
     }
-    drop(push);
     if out.len() > max {
         return Err("the request touches more persons than scp-pep checks in one request");
     }

@@ -118,6 +118,9 @@ where
     })
 }
 
+/// A head row as the append reads it: consent id, version, status, active until, grace until.
+type HeadRow = (String, i64, String, Option<i64>, Option<i64>);
+
 /// True when a head row blocks a new capture for its key: pending, or active and not yet past
 /// its grace period.
 fn head_is_live(status: &str, grace_until: Option<i64>, until: Option<i64>, now_ms: i64) -> bool {
@@ -291,7 +294,7 @@ impl Store {
                 "FROM consent_heads WHERE tenant_id = $1 AND person_id = $2 AND vertical_id = $3 AND purpose = $4 ",
                 "FOR UPDATE"
             );
-            let head: Option<(String, i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(if pg { HEAD_LOCKED } else { HEAD })
+            let head: Option<HeadRow> = sqlx::query_as(if pg { HEAD_LOCKED } else { HEAD })
             .bind(&v.tenant_id).bind(&v.person_id).bind(&v.vertical_id).bind(&v.purpose)
             .fetch_optional(&mut *tx).await?;
             if v.version == 1 {
