@@ -56,6 +56,7 @@ on_both_stores!(
     deliveries_are_append_only,
     claim_is_exclusive,
     run_scans_and_delivers,
+    run_without_url_queues_but_keeps_pending,
 );
 
 /// 2026-01-01T00:00:00Z.
@@ -631,4 +632,43 @@ async fn run_scans_and_delivers(url: String) {
             row("reminder", Some(3), "sms", "sent"),
         ]
     );
+}
+
+/// CON-33: without `notify_url` the task still queues notices, which stay `pending` (nothing is
+/// lost; they go out once a URL is configured).
+async fn run_without_url_queues_but_keeps_pending(url: String) {
+    let store = Store::connect(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let clock = ManualClock::new(T0);
+    let consents = Consents::new(
+        store.clone(),
+        ConsentConfig {
+            notify_interval_s: 1,
+            ..Default::default()
+        },
+        clock,
+    );
+    let env = Env::new(&url, 5).await;
+    env.person("p-1", "active", &["email"]).await;
+    let v = env.consent("p-1", "health", T0 + 2 * DAY_MS).await;
+    let slot: scp_pep::pipeline::SnapshotSlot = Arc::new(arc_swap::ArcSwap::from_pointee(None));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(scp_pep::consent::notify::run(consents, slot, stop_rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.consent_outbox_pending().await.unwrap() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "run queued nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        summary(&env.outbox(&v).await),
+        vec![row("reminder", Some(3), "email", "pending")]
+    );
+    assert!(env.receiver.bodies().is_empty());
 }
