@@ -602,7 +602,7 @@ async fn scenario(url: Option<String>) {
     let frozen = store_count(
         &h,
         "SELECT COUNT(*) FROM audit_records WHERE kind = 'frozen_share' AND body NOT LIKE '%' || $1 || '%'",
-        "p-1\"",
+        "r-1\"",
     )
     .await;
     assert_eq!(
@@ -658,7 +658,7 @@ async fn scenario(url: Option<String>) {
     assert!(refused, "CON-7: stored versions are immutable");
 
     // List by person.
-    let a = get(&h, "/v1/consents?person_id=p-1", &officer).await;
+    let a = get(&h, "/v1/consents?person_id=r-1", &officer).await;
     assert_eq!(
         a.body["consents"].as_array().map(Vec::len),
         Some(1),
@@ -813,11 +813,11 @@ async fn every_route_needs_a_token_and_a_role() {
     let routes: Vec<(&str, String, Option<Value>)> = vec![
         (
             "PUT",
-            "/v1/consents/persons/p-1".into(),
+            "/v1/consents/persons/r-1".into(),
             Some(json!({"verification": "verified", "status": "active"})),
         ),
         ("POST", "/v1/consents".into(), Some(json!({}))),
-        ("GET", "/v1/consents?person_id=p-1".into(), None),
+        ("GET", "/v1/consents?person_id=r-1".into(), None),
         ("GET", format!("/v1/consents/{c}"), None),
         ("GET", format!("/v1/consents/{c}/evidence"), None),
         (
