@@ -602,7 +602,7 @@ async fn scenario(url: Option<String>) {
     let frozen = store_count(
         &h,
         "SELECT COUNT(*) FROM audit_records WHERE kind = 'frozen_share' AND body NOT LIKE '%' || $1 || '%'",
-        "r-1\"",
+        "\"r-1\"",
     )
     .await;
     assert_eq!(
