@@ -246,7 +246,11 @@ impl Consents {
         let before = self.epoch.load(Ordering::Acquire);
         let heads = Arc::new(self.store.consent_heads(tenant, person, vertical).await?);
         if self.epoch.load(Ordering::Acquire) == before {
-            self.cache.insert(key, heads.clone());
+            self.cache.insert(key.clone(), heads.clone());
+            // An invalidation between the check and the insert bumped the epoch first: undo.
+            if self.epoch.load(Ordering::Acquire) != before {
+                self.cache.invalidate(&key);
+            }
         }
         Ok(heads)
     }
@@ -416,7 +420,10 @@ impl Consents {
                         .await
                         .map_err(unavailable)?;
                     if self.epoch.load(Ordering::Acquire) == before {
-                        self.blocking.insert(key, s);
+                        self.blocking.insert(key.clone(), s);
+                        if self.epoch.load(Ordering::Acquire) != before {
+                            self.blocking.invalidate(&key);
+                        }
                     }
                     s
                 }
