@@ -48,6 +48,14 @@ pub struct Options {
     /// `audit.verify_interval_s` (the in-process self-verifier; 0 = off). `None`: the default
     /// (60 s). From `BENCH_SELF_VERIFY_S`.
     pub self_verify_s: Option<u64>,
+    /// `Some(url)`: run on this existing database (not dropped by [`Bench::stop`]) instead of a
+    /// fresh one; `store` must name its kind. Used for the consent bench's reusable datasets.
+    pub store_url: Option<String>,
+    /// Drop `person_id` from every route of the policy copy: those routes then touch no person
+    /// and skip stage 7 (the consent bench's baseline).
+    pub routes_without_person_id: bool,
+    /// `consent.cache_entries`; `None`: the default.
+    pub consent_cache_entries: Option<u64>,
 }
 
 impl Options {
@@ -68,6 +76,9 @@ impl Options {
             self_verify_s: std::env::var("BENCH_SELF_VERIFY_S")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            store_url: None,
+            routes_without_person_id: false,
+            consent_cache_entries: None,
         }
     }
 }
@@ -118,15 +129,16 @@ impl Bench {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let policy_dir = dir.path().join("policies");
-        write_bench_policies(&idp_base, &policy_dir);
+        write_bench_policies(&idp_base, &policy_dir, options.routes_without_person_id);
 
         let mut config = Config::default();
         config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
         config.server.http_listen = "127.0.0.1:0".parse().unwrap();
         let mut pg_db = None;
-        config.store.url = match options.store {
-            StoreKind::Sqlite => format!("sqlite:{}", dir.path().join("b.db").display()),
-            StoreKind::Postgres => {
+        config.store.url = match (&options.store_url, options.store) {
+            (Some(url), _) => url.clone(),
+            (None, StoreKind::Sqlite) => format!("sqlite:{}", dir.path().join("b.db").display()),
+            (None, StoreKind::Postgres) => {
                 let (url, admin, name) = fresh_pg_database().await;
                 pg_db = Some((admin, name));
                 url
@@ -142,6 +154,9 @@ impl Bench {
             config.audit.verify_interval_s = s;
         }
         config.auth.token_cache_entries = 10_000;
+        if let Some(n) = options.consent_cache_entries {
+            config.consent.cache_entries = n;
+        }
         let running = scp_pep::server::start(config, None)
             .await
             .expect("scp-pep starts");
@@ -401,8 +416,9 @@ async fn start_idp(key: Arc<SigningKey>) -> String {
 }
 
 /// Copies `tests/fixtures/policies` to `dest`, pointing tenants at `idp_base` and raising every
-/// integration's rate limit so that the load benchmark measures decisions, not 429s.
-fn write_bench_policies(idp_base: &str, dest: &Path) {
+/// integration's rate limit so that the load benchmark measures decisions, not 429s. With
+/// `without_person_id`, routes lose their `person_id` (no person, so no stage 7).
+fn write_bench_policies(idp_base: &str, dest: &Path, without_person_id: bool) {
     std::fs::create_dir_all(dest).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies");
     for e in std::fs::read_dir(src).unwrap() {
@@ -416,6 +432,13 @@ fn write_bench_policies(idp_base: &str, dest: &Path) {
                 "per_second: 1000, burst: 5000",
                 "per_second: 1000000, burst: 1000000",
             );
+        }
+        if without_person_id && p.file_name().is_some_and(|n| n == "routes.yaml") {
+            text = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("person_id:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
         }
         std::fs::write(dest.join(p.file_name().unwrap()), text).unwrap();
     }
