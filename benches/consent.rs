@@ -336,8 +336,8 @@ async fn load_pg(store: &Store, rows: u64) {
         "consent_heads",
         &[
             "INSERT INTO consent_heads (tenant_id, person_id, vertical_id, purpose, consent_id, \
-             version, status, active_until_ms, grace_until_ms, changed_at_ms) \
-             SELECT 'ke', 'p-' || n, 'health', '', md5('c' || n)::uuid::text, 1, 'active', NULL, \
+             version, status, active_from_ms, active_until_ms, grace_until_ms, changed_at_ms) \
+             SELECT 'ke', 'p-' || n, 'health', '', md5('c' || n)::uuid::text, 1, 'active', 0, NULL, \
              NULL, 1767225600000 FROM generate_series(1, $1::bigint) AS n",
             "ALTER TABLE consent_heads ADD PRIMARY KEY (tenant_id, person_id, vertical_id, purpose)",
             "CREATE UNIQUE INDEX consent_heads_consent ON consent_heads (consent_id)",
@@ -429,9 +429,9 @@ async fn sqlite_dataset(rows: u64) -> Store {
              FROM s"
         ),
         "INSERT INTO consent_heads (tenant_id, person_id, vertical_id, purpose, consent_id, \
-         version, status, active_until_ms, grace_until_ms, changed_at_ms) \
+         version, status, active_from_ms, active_until_ms, grace_until_ms, fields, changed_at_ms) \
          SELECT tenant_id, person_id, vertical_id, purpose, consent_id, version, status, \
-         active_until_ms, grace_until_ms, changed_at_ms FROM consent_versions"
+         active_from_ms, active_until_ms, grace_until_ms, fields, changed_at_ms FROM consent_versions"
             .to_owned(),
         format!(
             "INSERT INTO consent_persons (tenant_id, person_id, verification, status, channels, \
@@ -1158,7 +1158,7 @@ fn memory_child(sqlite_rows: u64) {
                 for i in 0..2_000u64 {
                     let k = sqlite_rows.saturating_sub(t * 2_000 + i).max(1);
                     let _ = store
-                        .consent_heads(TENANT, &format!("p-{k}"), VERTICAL)
+                        .consent_head_summaries(TENANT, &format!("p-{k}"), VERTICAL)
                         .await;
                 }
             }));

@@ -160,6 +160,17 @@ impl Bench {
         let running = scp_pep::server::start(config, None)
             .await
             .expect("scp-pep starts");
+        if options.store_url.is_none() && !options.routes_without_person_id {
+            // The person of `PATH` has active consent, so stage 7 allows.
+            let seed: scp_pep::consent::import::ImportFile = serde_yaml_ng::from_str(
+                "persons: [{tenant: ke, person_id: p-1}]\n\
+                 consents: [{tenant: ke, person_id: p-1, vertical_id: health, active_from: 2020-01-01, evidence_attachment_ids: [att-1]}]\n",
+            )
+            .expect("seed file");
+            scp_pep::consent::import::import(&running.consents, None, &seed, "bench", |_| 30)
+                .await
+                .expect("seed consent");
+        }
 
         let token = sign_token(&key, &idp_base);
         Bench {

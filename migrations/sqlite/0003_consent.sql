@@ -49,8 +49,11 @@ CREATE TABLE consent_heads (
     consent_id      TEXT NOT NULL,
     version         BIGINT NOT NULL,
     status          TEXT NOT NULL,
+    -- Copies of what enforcement needs, so a cache miss reads one narrow row per purpose.
+    active_from_ms  BIGINT NOT NULL,
     active_until_ms BIGINT,
     grace_until_ms  BIGINT,
+    fields          TEXT,
     changed_at_ms   BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, person_id, vertical_id, purpose)
 );

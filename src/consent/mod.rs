@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::decision::{ConsentCheck, Denial, DenyCode};
 use crate::policy::Route;
 use crate::store::Store;
-use model::{ConsentVersion, Effective};
+use model::{Effective, Head};
 pub use store::{ConsentStoreError, PersonRecord};
 
 /// The source of "now" for consent evaluation, Unix milliseconds.
@@ -158,7 +158,7 @@ pub struct Consents {
     clock: Arc<dyn Clock>,
     config: ConsentConfig,
     /// Heads per (tenant, person, vertical); `Arc` so a hit costs a reference count.
-    cache: moka::sync::Cache<Key, Arc<Vec<ConsentVersion>>>,
+    cache: moka::sync::Cache<Key, Arc<Vec<Head>>>,
     /// Bumped by every invalidation; a load that saw another value does not fill the cache, so a
     /// read that raced a withdrawal can never reinstate a stale allow.
     epoch: AtomicU64,
@@ -236,7 +236,7 @@ impl Consents {
         tenant: &str,
         person: &str,
         vertical: &str,
-    ) -> Result<Arc<Vec<ConsentVersion>>, ConsentStoreError> {
+    ) -> Result<Arc<Vec<Head>>, ConsentStoreError> {
         let key = (tenant.to_owned(), person.to_owned(), vertical.to_owned());
         if let Some(v) = self.cache.get(&key) {
             self.metrics.hits.increment(1);
@@ -244,7 +244,11 @@ impl Consents {
         }
         self.metrics.misses.increment(1);
         let before = self.epoch.load(Ordering::Acquire);
-        let heads = Arc::new(self.store.consent_heads(tenant, person, vertical).await?);
+        let heads = Arc::new(
+            self.store
+                .consent_head_summaries(tenant, person, vertical)
+                .await?,
+        );
         if self.epoch.load(Ordering::Acquire) == before {
             self.cache.insert(key.clone(), heads.clone());
             // An invalidation between the check and the insert bumped the epoch first: undo.
@@ -286,10 +290,10 @@ impl Consents {
     /// purpose-specific consent decides its purpose; else the vertical-wide consent covers every
     /// purpose.
     pub fn decide<'h>(
-        heads: &'h [ConsentVersion],
+        heads: &'h [Head],
         purpose: Option<&str>,
         now_ms: i64,
-    ) -> (Effective, Option<&'h ConsentVersion>) {
+    ) -> (Effective, Option<&'h Head>) {
         let general = heads.iter().find(|v| v.purpose.is_empty());
         let g = general.map(|v| (v.effective(now_ms), v));
         if let Some(p) = purpose.filter(|p| !p.is_empty()) {
@@ -640,8 +644,8 @@ mod tests {
     use super::model::*;
     use super::*;
 
-    fn v(purpose: &str, status: Recorded, until: Option<i64>) -> ConsentVersion {
-        ConsentVersion {
+    fn v(purpose: &str, status: Recorded, until: Option<i64>) -> Head {
+        Head::from(&ConsentVersion {
             consent_id: format!("c-{purpose}"),
             version: 1,
             version_id: "x".into(),
@@ -665,7 +669,7 @@ mod tests {
             captured_at_ms: 0,
             changed_by: "u".into(),
             changed_at_ms: 0,
-        }
+        })
     }
 
     /// CON-2, CON-22: purpose-specific consent decides its purpose; a withdrawn vertical-wide

@@ -237,6 +237,52 @@ impl ConsentVersion {
     }
 }
 
+/// What enforcement needs of a head version: the cache entry of (tenant, person, vertical), one
+/// per purpose (≈ 200 bytes instead of a whole [`ConsentVersion`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub consent_id: String,
+    pub version: i64,
+    /// `""`: the whole vertical.
+    pub purpose: String,
+    pub status: Recorded,
+    pub active_from_ms: i64,
+    pub active_until_ms: Option<i64>,
+    pub grace_until_ms: Option<i64>,
+    /// Field-level consent (INT-4.3-5).
+    pub fields: Option<Vec<String>>,
+    pub changed_at_ms: i64,
+}
+
+impl Head {
+    /// The effective status at `now_ms` (Unix ms).
+    pub fn effective(&self, now_ms: i64) -> Effective {
+        effective(
+            self.status,
+            self.active_from_ms,
+            self.active_until_ms,
+            self.grace_until_ms,
+            now_ms,
+        )
+    }
+}
+
+impl From<&ConsentVersion> for Head {
+    fn from(v: &ConsentVersion) -> Head {
+        Head {
+            consent_id: v.consent_id.clone(),
+            version: v.version,
+            purpose: v.purpose.clone(),
+            status: v.status,
+            active_from_ms: v.active_from_ms,
+            active_until_ms: v.active_until_ms,
+            grace_until_ms: v.grace_until_ms,
+            fields: v.fields.clone(),
+            changed_at_ms: v.changed_at_ms,
+        }
+    }
+}
+
 /// The effective status of a version with `status` and window `[from, until)`, grace until
 /// `grace_until`, at `now` (all Unix ms). CON-5, CON-6, CON-20, CON-26, CON-28.
 pub fn effective(

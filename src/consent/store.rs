@@ -8,7 +8,7 @@
 use sqlx::Row;
 
 use super::model::{
-    CaptureMode, Change, ConsentVersion, Effective, IdentityVerification, Recorded, effective,
+    CaptureMode, Change, ConsentVersion, Effective, Head, IdentityVerification, Recorded, effective,
 };
 use crate::store::{Store, StoreError};
 
@@ -200,6 +200,54 @@ impl Store {
         Ok(out)
     }
 
+    /// What enforcement needs of the heads of (tenant, person, vertical), one per purpose: one
+    /// narrow index read of `consent_heads`, no join (the consent cache's miss path).
+    pub async fn consent_head_summaries(
+        &self,
+        tenant: &str,
+        person: &str,
+        vertical: &str,
+    ) -> Result<Vec<Head>, ConsentStoreError> {
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            i64,
+        );
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT consent_id, version, purpose, status, active_from_ms, active_until_ms, grace_until_ms, \
+                 fields, changed_at_ms FROM consent_heads \
+                 WHERE tenant_id = $1 AND person_id = $2 AND vertical_id = $3",
+            )
+            .bind(tenant).bind(person).bind(vertical)
+            .fetch_all(pool).await?
+        });
+        rows.into_iter()
+            .map(
+                |(consent_id, version, purpose, status, from, until, grace, fields, changed)| {
+                    Ok(Head {
+                        consent_id,
+                        version,
+                        purpose,
+                        status: Recorded::parse(&status).ok_or_else(|| bad("status"))?,
+                        active_from_ms: from,
+                        active_until_ms: until,
+                        grace_until_ms: grace,
+                        fields: json_list(fields),
+                        changed_at_ms: changed,
+                    })
+                },
+            )
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Every head of a person, all verticals and purposes (the API's list by person).
     pub async fn consent_heads_of_person(
         &self,
@@ -341,16 +389,18 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO consent_heads (tenant_id, person_id, vertical_id, purpose, consent_id, \
-                 version, status, active_until_ms, grace_until_ms, changed_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 version, status, active_from_ms, active_until_ms, grace_until_ms, fields, changed_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (tenant_id, person_id, vertical_id, purpose) DO UPDATE SET \
                  consent_id = excluded.consent_id, version = excluded.version, status = excluded.status, \
-                 active_until_ms = excluded.active_until_ms, grace_until_ms = excluded.grace_until_ms, \
+                 active_from_ms = excluded.active_from_ms, active_until_ms = excluded.active_until_ms, \
+                 grace_until_ms = excluded.grace_until_ms, fields = excluded.fields, \
                  changed_at_ms = excluded.changed_at_ms",
             )
             .bind(&v.tenant_id).bind(&v.person_id).bind(&v.vertical_id).bind(&v.purpose)
             .bind(&v.consent_id).bind(v.version).bind(v.status.as_str())
-            .bind(v.active_until_ms).bind(v.grace_until_ms).bind(v.changed_at_ms)
+            .bind(v.active_from_ms).bind(v.active_until_ms).bind(v.grace_until_ms).bind(&fields)
+            .bind(v.changed_at_ms)
             .execute(&mut *tx).await?;
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO consent_changes (tenant_id, person_id, vertical_id, time_ms) \
@@ -411,19 +461,34 @@ impl Store {
         &self,
         shares: &[(String, String, String, String, i64)],
     ) -> Result<(), ConsentStoreError> {
-        if shares.is_empty() {
+        // One row per key (a statement may not touch a row twice), newest time kept.
+        let mut rows: std::collections::HashMap<(&str, &str, &str, &str), i64> =
+            std::collections::HashMap::with_capacity(shares.len());
+        for (t, p, v, i, ms) in shares {
+            let e = rows
+                .entry((t.as_str(), p.as_str(), v.as_str(), i.as_str()))
+                .or_insert(*ms);
+            *e = (*e).max(*ms);
+        }
+        if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows.into_iter().collect();
+        // One multi-row statement per 500 shares (5 parameters each).
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for (tenant, person_ref, vertical, integration, t) in shares {
-                sqlx::query(
-                    "INSERT INTO consent_shares (tenant_id, person_ref, vertical_id, integration_id, first_ms, last_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant_id, person_ref, vertical_id, integration_id) \
+            for chunk in rows.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO consent_shares (tenant_id, person_ref, vertical_id, integration_id, first_ms, last_ms) ",
+                );
+                qb.push_values(chunk, |mut b, ((t, p, v, i), ms)| {
+                    b.push_bind(*t).push_bind(*p).push_bind(*v).push_bind(*i).push_bind(*ms).push_bind(*ms);
+                });
+                qb.push(
+                    " ON CONFLICT (tenant_id, person_ref, vertical_id, integration_id) \
                      DO UPDATE SET last_ms = excluded.last_ms",
-                )
-                .bind(tenant).bind(person_ref).bind(vertical).bind(integration).bind(*t)
-                .execute(&mut *tx).await?;
+                );
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
