@@ -385,8 +385,17 @@ async fn purposes_and_field_level_consent() {
 /// miss denies the whole request; a body without the field, not JSON, truncated by Envoy, or
 /// with too many persons is `PAYLOAD_INVALID`.
 #[tokio::test]
-async fn batch_push_reads_persons_from_the_body() {
-    let mut e = env_with(None, |c| c.consent.max_persons = 3).await;
+async fn batch_push_reads_persons_from_the_body_sqlite() {
+    batch_push(None).await;
+}
+
+#[tokio::test]
+async fn batch_push_reads_persons_from_the_body_postgres() {
+    batch_push(Some(common::fresh_pg_database().await)).await;
+}
+
+async fn batch_push(store: Option<String>) {
+    let mut e = env_with(store, |c| c.consent.max_persons = 3).await;
     for p in ["q-10", "q-11"] {
         capture(&e, p, "health", None, (T0, None), true, None).await;
     }

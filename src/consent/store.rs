@@ -248,6 +248,75 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// [`Self::consent_head_summaries`] of many persons of one vertical, in one statement per 500
+    /// persons: `(person_id, head)` pairs (persons without consent have none).
+    pub async fn consent_head_summaries_many(
+        &self,
+        tenant: &str,
+        vertical: &str,
+        persons: &[&str],
+    ) -> Result<Vec<(String, Head)>, ConsentStoreError> {
+        type Row = (
+            String,
+            String,
+            i64,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            i64,
+        );
+        let mut out = Vec::with_capacity(persons.len());
+        for chunk in persons.chunks(500) {
+            let rows: Vec<Row> = with_pool!(self, pool => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT person_id, consent_id, version, purpose, status, active_from_ms, \
+                     active_until_ms, grace_until_ms, fields, changed_at_ms FROM consent_heads \
+                     WHERE tenant_id = ",
+                );
+                qb.push_bind(tenant).push(" AND vertical_id = ").push_bind(vertical);
+                qb.push(" AND person_id IN (");
+                let mut sep = qb.separated(", ");
+                for p in chunk {
+                    sep.push_bind(*p);
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(pool).await?
+            });
+            for (
+                person,
+                consent_id,
+                version,
+                purpose,
+                status,
+                from,
+                until,
+                grace,
+                fields,
+                changed,
+            ) in rows
+            {
+                out.push((
+                    person,
+                    Head {
+                        consent_id,
+                        version,
+                        purpose,
+                        status: Recorded::parse(&status).ok_or_else(|| bad("status"))?,
+                        active_from_ms: from,
+                        active_until_ms: until,
+                        grace_until_ms: grace,
+                        fields: json_list(fields),
+                        changed_at_ms: changed,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every head of a person, all verticals and purposes (the API's list by person).
     pub async fn consent_heads_of_person(
         &self,
