@@ -601,6 +601,20 @@ async fn decision(log: &Path, id: &str) -> Value {
     }
 }
 
+/// The decision-log line count once the log's writer (which flushes every few ms, off the
+/// request path) has caught up: the count has not changed for 150 ms.
+async fn settled_decision_count(log: &Path) -> usize {
+    let mut last = decision_count(log);
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let now = decision_count(log);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn decision_count(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -804,7 +818,7 @@ async fn envoy_end_to_end() {
     assert_eq!(seen_req(&seen, "x-scp-tenant-id"), "ke");
     assert_eq!(seen_one(&seen, "x-scp-root-bypass"), None);
     // A look-alike with `_` (folded into `-` by some upstream stacks) is refused by Envoy.
-    let before = (echo.hits(), decision_count(&log));
+    let before = (echo.hits(), settled_decision_count(&log).await);
     let resp = client
         .get(url(RECORD))
         .bearer_auth(&ke_token)
@@ -814,7 +828,7 @@ async fn envoy_end_to_end() {
         .unwrap();
     assert_eq!(resp.status(), 400, "header names with `_` are rejected");
     assert_eq!(
-        (echo.hits(), decision_count(&log)),
+        (echo.hits(), settled_decision_count(&log).await),
         before,
         "rejected before ext_authz and upstream"
     );
@@ -1053,11 +1067,11 @@ async fn envoy_end_to_end() {
         "/v1/tenants/ke/health/persons/p-1%2fx/record",
         "/v1/tenants/ke%2Fhealth/persons/p-1/record",
     ] {
-        let before = (echo.hits(), decision_count(&log));
+        let before = (echo.hits(), settled_decision_count(&log).await);
         let r = raw_get(envoy.listener, raw, &auth).await;
         assert_eq!(r.status, 400, "{raw}: {}", r.body);
         assert_eq!(
-            (echo.hits(), decision_count(&log)),
+            (echo.hits(), settled_decision_count(&log).await),
             before,
             "{raw}: rejected before ext_authz"
         );
