@@ -270,7 +270,7 @@ async fn policy(action: PolicyAction) -> ExitCode {
                 Ok(out) => {
                     println!(
                         "{}",
-                        serde_json::json!({"applied": true, "changed": out.changed, "version": out.version, "counts": set.counts()})
+                        serde_json::json!({"applied": true, "changed": out.changed, "version": out.version, "counts": set.counts(), "skipped": out.skipped})
                     );
                     store.close().await;
                     ExitCode::SUCCESS

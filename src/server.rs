@@ -128,6 +128,9 @@ pub async fn start_with_clock(
         let set = PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
         let out = store.apply(&set).await.context("applying policy files")?;
         tracing::info!(dir = %dir.display(), version = out.version, changed = out.changed, "policy files applied");
+        for s in &out.skipped {
+            tracing::warn!(entry = %s, "policy file entry skipped: the admin API owns this document");
+        }
     }
 
     let algorithms = config
@@ -272,6 +275,16 @@ pub async fn start_with_clock(
             admin.clone(),
             engine.snapshot().clone(),
         )
+        .router(),
+    );
+    app = app.merge(
+        crate::admin::http::AdminHttp {
+            store: store.clone(),
+            audit: audit.clone(),
+            auth: admin.clone(),
+            engine: engine.clone(),
+            audience: config.auth.audience.clone(),
+        }
         .router(),
     );
     let mut http_rx = rx.clone();
@@ -463,7 +476,7 @@ pub fn default_writer() -> String {
 
 /// Loads the store's policy when its version differs from the installed snapshot's.
 /// Returns the installed version, `None` for an empty store.
-async fn reload(store: &Store, engine: &Engine, audience: &str) -> anyhow::Result<Option<i64>> {
+pub(crate) async fn reload(store: &Store, engine: &Engine, audience: &str) -> anyhow::Result<Option<i64>> {
     let current = engine
         .snapshot()
         .load()

@@ -9,7 +9,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
@@ -45,6 +44,262 @@ pub struct ApplyOutcome {
     pub version: i64,
     /// False when the store already held exactly this set (nothing written).
     pub changed: bool,
+    /// File entries not written because the admin API owns them (`"<kind> <id>"`).
+    pub skipped: Vec<String>,
+}
+
+/// The kinds of stored documents. The first five ([`DocKind::ENFORCED`]) make up the policy
+/// snapshot ext_authz decides with; the rest serve the admin API only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DocKind {
+    Tenant,
+    Integration,
+    Route,
+    DenyRule,
+    PolicyPack,
+    PolicyChange,
+    Role,
+    Group,
+    GroupMember,
+    RoleAssignment,
+    Webhook,
+    SchemaMapping,
+    Credential,
+}
+
+impl DocKind {
+    /// The kinds compiled into the policy snapshot; a change to one bumps the policy version.
+    pub const ENFORCED: [DocKind; 5] = [
+        DocKind::Tenant,
+        DocKind::Integration,
+        DocKind::Route,
+        DocKind::DenyRule,
+        DocKind::PolicyPack,
+    ];
+
+    /// The `kind` column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Tenant => "tenant",
+            DocKind::Integration => "integration",
+            DocKind::Route => "route",
+            DocKind::DenyRule => "deny_rule",
+            DocKind::PolicyPack => "policy_pack",
+            DocKind::PolicyChange => "policy_change",
+            DocKind::Role => "role",
+            DocKind::Group => "group",
+            DocKind::GroupMember => "group_member",
+            DocKind::RoleAssignment => "role_assignment",
+            DocKind::Webhook => "webhook",
+            DocKind::SchemaMapping => "schema_mapping",
+            DocKind::Credential => "credential",
+        }
+    }
+
+    /// Whether documents of this kind feed the policy snapshot.
+    pub fn enforced(self) -> bool {
+        DocKind::ENFORCED.contains(&self)
+    }
+}
+
+/// Who wrote a document: the policy files or the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Api => "api",
+        }
+    }
+}
+
+/// The precondition of one [`DocChange`] (ADM-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is stored (unconditional).
+    Any,
+    /// Nothing may be stored yet (create).
+    Absent,
+    /// The stored version must be exactly this (`If-Match`).
+    Version(i64),
+}
+
+/// One document write: `doc` = canonical JSON text, `None` deletes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocChange {
+    pub kind: DocKind,
+    pub id: String,
+    pub tenant: Option<String>,
+    /// Lifecycle state, stored in its own column for listing by status.
+    pub status: Option<String>,
+    pub doc: Option<String>,
+    pub expect: Expect,
+}
+
+impl DocChange {
+    /// Creates or replaces `kind`/`id` with `doc` (unconditional until [`DocChange::expect`]).
+    pub fn put(kind: DocKind, id: &str, tenant: Option<&str>, doc: String) -> Self {
+        DocChange {
+            kind,
+            id: id.to_owned(),
+            tenant: tenant.map(str::to_owned),
+            status: None,
+            doc: Some(doc),
+            expect: Expect::Any,
+        }
+    }
+
+    /// Deletes `kind`/`id`.
+    pub fn delete(kind: DocKind, id: &str) -> Self {
+        DocChange {
+            kind,
+            id: id.to_owned(),
+            tenant: None,
+            status: None,
+            doc: None,
+            expect: Expect::Any,
+        }
+    }
+
+    /// Sets the precondition.
+    pub fn expect(mut self, expect: Expect) -> Self {
+        self.expect = expect;
+        self
+    }
+
+    /// Sets the lifecycle state column.
+    pub fn status(mut self, status: impl Into<String>) -> Self {
+        self.status = Some(status.into());
+        self
+    }
+}
+
+/// A stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDoc {
+    pub kind: String,
+    pub id: String,
+    pub tenant: Option<String>,
+    /// Canonical JSON text.
+    pub doc: String,
+    pub source: String,
+    /// Resource version (ETag), from 1.
+    pub version: i64,
+    pub status: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// One row of a document's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocVersion {
+    pub version: i64,
+    /// `None`: the document was deleted at this version.
+    pub doc: Option<String>,
+    pub status: Option<String>,
+    pub source: String,
+    pub actor: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+/// Result of [`Store::write_documents`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Policy version after the write (unchanged unless an enforced kind changed).
+    pub policy_version: i64,
+    /// New version of each change's document, in order; 0 for deletions.
+    pub versions: Vec<i64>,
+}
+
+/// Why [`Store::write_documents`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A precondition failed: `current` is the stored version (`None`: absent).
+    #[error("{} `{id}` is at version {}, not the one expected", kind.as_str(), current.map_or("none".to_owned(), |v| v.to_string()))]
+    Conflict {
+        kind: DocKind,
+        id: String,
+        current: Option<i64>,
+    },
+    /// Archived documents are immutable (INT-6.2-5).
+    #[error("{} `{id}` is archived and accepts no change", kind.as_str())]
+    Archived { kind: DocKind, id: String },
+    /// The enforced set would be invalid after the write.
+    #[error("{0}")]
+    Invalid(PolicyErrors),
+    #[error("store unavailable: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+const ENFORCED_SELECT: &str = "SELECT kind, id, doc FROM policy_documents \
+     WHERE kind IN ('tenant', 'integration', 'route', 'deny_rule', 'policy_pack') ORDER BY kind, id";
+const DOC_SELECT_ONE: &str = "SELECT kind, id, tenant_id, doc, source, version, status, created_at, updated_at \
+     FROM policy_documents WHERE kind = $1 AND id = $2";
+const DOC_SELECT_KIND: &str = "SELECT kind, id, tenant_id, doc, source, version, status, created_at, updated_at \
+     FROM policy_documents WHERE kind = $1 AND (CAST($2 AS TEXT) IS NULL OR tenant_id = $2) ORDER BY id";
+
+type DocRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+);
+
+fn stored_doc(r: DocRow) -> StoredDoc {
+    let (kind, id, tenant, doc, source, version, status, created_at, updated_at) = r;
+    StoredDoc {
+        kind,
+        id,
+        tenant,
+        doc,
+        source,
+        version,
+        status,
+        created_at,
+        updated_at,
+    }
+}
+
+/// Parses enforced `(kind, id, doc)` rows into an (unvalidated) set.
+fn set_from_rows(rows: Vec<(String, String, String)>) -> Result<PolicySet, PolicyErrors> {
+    let mut set = PolicySet::default();
+    let mut errors = Vec::new();
+    for (kind, id, doc) in rows {
+        let parsed = match kind.as_str() {
+            "tenant" => serde_json::from_str(&doc).map(|t| set.tenants.push(t)),
+            "integration" => serde_json::from_str(&doc).map(|i| set.integrations.push(i)),
+            "route" => serde_json::from_str(&doc).map(|r| set.routes.push(r)),
+            "deny_rule" => serde_json::from_str(&doc).map(|d| set.deny_rules.push(d)),
+            "policy_pack" => serde_json::from_str(&doc).map(|p| set.policy_packs.push(p)),
+            _ => Ok(()),
+        };
+        if let Err(e) = parsed {
+            errors.push(PolicyError {
+                file: "<store>".into(),
+                entry: format!("{kind} ({id})"),
+                field: "doc".into(),
+                message: e.to_string(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(PolicyErrors(errors))
+    }
 }
 
 /// Runs the same statement body against whichever pool the store has.
@@ -110,67 +365,289 @@ impl Store {
         Ok(v)
     }
 
-    /// Writes `set` as the file-managed policy, in one transaction: all of it or nothing.
-    /// Documents created through the admin API (`source = 'api'`) are left alone.
+    /// Writes `set` as the file-managed policy through the same domain operation as the admin API
+    /// ([`Store::write_documents`], source `file`): one transaction, all of it or nothing.
     ///
-    /// Idempotent: when the stored file digest equals `set.digest()`, nothing is written and the
-    /// version stays. Otherwise the version is bumped and announced.
+    /// - Idempotent: when the stored file digest equals `set.digest()`, nothing is written and
+    ///   the version stays.
+    /// - Only documents whose content changed are written; file documents no longer in `set` are
+    ///   deleted.
+    /// - A document the admin API has changed (source `api`) belongs to the API from then on: the
+    ///   file entry is skipped and reported in [`ApplyOutcome::skipped`], so a restart never
+    ///   undoes a suspension or a deny rule made through the API.
     pub async fn apply(&self, set: &PolicySet) -> Result<ApplyOutcome, StoreError> {
         let digest = set.digest();
-        let now = chrono::Utc::now().to_rfc3339();
-        let mut docs: Vec<(&str, &str, Option<&str>, String)> = Vec::new();
+        let mut desired: Vec<(DocKind, &str, Option<&str>, String)> = Vec::new();
         for t in &set.tenants {
-            docs.push(("tenant", &t.id, Some(&t.id), to_json(t)));
+            desired.push((DocKind::Tenant, &t.id, Some(&t.id), to_json(t)));
         }
         for i in &set.integrations {
-            docs.push(("integration", &i.id, Some(&i.tenant), to_json(i)));
+            desired.push((DocKind::Integration, &i.id, Some(&i.tenant), to_json(i)));
         }
         for r in &set.routes {
-            docs.push(("route", &r.id, None, to_json(r)));
+            desired.push((DocKind::Route, &r.id, None, to_json(r)));
         }
         for d in &set.deny_rules {
-            docs.push(("deny_rule", &d.id, Some(&d.tenant), to_json(d)));
+            desired.push((DocKind::DenyRule, &d.id, Some(&d.tenant), to_json(d)));
         }
-        let outcome = with_pool!(self, p => {
+        for p in &set.policy_packs {
+            desired.push((DocKind::PolicyPack, &p.id, Some(&p.tenant), to_json(p)));
+        }
+        // Two attempts: a concurrent API write between the read and the write is a conflict.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (version, stored_digest) = self.state().await?;
+            if stored_digest.as_deref() == Some(digest.as_str()) {
+                return Ok(ApplyOutcome {
+                    version,
+                    changed: false,
+                    skipped: Vec::new(),
+                });
+            }
+            let mut current: std::collections::HashMap<(DocKind, String), StoredDoc> =
+                std::collections::HashMap::new();
+            for kind in DocKind::ENFORCED {
+                for d in self.documents(kind, None).await? {
+                    current.insert((kind, d.id.clone()), d);
+                }
+            }
+            let mut changes = Vec::new();
+            let mut skipped = Vec::new();
+            for (kind, id, tenant, doc) in &desired {
+                match current.remove(&(*kind, (*id).to_owned())) {
+                    Some(cur) if cur.source == "api" => {
+                        skipped.push(format!("{} {id}", kind.as_str()));
+                    }
+                    Some(cur) if cur.doc == *doc => {}
+                    Some(cur) => changes.push(DocChange::put(*kind, *id, *tenant, doc.clone())
+                        .expect(Expect::Version(cur.version))),
+                    None => changes.push(DocChange::put(*kind, *id, *tenant, doc.clone())
+                        .expect(Expect::Absent)),
+                }
+            }
+            for ((kind, id), cur) in current {
+                if cur.source == "file" {
+                    changes.push(DocChange::delete(kind, &id).expect(Expect::Version(cur.version)));
+                }
+            }
+            changes.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+            match self
+                .write_documents(&changes, Source::File, "policy-files", Some(&digest))
+                .await
+            {
+                Ok(w) => {
+                    return Ok(ApplyOutcome {
+                        version: w.policy_version,
+                        changed: true,
+                        skipped,
+                    });
+                }
+                Err(WriteError::Conflict { .. }) if attempt < 2 => continue,
+                Err(WriteError::Store(e)) => return Err(StoreError::Database(e)),
+                Err(WriteError::Invalid(e)) => return Err(StoreError::Invalid(e)),
+                Err(e) => {
+                    return Err(StoreError::Invalid(PolicyErrors(vec![PolicyError {
+                        file: "<store>".into(),
+                        entry: "-".into(),
+                        field: "-".into(),
+                        message: e.to_string(),
+                    }])));
+                }
+            }
+        }
+    }
+
+    /// `(policy version, digest of the last applied policy files)`.
+    async fn state(&self) -> Result<(i64, Option<String>), StoreError> {
+        let row: (i64, Option<String>) = with_pool!(self, p => {
+            sqlx::query_as("SELECT version, file_digest FROM policy_state WHERE id = 1")
+                .fetch_one(p).await?
+        });
+        Ok(row)
+    }
+
+    /// The one write path for policy and admin documents (the admin API and `policy apply`
+    /// alike; ADM-8): every change in `changes` or none, in one transaction.
+    ///
+    /// - Each change's [`Expect`] is checked against the stored version first; a mismatch is
+    ///   [`WriteError::Conflict`] and nothing is written.
+    /// - An archived document accepts no change ([`WriteError::Archived`], INT-6.2-5).
+    /// - Each written document gets version = previous + 1 and a row in the append-only
+    ///   `policy_document_versions` (with `actor`).
+    /// - When an enforced kind ([`DocKind::ENFORCED`]) changes, the whole enforced set is read
+    ///   back inside the transaction and validated ([`WriteError::Invalid`] rolls back), the
+    ///   policy version is bumped and, on PostgreSQL, announced with `NOTIFY scp_pep_policy` in
+    ///   the same transaction (ADM-3, ADM-4).
+    /// - `file_digest`: recorded for [`Store::apply`]'s idempotence (file source only).
+    ///
+    /// Returns the new document versions (in `changes` order; 0 for deletions) and the policy
+    /// version after the call.
+    pub async fn write_documents(
+        &self,
+        changes: &[DocChange],
+        source: Source,
+        actor: &str,
+        file_digest: Option<&str>,
+    ) -> Result<Written, WriteError> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let enforced = changes.iter().any(|c| c.kind.enforced());
+        let out = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             // Serialize writers on the single state row.
-            let (version, stored): (i64, Option<String>) = if matches!(self, Store::Postgres(_)) {
-                sqlx::query_as("SELECT version, file_digest FROM policy_state WHERE id = 1 FOR UPDATE")
+            let version: i64 = if matches!(self, Store::Postgres(_)) {
+                sqlx::query_scalar("SELECT version FROM policy_state WHERE id = 1 FOR UPDATE")
                     .fetch_one(&mut *tx).await?
             } else {
                 sqlx::query("UPDATE policy_state SET version = version WHERE id = 1")
                     .execute(&mut *tx).await?;
-                sqlx::query_as("SELECT version, file_digest FROM policy_state WHERE id = 1")
+                sqlx::query_scalar("SELECT version FROM policy_state WHERE id = 1")
                     .fetch_one(&mut *tx).await?
             };
-            if stored.as_deref() == Some(digest.as_str()) {
-                tx.rollback().await?;
-                ApplyOutcome { version, changed: false }
-            } else {
-                sqlx::query("DELETE FROM policy_documents WHERE source = 'file'")
-                    .execute(&mut *tx).await?;
-                for (kind, id, tenant, doc) in &docs {
+            let mut versions = Vec::with_capacity(changes.len());
+            for c in changes {
+                let cur: Option<(i64, Option<String>)> = sqlx::query_as(
+                    "SELECT version, status FROM policy_documents WHERE kind = $1 AND id = $2",
+                )
+                .bind(c.kind.as_str()).bind(&c.id)
+                .fetch_optional(&mut *tx).await?;
+                let ok = match (&c.expect, &cur) {
+                    (Expect::Any, _) => true,
+                    (Expect::Absent, None) => true,
+                    (Expect::Version(v), Some((cv, _))) => v == cv,
+                    _ => false,
+                };
+                if !ok {
+                    tx.rollback().await?;
+                    return Err(WriteError::Conflict {
+                        kind: c.kind,
+                        id: c.id.clone(),
+                        current: cur.map(|(v, _)| v),
+                    });
+                }
+                if let Some((_, Some(st))) = &cur
+                    && st == "archived"
+                {
+                    tx.rollback().await?;
+                    return Err(WriteError::Archived { kind: c.kind, id: c.id.clone() });
+                }
+                let next = cur.as_ref().map_or(1, |(v, _)| v + 1);
+                match &c.doc {
+                    Some(doc) => {
+                        sqlx::query(
+                            "INSERT INTO policy_documents \
+                             (kind, id, tenant_id, doc, source, updated_at, version, status, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $6) \
+                             ON CONFLICT (kind, id) DO UPDATE SET tenant_id = excluded.tenant_id, \
+                             doc = excluded.doc, source = excluded.source, updated_at = excluded.updated_at, \
+                             version = excluded.version, status = excluded.status",
+                        )
+                        .bind(c.kind.as_str()).bind(&c.id).bind(&c.tenant).bind(doc)
+                        .bind(source.as_str()).bind(&now).bind(next).bind(&c.status)
+                        .execute(&mut *tx).await?;
+                        versions.push(next);
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM policy_documents WHERE kind = $1 AND id = $2")
+                            .bind(c.kind.as_str()).bind(&c.id)
+                            .execute(&mut *tx).await?;
+                        versions.push(0);
+                    }
+                }
+                if cur.is_some() || c.doc.is_some() {
                     sqlx::query(
-                        "INSERT INTO policy_documents (kind, id, tenant_id, doc, source, updated_at) \
-                         VALUES ($1, $2, $3, $4, 'file', $5)",
+                        "INSERT INTO policy_document_versions \
+                         (kind, id, version, doc, status, source, actor, time) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
-                    .bind(*kind).bind(*id).bind(*tenant).bind(doc).bind(&now)
+                    .bind(c.kind.as_str()).bind(&c.id).bind(next).bind(&c.doc).bind(&c.status)
+                    .bind(source.as_str()).bind(actor).bind(&now)
                     .execute(&mut *tx).await?;
                 }
-                let next = version + 1;
-                sqlx::query("UPDATE policy_state SET version = $1, file_digest = $2, updated_at = $3 WHERE id = 1")
-                    .bind(next).bind(&digest).bind(&now)
+            }
+            let mut policy_version = version;
+            if enforced {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(ENFORCED_SELECT)
+                    .fetch_all(&mut *tx).await?;
+                if let Err(e) = set_from_rows(rows).and_then(|s| s.validate()) {
+                    tx.rollback().await?;
+                    return Err(WriteError::Invalid(e));
+                }
+                policy_version = version + 1;
+                sqlx::query("UPDATE policy_state SET version = $1, updated_at = $2 WHERE id = 1")
+                    .bind(policy_version).bind(&now)
                     .execute(&mut *tx).await?;
                 if matches!(self, Store::Postgres(_)) {
                     sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(NOTIFY_CHANNEL).bind(next.to_string())
+                        .bind(NOTIFY_CHANNEL).bind(policy_version.to_string())
                         .execute(&mut *tx).await?;
                 }
-                tx.commit().await?;
-                ApplyOutcome { version: next, changed: true }
             }
+            if let Some(d) = file_digest {
+                sqlx::query("UPDATE policy_state SET file_digest = $1, updated_at = $2 WHERE id = 1")
+                    .bind(d).bind(&now)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Written { policy_version, versions }
         });
-        Ok(outcome)
+        Ok(out)
+    }
+
+    /// One document by kind and id, or `None`.
+    pub async fn document(&self, kind: DocKind, id: &str) -> Result<Option<StoredDoc>, sqlx::Error> {
+        let row = with_pool!(self, p => {
+            sqlx::query_as::<_, DocRow>(DOC_SELECT_ONE)
+                .bind(kind.as_str()).bind(id)
+                .fetch_optional(p).await?
+                .map(stored_doc)
+        });
+        Ok(row)
+    }
+
+    /// Every document of `kind` (of `tenant` when given, else of every tenant), ordered by id.
+    pub async fn documents(
+        &self,
+        kind: DocKind,
+        tenant: Option<&str>,
+    ) -> Result<Vec<StoredDoc>, sqlx::Error> {
+        let rows = with_pool!(self, p => {
+            sqlx::query_as::<_, DocRow>(DOC_SELECT_KIND)
+                .bind(kind.as_str()).bind(tenant)
+                .fetch_all(p).await?
+                .into_iter()
+                .map(stored_doc)
+                .collect()
+        });
+        Ok(rows)
+    }
+
+    /// Every stored version of one document, oldest first (ADM-6 versions, audit trail).
+    pub async fn document_versions(
+        &self,
+        kind: DocKind,
+        id: &str,
+    ) -> Result<Vec<DocVersion>, sqlx::Error> {
+        let rows: Vec<(i64, Option<String>, Option<String>, String, String, String)> =
+            with_pool!(self, p => {
+                sqlx::query_as(
+                    "SELECT version, doc, status, source, actor, time FROM policy_document_versions \
+                     WHERE kind = $1 AND id = $2 ORDER BY version",
+                )
+                .bind(kind.as_str()).bind(id)
+                .fetch_all(p).await?
+            });
+        Ok(rows
+            .into_iter()
+            .map(|(version, doc, status, source, actor, time)| DocVersion {
+                version,
+                doc,
+                status,
+                source,
+                actor,
+                time,
+            })
+            .collect())
     }
 
     /// Reads the whole policy and its version consistently (the version is read before and after
@@ -182,39 +659,15 @@ impl Store {
         loop {
             let before = self.version().await?;
             let rows: Vec<(String, String, String)> = with_pool!(self, p => {
-                sqlx::query("SELECT kind, id, doc FROM policy_documents ORDER BY kind, id")
-                    .fetch_all(p).await?
-                    .into_iter()
-                    .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1), r.get::<String, _>(2)))
-                    .collect()
+                sqlx::query_as(ENFORCED_SELECT).fetch_all(p).await?
             });
             let after = self.version().await?;
             if before != after {
                 continue;
             }
-            let mut set = PolicySet::default();
-            let mut errors = Vec::new();
-            for (kind, id, doc) in rows {
-                let parsed = match kind.as_str() {
-                    "tenant" => serde_json::from_str(&doc).map(|t| set.tenants.push(t)),
-                    "integration" => serde_json::from_str(&doc).map(|i| set.integrations.push(i)),
-                    "route" => serde_json::from_str(&doc).map(|r| set.routes.push(r)),
-                    "deny_rule" => serde_json::from_str(&doc).map(|d| set.deny_rules.push(d)),
-                    _ => Ok(()),
-                };
-                if let Err(e) = parsed {
-                    errors.push(PolicyError {
-                        file: "<store>".into(),
-                        entry: format!("{kind} ({id})"),
-                        field: "doc".into(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-            if !errors.is_empty() {
-                return Err(StoreError::Invalid(PolicyErrors(errors)));
-            }
-            let set = set.validate().map_err(StoreError::Invalid)?;
+            let set = set_from_rows(rows)
+                .and_then(|s| s.validate())
+                .map_err(StoreError::Invalid)?;
             return Ok((after, set));
         }
     }

@@ -55,15 +55,17 @@ use super::model::{
 };
 use super::store::OutboxRow;
 use super::{ConsentStoreError, Consents, PersonRecord, person_ref};
-use crate::admin::{AdminAuth, AdminAuthError, AdminPrincipal};
+use crate::admin::{AdminAuth, AdminPrincipal};
+use crate::api::{
+    ApiError, ApiResult, if_match, instant, opt_time, parse, rfc3339, window, with_etag,
+};
 use crate::audit::AuditLog;
 use crate::audit::cmd::parse_instant;
 use crate::audit::record::{AuditEvent, RecordKind};
 use crate::pipeline::SnapshotSlot;
 use crate::store::Store;
 
-/// Largest request body, bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use crate::api::MAX_BODY_BYTES;
 
 /// Most fields a field-level consent may list (INT-4.3-5).
 const MAX_FIELDS: usize = 256;
@@ -229,61 +231,6 @@ impl ConsentHttp {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// An API failure: status, machine code, message (no personal data) and the input at fault.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
-    }
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError {
-            field: Some(field.into()),
-            ..Self::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
-        }
-    }
-    fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
-    }
-    fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-    fn audit_unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "AUDIT_UNAVAILABLE",
-            "this action could not be recorded in the audit log; nothing was done",
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut e = json!({"code": self.code, "message": self.message});
-        if let Some(f) = self.field {
-            e["field"] = Value::String(f);
-        }
-        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
-        let mut r = (self.status, axum::Json(json!({ "error": e }))).into_response();
-        if retry {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        r
-    }
-}
-
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
         ApiError {
@@ -292,13 +239,6 @@ impl From<RuleError> for ApiError {
             message: e.message,
             field: e.field.map(str::to_owned),
         }
-    }
-}
-
-impl From<AdminAuthError> for ApiError {
-    fn from(e: AdminAuthError) -> Self {
-        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        ApiError::new(status, e.code(), e.to_string())
     }
 }
 
@@ -316,65 +256,8 @@ fn store_error(e: ConsentStoreError) -> ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
-
 // ---------------------------------------------------------------------------------------------
 // Request helpers
-
-/// Parses a JSON body; unknown, missing or mistyped inputs are 400 naming the field.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )
-        } else {
-            ApiError::invalid("body", "unreadable request body")
-        }
-    })?;
-    let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &body
-    };
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.inner().to_string();
-        let named = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| inner.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next());
-        let field = match (named, path.as_str()) {
-            (Some(n), "." | "") => n.to_owned(),
-            // An unknown field is already the last segment of the path.
-            (Some(n), p) if p == n || p.ends_with(&format!(".{n}")) => p.to_owned(),
-            (Some(n), p) => format!("{p}.{n}"),
-            (None, "." | "") => "body".to_owned(),
-            (None, p) => p.to_owned(),
-        };
-        let message = inner.split(" at line ").next().unwrap_or("").to_owned();
-        ApiError::invalid(field, message)
-    })
-}
-
-/// The version an `If-Match` header asks for (`"3"`, `W/"3"`; `*` or absent: any).
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let s = v.to_str().unwrap_or("").trim();
-    if s == "*" {
-        return Ok(None);
-    }
-    s.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError::invalid("If-Match", "must be an ETag of this API: \"<version>\""))
-}
 
 /// 412 when `If-Match` names another version than `cur`.
 fn precondition(headers: &HeaderMap, cur: &ConsentVersion) -> Result<(), ApiError> {
@@ -389,35 +272,6 @@ fn precondition(headers: &HeaderMap, cur: &ConsentVersion) -> Result<(), ApiErro
         )),
         _ => Ok(()),
     }
-}
-
-fn instant(field: &'static str, s: &str) -> Result<i64, ApiError> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))
-}
-
-/// Parses and checks an active window: `until` after `from` (CON-4, CON-6).
-fn window(from: &str, until: Option<&str>) -> Result<(i64, Option<i64>), ApiError> {
-    let from = instant("active_from", from)?;
-    let until = until.map(|u| instant("active_until", u)).transpose()?;
-    if until.is_some_and(|u| u <= from) {
-        return Err(ApiError::invalid(
-            "active_until",
-            "must be after active_from (or null: open-ended)",
-        ));
-    }
-    Ok((from, until))
-}
-
-fn rfc3339(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null)
-}
-
-fn opt_time(ms: Option<i64>) -> Value {
-    ms.map(rfc3339).unwrap_or(Value::Null)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,14 +308,6 @@ fn view(v: &ConsentVersion, now: i64) -> Value {
         "changed_by": v.changed_by,
         "changed_at": rfc3339(v.changed_at_ms),
     })
-}
-
-fn with_etag(status: StatusCode, version: i64, body: Value) -> Response {
-    let mut r = (status, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
 }
 
 fn person_view(p: &PersonRecord) -> Value {

@@ -7,6 +7,7 @@
 //! - [`snapshot`]: the compiled [`PolicySnapshot`] the decision pipeline reads, lock-free, through an
 //!   `ArcSwap`.
 
+pub mod cedar;
 pub mod model;
 pub mod snapshot;
 
@@ -53,6 +54,8 @@ pub struct PolicySet {
     pub integrations: Vec<Integration>,
     pub routes: Vec<Route>,
     pub deny_rules: Vec<DenyRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_packs: Vec<PolicyPack>,
 }
 
 /// Where each entry came from, for error messages.
@@ -196,6 +199,7 @@ impl PolicySet {
             merge!(integrations, "integrations");
             merge!(routes, "routes");
             merge!(deny_rules, "deny_rules");
+            merge!(policy_packs, "policy_packs");
         }
         set.sort();
         errors.extend(set.problems(&origins));
@@ -222,6 +226,7 @@ impl PolicySet {
         self.integrations.sort_by(|a, b| a.id.cmp(&b.id));
         self.routes.sort_by(|a, b| a.id.cmp(&b.id));
         self.deny_rules.sort_by(|a, b| a.id.cmp(&b.id));
+        self.policy_packs.sort_by(|a, b| a.id.cmp(&b.id));
     }
 
     /// Hex SHA-256 of the canonical JSON form; equal sets have equal digests.

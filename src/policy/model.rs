@@ -20,6 +20,8 @@ pub struct PolicyFile {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub deny_rules: Vec<DenyRule>,
+    #[serde(default)]
+    pub policy_packs: Vec<PolicyPack>,
 }
 
 /// A country deployment (INT-4.5-*). Tokens are trusted only from its exact `issuer`.
@@ -290,4 +292,55 @@ pub struct DenyRule {
     pub vertical: Option<String>,
     /// Human reason, returned in the denial message.
     pub reason: String,
+}
+
+/// Lifecycle of policy packs, policy changes and roles (ADM-6, `spec/004_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackStatus {
+    Draft,
+    Requested,
+    Reviewed,
+    Approved,
+    Active,
+    Restricted,
+    Suspended,
+    Deprecated,
+    Archived,
+}
+
+impl PackStatus {
+    pub fn as_str(self) -> &'static str {
+        use PackStatus::*;
+        match self {
+            Draft => "draft",
+            Requested => "requested",
+            Reviewed => "reviewed",
+            Approved => "approved",
+            Active => "active",
+            Restricted => "restricted",
+            Suspended => "suspended",
+            Deprecated => "deprecated",
+            Archived => "archived",
+        }
+    }
+}
+
+/// A vertical's policy pack: a Cedar policy set evaluated in pipeline stage 6 (`forbid` wins).
+/// Only `active` packs inside their window are enforced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPack {
+    pub id: String,
+    pub tenant: String,
+    pub vertical: String,
+    pub status: PackStatus,
+    /// Cedar policy text (validated against the schema at submission).
+    pub policies: String,
+    /// RFC 3339; the pack is enforced from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<String>,
+    /// RFC 3339; the pack stops being enforced then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<String>,
 }

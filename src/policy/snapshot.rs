@@ -144,6 +144,8 @@ pub struct PolicySnapshot {
     routes: HashMap<String, Vec<Arc<CompiledRoute>>>,
     /// Deny rules per tenant.
     pub deny_rules: HashMap<String, Vec<DenyRule>>,
+    /// Active policy packs, compiled (stage 6).
+    pub packs: super::cedar::CompiledPacks,
     /// The set it was compiled from.
     pub set: PolicySet,
 }
@@ -154,6 +156,7 @@ impl PolicySnapshot {
     pub fn compile(set: PolicySet, version: i64, default_audience: &str) -> PolicySnapshot {
         let mut snap = PolicySnapshot {
             version,
+            packs: super::cedar::CompiledPacks::compile(&set.policy_packs),
             ..Default::default()
         };
         for t in &set.tenants {

@@ -32,6 +32,106 @@ pub struct AdminConfig {
     pub audit_roles: Vec<String>,
     /// Break-glass role: every tenant, always audited.
     pub root_role: String,
+    /// Bootstrap mapping of token roles to catalog permissions (EXT-5.3-1): a role not listed
+    /// grants nothing. Keys are role names in the roles claim; values are permission ids of
+    /// [`super::http::PERMISSIONS`]. The defaults map the SCP personas.
+    pub claim_permissions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The default bootstrap mapping: SCP personas → permissions.
+fn default_claim_permissions() -> std::collections::BTreeMap<String, Vec<String>> {
+    let m: &[(&str, &[&str])] = &[
+        (
+            "scp-integration-manager",
+            &[
+                "integrations.read",
+                "integrations.create",
+                "integrations.provision",
+                "integrations.credentials",
+                "integrations.mappings",
+            ],
+        ),
+        (
+            "scp-vertical-owner",
+            &[
+                "integrations.read",
+                "integrations.review",
+                "policy_packs.read",
+                "policy_packs.write",
+                "policy_packs.review",
+            ],
+        ),
+        (
+            "scp-tenant-admin",
+            &[
+                "integrations.read",
+                "integrations.legal_review",
+                "integrations.approve",
+                "integrations.operate",
+                "integrations.webhooks",
+                "roles.read",
+                "roles.write",
+                "roles.review",
+                "roles.approve",
+                "groups.write",
+                "assignments.write",
+                "deny_rules.read",
+                "deny_rules.write",
+                "policy_packs.read",
+                "policy_packs.approve",
+                "policy_packs.operate",
+                "authz.evaluate",
+            ],
+        ),
+        (
+            "scp-umbrella-authority",
+            &[
+                "integrations.read",
+                "integrations.approve",
+                "integrations.approve_cross_tenant",
+                "policy_packs.read",
+                "policy_packs.approve",
+            ],
+        ),
+        (
+            "scp-security",
+            &[
+                "integrations.read",
+                "integrations.operate",
+                "deny_rules.read",
+                "deny_rules.write",
+                "roles.read",
+                "policy_packs.read",
+                "authz.evaluate",
+                "audit.read",
+            ],
+        ),
+        (
+            "scp-auditor",
+            &[
+                "integrations.read",
+                "roles.read",
+                "deny_rules.read",
+                "policy_packs.read",
+                "audit.read",
+            ],
+        ),
+    ];
+    m.iter()
+        .map(|(r, ps)| {
+            (
+                (*r).to_owned(),
+                ps.iter().map(|p| (*p).to_owned()).collect(),
+            )
+        })
+        .collect()
+}
+
+impl AdminConfig {
+    /// Permissions the bootstrap mapping gives token role `role` (empty when unmapped).
+    pub fn claim_permissions(&self, role: &str) -> Vec<String> {
+        self.claim_permissions.get(role).cloned().unwrap_or_default()
+    }
 }
 
 impl Default for AdminConfig {
@@ -41,6 +141,7 @@ impl Default for AdminConfig {
             roles_claim: "realm_access.roles".into(),
             audit_roles: vec!["scp-auditor".into(), "scp-security".into()],
             root_role: "scp-root".into(),
+            claim_permissions: default_claim_permissions(),
         }
     }
 }
@@ -135,6 +236,11 @@ impl AdminAuth {
             algorithms: Arc::new(algorithms),
             leeway_s,
         }
+    }
+
+    /// The admin settings.
+    pub fn config(&self) -> &AdminConfig {
+        &self.config
     }
 
     /// Verifies an `authorization` header value (`Bearer <jwt>`), returning the caller.

@@ -1,0 +1,487 @@
+//! The shared core of the admin routes (ADM-1, ADM-2, ADM-3, ADM-8).
+//!
+//! - [`AdminHttp::caller`]: authenticates the bearer token ([`AdminAuth`]) and resolves what the
+//!   caller may do: the bootstrap claim mapping ([`AdminConfig::claim_permissions`], least
+//!   privilege: an unmapped role grants nothing, EXT-5.3-1) plus role assignments held in the
+//!   store ([`super::rbac::stored_grants`]).
+//! - [`AdminHttp::commit`]: the one audited write path. The `admin_change` audit record (plus a
+//!   `root_bypass` record when the ROOT role was what allowed it) is written before the store
+//!   write; when it cannot be, the answer is 503 `AUDIT_UNAVAILABLE` and nothing changes. The
+//!   write itself is [`Store::write_documents`]: all changes or none, each guarded by its
+//!   version (`If-Match` → 412). A change to an enforced document is installed in this
+//!   replica's policy snapshot before the call returns; other replicas follow the change feed
+//!   (PostgreSQL NOTIFY, then polling).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::auth::{AdminAuth, AdminPrincipal};
+use crate::api::ApiError;
+use crate::audit::AuditLog;
+use crate::audit::record::{AuditEvent, RecordKind};
+use crate::pipeline::Engine;
+use crate::store::{DocChange, Expect, Source, Store, WriteError, Written};
+
+/// A permission of the catalog (`GET /v1/permissions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    /// e.g. `integrations.approve`.
+    pub id: &'static str,
+    pub action: &'static str,
+    pub resource: &'static str,
+    /// `tenant`, `vertical`, `geo` or `program`: the narrowest scope a grant of it may carry.
+    pub scope_type: &'static str,
+    pub description: &'static str,
+}
+
+macro_rules! catalog {
+    ($(($id:literal, $action:literal, $resource:literal, $scope:literal, $desc:literal)),* $(,)?) => {
+        /// The permission catalog (ADM-6). Role documents may only name these ids.
+        pub const PERMISSIONS: &[Permission] = &[
+            $(Permission { id: $id, action: $action, resource: $resource, scope_type: $scope, description: $desc }),*
+        ];
+    };
+}
+
+catalog![
+    ("integrations.read", "read", "integration", "vertical", "Read integrations, their health and history"),
+    ("integrations.create", "create", "integration", "tenant", "Create and edit draft integrations, submit them (ONB-1, ONB-2)"),
+    ("integrations.review", "review", "integration", "vertical", "Technical review by the vertical owner (INT-6.1-1)"),
+    ("integrations.legal_review", "legal_review", "integration", "tenant", "Legal and consent review (INT-6.1-1)"),
+    ("integrations.approve", "approve", "integration", "tenant", "Approve a single-tenant integration (ONB-3)"),
+    ("integrations.approve_cross_tenant", "approve_cross_tenant", "integration", "tenant", "Approve a cross-tenant integration: umbrella authority (INT-4.5-2)"),
+    ("integrations.provision", "provision", "integration", "tenant", "Create the Keycloak client and issue credentials (ONB-4)"),
+    ("integrations.operate", "operate", "integration", "tenant", "Activate, restrict, suspend, deprecate, archive (INT-6.2-*)"),
+    ("integrations.credentials", "rotate", "credential", "tenant", "Rotate client secrets, issue and revoke API keys (ONB-AUD-2)"),
+    ("integrations.webhooks", "configure", "webhook", "tenant", "Configure webhook subscriptions and their URLs (ONB-5)"),
+    ("integrations.mappings", "configure", "schema_mapping", "tenant", "Configure schema mappings (ONB-5)"),
+    ("roles.read", "read", "role", "tenant", "Read permissions, roles, groups and assignments"),
+    ("roles.write", "write", "role", "tenant", "Create and edit roles, request their review"),
+    ("roles.review", "review", "role", "tenant", "Review a role"),
+    ("roles.approve", "approve", "role", "tenant", "Approve, reject or archive a role"),
+    ("groups.write", "write", "group", "tenant", "Create and edit groups and their members"),
+    ("assignments.write", "write", "role_assignment", "tenant", "Grant and revoke role assignments"),
+    ("deny_rules.read", "read", "deny_rule", "tenant", "Read deny rules"),
+    ("deny_rules.write", "write", "deny_rule", "tenant", "Create and revoke deny rules (ADM-3)"),
+    ("policy_packs.read", "read", "policy_pack", "vertical", "Read policy packs and policy changes"),
+    ("policy_packs.write", "write", "policy_pack", "vertical", "Create and edit policy packs and changes, request review"),
+    ("policy_packs.review", "review", "policy_pack", "vertical", "Review policy packs and changes"),
+    ("policy_packs.approve", "approve", "policy_pack", "tenant", "Approve and activate policy packs and changes"),
+    ("policy_packs.operate", "operate", "policy_pack", "tenant", "Restrict, suspend, deprecate, archive policy packs"),
+    ("authz.evaluate", "evaluate", "authz", "tenant", "Evaluate an authorization question (restricted)"),
+    ("audit.read", "read", "audit", "tenant", "Read and export the audit log"),
+];
+
+/// The catalog entry of `id`.
+pub fn permission(id: &str) -> Option<&'static Permission> {
+    PERMISSIONS.iter().find(|p| p.id == id)
+}
+
+/// The scope of a grant, an assignment or a deny rule (ADM-6): `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_id: Option<String>,
+}
+
+/// What an action touches: the tenant, every vertical, and optionally geo and program.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub tenant: &'a str,
+    pub verticals: &'a [String],
+    pub geo: Option<&'a str>,
+    pub program: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// A tenant-wide target.
+    pub fn tenant(tenant: &'a str) -> Self {
+        Target {
+            tenant,
+            verticals: &[],
+            geo: None,
+            program: None,
+        }
+    }
+
+    /// A target touching `verticals` of `tenant`.
+    pub fn verticals(tenant: &'a str, verticals: &'a [String]) -> Self {
+        Target {
+            verticals,
+            ..Target::tenant(tenant)
+        }
+    }
+}
+
+impl Scope {
+    /// Whether a grant with this scope covers `t`: tenant equal (a grant always names one);
+    /// a vertical-scoped grant covers only targets whose verticals are all that vertical (and
+    /// not tenant-wide targets); geo and program likewise.
+    pub fn covers(&self, t: &Target) -> bool {
+        self.tenant_id.as_deref() == Some(t.tenant)
+            && self.vertical_id.as_ref().is_none_or(|v| {
+                !t.verticals.is_empty() && t.verticals.iter().all(|x| x == v)
+            })
+            && self.geo_id.as_deref().is_none_or(|g| t.geo == Some(g))
+            && self.program_id.as_deref().is_none_or(|p| t.program == Some(p))
+    }
+}
+
+/// One permission the caller holds, with its scope and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub permission: String,
+    pub scope: Scope,
+    /// `claim:<role>` (bootstrap mapping) or `assignment:<id>`.
+    pub via: String,
+}
+
+/// How an allowed action was allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// An ordinary grant (the string is [`Grant::via`]).
+    Grant(String),
+    /// The ROOT role (break-glass, recorded as `root_bypass`).
+    Root,
+}
+
+/// An authenticated admin caller and everything it may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: AdminPrincipal,
+    pub grants: Vec<Grant>,
+}
+
+impl Caller {
+    /// The caller's tenant (the tenant whose issuer signed the token).
+    pub fn tenant(&self) -> &str {
+        &self.principal.tenant_id
+    }
+
+    /// Allowed to do `permission` on `target`? ROOT may do everything on every tenant.
+    ///
+    /// Errors: 403 `FORBIDDEN` naming the permission (ADM-1).
+    pub fn require(&self, permission: &str, target: &Target) -> Result<Via, ApiError> {
+        if let Some(g) = self
+            .grants
+            .iter()
+            .find(|g| g.permission == permission && g.scope.covers(target))
+        {
+            return Ok(Via::Grant(g.via.clone()));
+        }
+        if self.principal.root {
+            return Ok(Via::Root);
+        }
+        Err(ApiError::forbidden(format!(
+            "this needs the permission `{permission}` for tenant `{}`{}",
+            target.tenant,
+            if target.verticals.is_empty() {
+                String::new()
+            } else {
+                format!(" and vertical(s) {}", target.verticals.join(", "))
+            }
+        )))
+    }
+
+    /// Whether [`Caller::require`] would allow (no error built).
+    pub fn may(&self, permission: &str, target: &Target) -> bool {
+        self.require(permission, target).is_ok()
+    }
+
+    /// The tenant a request acts on: the caller's own, or any for ROOT (`requested`).
+    ///
+    /// Errors: 403 when a non-root caller names another tenant.
+    pub fn tenant_for<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
+        match requested {
+            Some(t) if t != self.tenant() && !self.principal.root => Err(ApiError::forbidden(
+                "callers act on their own tenant only",
+            )),
+            Some(t) => Ok(t),
+            None => Ok(self.tenant()),
+        }
+    }
+}
+
+/// One audited change: what the `admin_change` record says.
+#[derive(Debug, Clone)]
+pub struct ChangeRecord {
+    /// Record kind: [`RecordKind::AdminChange`] or a credential kind (ONB-AUD-1).
+    pub kind: RecordKind,
+    /// e.g. `integration.approve`, `role.create`.
+    pub action: String,
+    /// Tenant whose chain records it.
+    pub tenant: String,
+    /// The resource id.
+    pub subject: String,
+    /// Reason code/text, new state, document id… never a secret.
+    pub detail: Value,
+}
+
+impl ChangeRecord {
+    /// An `admin_change` record.
+    pub fn admin(action: impl Into<String>, tenant: &str, subject: &str, detail: Value) -> Self {
+        ChangeRecord {
+            kind: RecordKind::AdminChange,
+            action: action.into(),
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// State of the admin routes.
+#[derive(Clone)]
+pub struct AdminHttp {
+    pub store: Store,
+    /// `None` when `audit.mode = "off"` (then no events are written).
+    pub audit: Option<Arc<AuditLog>>,
+    pub auth: AdminAuth,
+    pub engine: Arc<Engine>,
+    /// Audience the snapshot compiles tenants with (`auth.audience`).
+    pub audience: String,
+}
+
+impl AdminHttp {
+    /// Authenticates the request and resolves the caller's grants.
+    ///
+    /// Errors: 401 `UNAUTHENTICATED`, 503 `DEPENDENCY_UNAVAILABLE` (keys or store unreachable).
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let authz = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = self.auth.authenticate(authz).await?;
+        let mut grants = Vec::new();
+        for role in &principal.roles {
+            for perm in self.auth.config().claim_permissions(role) {
+                grants.push(Grant {
+                    permission: perm,
+                    scope: Scope {
+                        tenant_id: Some(principal.tenant_id.clone()),
+                        ..Scope::default()
+                    },
+                    via: format!("claim:{role}"),
+                });
+            }
+        }
+        let now = crate::api::now_ms();
+        grants.extend(
+            super::rbac::stored_grants(&self.store, &principal, now)
+                .await
+                .map_err(|e| ApiError::unavailable("policy store", &e))?,
+        );
+        Ok(Caller { principal, grants })
+    }
+
+    /// Records `record` (and a `root_bypass` record when `via` is ROOT), then writes `changes`
+    /// in one transaction as the caller. Enforced changes are installed in this replica's
+    /// snapshot before returning (ADM-3, ADM-4).
+    ///
+    /// Errors: 503 `AUDIT_UNAVAILABLE` (nothing written), 412 `PRECONDITION_FAILED` (a version
+    /// precondition failed), 409 `ALREADY_EXISTS` (create of an existing id), 409 `ARCHIVED`
+    /// (INT-6.2-5), 400 `POLICY_INVALID` (the enforced set would be invalid; `field` names the
+    /// entry), 503 `DEPENDENCY_UNAVAILABLE`.
+    pub async fn commit(
+        &self,
+        caller: &Caller,
+        via: &Via,
+        record: ChangeRecord,
+        changes: Vec<DocChange>,
+    ) -> Result<Written, ApiError> {
+        let actor = caller.principal.subject.clone();
+        let mut detail = record.detail.clone();
+        if let Value::Object(m) = &mut detail {
+            m.insert("action".into(), Value::String(record.action.clone()));
+            m.insert(
+                "via".into(),
+                Value::String(match via {
+                    Via::Grant(g) => g.clone(),
+                    Via::Root => "root".into(),
+                }),
+            );
+        }
+        self.record(
+            AuditEvent::new(record.kind, Some(&record.tenant), detail)
+                .actor(actor.clone())
+                .subject(record.subject.clone()),
+        )
+        .await?;
+        if *via == Via::Root {
+            self.record(
+                AuditEvent::new(
+                    RecordKind::RootBypass,
+                    Some(&record.tenant),
+                    json!({"action": record.action, "caller_tenant": caller.tenant()}),
+                )
+                .actor(actor.clone())
+                .subject(record.subject.clone()),
+            )
+            .await?;
+        }
+        let written = self
+            .store
+            .write_documents(&changes, Source::Api, &actor, None)
+            .await
+            .map_err(|e| write_error(e, &changes))?;
+        if changes.iter().any(|c| c.kind.enforced()) {
+            // This replica enforces the change before the API answers (ADM-3).
+            if let Err(e) = crate::server::reload(&self.store, &self.engine, &self.audience).await
+            {
+                tracing::error!(error = %e, "policy reload after an admin change failed; the change feed retries");
+            }
+        }
+        Ok(written)
+    }
+
+    /// Records `ev` when the audit log is on; 503 `AUDIT_UNAVAILABLE` when it cannot.
+    pub async fn record(&self, ev: AuditEvent) -> Result<(), ApiError> {
+        if let Some(a) = &self.audit
+            && let Err(e) = a.record_event(&ev).await
+        {
+            tracing::warn!(error = %e, kind = ev.kind.as_str(), "admin audit event not recorded");
+            return Err(ApiError::audit_unavailable());
+        }
+        Ok(())
+    }
+
+    /// Every admin route (`/v1/...`) and `/openapi.json`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/openapi.json", get(openapi))
+            .merge(super::rbac::routes())
+            .merge(super::packs::routes())
+            .merge(super::integrations::routes())
+            .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
+            .with_state(self)
+    }
+}
+
+/// Reason codes of admin changes (ADM-7); `OTHER` needs a text.
+pub const REASON_CODES: &[&str] = &[
+    "SECURITY_INCIDENT",
+    "COMPLIANCE",
+    "POLICY_UPDATE",
+    "PARTNER_REQUEST",
+    "ROUTINE_REVIEW",
+    "CONTRACT_ENDED",
+    "DATA_BREACH",
+    "ERROR_CORRECTION",
+    "OTHER",
+];
+
+/// Checks a reason pair (ADM-7): `code` must be one of [`REASON_CODES`]; `OTHER` needs a
+/// non-blank `text` (≤ 1000 characters). `code_field`/`text_field` name the inputs in errors,
+/// e.g. `reason_code`, `reason_text`.
+///
+/// Errors: 400 `INVALID_REQUEST` with the field at fault.
+pub fn check_reason(
+    code_field: &str,
+    code: &str,
+    text_field: &str,
+    text: Option<&str>,
+) -> Result<(), ApiError> {
+    if !REASON_CODES.contains(&code) {
+        return Err(ApiError::invalid(
+            code_field,
+            format!("must be one of {}", REASON_CODES.join(", ")),
+        ));
+    }
+    let text = text.map(str::trim).unwrap_or("");
+    if code == "OTHER" && text.is_empty() {
+        return Err(ApiError::invalid(
+            text_field,
+            "is required when the reason code is OTHER (ADM-7)",
+        ));
+    }
+    if text.chars().count() > 1000 {
+        return Err(ApiError::invalid(text_field, "at most 1000 characters"));
+    }
+    Ok(())
+}
+
+/// Maps a store write failure to the API error of [`AdminHttp::commit`].
+fn write_error(e: WriteError, changes: &[DocChange]) -> ApiError {
+    match e {
+        WriteError::Conflict { kind, id, current } => {
+            let expected = changes
+                .iter()
+                .find(|c| c.kind == kind && c.id == id)
+                .map(|c| c.expect);
+            match (expected, current) {
+                (Some(Expect::Absent), Some(_)) => ApiError::conflict(
+                    "ALREADY_EXISTS",
+                    format!("{} `{id}` already exists", kind.as_str()),
+                ),
+                (_, None) => ApiError::not_found(format!("no {} `{id}`", kind.as_str())),
+                (_, Some(v)) => ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "PRECONDITION_FAILED",
+                    format!(
+                        "{} `{id}` changed meanwhile (now version {v}); read it again",
+                        kind.as_str()
+                    ),
+                ),
+            }
+        }
+        WriteError::Archived { kind, id } => ApiError::conflict(
+            "ARCHIVED",
+            format!("{} `{id}` is archived and accepts no change", kind.as_str()),
+        ),
+        WriteError::Invalid(errs) => {
+            let first = errs.0.first();
+            ApiError {
+                field: first.map(|e| format!("{} {}", e.entry, e.field)),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", errs.to_string())
+            }
+        }
+        WriteError::Store(e) => ApiError::unavailable("policy store", &e),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(openapi_document())
+}
+
+/// The OpenAPI 3.0 document of every admin route, built from the route modules' fragments.
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (path, item) in super::rbac::openapi_paths()
+        .into_iter()
+        .chain(super::packs::openapi_paths())
+        .chain(super::integrations::openapi_paths())
+    {
+        paths.insert(path, item);
+    }
+    paths.insert(
+        "/openapi.json".into(),
+        json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}}),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "scp-pep admin and security API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}
+                }}}
+            }}
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}

@@ -1,0 +1,14 @@
+//! The admin and security API (`spec/004_*`, ADM-*), the integration lifecycle (INT-6.*,
+//! INT-4.5-2) and partner onboarding (ONB-*).
+//!
+//! - [`auth`]: admin bearer tokens (OIDC, the tenants' issuers) and the bootstrap claim mapping.
+//! - [`http`]: the shared state of the admin routes: caller resolution, the audited write path
+//!   ([`http::AdminHttp::commit`]), the router and `/openapi.json`.
+
+pub mod auth;
+pub mod http;
+pub mod integrations;
+pub mod packs;
+pub mod rbac;
+
+pub use auth::*;
