@@ -133,6 +133,7 @@ pub async fn start_with_clock(
         }
     }
 
+    crate::admin::http::check_claim_permissions(&config.admin).map_err(|e| anyhow::anyhow!(e))?;
     let algorithms = config
         .auth
         .algorithms
