@@ -212,6 +212,13 @@ catalog![
         "Restrict, suspend, deprecate, archive policy packs"
     ),
     (
+        "tenants.consent_settings",
+        "configure",
+        "tenant",
+        "tenant",
+        "Consent grace period and reminders: umbrella authority (CON-27, CON-33)"
+    ),
+    (
         "authz.evaluate",
         "evaluate",
         "authz",
@@ -530,6 +537,7 @@ impl AdminHttp {
             .merge(super::rbac::routes())
             .merge(super::packs::routes())
             .merge(super::integrations::routes())
+            .merge(super::tenants::routes())
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::api::MAX_BODY_BYTES,
             ))
@@ -631,6 +639,7 @@ pub fn openapi_document() -> Value {
         .into_iter()
         .chain(super::packs::openapi_paths())
         .chain(super::integrations::openapi_paths())
+        .chain(super::tenants::openapi_paths())
     {
         paths.insert(path, item);
     }
