@@ -135,7 +135,11 @@ fn main() {
     let (pack_integ, pack_route, pack_scopes) = {
         let mut d = template.clone();
         let a = authorize(&snap, &facts, &verified, &settings, &mut d).expect("stages 2-6 allow");
-        (a.integration.integration.clone(), a.route.clone(), d.scopes.clone())
+        (
+            a.integration.integration.clone(),
+            a.route.clone(),
+            d.scopes.clone(),
+        )
     };
     let packs = scp_pep::policy::cedar::CompiledPacks::compile(&[scp_pep::policy::PolicyPack {
         id: "bench-pack".into(),

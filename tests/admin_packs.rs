@@ -128,7 +128,12 @@ async fn to_approved(h: &Harness, kind: &str, id: &str) -> Resp {
         json!({"request_reason_code": "POLICY_UPDATE"}),
     )
     .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("requested")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("requested")),
+        "{}",
+        r.body
+    );
     let r = post(
         h,
         &format!("/v1/policies/{kind}/{id}/review"),
@@ -136,7 +141,12 @@ async fn to_approved(h: &Harness, kind: &str, id: &str) -> Resp {
         json!({"review_notes": "looks right"}),
     )
     .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("reviewed")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("reviewed")),
+        "{}",
+        r.body
+    );
     assert!(r.body["reviewed_at"].is_string());
     let r = post(
         h,
@@ -145,7 +155,12 @@ async fn to_approved(h: &Harness, kind: &str, id: &str) -> Resp {
         json!({"approval_reason_code": "ROUTINE_REVIEW"}),
     )
     .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("approved")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("approved")),
+        "{}",
+        r.body
+    );
     r
 }
 
@@ -163,7 +178,11 @@ async fn pack_doc_count(h: &Harness) -> usize {
 async fn invalid_packs_are_rejected(h: Harness) {
     let owner = admin_token(&h, "ke", &[OWNER]);
     let cases = [
-        ("permit(principal, action, resource", "POLICY_INVALID", "policy_rules"),
+        (
+            "permit(principal, action, resource",
+            "POLICY_INVALID",
+            "policy_rules",
+        ),
         (
             r#"permit(principal is Scp::Integration, action, resource) when { principal.age > 3 };"#,
             "POLICY_INVALID",
@@ -198,7 +217,12 @@ async fn invalid_packs_are_rejected(h: Harness) {
         json!({"vertical_id": "astrology", "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!((r.status, r.body["error"]["field"].as_str()), (400, Some("vertical_id")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (400, Some("vertical_id")),
+        "{}",
+        r.body
+    );
     let r = post(
         &h,
         "/v1/policies/packs",
@@ -206,7 +230,12 @@ async fn invalid_packs_are_rejected(h: Harness) {
         json!({"vertical_id": "health", "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z", "enabled": true}),
     )
     .await;
-    assert_eq!((r.status, r.body["error"]["field"].as_str()), (400, Some("enabled")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (400, Some("enabled")),
+        "{}",
+        r.body
+    );
     let r = post(
         &h,
         "/v1/policies/packs",
@@ -214,7 +243,12 @@ async fn invalid_packs_are_rejected(h: Harness) {
         json!({"vertical_id": "health", "policy_rules": RULES_NO_GET, "active_from": "2021-01-01T00:00:00Z", "active_until": "2020-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!((r.status, r.body["error"]["field"].as_str()), (400, Some("active_until")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (400, Some("active_until")),
+        "{}",
+        r.body
+    );
     assert_eq!(pack_doc_count(&h).await, 0, "nothing stored");
     let r = get(&h, "/v1/policies/packs", &owner).await;
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
@@ -229,12 +263,33 @@ async fn invalid_packs_are_rejected(h: Harness) {
         json!({"policy_pack_id": "pp-ok", "change_summary": "x", "policy_rules": "forbid(", "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!((r.status, r.body["error"]["field"].as_str()), (400, Some("policy_rules")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (400, Some("policy_rules")),
+        "{}",
+        r.body
+    );
     // PATCH with invalid rules: 400, the draft keeps its version and rules.
-    let r = call(&h, Method::PATCH, "/v1/policies/packs/pp-ok", Some(&owner), Some(json!({"policy_rules": "permit(principal, action, resource) when { principal.x };"})), Some(1)).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some("POLICY_INVALID")), "{}", r.body);
+    let r = call(
+        &h,
+        Method::PATCH,
+        "/v1/policies/packs/pp-ok",
+        Some(&owner),
+        Some(json!({"policy_rules": "permit(principal, action, resource) when { principal.x };"})),
+        Some(1),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("POLICY_INVALID")),
+        "{}",
+        r.body
+    );
     let r = get(&h, "/v1/policies/packs/pp-ok", &owner).await;
-    assert_eq!((r.body["version"].as_i64(), r.body["policy_rules"].as_str()), (Some(1), Some(RULES_NO_GET)));
+    assert_eq!(
+        (r.body["version"].as_i64(), r.body["policy_rules"].as_str()),
+        (Some(1), Some(RULES_NO_GET))
+    );
     let r = get(&h, "/v1/policies/changes", &owner).await;
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
 }
@@ -267,26 +322,95 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     // A draft is not enforced.
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
     // Only drafts are edited, with If-Match.
-    let r = call(&h, Method::PATCH, "/v1/policies/packs/pp-health", Some(&owner), Some(json!({"active_until": "2999-01-01T00:00:00Z"})), Some(7)).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (412, Some("PRECONDITION_FAILED")), "{}", r.body);
-    let r = call(&h, Method::PATCH, "/v1/policies/packs/pp-health", Some(&owner), Some(json!({"active_until": "2999-01-01T00:00:00Z"})), Some(1)).await;
-    assert_eq!((r.status, r.body["version"].as_i64()), (200, Some(2)), "{}", r.body);
+    let r = call(
+        &h,
+        Method::PATCH,
+        "/v1/policies/packs/pp-health",
+        Some(&owner),
+        Some(json!({"active_until": "2999-01-01T00:00:00Z"})),
+        Some(7),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (412, Some("PRECONDITION_FAILED")),
+        "{}",
+        r.body
+    );
+    let r = call(
+        &h,
+        Method::PATCH,
+        "/v1/policies/packs/pp-health",
+        Some(&owner),
+        Some(json!({"active_until": "2999-01-01T00:00:00Z"})),
+        Some(1),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["version"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        r.body
+    );
 
     let r = to_approved(&h, "packs", "pp-health").await;
     let approved_version = r.body["version"].as_i64().unwrap();
-    let r = call(&h, Method::PATCH, "/v1/policies/packs/pp-health", Some(&owner), Some(json!({"policy_rules": RULES_NO_GET})), None).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("INVALID_TRANSITION")), "{}", r.body);
+    let r = call(
+        &h,
+        Method::PATCH,
+        "/v1/policies/packs/pp-health",
+        Some(&owner),
+        Some(json!({"policy_rules": RULES_NO_GET})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("INVALID_TRANSITION")),
+        "{}",
+        r.body
+    );
 
     // The vertical owner may not activate; a stale If-Match is 412 and nothing changes.
-    let r = post(&h, "/v1/policies/packs/pp-health/activate", &owner, json!({})).await;
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/activate",
+        &owner,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = call(&h, Method::POST, "/v1/policies/packs/pp-health/activate", Some(&admin), None, Some(approved_version - 1)).await;
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/policies/packs/pp-health/activate",
+        Some(&admin),
+        None,
+        Some(approved_version - 1),
+    )
+    .await;
     assert_eq!(r.status, 412, "{}", r.body);
-    assert_eq!(get(&h, "/v1/policies/packs/pp-health", &admin).await.body["status"], "approved");
+    assert_eq!(
+        get(&h, "/v1/policies/packs/pp-health", &admin).await.body["status"],
+        "approved"
+    );
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
 
-    let r = call(&h, Method::POST, "/v1/policies/packs/pp-health/activate", Some(&admin), None, Some(approved_version)).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("active")), "{}", r.body);
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/policies/packs/pp-health/activate",
+        Some(&admin),
+        None,
+        Some(approved_version),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("active")),
+        "{}",
+        r.body
+    );
     assert!(r.body["activated_at"].is_string());
 
     // Enforced on this replica before the API answered (ADM-4).
@@ -295,45 +419,132 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     assert_eq!(denied["status"], 403, "{denied}");
     assert_eq!(denied["code"], "POLICY_DENIED", "{denied}");
     let msg = denied["body"]["error"]["message"].as_str().unwrap_or("");
-    assert!(msg.contains("no-head") && msg.contains("pp-health"), "{msg}");
+    assert!(
+        msg.contains("no-head") && msg.contains("pp-health"),
+        "{msg}"
+    );
     let ok = partner(&mut h, "GET").await;
     assert_eq!(ok["allowed"], true, "{ok}");
     assert!(masked(&ok).split(',').any(|f| f == "sex"), "{ok}");
 
     // ADM-7: OTHER needs its text; nothing changes.
-    let r = post(&h, "/v1/policies/packs/pp-health/suspend", &admin, json!({"reason_code": "OTHER"})).await;
-    assert_eq!((r.status, r.body["error"]["field"].as_str()), (400, Some("reason_text")), "{}", r.body);
-    let r = post(&h, "/v1/policies/packs/pp-health/suspend", &admin, json!({"reason_code": "SECURITY_INCIDENT"})).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("suspended")), "{}", r.body);
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/suspend",
+        &admin,
+        json!({"reason_code": "OTHER"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (400, Some("reason_text")),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/suspend",
+        &admin,
+        json!({"reason_code": "SECURITY_INCIDENT"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("suspended")),
+        "{}",
+        r.body
+    );
     let again = partner(&mut h, "HEAD").await;
     assert_eq!(again["allowed"], true, "{again}");
     assert!(!masked(&partner(&mut h, "GET").await).contains("sex"));
 
     // Restricted: enforced, reads only (HEAD still forbidden by the pack).
-    let r = post(&h, "/v1/policies/packs/pp-health/activate", &admin, json!({})).await;
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/activate",
+        &admin,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = post(&h, "/v1/policies/packs/pp-health/restrict", &admin, json!({"reason_code": "COMPLIANCE"})).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("restricted")), "{}", r.body);
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/restrict",
+        &admin,
+        json!({"reason_code": "COMPLIANCE"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("restricted")),
+        "{}",
+        r.body
+    );
     assert_eq!(partner(&mut h, "HEAD").await["code"], "POLICY_DENIED");
     assert_eq!(partner(&mut h, "GET").await["allowed"], true);
 
     // Deprecate, archive; archived is immutable.
-    let r = post(&h, "/v1/policies/packs/pp-health/deprecate", &admin, json!({"reason_code": "POLICY_UPDATE"})).await;
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/deprecate",
+        &admin,
+        json!({"reason_code": "POLICY_UPDATE"}),
+    )
+    .await;
     assert_eq!(r.body["status"], "deprecated", "{}", r.body);
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
-    let r = post(&h, "/v1/policies/packs/pp-health/archive", &admin, json!({"reason_code": "ROUTINE_REVIEW"})).await;
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/archive",
+        &admin,
+        json!({"reason_code": "ROUTINE_REVIEW"}),
+    )
+    .await;
     assert_eq!(r.body["status"], "archived", "{}", r.body);
-    let r = post(&h, "/v1/policies/packs/pp-health/activate", &admin, json!({})).await;
-    assert_eq!((r.status, r.body["error"]["code"].as_str()), (409, Some("INVALID_TRANSITION")), "{}", r.body);
+    let r = post(
+        &h,
+        "/v1/policies/packs/pp-health/activate",
+        &admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (409, Some("INVALID_TRANSITION")),
+        "{}",
+        r.body
+    );
 
     // Every step is a version; list filters.
     let v = get(&h, "/v1/policies/packs/pp-health/versions", &owner).await;
-    let statuses: Vec<&str> = v.body["items"].as_array().unwrap().iter().map(|i| i["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = v.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
     assert_eq!(
         statuses,
-        ["draft", "draft", "requested", "reviewed", "approved", "active", "suspended", "active", "restricted", "deprecated", "archived"]
+        [
+            "draft",
+            "draft",
+            "requested",
+            "reviewed",
+            "approved",
+            "active",
+            "suspended",
+            "active",
+            "restricted",
+            "deprecated",
+            "archived"
+        ]
     );
-    let l = get(&h, "/v1/policies/packs?status=archived&vertical_id=health", &owner).await;
+    let l = get(
+        &h,
+        "/v1/policies/packs?status=archived&vertical_id=health",
+        &owner,
+    )
+    .await;
     assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{}", l.body);
     assert_eq!(l.body["items"][0]["policy_pack_id"], "pp-health");
     let l = get(&h, "/v1/policies/packs?status=active", &owner).await;
@@ -341,22 +552,38 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
 
     // ADM-2: every change is in the audit log (admin_change records with the action).
     let actions = admin_actions(&h).await;
-    for a in ["policy_pack.create", "policy_pack.update", "policy_pack.request_review", "policy_pack.review", "policy_pack.approve", "policy_pack.activate", "policy_pack.suspend", "policy_pack.archive"] {
-        assert!(actions.iter().any(|x| x == a), "{a} missing from {actions:?}");
+    for a in [
+        "policy_pack.create",
+        "policy_pack.update",
+        "policy_pack.request_review",
+        "policy_pack.review",
+        "policy_pack.approve",
+        "policy_pack.activate",
+        "policy_pack.suspend",
+        "policy_pack.archive",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} missing from {actions:?}"
+        );
     }
 }
 
 /// The `action` of every `admin_change` audit record.
 async fn admin_actions(h: &Harness) -> Vec<String> {
     let rows: Vec<String> = match &h.running.store {
-        scp_pep::store::Store::Sqlite(p) => sqlx::query_scalar("SELECT body FROM audit_records WHERE kind = 'admin_change'")
-            .fetch_all(p)
-            .await
-            .unwrap(),
-        scp_pep::store::Store::Postgres(p) => sqlx::query_scalar("SELECT body FROM audit_records WHERE kind = 'admin_change'")
-            .fetch_all(p)
-            .await
-            .unwrap(),
+        scp_pep::store::Store::Sqlite(p) => {
+            sqlx::query_scalar("SELECT body FROM audit_records WHERE kind = 'admin_change'")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        }
+        scp_pep::store::Store::Postgres(p) => {
+            sqlx::query_scalar("SELECT body FROM audit_records WHERE kind = 'admin_change'")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        }
     };
     rows.iter()
         .filter_map(|b| serde_json::from_str::<Value>(b).ok())
@@ -407,47 +634,106 @@ async fn policy_change_swaps_rules(mut h: Harness) {
                "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
-    assert_eq!((r.status, r.body["status"].as_str()), (201, Some("draft")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("draft")),
+        "{}",
+        r.body
+    );
     let r = to_approved(&h, "changes", "pc-1").await;
     let change_version = r.body["version"].as_i64().unwrap();
     // Not applied before activation.
     assert_eq!(partner(&mut h, "HEAD").await["code"], "POLICY_DENIED");
     assert_eq!(partner(&mut h, "GET").await["allowed"], true);
 
-    let r = call(&h, Method::POST, "/v1/policies/changes/pc-1/activate", Some(&admin), None, Some(change_version + 5)).await;
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/policies/changes/pc-1/activate",
+        Some(&admin),
+        None,
+        Some(change_version + 5),
+    )
+    .await;
     assert_eq!(r.status, 412, "{}", r.body);
     let p = get(&h, "/v1/policies/packs/pp-a", &admin).await;
-    assert_eq!((p.body["version"].as_i64(), p.body["policy_rules"].as_str()), (Some(pack_version), Some(RULES_NO_HEAD)));
-    assert_eq!(get(&h, "/v1/policies/changes/pc-1", &admin).await.body["status"], "approved");
+    assert_eq!(
+        (p.body["version"].as_i64(), p.body["policy_rules"].as_str()),
+        (Some(pack_version), Some(RULES_NO_HEAD))
+    );
+    assert_eq!(
+        get(&h, "/v1/policies/changes/pc-1", &admin).await.body["status"],
+        "approved"
+    );
 
-    let r = call(&h, Method::POST, "/v1/policies/changes/pc-1/activate", Some(&admin), None, Some(change_version)).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("active")), "{}", r.body);
-    assert_eq!(r.body["applied_pack_version"].as_i64(), Some(pack_version + 1));
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/policies/changes/pc-1/activate",
+        Some(&admin),
+        None,
+        Some(change_version),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("active")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["applied_pack_version"].as_i64(),
+        Some(pack_version + 1)
+    );
     let p = get(&h, "/v1/policies/packs/pp-a", &admin).await;
     assert_eq!(
-        (p.body["version"].as_i64(), p.body["policy_rules"].as_str(), p.body["status"].as_str()),
+        (
+            p.body["version"].as_i64(),
+            p.body["policy_rules"].as_str(),
+            p.body["status"].as_str()
+        ),
         (Some(pack_version + 1), Some(RULES_NO_GET), Some("active"))
     );
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
     let g = partner(&mut h, "GET").await;
     assert_eq!(g["code"], "POLICY_DENIED", "{g}");
-    assert!(g["body"]["error"]["message"].as_str().unwrap().contains("no-get"), "{g}");
+    assert!(
+        g["body"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-get"),
+        "{g}"
+    );
     // An active change cannot be activated twice.
     let r = post(&h, "/v1/policies/changes/pc-1/activate", &admin, json!({})).await;
     assert_eq!(r.status, 409, "{}", r.body);
 
     // A second pack for the vertical: activating it deprecates pp-a in the same commit.
-    assert_eq!(create_pack(&h, "pp-b", "permit(principal, action, resource);").await.status, 201);
+    assert_eq!(
+        create_pack(&h, "pp-b", "permit(principal, action, resource);")
+            .await
+            .status,
+        201
+    );
     to_approved(&h, "packs", "pp-b").await;
     let r = post(&h, "/v1/policies/packs/pp-b/activate", &admin, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(get(&h, "/v1/policies/packs/pp-a", &admin).await.body["status"], "deprecated");
+    assert_eq!(
+        get(&h, "/v1/policies/packs/pp-a", &admin).await.body["status"],
+        "deprecated"
+    );
     assert_eq!(partner(&mut h, "GET").await["allowed"], true);
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
 
     let l = get(&h, "/v1/policies/changes?policy_pack_id=pp-a", &owner).await;
     assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{}", l.body);
-    let r = post(&h, "/v1/policies/changes/pc-1/archive", &admin, json!({"reason_code": "ROUTINE_REVIEW"})).await;
+    let r = post(
+        &h,
+        "/v1/policies/changes/pc-1/archive",
+        &admin,
+        json!({"reason_code": "ROUTINE_REVIEW"}),
+    )
+    .await;
     assert_eq!(r.body["status"], "archived", "{}", r.body);
 }
 
@@ -483,32 +769,100 @@ async fn unauthorized_personas_are_refused(h: Harness) {
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "/v1/policies/schema".into(), None),
         (Method::GET, "/v1/policies/packs".into(), None),
-        (Method::POST, "/v1/policies/packs".into(), Some(create.clone())),
+        (
+            Method::POST,
+            "/v1/policies/packs".into(),
+            Some(create.clone()),
+        ),
         (Method::GET, "/v1/policies/packs/pp-x".into(), None),
-        (Method::PATCH, "/v1/policies/packs/pp-x".into(), Some(nothing.clone())),
+        (
+            Method::PATCH,
+            "/v1/policies/packs/pp-x".into(),
+            Some(nothing.clone()),
+        ),
         (Method::GET, "/v1/policies/packs/pp-x/versions".into(), None),
-        (Method::POST, "/v1/policies/packs/pp-x/request-review".into(), Some(json!({"request_reason_code": "POLICY_UPDATE"}))),
-        (Method::POST, "/v1/policies/packs/pp-x/review".into(), Some(nothing.clone())),
-        (Method::POST, "/v1/policies/packs/pp-x/approve".into(), Some(json!({"approval_reason_code": "POLICY_UPDATE"}))),
-        (Method::POST, "/v1/policies/packs/pp-x/activate".into(), Some(nothing.clone())),
-        (Method::POST, "/v1/policies/packs/pp-x/restrict".into(), Some(reason.clone())),
-        (Method::POST, "/v1/policies/packs/pp-x/suspend".into(), Some(reason.clone())),
-        (Method::POST, "/v1/policies/packs/pp-x/deprecate".into(), Some(reason.clone())),
-        (Method::POST, "/v1/policies/packs/pp-x/archive".into(), Some(reason.clone())),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/request-review".into(),
+            Some(json!({"request_reason_code": "POLICY_UPDATE"})),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/review".into(),
+            Some(nothing.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/approve".into(),
+            Some(json!({"approval_reason_code": "POLICY_UPDATE"})),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/activate".into(),
+            Some(nothing.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/restrict".into(),
+            Some(reason.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/suspend".into(),
+            Some(reason.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/deprecate".into(),
+            Some(reason.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/packs/pp-x/archive".into(),
+            Some(reason.clone()),
+        ),
         (Method::GET, "/v1/policies/changes".into(), None),
-        (Method::POST, "/v1/policies/changes".into(), Some(change.clone())),
+        (
+            Method::POST,
+            "/v1/policies/changes".into(),
+            Some(change.clone()),
+        ),
         (Method::GET, "/v1/policies/changes/pc-x".into(), None),
-        (Method::POST, "/v1/policies/changes/pc-x/request-review".into(), Some(json!({"request_reason_code": "POLICY_UPDATE"}))),
-        (Method::POST, "/v1/policies/changes/pc-x/review".into(), Some(nothing.clone())),
-        (Method::POST, "/v1/policies/changes/pc-x/approve".into(), Some(json!({"approval_reason_code": "POLICY_UPDATE"}))),
-        (Method::POST, "/v1/policies/changes/pc-x/activate".into(), Some(nothing.clone())),
-        (Method::POST, "/v1/policies/changes/pc-x/archive".into(), Some(reason.clone())),
+        (
+            Method::POST,
+            "/v1/policies/changes/pc-x/request-review".into(),
+            Some(json!({"request_reason_code": "POLICY_UPDATE"})),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/changes/pc-x/review".into(),
+            Some(nothing.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/changes/pc-x/approve".into(),
+            Some(json!({"approval_reason_code": "POLICY_UPDATE"})),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/changes/pc-x/activate".into(),
+            Some(nothing.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/policies/changes/pc-x/archive".into(),
+            Some(reason.clone()),
+        ),
     ];
     for (m, path, body) in &routes {
         let r = call(&h, m.clone(), path, None, body.clone(), None).await;
         assert_eq!(r.status, 401, "{m} {path} without a token: {}", r.body);
         let r = call(&h, m.clone(), path, Some(&none), body.clone(), None).await;
-        assert_eq!(r.status, 403, "{m} {path} as integration manager: {}", r.body);
+        assert_eq!(
+            r.status, 403,
+            "{m} {path} as integration manager: {}",
+            r.body
+        );
         assert_eq!(r.body["error"]["code"], "FORBIDDEN");
     }
     // Per permission: the vertical owner neither approves, activates nor operates; the tenant
@@ -531,27 +885,61 @@ async fn unauthorized_personas_are_refused(h: Harness) {
         (&umbrella, "/v1/policies/packs/pp-x/archive"),
     ];
     for (token, path) in refused {
-        let body = if path.ends_with("/changes") { change.clone() } else if path.ends_with("/packs") { create.clone() } else { reason.clone() };
+        let body = if path.ends_with("/changes") {
+            change.clone()
+        } else if path.ends_with("/packs") {
+            create.clone()
+        } else {
+            reason.clone()
+        };
         let r = post(&h, path, token, body).await;
         assert_eq!(r.status, 403, "{path}: {}", r.body);
     }
-    let r = call(&h, Method::PATCH, "/v1/policies/packs/pp-x", Some(&admin), Some(nothing.clone()), None).await;
+    let r = call(
+        &h,
+        Method::PATCH,
+        "/v1/policies/packs/pp-x",
+        Some(&admin),
+        Some(nothing.clone()),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.body);
     // Another tenant's admin does not see ke's pack.
     let ug = admin_token(&h, "ug", &[ADMIN]);
     assert_eq!(get(&h, "/v1/policies/packs/pp-x", &ug).await.status, 404);
     assert_eq!(get(&h, "/v1/policies/changes/pc-x", &ug).await.status, 404);
-    assert_eq!(get(&h, "/v1/policies/packs", &ug).await.body["items"], json!([]));
+    assert_eq!(
+        get(&h, "/v1/policies/packs", &ug).await.body["items"],
+        json!([])
+    );
     // Nothing changed through all of that.
     let r = get(&h, "/v1/policies/packs/pp-x", &owner).await;
-    assert_eq!((r.body["status"].as_str(), r.body["version"].as_i64()), (Some("draft"), Some(1)));
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["version"].as_i64()),
+        (Some("draft"), Some(1))
+    );
     // The schema is readable with the permission; the OpenAPI document lists every route.
     let s = get(&h, "/v1/policies/schema", &owner).await;
-    assert!(s.body["schema"].as_str().unwrap().contains("namespace Scp"), "{}", s.body);
-    let doc: Value = reqwest::get(h.ops_url("/openapi.json")).await.unwrap().json().await.unwrap();
+    assert!(
+        s.body["schema"].as_str().unwrap().contains("namespace Scp"),
+        "{}",
+        s.body
+    );
+    let doc: Value = reqwest::get(h.ops_url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for (_, path, _) in &routes {
-        let templ = path.replace("pp-x", "{policy_pack_id}").replace("pc-x", "{policy_change_id}");
-        assert!(doc["paths"][&templ].is_object(), "{templ} missing from /openapi.json");
+        let templ = path
+            .replace("pp-x", "{policy_pack_id}")
+            .replace("pc-x", "{policy_change_id}");
+        assert!(
+            doc["paths"][&templ].is_object(),
+            "{templ} missing from /openapi.json"
+        );
     }
 }
 

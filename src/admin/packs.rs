@@ -48,9 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{AdminHttp, Caller, ChangeRecord, Target, Via, check_reason};
-use crate::api::{
-    ApiError, ApiResult, now_ms, parse, precondition, rfc3339, window, with_etag,
-};
+use crate::api::{ApiError, ApiResult, now_ms, parse, precondition, rfc3339, window, with_etag};
 use crate::policy::cedar;
 use crate::policy::model::{PackStatus, PolicyPack};
 use crate::store::{DocChange, DocKind, Expect, StoredDoc};
@@ -68,7 +66,10 @@ pub fn routes() -> Router<AdminHttp> {
             get(list_changes).post(create_change),
         )
         .route("/v1/policies/changes/{id}", get(get_change))
-        .route("/v1/policies/changes/{id}/{action}", post(change_transition))
+        .route(
+            "/v1/policies/changes/{id}/{action}",
+            post(change_transition),
+        )
 }
 
 /// A stored policy change (admin-only document `policy_change`).
@@ -220,7 +221,9 @@ const CHANGE_TRANSITIONS: &[Transition] = &[
     Transition {
         action: "archive",
         permission: "policy_packs.operate",
-        from: &[Draft, Requested, Reviewed, Approved, Active, Suspended, Deprecated],
+        from: &[
+            Draft, Requested, Reviewed, Approved, Active, Suspended, Deprecated,
+        ],
         to: Archived,
         input: REASON,
         stamp: "archived_at",
@@ -237,10 +240,12 @@ fn parse_status(s: &str) -> Option<PackStatus> {
 
 /// 400 `POLICY_INVALID` naming `policy_rules` when the Cedar text does not parse or validate.
 fn check_rules(text: &str) -> Result<(), ApiError> {
-    cedar::check_policies(text).map(|_| ()).map_err(|m| ApiError {
-        field: Some("policy_rules".into()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", m)
-    })
+    cedar::check_policies(text)
+        .map(|_| ())
+        .map_err(|m| ApiError {
+            field: Some("policy_rules".into()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", m)
+        })
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128.
@@ -271,7 +276,12 @@ fn holds_any(caller: &Caller, permission: &str) -> Result<(), ApiError> {
     }
 }
 
-fn require_on(caller: &Caller, permission: &str, tenant: &str, vertical: &str) -> Result<Via, ApiError> {
+fn require_on(
+    caller: &Caller,
+    permission: &str,
+    tenant: &str,
+    vertical: &str,
+) -> Result<Via, ApiError> {
     let vs = [vertical.to_owned()];
     caller.require(permission, &Target::verticals(tenant, &vs))
 }
@@ -281,7 +291,11 @@ fn store_err(e: sqlx::Error) -> ApiError {
 }
 
 /// Loads a pack the caller's tenant may see (404 otherwise).
-async fn load_pack(s: &AdminHttp, caller: &Caller, id: &str) -> Result<(StoredDoc, PolicyPack), ApiError> {
+async fn load_pack(
+    s: &AdminHttp,
+    caller: &Caller,
+    id: &str,
+) -> Result<(StoredDoc, PolicyPack), ApiError> {
     let doc = s
         .store
         .document(DocKind::PolicyPack, id)
@@ -365,7 +379,10 @@ fn norm_window(from: &str, until: Option<&str>) -> Result<(String, Option<String
 fn check_vertical(s: &AdminHttp, vertical: &str) -> Result<(), ApiError> {
     let guard = s.engine.snapshot().load();
     let known = guard.as_ref().as_ref().is_some_and(|snap| {
-        snap.set.routes.iter().any(|r| r.verticals.iter().any(|v| v == vertical))
+        snap.set
+            .routes
+            .iter()
+            .any(|r| r.verticals.iter().any(|v| v == vertical))
             || snap
                 .set
                 .integrations
@@ -416,11 +433,13 @@ async fn list_packs(
     let caller = s.caller(&headers).await?;
     holds_any(&caller, "policy_packs.read")?;
     let q = query_map(query, &["vertical_id", "status", "tenant_id"])?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?.to_owned();
+    let tenant = caller
+        .tenant_for(q.get("tenant_id").map(String::as_str))?
+        .to_owned();
     let status = match q.get("status") {
-        Some(st) => Some(
-            parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?,
-        ),
+        Some(st) => {
+            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
+        }
         None => None,
     };
     let mut items = Vec::new();
@@ -564,7 +583,8 @@ async fn pack_versions(
     let items: Vec<Value> = versions
         .into_iter()
         .map(|v| {
-            let doc: Option<PolicyPack> = v.doc.as_deref().and_then(|d| serde_json::from_str(d).ok());
+            let doc: Option<PolicyPack> =
+                v.doc.as_deref().and_then(|d| serde_json::from_str(d).ok());
             json!({
                 "version": v.version,
                 "version_id": v.version.to_string(),
@@ -701,7 +721,11 @@ fn check_from(t: &Transition, cur: PackStatus, what: &str) -> Result<(), ApiErro
                 "{what} is {}; `{}` needs one of: {}",
                 cur.as_str(),
                 t.action,
-                t.from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                t.from
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ))
     }
@@ -740,10 +764,7 @@ async fn pack_transition(
             let Ok(mut o) = serde_json::from_str::<PolicyPack>(&other.doc) else {
                 continue;
             };
-            if o.id != id
-                && o.vertical == p.vertical
-                && matches!(o.status, Active | Restricted)
-            {
+            if o.id != id && o.vertical == p.vertical && matches!(o.status, Active | Restricted) {
                 o.status = Deprecated;
                 deprecated.push(o.id.clone());
                 changes.push(
@@ -785,11 +806,13 @@ async fn list_changes(
     let caller = s.caller(&headers).await?;
     holds_any(&caller, "policy_packs.read")?;
     let q = query_map(query, &["policy_pack_id", "status", "tenant_id"])?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?.to_owned();
+    let tenant = caller
+        .tenant_for(q.get("tenant_id").map(String::as_str))?
+        .to_owned();
     let status = match q.get("status") {
-        Some(st) => Some(
-            parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?,
-        ),
+        Some(st) => {
+            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
+        }
         None => None,
     };
     let mut items = Vec::new();
@@ -802,7 +825,8 @@ async fn list_changes(
         let Ok(c) = serde_json::from_str::<PolicyChange>(&doc.doc) else {
             continue;
         };
-        if q.get("policy_pack_id").is_some_and(|p| *p != c.policy_pack_id)
+        if q.get("policy_pack_id")
+            .is_some_and(|p| *p != c.policy_pack_id)
             || status.is_some_and(|st| st != c.status)
             || require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical).is_err()
         {
@@ -821,7 +845,11 @@ async fn get_change(
     let caller = s.caller(&headers).await?;
     let (doc, c) = load_change(&s, &caller, &id).await?;
     require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical)?;
-    Ok(with_etag(StatusCode::OK, doc.version, change_view(&doc, &c)))
+    Ok(with_etag(
+        StatusCode::OK,
+        doc.version,
+        change_view(&doc, &c),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -854,7 +882,10 @@ async fn create_change(
     if pack.status == Archived {
         return Err(ApiError::conflict(
             "ARCHIVED",
-            format!("policy pack `{}` is archived and accepts no change", pack.id),
+            format!(
+                "policy pack `{}` is archived and accepts no change",
+                pack.id
+            ),
         ));
     }
     let id = req
@@ -923,7 +954,10 @@ async fn change_transition(
         if pack.status == Archived {
             return Err(ApiError::conflict(
                 "ARCHIVED",
-                format!("policy pack `{}` is archived and accepts no change", pack.id),
+                format!(
+                    "policy pack `{}` is archived and accepts no change",
+                    pack.id
+                ),
             ));
         }
         pack.policies = c.policies.clone();
@@ -931,9 +965,14 @@ async fn change_transition(
         pack.active_until = c.active_until.clone();
         c.applied_pack_version = Some(pdoc.version + 1);
         changes.push(
-            DocChange::put(DocKind::PolicyPack, &pack.id, Some(&pack.tenant), to_json(&pack))
-                .status(status_str(pack.status))
-                .expect(Expect::Version(pdoc.version)),
+            DocChange::put(
+                DocKind::PolicyPack,
+                &pack.id,
+                Some(&pack.tenant),
+                to_json(&pack),
+            )
+            .status(status_str(pack.status))
+            .expect(Expect::Version(pdoc.version)),
         );
         if let Value::Object(m) = &mut detail {
             m.insert("pack_version".into(), json!(pdoc.version + 1));
@@ -973,8 +1012,14 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
     let std_errors = |extra: &[(&str, &str)]| {
         let mut m = Map::new();
         m.insert("401".into(), err("UNAUTHENTICATED"));
-        m.insert("403".into(), err("FORBIDDEN: the caller lacks the permission"));
-        m.insert("503".into(), err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE"));
+        m.insert(
+            "403".into(),
+            err("FORBIDDEN: the caller lacks the permission"),
+        );
+        m.insert(
+            "503".into(),
+            err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE"),
+        );
         for (k, v) in extra {
             m.insert((*k).into(), err(v));
         }

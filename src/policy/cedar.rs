@@ -115,10 +115,11 @@ pub fn check_policies(text: &str) -> Result<PolicySet, String> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(format!("at most {MAX_POLICY_BYTES} bytes of Cedar text"));
     }
-    let pset =
-        PolicySet::from_str(text).map_err(|e| format!("Cedar syntax error: {e}"))?;
+    let pset = PolicySet::from_str(text).map_err(|e| format!("Cedar syntax error: {e}"))?;
     if pset.templates().next().is_some() {
-        return Err("templates (`?principal`, `?resource` slots) are not supported in packs".into());
+        return Err(
+            "templates (`?principal`, `?resource` slots) are not supported in packs".into(),
+        );
     }
     if pset.policies().next().is_none() {
         return Err("a policy pack holds at least one policy".into());
@@ -483,7 +484,10 @@ fn cedar_request(req: &PackRequest) -> Option<(Request, Entities)> {
     let mut pairs = vec![
         ("scopes".to_owned(), set(strings(ctx, "scopes"))),
         ("verticals".to_owned(), set(strings(ctx, "verticals"))),
-        ("persons".to_owned(), RestrictedExpression::new_long(persons)),
+        (
+            "persons".to_owned(),
+            RestrictedExpression::new_long(persons),
+        ),
         ("hour".to_owned(), RestrictedExpression::new_long(hour)),
         ("method".to_owned(), s(&text(ctx, "method"))),
     ];
@@ -680,7 +684,10 @@ mod tests {
                @id("overflow") forbid(principal, action, resource) when { context.persons + 9223372036854775807 > 0 };"#,
         );
         let e = check(&[p], &route(&["health"], Action::Read)).unwrap_err();
-        assert!(e.contains(EVALUATION_ERROR) && e.contains("overflow"), "{e}");
+        assert!(
+            e.contains(EVALUATION_ERROR) && e.contains("overflow"),
+            "{e}"
+        );
         // A pack whose stored text no longer parses denies its vertical.
         let mut broken = pack("b", "health", ALLOW_ALL);
         broken.policies = "permit(".into();
@@ -753,11 +760,17 @@ mod tests {
             now_ms: NOW,
         };
         let d = packs.evaluate(&req).unwrap();
-        assert!(d.allowed && d.reasons == vec!["clinicians".to_string()], "{d:?}");
+        assert!(
+            d.allowed && d.reasons == vec!["clinicians".to_string()],
+            "{d:?}"
+        );
         req.context = serde_json::json!({"roles": []});
         assert!(!packs.evaluate(&req).unwrap().allowed);
         req.principal_type = "Robot";
-        assert_eq!(packs.evaluate(&req).unwrap().reasons, vec![EVALUATION_ERROR.to_string()]);
+        assert_eq!(
+            packs.evaluate(&req).unwrap().reasons,
+            vec![EVALUATION_ERROR.to_string()]
+        );
         req.vertical = "education";
         assert!(packs.evaluate(&req).is_none());
     }

@@ -537,7 +537,10 @@ impl PolicySet {
                     Err(_) => err(field, format!("`{t}` is not an RFC 3339 time")),
                 }
             }
-            if p.active_from.is_some() && p.active_until.is_some() && times.len() == 2 && times[1] <= times[0]
+            if p.active_from.is_some()
+                && p.active_until.is_some()
+                && times.len() == 2
+                && times[1] <= times[0]
             {
                 err("active_until", "must be after active_from".into());
             }
