@@ -667,7 +667,7 @@ mod tests {
         let both = route(&["health", "education"], Action::Read);
         let e = check(&[health.clone(), edu.clone()], &both).unwrap_err();
         assert!(e.contains("`pe`") && e.contains("edu-no-health"), "{e}");
-        assert!(check(&[health.clone()], &both).is_ok());
+        assert!(check(std::slice::from_ref(&health), &both).is_ok());
         assert!(check(&[edu], &route(&["health"], Action::Read)).is_ok());
         assert!(check(&[], &both).is_ok());
     }
