@@ -7,6 +7,7 @@
 //! - `handler/cached_token`: what the gRPC handler does around it: `facts_from_check` →
 //!   `decide` → `to_check_response` (no transport).
 //! - `authorize/stages_2_8`: the pure function `pipeline::authorize`.
+//! - `packs/check_partner`: stage 6's policy pack evaluation (one Cedar pack, permit + forbid).
 //! - `authn/cold_verify_rs256`: an uncached token verification (JWS parse, key lookup, RS256
 //!   signature, claims) through `Authenticator::authenticate` with its cache emptied each time.
 //! - `authn/jsonwebtoken_decode_rs256`: the bare `jsonwebtoken::decode` for reference.
@@ -129,6 +130,39 @@ fn main() {
         )
     });
     let template = Decision::new("GET", support::PATH, chrono::Utc::now());
+    // Stage 6 policy pack (Cedar): one active pack of the route's vertical, a permit with
+    // @mask and a forbid that does not match, evaluated as in the pipeline.
+    let (pack_integ, pack_route, pack_scopes) = {
+        let mut d = template.clone();
+        let a = authorize(&snap, &facts, &verified, &settings, &mut d).expect("stages 2-6 allow");
+        (
+            a.integration.integration.clone(),
+            a.route.clone(),
+            d.scopes.clone(),
+        )
+    };
+    let packs = scp_pep::policy::cedar::CompiledPacks::compile(&[scp_pep::policy::PolicyPack {
+        id: "bench-pack".into(),
+        tenant: pack_integ.tenant.clone(),
+        vertical: pack_route.verticals[0].clone(),
+        status: scp_pep::policy::PackStatus::Active,
+        policies: r#"@id("readers") @mask("dob") permit(principal is Scp::Integration, action == Scp::Action::"read", resource) when { principal.scopes.containsAny(context.scopes) };
+            @id("night") forbid(principal, action, resource) when { context.hour > 30 };"#
+            .into(),
+        active_from: None,
+        active_until: None,
+    }]);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    assert!(
+        packs
+            .check_partner(&pack_integ, &pack_route, &pack_scopes, 1, "GET", now_ms)
+            .is_ok()
+    );
+    c.bench_function("packs/check_partner", |b| {
+        b.iter(|| {
+            black_box(packs.check_partner(&pack_integ, &pack_route, &pack_scopes, 1, "GET", now_ms))
+        })
+    });
     c.bench_function("authorize/stages_2_8", |b| {
         b.iter_batched_ref(
             || template.clone(),

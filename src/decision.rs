@@ -68,6 +68,9 @@ pub enum DenyCode {
     ScopeViolation,
     /// An active deny rule matched (ADM-3).
     DenyRuleMatched,
+    /// An active policy pack (Cedar) of a vertical the request touches denied it: a `forbid`
+    /// matched, no `permit` matched, or evaluation failed (fail closed) (ADM-6).
+    PolicyDenied,
     /// The request body (batch push) is missing, truncated, not JSON, or lacks the person ids the
     /// route's JSON pointer names.
     PayloadInvalid,
@@ -121,6 +124,7 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::PersonIdMissing,
     DenyCode::ScopeViolation,
     DenyCode::DenyRuleMatched,
+    DenyCode::PolicyDenied,
     DenyCode::PayloadInvalid,
     DenyCode::ConsentMissing,
     DenyCode::ConsentPending,
@@ -163,6 +167,7 @@ impl DenyCode {
             PersonIdMissing => "PERSON_ID_MISSING",
             ScopeViolation => "SCOPE_VIOLATION",
             DenyRuleMatched => "DENY_RULE_MATCHED",
+            PolicyDenied => "POLICY_DENIED",
             PayloadInvalid => "PAYLOAD_INVALID",
             ConsentMissing => "CONSENT_MISSING",
             ConsentPending => "CONSENT_PENDING",
@@ -208,6 +213,7 @@ impl DenyCode {
             | RouteNotFound
             | ScopeViolation
             | DenyRuleMatched
+            | PolicyDenied
             | ConsentMissing
             | ConsentPending
             | ConsentWithdrawn

@@ -295,6 +295,7 @@ impl Engine {
             integration,
             route,
             persons,
+            pack_masks,
         } = match authorize(snap, facts, &verified, &self.settings, d) {
             Ok(x) => x,
             Err(denial) => {
@@ -339,6 +340,7 @@ impl Engine {
 
         // Stage 8: data minimization.
         minimize(integration, route, consent_fields.as_deref(), d);
+        apply_pack_masks(route, &pack_masks, d);
 
         // Stage 9: rate limit / quota.
         d.stages.push(Stage::RateLimit);
@@ -381,6 +383,8 @@ pub struct Authorized<'s> {
     pub integration: &'s IntegrationEntry,
     pub route: &'s Route,
     pub persons: Vec<String>,
+    /// Fields the policy packs' determining permits mask (`@mask`), for stage 8.
+    pub pack_masks: Vec<String>,
 }
 
 /// Stages 2–6, pure: integration, second factors, route (with the person ids it carries), tenant
@@ -551,11 +555,43 @@ pub fn authorize<'s>(
         }
     }
 
+    // Stage 6 (continued): the active policy packs of the route's verticals (Cedar; forbid
+    // wins, no permit = deny, evaluation errors deny) (ADM-6).
+    let pack_masks = snap
+        .packs
+        .check_partner(
+            i,
+            route,
+            &d.scopes,
+            persons.len(),
+            &facts.method,
+            d.time.timestamp_millis(),
+        )
+        .map_err(|m| Denial::new(DenyCode::PolicyDenied, m))?;
+
     Ok(Authorized {
         integration: integ,
         route,
         persons,
+        pack_masks,
     })
+}
+
+/// Stage 8 addition: fields the determining `@mask` permits of policy packs mask (only fields
+/// the route has, when it lists them); they leave `allowed_fields` too.
+pub fn apply_pack_masks(route: &Route, pack_masks: &[String], d: &mut Decision) {
+    if pack_masks.is_empty() {
+        return;
+    }
+    for f in pack_masks {
+        if (route.fields.is_empty() || route.fields.contains(f)) && !d.masked_fields.contains(f) {
+            d.masked_fields.push(f.clone());
+        }
+    }
+    d.masked_fields.sort();
+    if let Some(a) = &mut d.allowed_fields {
+        a.retain(|f| !pack_masks.contains(f));
+    }
 }
 
 /// Stage 8, pure: allowed and masked fields from the integration's field policy, the route's

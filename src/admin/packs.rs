@@ -1,16 +1,1165 @@
-//! Placeholder: filled by the packs work of issue 5.
+//! Policy packs and policy changes (`spec/004_*` "Policy Packs and Policy Changes"; ADM-1,
+//! ADM-2, ADM-4, ADM-6, ADM-7, ADM-8).
+//!
+//! A pack is a vertical's Cedar policy set ([`crate::policy::cedar`] has the schema and the
+//! evaluation semantics), stored as an enforced `policy_pack` document ([`PolicyPack`]); a policy
+//! change proposes new Cedar text for a pack and is stored as an admin-only `policy_change`
+//! document. Every write goes through [`AdminHttp::commit`] (audit record first, one
+//! transaction, snapshot reloaded on this replica before the answer).
+//!
+//! | route | permission (scope) | what |
+//! |---|---|---|
+//! | `GET /v1/policies/schema` | any `policy_packs.read` grant | the Cedar schema packs are validated against |
+//! | `GET /v1/policies/packs?vertical_id=&status=` | `policy_packs.read` (vertical) | packs the caller may read |
+//! | `POST /v1/policies/packs` | `policy_packs.write` (vertical) | create a draft (Cedar validated: 400 `POLICY_INVALID`, `field` = `policy_rules`) |
+//! | `GET /v1/policies/packs/{id}` | `policy_packs.read` | one pack, `ETag` |
+//! | `PATCH /v1/policies/packs/{id}` | `policy_packs.write` | edit a draft (`If-Match`) |
+//! | `GET /v1/policies/packs/{id}/versions` | `policy_packs.read` | every stored version |
+//! | `POST …/request-review` | `policy_packs.write` | draft → requested (`request_reason_code`) |
+//! | `POST …/review` | `policy_packs.review` | requested → reviewed (`review_notes`) |
+//! | `POST …/approve` | `policy_packs.approve` | reviewed → approved (`approval_reason_code`) |
+//! | `POST …/activate` | `policy_packs.approve` | approved, restricted, suspended → active; the previously enforced pack of the same (tenant, vertical) becomes deprecated in the same commit |
+//! | `POST …/restrict` | `policy_packs.operate` | active → restricted (reads only) |
+//! | `POST …/suspend` | `policy_packs.operate` | active, restricted → suspended (no longer enforced) |
+//! | `POST …/deprecate` | `policy_packs.operate` | approved, active, restricted, suspended → deprecated |
+//! | `POST …/archive` | `policy_packs.operate` | any state but active/restricted → archived (immutable) |
+//! | `GET /v1/policies/changes?policy_pack_id=` | `policy_packs.read` | changes |
+//! | `POST /v1/policies/changes` | `policy_packs.write` | propose new rules for a pack (draft) |
+//! | `GET /v1/policies/changes/{id}` | `policy_packs.read` | one change |
+//! | `POST /v1/policies/changes/{id}/request-review`, `review`, `approve` | as for packs | lifecycle |
+//! | `POST /v1/policies/changes/{id}/activate` | `policy_packs.approve` | approved → active: the pack gets the change's rules and window as a new version in the same commit (both or neither, ADM-8) |
+//! | `POST /v1/policies/changes/{id}/archive` | `policy_packs.operate` | → archived |
+//!
+//! Transitions and edits honour `If-Match` (412 `PRECONDITION_FAILED`, nothing applied) and
+//! answer with the new `version` and `ETag`. A transition from a state that does not allow it is
+//! 409 `INVALID_TRANSITION`. Reasons follow ADM-7 (`OTHER` needs its text). Packs of another
+//! tenant are 404 for non-root callers.
+
+use std::collections::HashMap;
 
 use axum::Router;
-use serde_json::Value;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
-use super::http::AdminHttp;
+use super::http::{AdminHttp, Caller, ChangeRecord, Target, Via, check_reason};
+use crate::api::{ApiError, ApiResult, now_ms, parse, precondition, rfc3339, window, with_etag};
+use crate::policy::cedar;
+use crate::policy::model::{PackStatus, PolicyPack};
+use crate::store::{DocChange, DocKind, Expect, StoredDoc};
 
 /// The packs routes.
 pub fn routes() -> Router<AdminHttp> {
     Router::new()
+        .route("/v1/policies/schema", get(schema))
+        .route("/v1/policies/packs", get(list_packs).post(create_pack))
+        .route("/v1/policies/packs/{id}", get(get_pack).patch(patch_pack))
+        .route("/v1/policies/packs/{id}/versions", get(pack_versions))
+        .route("/v1/policies/packs/{id}/{action}", post(pack_transition))
+        .route(
+            "/v1/policies/changes",
+            get(list_changes).post(create_change),
+        )
+        .route("/v1/policies/changes/{id}", get(get_change))
+        .route(
+            "/v1/policies/changes/{id}/{action}",
+            post(change_transition),
+        )
+}
+
+/// A stored policy change (admin-only document `policy_change`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChange {
+    pub id: String,
+    pub tenant: String,
+    pub policy_pack_id: String,
+    /// The pack's vertical (permission scope).
+    pub vertical: String,
+    pub change_summary: String,
+    /// The proposed Cedar text (validated at submission).
+    pub policies: String,
+    pub active_from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<String>,
+    pub status: PackStatus,
+    /// The pack version the activation wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_pack_version: Option<i64>,
+}
+
+/// How a transition takes its input.
+#[derive(Clone, Copy)]
+enum Input {
+    None,
+    /// `review_notes` (optional).
+    Notes,
+    /// A reason pair (ADM-7): code field, text field.
+    Reason(&'static str, &'static str),
+}
+
+/// One lifecycle transition.
+struct Transition {
+    action: &'static str,
+    permission: &'static str,
+    from: &'static [PackStatus],
+    to: PackStatus,
+    input: Input,
+    /// Time field of the answer, e.g. `approved_at`.
+    stamp: &'static str,
+}
+
+use PackStatus::*;
+
+const REASON: Input = Input::Reason("reason_code", "reason_text");
+
+const PACK_TRANSITIONS: &[Transition] = &[
+    Transition {
+        action: "request-review",
+        permission: "policy_packs.write",
+        from: &[Draft],
+        to: Requested,
+        input: Input::Reason("request_reason_code", "request_reason_text"),
+        stamp: "requested_at",
+    },
+    Transition {
+        action: "review",
+        permission: "policy_packs.review",
+        from: &[Requested],
+        to: Reviewed,
+        input: Input::Notes,
+        stamp: "reviewed_at",
+    },
+    Transition {
+        action: "approve",
+        permission: "policy_packs.approve",
+        from: &[Reviewed],
+        to: Approved,
+        input: Input::Reason("approval_reason_code", "approval_reason_text"),
+        stamp: "approved_at",
+    },
+    Transition {
+        action: "activate",
+        permission: "policy_packs.approve",
+        from: &[Approved, Restricted, Suspended],
+        to: Active,
+        input: Input::None,
+        stamp: "activated_at",
+    },
+    Transition {
+        action: "restrict",
+        permission: "policy_packs.operate",
+        from: &[Active],
+        to: Restricted,
+        input: REASON,
+        stamp: "restricted_at",
+    },
+    Transition {
+        action: "suspend",
+        permission: "policy_packs.operate",
+        from: &[Active, Restricted],
+        to: Suspended,
+        input: REASON,
+        stamp: "suspended_at",
+    },
+    Transition {
+        action: "deprecate",
+        permission: "policy_packs.operate",
+        from: &[Approved, Active, Restricted, Suspended],
+        to: Deprecated,
+        input: REASON,
+        stamp: "deprecated_at",
+    },
+    Transition {
+        action: "archive",
+        permission: "policy_packs.operate",
+        from: &[Draft, Requested, Reviewed, Approved, Suspended, Deprecated],
+        to: Archived,
+        input: REASON,
+        stamp: "archived_at",
+    },
+];
+
+const CHANGE_TRANSITIONS: &[Transition] = &[
+    Transition {
+        action: "request-review",
+        permission: "policy_packs.write",
+        from: &[Draft],
+        to: Requested,
+        input: Input::Reason("request_reason_code", "request_reason_text"),
+        stamp: "requested_at",
+    },
+    Transition {
+        action: "review",
+        permission: "policy_packs.review",
+        from: &[Requested],
+        to: Reviewed,
+        input: Input::Notes,
+        stamp: "reviewed_at",
+    },
+    Transition {
+        action: "approve",
+        permission: "policy_packs.approve",
+        from: &[Reviewed],
+        to: Approved,
+        input: Input::Reason("approval_reason_code", "approval_reason_text"),
+        stamp: "approved_at",
+    },
+    Transition {
+        action: "activate",
+        permission: "policy_packs.approve",
+        from: &[Approved],
+        to: Active,
+        input: Input::None,
+        stamp: "activated_at",
+    },
+    Transition {
+        action: "archive",
+        permission: "policy_packs.operate",
+        from: &[
+            Draft, Requested, Reviewed, Approved, Active, Suspended, Deprecated,
+        ],
+        to: Archived,
+        input: REASON,
+        stamp: "archived_at",
+    },
+];
+
+fn status_str(s: PackStatus) -> &'static str {
+    s.as_str()
+}
+
+fn parse_status(s: &str) -> Option<PackStatus> {
+    serde_json::from_value(Value::String(s.to_owned())).ok()
+}
+
+/// 400 `POLICY_INVALID` naming `policy_rules` when the Cedar text does not parse or validate.
+fn check_rules(text: &str) -> Result<(), ApiError> {
+    cedar::check_policies(text)
+        .map(|_| ())
+        .map_err(|m| ApiError {
+            field: Some("policy_rules".into()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", m)
+        })
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128.
+fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
+    let ok = id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must match [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)",
+        ))
+    }
+}
+
+/// Holds any grant of `permission` (any scope), or is ROOT.
+fn holds_any(caller: &Caller, permission: &str) -> Result<(), ApiError> {
+    if caller.principal.root || caller.grants.iter().any(|g| g.permission == permission) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "this needs the permission `{permission}`"
+        )))
+    }
+}
+
+fn require_on(
+    caller: &Caller,
+    permission: &str,
+    tenant: &str,
+    vertical: &str,
+) -> Result<Via, ApiError> {
+    let vs = [vertical.to_owned()];
+    caller.require(permission, &Target::verticals(tenant, &vs))
+}
+
+fn store_err(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("policy store", &e)
+}
+
+/// Loads a pack the caller's tenant may see (404 otherwise).
+async fn load_pack(
+    s: &AdminHttp,
+    caller: &Caller,
+    id: &str,
+) -> Result<(StoredDoc, PolicyPack), ApiError> {
+    let doc = s
+        .store
+        .document(DocKind::PolicyPack, id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found(format!("no policy pack `{id}`")))?;
+    let pack: PolicyPack = serde_json::from_str(&doc.doc)
+        .map_err(|e| ApiError::unavailable("policy store (unreadable pack)", &e))?;
+    if pack.tenant != caller.tenant() && !caller.principal.root {
+        return Err(ApiError::not_found(format!("no policy pack `{id}`")));
+    }
+    Ok((doc, pack))
+}
+
+async fn load_change(
+    s: &AdminHttp,
+    caller: &Caller,
+    id: &str,
+) -> Result<(StoredDoc, PolicyChange), ApiError> {
+    let doc = s
+        .store
+        .document(DocKind::PolicyChange, id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found(format!("no policy change `{id}`")))?;
+    let ch: PolicyChange = serde_json::from_str(&doc.doc)
+        .map_err(|e| ApiError::unavailable("policy store (unreadable change)", &e))?;
+    if ch.tenant != caller.tenant() && !caller.principal.root {
+        return Err(ApiError::not_found(format!("no policy change `{id}`")));
+    }
+    Ok((doc, ch))
+}
+
+fn pack_view(doc: &StoredDoc, p: &PolicyPack) -> Value {
+    json!({
+        "policy_pack_id": p.id,
+        "tenant_id": p.tenant,
+        "vertical_id": p.vertical,
+        "status": status_str(p.status),
+        "policy_rules": p.policies,
+        "active_from": p.active_from,
+        "active_until": p.active_until,
+        "version": doc.version,
+        "version_id": doc.version.to_string(),
+        "created_at": doc.created_at,
+        "updated_at": doc.updated_at,
+    })
+}
+
+fn change_view(doc: &StoredDoc, c: &PolicyChange) -> Value {
+    json!({
+        "policy_change_id": c.id,
+        "tenant_id": c.tenant,
+        "policy_pack_id": c.policy_pack_id,
+        "vertical_id": c.vertical,
+        "change_summary": c.change_summary,
+        "policy_rules": c.policies,
+        "active_from": c.active_from,
+        "active_until": c.active_until,
+        "status": status_str(c.status),
+        "applied_pack_version": c.applied_pack_version,
+        "version": doc.version,
+        "version_id": doc.version.to_string(),
+        "created_at": doc.created_at,
+        "updated_at": doc.updated_at,
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Parses an RFC 3339 window and returns it normalized (UTC, milliseconds).
+fn norm_window(from: &str, until: Option<&str>) -> Result<(String, Option<String>), ApiError> {
+    let (f, u) = window(from, until)?;
+    let s = |ms: i64| rfc3339(ms).as_str().unwrap_or_default().to_owned();
+    Ok((s(f), u.map(s)))
+}
+
+/// 400 when `vertical` is not used by any route or integration of the loaded policy.
+fn check_vertical(s: &AdminHttp, vertical: &str) -> Result<(), ApiError> {
+    let guard = s.engine.snapshot().load();
+    let known = guard.as_ref().as_ref().is_some_and(|snap| {
+        snap.set
+            .routes
+            .iter()
+            .any(|r| r.verticals.iter().any(|v| v == vertical))
+            || snap
+                .set
+                .integrations
+                .iter()
+                .any(|i| i.verticals.iter().any(|v| v == vertical))
+    });
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "vertical_id",
+            format!("`{vertical}` is not a vertical any route or integration uses"),
+        ))
+    }
+}
+
+async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    holds_any(&caller, "policy_packs.read")?;
+    Ok(axum::Json(json!({
+        "namespace": "Scp",
+        "format": "cedarschema",
+        "schema": cedar::SCHEMA_TEXT,
+        "validation_mode": "strict",
+        "semantics": "forbid wins; no permit = deny; a request must pass the active pack of every vertical it touches; @id names a policy in reasons; @mask(\"f1,f2\") on a determining permit masks fields; evaluation errors deny; restricted packs also deny writes",
+    }))
+    .into_response())
+}
+
+fn query_map(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
+    let Ok(Query(q)) = q else {
+        return Err(ApiError::invalid("query", "malformed query"));
+    };
+    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(k.clone(), "unknown query parameter"));
+    }
+    Ok(q)
+}
+
+async fn list_packs(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    holds_any(&caller, "policy_packs.read")?;
+    let q = query_map(query, &["vertical_id", "status", "tenant_id"])?;
+    let tenant = caller
+        .tenant_for(q.get("tenant_id").map(String::as_str))?
+        .to_owned();
+    let status = match q.get("status") {
+        Some(st) => {
+            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
+        }
+        None => None,
+    };
+    let mut items = Vec::new();
+    for doc in s
+        .store
+        .documents(DocKind::PolicyPack, Some(&tenant))
+        .await
+        .map_err(store_err)?
+    {
+        let Ok(p) = serde_json::from_str::<PolicyPack>(&doc.doc) else {
+            continue;
+        };
+        if q.get("vertical_id").is_some_and(|v| *v != p.vertical)
+            || status.is_some_and(|st| st != p.status)
+            || require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical).is_err()
+        {
+            continue;
+        }
+        let mut v = pack_view(&doc, &p);
+        if let Value::Object(m) = &mut v {
+            m.remove("policy_rules");
+        }
+        items.push(v);
+    }
+    Ok(axum::Json(json!({ "items": items })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePack {
+    #[serde(default)]
+    policy_pack_id: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    vertical_id: String,
+    policy_rules: String,
+    active_from: String,
+    #[serde(default)]
+    active_until: Option<String>,
+}
+
+async fn create_pack(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let req: CreatePack = parse(body)?;
+    let tenant = caller.tenant_for(req.tenant_id.as_deref())?.to_owned();
+    let via = require_on(&caller, "policy_packs.write", &tenant, &req.vertical_id)?;
+    let id = req
+        .policy_pack_id
+        .clone()
+        .unwrap_or_else(|| format!("pp-{}", uuid::Uuid::now_v7()));
+    check_id("policy_pack_id", &id)?;
+    check_vertical(&s, &req.vertical_id)?;
+    let (from, until) = norm_window(&req.active_from, req.active_until.as_deref())?;
+    check_rules(&req.policy_rules)?;
+    let pack = PolicyPack {
+        id: id.clone(),
+        tenant: tenant.clone(),
+        vertical: req.vertical_id.clone(),
+        status: Draft,
+        policies: req.policy_rules,
+        active_from: Some(from),
+        active_until: until,
+    };
+    let change = DocChange::put(DocKind::PolicyPack, &id, Some(&tenant), to_json(&pack))
+        .status(status_str(Draft))
+        .expect(Expect::Absent);
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "policy_pack.create",
+            &tenant,
+            &id,
+            json!({"vertical": pack.vertical, "status": "draft"}),
+        ),
+        vec![change],
+    )
+    .await?;
+    respond_pack(&s, &caller, &id, StatusCode::CREATED, None).await
+}
+
+/// Re-reads a pack and answers with its view (+ `stamp` = now).
+async fn respond_pack(
+    s: &AdminHttp,
+    caller: &Caller,
+    id: &str,
+    status: StatusCode,
+    stamp: Option<&str>,
+) -> ApiResult {
+    let (doc, p) = load_pack(s, caller, id).await?;
+    let mut v = pack_view(&doc, &p);
+    if let (Some(k), Value::Object(m)) = (stamp, &mut v) {
+        m.insert(k.to_owned(), rfc3339(now_ms()));
+    }
+    Ok(with_etag(status, doc.version, v))
+}
+
+async fn respond_change(
+    s: &AdminHttp,
+    caller: &Caller,
+    id: &str,
+    status: StatusCode,
+    stamp: Option<&str>,
+) -> ApiResult {
+    let (doc, c) = load_change(s, caller, id).await?;
+    let mut v = change_view(&doc, &c);
+    if let (Some(k), Value::Object(m)) = (stamp, &mut v) {
+        m.insert(k.to_owned(), rfc3339(now_ms()));
+    }
+    Ok(with_etag(status, doc.version, v))
+}
+
+async fn get_pack(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let (doc, p) = load_pack(&s, &caller, &id).await?;
+    require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical)?;
+    Ok(with_etag(StatusCode::OK, doc.version, pack_view(&doc, &p)))
+}
+
+async fn pack_versions(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let (_, p) = load_pack(&s, &caller, &id).await?;
+    require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical)?;
+    let versions = s
+        .store
+        .document_versions(DocKind::PolicyPack, &id)
+        .await
+        .map_err(store_err)?;
+    let items: Vec<Value> = versions
+        .into_iter()
+        .map(|v| {
+            let doc: Option<PolicyPack> =
+                v.doc.as_deref().and_then(|d| serde_json::from_str(d).ok());
+            json!({
+                "version": v.version,
+                "version_id": v.version.to_string(),
+                "status": v.status,
+                "policy_rules": doc.as_ref().map(|d| d.policies.clone()),
+                "active_from": doc.as_ref().and_then(|d| d.active_from.clone()),
+                "active_until": doc.as_ref().and_then(|d| d.active_until.clone()),
+                "source": v.source,
+                "actor": v.actor,
+                "time": v.time,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"policy_pack_id": id, "items": items})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchPack {
+    #[serde(default)]
+    policy_rules: Option<String>,
+    #[serde(default)]
+    active_from: Option<String>,
+    #[serde(default)]
+    active_until: Option<String>,
+}
+
+async fn patch_pack(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let req: PatchPack = parse(body)?;
+    let (doc, mut p) = load_pack(&s, &caller, &id).await?;
+    let via = require_on(&caller, "policy_packs.write", &p.tenant, &p.vertical)?;
+    precondition(&headers, doc.version, &format!("policy pack {id}"))?;
+    if p.status != Draft {
+        return Err(ApiError::conflict(
+            "INVALID_TRANSITION",
+            format!(
+                "only draft packs can be edited (this one is {}); propose a policy change instead",
+                p.status.as_str()
+            ),
+        ));
+    }
+    let from = req
+        .active_from
+        .as_deref()
+        .or(p.active_from.as_deref())
+        .unwrap_or_default()
+        .to_owned();
+    let until = req.active_until.clone().or(p.active_until.clone());
+    let (from, until) = norm_window(&from, until.as_deref())?;
+    if let Some(r) = &req.policy_rules {
+        check_rules(r)?;
+        p.policies = r.clone();
+    }
+    p.active_from = Some(from);
+    p.active_until = until;
+    let change = DocChange::put(DocKind::PolicyPack, &id, Some(&p.tenant), to_json(&p))
+        .status(status_str(p.status))
+        .expect(Expect::Version(doc.version));
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "policy_pack.update",
+            &p.tenant,
+            &id,
+            json!({"rules_changed": req.policy_rules.is_some()}),
+        ),
+        vec![change],
+    )
+    .await?;
+    respond_pack(&s, &caller, &id, StatusCode::OK, Some("updated_at")).await
+}
+
+/// The transition input: only the fields `input` names; reasons checked (ADM-7).
+fn transition_input(input: Input, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let m: Map<String, Value> = parse(body)?;
+    let allowed: Vec<&str> = match input {
+        Input::None => vec![],
+        Input::Notes => vec!["review_notes"],
+        Input::Reason(c, t) => vec![c, t],
+    };
+    let mut detail = Map::new();
+    for (k, v) in &m {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::invalid(k.clone(), "unknown field"));
+        }
+        if !(v.is_string() || v.is_null()) {
+            return Err(ApiError::invalid(k.clone(), "must be a string"));
+        }
+    }
+    let get = |k: &str| m.get(k).and_then(Value::as_str);
+    match input {
+        Input::None => {}
+        Input::Notes => {
+            if let Some(n) = get("review_notes") {
+                if n.chars().count() > 2000 {
+                    return Err(ApiError::invalid("review_notes", "at most 2000 characters"));
+                }
+                detail.insert("review_notes".into(), Value::String(n.to_owned()));
+            }
+        }
+        Input::Reason(c, t) => {
+            let code = get(c).ok_or_else(|| ApiError::invalid(c, "required"))?;
+            check_reason(c, code, t, get(t))?;
+            detail.insert("reason_code".into(), Value::String(code.to_owned()));
+            if let Some(text) = get(t) {
+                detail.insert("reason_text".into(), Value::String(text.to_owned()));
+            }
+        }
+    }
+    Ok(Value::Object(detail))
+}
+
+fn find(table: &'static [Transition], action: &str) -> Result<&'static Transition, ApiError> {
+    table
+        .iter()
+        .find(|t| t.action == action)
+        .ok_or_else(|| ApiError::not_found(format!("no action `{action}`")))
+}
+
+fn check_from(t: &Transition, cur: PackStatus, what: &str) -> Result<(), ApiError> {
+    if t.from.contains(&cur) {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "INVALID_TRANSITION",
+            format!(
+                "{what} is {}; `{}` needs one of: {}",
+                cur.as_str(),
+                t.action,
+                t.from
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+}
+
+async fn pack_transition(
+    State(s): State<AdminHttp>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = find(PACK_TRANSITIONS, &action)?;
+    let caller = s.caller(&headers).await?;
+    let (doc, mut p) = load_pack(&s, &caller, &id).await?;
+    let via = require_on(&caller, t.permission, &p.tenant, &p.vertical)?;
+    let mut detail = transition_input(t.input, body)?;
+    precondition(&headers, doc.version, &format!("policy pack {id}"))?;
+    check_from(t, p.status, &format!("policy pack `{id}`"))?;
+    let from = p.status;
+    p.status = t.to;
+    let mut changes = vec![
+        DocChange::put(DocKind::PolicyPack, &id, Some(&p.tenant), to_json(&p))
+            .status(status_str(t.to))
+            .expect(Expect::Version(doc.version)),
+    ];
+    let mut deprecated = Vec::new();
+    if t.to == Active {
+        // Only one enforced pack per (tenant, vertical): the previous one is deprecated in the
+        // same commit.
+        for other in s
+            .store
+            .documents(DocKind::PolicyPack, Some(&p.tenant))
+            .await
+            .map_err(store_err)?
+        {
+            let Ok(mut o) = serde_json::from_str::<PolicyPack>(&other.doc) else {
+                continue;
+            };
+            if o.id != id && o.vertical == p.vertical && matches!(o.status, Active | Restricted) {
+                o.status = Deprecated;
+                deprecated.push(o.id.clone());
+                changes.push(
+                    DocChange::put(DocKind::PolicyPack, &o.id, Some(&o.tenant), to_json(&o))
+                        .status(status_str(Deprecated))
+                        .expect(Expect::Version(other.version)),
+                );
+            }
+        }
+    }
+    if let Value::Object(m) = &mut detail {
+        m.insert("from".into(), json!(from.as_str()));
+        m.insert("status".into(), json!(t.to.as_str()));
+        m.insert("vertical".into(), json!(p.vertical));
+        if !deprecated.is_empty() {
+            m.insert("deprecated".into(), json!(deprecated));
+        }
+    }
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            format!("policy_pack.{}", t.action.replace('-', "_")),
+            &p.tenant,
+            &id,
+            detail,
+        ),
+        changes,
+    )
+    .await?;
+    respond_pack(&s, &caller, &id, StatusCode::OK, Some(t.stamp)).await
+}
+
+async fn list_changes(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    holds_any(&caller, "policy_packs.read")?;
+    let q = query_map(query, &["policy_pack_id", "status", "tenant_id"])?;
+    let tenant = caller
+        .tenant_for(q.get("tenant_id").map(String::as_str))?
+        .to_owned();
+    let status = match q.get("status") {
+        Some(st) => {
+            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
+        }
+        None => None,
+    };
+    let mut items = Vec::new();
+    for doc in s
+        .store
+        .documents(DocKind::PolicyChange, Some(&tenant))
+        .await
+        .map_err(store_err)?
+    {
+        let Ok(c) = serde_json::from_str::<PolicyChange>(&doc.doc) else {
+            continue;
+        };
+        if q.get("policy_pack_id")
+            .is_some_and(|p| *p != c.policy_pack_id)
+            || status.is_some_and(|st| st != c.status)
+            || require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical).is_err()
+        {
+            continue;
+        }
+        items.push(change_view(&doc, &c));
+    }
+    Ok(axum::Json(json!({ "items": items })).into_response())
+}
+
+async fn get_change(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let (doc, c) = load_change(&s, &caller, &id).await?;
+    require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical)?;
+    Ok(with_etag(
+        StatusCode::OK,
+        doc.version,
+        change_view(&doc, &c),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateChange {
+    #[serde(default)]
+    policy_change_id: Option<String>,
+    policy_pack_id: String,
+    change_summary: String,
+    policy_rules: String,
+    active_from: String,
+    #[serde(default)]
+    active_until: Option<String>,
+}
+
+async fn create_change(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let req: CreateChange = parse(body)?;
+    let (_, pack) = load_pack(&s, &caller, &req.policy_pack_id)
+        .await
+        .map_err(|e| ApiError {
+            field: Some("policy_pack_id".into()),
+            ..e
+        })?;
+    let via = require_on(&caller, "policy_packs.write", &pack.tenant, &pack.vertical)?;
+    if pack.status == Archived {
+        return Err(ApiError::conflict(
+            "ARCHIVED",
+            format!(
+                "policy pack `{}` is archived and accepts no change",
+                pack.id
+            ),
+        ));
+    }
+    let id = req
+        .policy_change_id
+        .clone()
+        .unwrap_or_else(|| format!("pc-{}", uuid::Uuid::now_v7()));
+    check_id("policy_change_id", &id)?;
+    let summary = req.change_summary.trim();
+    if summary.is_empty() || summary.chars().count() > 2000 {
+        return Err(ApiError::invalid(
+            "change_summary",
+            "1 to 2000 characters of text",
+        ));
+    }
+    let (from, until) = norm_window(&req.active_from, req.active_until.as_deref())?;
+    check_rules(&req.policy_rules)?;
+    let c = PolicyChange {
+        id: id.clone(),
+        tenant: pack.tenant.clone(),
+        policy_pack_id: pack.id.clone(),
+        vertical: pack.vertical.clone(),
+        change_summary: summary.to_owned(),
+        policies: req.policy_rules,
+        active_from: from,
+        active_until: until,
+        status: Draft,
+        applied_pack_version: None,
+    };
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "policy_change.create",
+            &c.tenant,
+            &id,
+            json!({"policy_pack_id": c.policy_pack_id, "status": "draft"}),
+        ),
+        vec![
+            DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
+                .status(status_str(Draft))
+                .expect(Expect::Absent),
+        ],
+    )
+    .await?;
+    respond_change(&s, &caller, &id, StatusCode::CREATED, None).await
+}
+
+async fn change_transition(
+    State(s): State<AdminHttp>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = find(CHANGE_TRANSITIONS, &action)?;
+    let caller = s.caller(&headers).await?;
+    let (doc, mut c) = load_change(&s, &caller, &id).await?;
+    let via = require_on(&caller, t.permission, &c.tenant, &c.vertical)?;
+    let mut detail = transition_input(t.input, body)?;
+    precondition(&headers, doc.version, &format!("policy change {id}"))?;
+    check_from(t, c.status, &format!("policy change `{id}`"))?;
+    let from = c.status;
+    let mut changes = Vec::new();
+    if t.to == Active {
+        // ADM-8: the pack's new version and the change's activation in one transaction.
+        let (pdoc, mut pack) = load_pack(&s, &caller, &c.policy_pack_id).await?;
+        if pack.status == Archived {
+            return Err(ApiError::conflict(
+                "ARCHIVED",
+                format!(
+                    "policy pack `{}` is archived and accepts no change",
+                    pack.id
+                ),
+            ));
+        }
+        pack.policies = c.policies.clone();
+        pack.active_from = Some(c.active_from.clone());
+        pack.active_until = c.active_until.clone();
+        c.applied_pack_version = Some(pdoc.version + 1);
+        changes.push(
+            DocChange::put(
+                DocKind::PolicyPack,
+                &pack.id,
+                Some(&pack.tenant),
+                to_json(&pack),
+            )
+            .status(status_str(pack.status))
+            .expect(Expect::Version(pdoc.version)),
+        );
+        if let Value::Object(m) = &mut detail {
+            m.insert("pack_version".into(), json!(pdoc.version + 1));
+        }
+    }
+    c.status = t.to;
+    changes.insert(
+        0,
+        DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
+            .status(status_str(t.to))
+            .expect(Expect::Version(doc.version)),
+    );
+    if let Value::Object(m) = &mut detail {
+        m.insert("from".into(), json!(from.as_str()));
+        m.insert("status".into(), json!(t.to.as_str()));
+        m.insert("policy_pack_id".into(), json!(c.policy_pack_id));
+    }
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            format!("policy_change.{}", t.action.replace('-', "_")),
+            &c.tenant,
+            &id,
+            detail,
+        ),
+        changes,
+    )
+    .await?;
+    respond_change(&s, &caller, &id, StatusCode::OK, Some(t.stamp)).await
 }
 
 /// OpenAPI path items of [`routes`]: `(path, item)`.
 pub fn openapi_paths() -> Vec<(String, Value)> {
-    Vec::new()
+    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let ok = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let std_errors = |extra: &[(&str, &str)]| {
+        let mut m = Map::new();
+        m.insert("401".into(), err("UNAUTHENTICATED"));
+        m.insert(
+            "403".into(),
+            err("FORBIDDEN: the caller lacks the permission"),
+        );
+        m.insert(
+            "503".into(),
+            err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE"),
+        );
+        for (k, v) in extra {
+            m.insert((*k).into(), err(v));
+        }
+        m
+    };
+    let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    let if_match = json!({"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "\"<version>\": 412 when stale"});
+    let body = |props: Value, required: &[&str]| {
+        json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false, "properties": props, "required": required
+        }}}})
+    };
+    let reason_body = |c: &str, t: &str| {
+        body(
+            json!({c: {"type": "string", "description": "reason code (ADM-7)"}, t: {"type": "string", "description": "required when the code is OTHER"}}),
+            &[c],
+        )
+    };
+    let mut out = Vec::new();
+    out.push((
+        "/v1/policies/schema".to_owned(),
+        json!({"get": {"summary": "The Cedar schema policy packs are validated against", "tags": ["policy packs"],
+            "responses": merge(json!({"200": ok("schema text and semantics")}), std_errors(&[]))}}),
+    ));
+    let window_props = json!({
+        "active_from": {"type": "string", "format": "date-time"},
+        "active_until": {"type": "string", "format": "date-time", "nullable": true}
+    });
+    let mut create_props = json!({
+        "policy_pack_id": {"type": "string"}, "tenant_id": {"type": "string", "description": "ROOT only"},
+        "vertical_id": {"type": "string"}, "policy_rules": {"type": "string", "description": "Cedar policy text"}
+    });
+    extend(&mut create_props, &window_props);
+    out.push((
+        "/v1/policies/packs".to_owned(),
+        json!({
+            "get": {"summary": "List policy packs", "tags": ["policy packs"],
+                "parameters": [
+                    {"name": "vertical_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    {"name": "tenant_id", "in": "query", "schema": {"type": "string"}, "description": "ROOT only"}
+                ],
+                "responses": merge(json!({"200": ok("items: policy_pack_id, vertical_id, status, version_id")}), std_errors(&[("400", "INVALID_REQUEST")]))},
+            "post": {"summary": "Create a draft policy pack (Cedar validated against the schema)", "tags": ["policy packs"],
+                "requestBody": body(create_props, &["vertical_id", "policy_rules", "active_from"]),
+                "responses": merge(json!({"201": ok("the pack, status=draft")}), std_errors(&[("400", "INVALID_REQUEST or POLICY_INVALID (field policy_rules)"), ("409", "ALREADY_EXISTS")]))}
+        }),
+    ));
+    let mut patch_props = json!({"policy_rules": {"type": "string"}});
+    extend(&mut patch_props, &window_props);
+    out.push((
+        "/v1/policies/packs/{policy_pack_id}".to_owned(),
+        json!({
+            "parameters": [path_param("policy_pack_id")],
+            "get": {"summary": "One policy pack", "tags": ["policy packs"],
+                "responses": merge(json!({"200": ok("the pack (ETag)")}), std_errors(&[("404", "NOT_FOUND")]))},
+            "patch": {"summary": "Edit a draft pack", "tags": ["policy packs"], "parameters": [if_match.clone()],
+                "requestBody": body(patch_props, &[]),
+                "responses": merge(json!({"200": ok("the pack, new version")}), std_errors(&[("400", "INVALID_REQUEST or POLICY_INVALID"), ("404", "NOT_FOUND"), ("409", "INVALID_TRANSITION or ARCHIVED"), ("412", "PRECONDITION_FAILED")]))}
+        }),
+    ));
+    out.push((
+        "/v1/policies/packs/{policy_pack_id}/versions".to_owned(),
+        json!({"parameters": [path_param("policy_pack_id")],
+            "get": {"summary": "Every stored version of a pack", "tags": ["policy packs"],
+                "responses": merge(json!({"200": ok("items")}), std_errors(&[("404", "NOT_FOUND")]))}}),
+    ));
+    let transition_item = |kind: &str, idp: &str, t: &Transition| {
+        let mut op = json!({
+            "summary": format!("{kind} → {} (from {}; permission {})", t.to.as_str(),
+                t.from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "), t.permission),
+            "tags": [if kind == "pack" {"policy packs"} else {"policy changes"}],
+            "parameters": [if_match.clone()],
+            "responses": merge(json!({"200": ok(&format!("status={}, {}", t.to.as_str(), t.stamp))}),
+                std_errors(&[("400", "INVALID_REQUEST"), ("404", "NOT_FOUND"), ("409", "INVALID_TRANSITION or ARCHIVED"), ("412", "PRECONDITION_FAILED")])),
+        });
+        match t.input {
+            Input::None => {}
+            Input::Notes => {
+                op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": false, "properties": {"review_notes": {"type": "string"}}}}}});
+            }
+            Input::Reason(c, tx) => op["requestBody"] = reason_body(c, tx),
+        }
+        json!({"parameters": [path_param(idp)], "post": op})
+    };
+    for t in PACK_TRANSITIONS {
+        out.push((
+            format!("/v1/policies/packs/{{policy_pack_id}}/{}", t.action),
+            transition_item("pack", "policy_pack_id", t),
+        ));
+    }
+    let mut change_props = json!({
+        "policy_change_id": {"type": "string"}, "policy_pack_id": {"type": "string"},
+        "change_summary": {"type": "string"}, "policy_rules": {"type": "string", "description": "the proposed Cedar text"}
+    });
+    extend(&mut change_props, &window_props);
+    out.push((
+        "/v1/policies/changes".to_owned(),
+        json!({
+            "get": {"summary": "List policy changes", "tags": ["policy changes"],
+                "parameters": [
+                    {"name": "policy_pack_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    {"name": "tenant_id", "in": "query", "schema": {"type": "string"}, "description": "ROOT only"}
+                ],
+                "responses": merge(json!({"200": ok("items")}), std_errors(&[("400", "INVALID_REQUEST")]))},
+            "post": {"summary": "Propose new rules for a pack (draft)", "tags": ["policy changes"],
+                "requestBody": body(change_props, &["policy_pack_id", "change_summary", "policy_rules", "active_from"]),
+                "responses": merge(json!({"201": ok("the change, status=draft")}), std_errors(&[("400", "INVALID_REQUEST or POLICY_INVALID (field policy_rules)"), ("404", "NOT_FOUND"), ("409", "ALREADY_EXISTS or ARCHIVED")]))}
+        }),
+    ));
+    out.push((
+        "/v1/policies/changes/{policy_change_id}".to_owned(),
+        json!({"parameters": [path_param("policy_change_id")],
+            "get": {"summary": "One policy change", "tags": ["policy changes"],
+                "responses": merge(json!({"200": ok("the change (ETag)")}), std_errors(&[("404", "NOT_FOUND")]))}}),
+    ));
+    for t in CHANGE_TRANSITIONS {
+        out.push((
+            format!("/v1/policies/changes/{{policy_change_id}}/{}", t.action),
+            transition_item("change", "policy_change_id", t),
+        ));
+    }
+    out
+}
+
+fn merge(a: Value, b: Map<String, Value>) -> Value {
+    let mut m = match a {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    m.extend(b);
+    Value::Object(m)
+}
+
+fn extend(a: &mut Value, b: &Value) {
+    if let (Value::Object(a), Value::Object(b)) = (a, b) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
 }

@@ -1,24 +1,194 @@
 //! Policy packs: per (tenant, vertical) Cedar policy sets, compiled into the snapshot and
-//! evaluated in pipeline stage 6 and by `POST /v1/authz/evaluate` (`forbid` wins).
+//! evaluated in pipeline stage 6 and by `POST /v1/authz/evaluate` (ADM-6).
 //!
-//! Placeholder interface: the Cedar work of issue 5 fills it in.
+//! # Schema
+//! Every pack is validated against the fixed schema [`SCHEMA_TEXT`] (namespace `Scp`, strict
+//! mode) when it is submitted (create, patch, policy change) and again whenever the enforced set
+//! is validated; `GET /v1/policies/schema` serves it.
+//!
+//! # Semantics
+//! - The `active` (or `restricted`) pack of (tenant, vertical), inside its window
+//!   `[active_from, active_until)`, decides every request touching that vertical. A request
+//!   touching several verticals must pass the pack of every vertical that has one
+//!   ([`CompiledPacks::check_partner`]); a vertical without a pack does not restrict traffic.
+//! - Cedar's rules: a satisfied `forbid` wins; **no satisfied `permit` means deny**. A pack that
+//!   should only forbid starts with `permit(principal, action, resource);`.
+//! - The answer's `reasons` are the determining policies: their `@id("…")` annotation when there
+//!   is one, else Cedar's id (`policy0`, `policy1`, … in text order). A deny without any matching
+//!   policy reports [`DEFAULT_DENY`].
+//! - `@mask("field1,field2")` on a determining `permit` masks those fields (merged into stage 8's
+//!   masked fields). `@mask` on a `forbid` is rejected at submission.
+//! - Fail closed: an evaluation error in any policy (e.g. reading an optional attribute without
+//!   `has`), a pack whose text no longer compiles, or an unsupported principal type is a deny
+//!   (reason [`EVALUATION_ERROR`] plus the erroring policy ids).
+//! - `restricted` packs: enforced like `active`, and additionally every `write` is denied (reason
+//!   [`RESTRICTED`]) — the same meaning as a restricted integration (INT-6.2-2), never looser
+//!   than `active`.
+//!
+//! # Performance
+//! Each pack is parsed once per policy snapshot; a request builds two small entities and a
+//! context (no JSON parsing, no schema check at request time: the policies were validated).
 
-use super::model::PolicyPack;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use serde_json::Value;
+
+use super::model::{Integration, PackStatus, PolicyPack, Route};
+
+/// The Cedar schema every pack is validated against (namespace `Scp`).
+///
+/// - `Scp::Integration` (partner traffic; id = integration id): `tenant`, `verticals` (declared),
+///   `scopes` (effective scopes of the request: contract ∩ token).
+/// - `Scp::User` (`/v1/authz/evaluate`; id = subject): `tenant`, `roles`.
+/// - `Scp::Resource` (id = route id, or the evaluated resource): `tenant`, `vertical` (the
+///   vertical whose pack is deciding), `verticals` (every vertical the request touches), `name`
+///   (the route's resource name), `route` (route id), `kind` (`real_time`, `batch`, `aggregate`,
+///   `handshake`), `data_categories`.
+/// - Actions `Scp::Action::"read"` and `Scp::Action::"write"`.
+/// - Context: `scopes`, `verticals`, `persons` (number of persons the request touches), `hour`
+///   (0–23, UTC), `method` (upper-case HTTP method), `purpose` (optional: the route's consent
+///   purpose; test it with `context has purpose`).
+pub const SCHEMA_TEXT: &str = r#"namespace Scp {
+  entity Integration = {
+    tenant: String,
+    verticals: Set<String>,
+    scopes: Set<String>,
+  };
+  entity User = {
+    tenant: String,
+    roles: Set<String>,
+  };
+  entity Resource = {
+    tenant: String,
+    vertical: String,
+    verticals: Set<String>,
+    name: String,
+    route: String,
+    kind: String,
+    data_categories: Set<String>,
+  };
+  type RequestContext = {
+    scopes: Set<String>,
+    verticals: Set<String>,
+    persons: Long,
+    hour: Long,
+    method: String,
+    purpose?: String,
+  };
+  action read, write appliesTo {
+    principal: [Integration, User],
+    resource: [Resource],
+    context: RequestContext,
+  };
+}
+"#;
+
+/// Reason reported when no policy matched (Cedar's default deny).
+pub const DEFAULT_DENY: &str = "default_deny";
+/// Reason reported when evaluation failed (fail closed).
+pub const EVALUATION_ERROR: &str = "evaluation_error";
+/// Reason reported when a restricted pack refuses a write.
+pub const RESTRICTED: &str = "pack_restricted";
+
+static VALIDATOR: LazyLock<Option<Validator>> = LazyLock::new(|| {
+    Schema::from_cedarschema_str(SCHEMA_TEXT)
+        .ok()
+        .map(|(s, _)| Validator::new(s))
+});
+
+/// Largest pack text accepted, bytes.
+pub const MAX_POLICY_BYTES: usize = 32 * 1024;
+
+/// Parses and validates a pack's Cedar text against [`SCHEMA_TEXT`] (strict mode).
+///
+/// Also checks: at least one policy, no templates, `@id` values unique and non-empty, `@mask`
+/// only on `permit` policies.
+///
+/// Errors: a message for the pack's author (Cedar's own message, with the policy id).
+pub fn check_policies(text: &str) -> Result<PolicySet, String> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(format!("at most {MAX_POLICY_BYTES} bytes of Cedar text"));
+    }
+    let pset = PolicySet::from_str(text).map_err(|e| format!("Cedar syntax error: {e}"))?;
+    if pset.templates().next().is_some() {
+        return Err(
+            "templates (`?principal`, `?resource` slots) are not supported in packs".into(),
+        );
+    }
+    if pset.policies().next().is_none() {
+        return Err("a policy pack holds at least one policy".into());
+    }
+    let mut ids = HashSet::new();
+    for p in pset.policies() {
+        if let Some(id) = p.annotation("id") {
+            if id.trim().is_empty() {
+                return Err(format!("policy `{}`: @id must not be empty", p.id()));
+            }
+            if !ids.insert(id.to_owned()) {
+                return Err(format!("@id(\"{id}\") is used twice"));
+            }
+        }
+        if p.annotation("mask").is_some() && p.effect() == Effect::Forbid {
+            return Err(format!(
+                "policy `{}`: @mask is only meaningful on permit policies",
+                name_of(p.id(), p.annotation("id"))
+            ));
+        }
+    }
+    let Some(validator) = VALIDATOR.as_ref() else {
+        return Err("the Cedar schema is unavailable".into());
+    };
+    let res = validator.validate(&pset, ValidationMode::Strict);
+    if !res.validation_passed() {
+        let msgs: Vec<String> = res
+            .validation_errors()
+            .map(|e| {
+                let id = e.policy_id();
+                let named = pset
+                    .policy(id)
+                    .and_then(|p| p.annotation("id"))
+                    .map(str::to_owned);
+                format!("policy `{}`: {e}", name_of(id, named.as_deref()))
+            })
+            .collect();
+        return Err(format!(
+            "does not validate against the Scp schema: {}",
+            msgs.join("; ")
+        ));
+    }
+    Ok(pset)
+}
+
+fn name_of(id: &PolicyId, annotated: Option<&str>) -> String {
+    annotated.map_or_else(|| id.to_string(), str::to_owned)
+}
 
 /// A question to a vertical's policy pack.
+///
+/// `context` is a JSON object whose known keys feed the Cedar entities and context (missing keys
+/// are empty / 0): `scopes`, `verticals`, `roles` (User), `resource_verticals`,
+/// `data_categories` (arrays of strings), `route`, `kind`, `method`, `purpose` (strings),
+/// `persons` (number).
 #[derive(Debug, Clone)]
 pub struct PackRequest<'a> {
     /// `Integration` (partner traffic) or `User` (admin / evaluate).
     pub principal_type: &'a str,
     pub principal_id: &'a str,
-    /// `read`, `write` or an admin action.
+    /// `read` or `write`.
     pub action: &'a str,
+    /// The resource name (a route's `resource`).
     pub resource: &'a str,
     pub tenant: &'a str,
     pub vertical: &'a str,
-    /// Extra facts (scopes, data categories, route id…), a JSON object.
+    /// Extra facts (see the type's documentation), a JSON object.
     pub context: serde_json::Value,
-    /// Now, ms since the epoch (pack windows).
+    /// Now, ms since the epoch (pack windows, `context.hour`).
     pub now_ms: i64,
 }
 
@@ -28,24 +198,580 @@ pub struct PackDecision {
     pub allowed: bool,
     /// The pack that answered.
     pub pack_id: String,
-    /// Ids of the determining policies.
+    /// Ids of the determining policies (`@id` or Cedar's), or [`DEFAULT_DENY`],
+    /// [`EVALUATION_ERROR`], [`RESTRICTED`].
     pub reasons: Vec<String>,
-    /// Fields the determining policies ask to mask.
+    /// Fields the determining permit policies ask to mask (`@mask`), sorted, deduplicated.
     pub masked_fields: Vec<String>,
 }
 
-/// Every active pack, compiled.
+/// One compiled pack.
+#[derive(Debug)]
+struct CompiledPack {
+    id: String,
+    restricted: bool,
+    from_ms: Option<i64>,
+    until_ms: Option<i64>,
+    /// `None`: the text no longer parses: every request of its vertical is denied.
+    set: Option<PolicySet>,
+    /// Cedar id → (reported id, masked fields).
+    names: HashMap<PolicyId, (String, Vec<String>)>,
+}
+
+impl CompiledPack {
+    fn in_window(&self, now_ms: i64) -> bool {
+        self.from_ms.is_none_or(|f| now_ms >= f) && self.until_ms.is_none_or(|u| now_ms < u)
+    }
+}
+
+/// Every enforced pack (`active` or `restricted`), compiled, by (tenant, vertical).
 #[derive(Debug, Clone, Default)]
-pub struct CompiledPacks {}
+pub struct CompiledPacks {
+    by_key: HashMap<(String, String), Vec<Arc<CompiledPack>>>,
+}
+
+fn ms(t: Option<&str>) -> Option<i64> {
+    t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+}
+
+fn strings(ctx: &Value, key: &str) -> Vec<String> {
+    ctx.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn text(ctx: &Value, key: &str) -> String {
+    ctx.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn set(v: Vec<String>) -> RestrictedExpression {
+    RestrictedExpression::new_set(v.into_iter().map(RestrictedExpression::new_string))
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+fn uid(ty: &str, id: &str) -> Option<EntityUid> {
+    let t = EntityTypeName::from_str(ty).ok()?;
+    Some(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
 
 impl CompiledPacks {
-    /// Compiles the packs of a policy set (only `active` ones are kept).
-    pub fn compile(_packs: &[PolicyPack]) -> Self {
-        CompiledPacks {}
+    /// Compiles the packs of a policy set: only `active` and `restricted` ones are kept. A pack
+    /// whose text does not parse is kept as "deny everything" (fail closed).
+    pub fn compile(packs: &[PolicyPack]) -> Self {
+        let mut by_key: HashMap<(String, String), Vec<Arc<CompiledPack>>> = HashMap::new();
+        for p in packs {
+            if !matches!(p.status, PackStatus::Active | PackStatus::Restricted) {
+                continue;
+            }
+            let set = PolicySet::from_str(&p.policies).ok();
+            let mut names = HashMap::new();
+            if let Some(set) = &set {
+                for pol in set.policies() {
+                    let masks = pol
+                        .annotation("mask")
+                        .map(|m| {
+                            m.split(',')
+                                .map(str::trim)
+                                .filter(|f| !f.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    names.insert(
+                        pol.id().clone(),
+                        (name_of(pol.id(), pol.annotation("id")), masks),
+                    );
+                }
+            }
+            by_key
+                .entry((p.tenant.clone(), p.vertical.clone()))
+                .or_default()
+                .push(Arc::new(CompiledPack {
+                    id: p.id.clone(),
+                    restricted: p.status == PackStatus::Restricted,
+                    from_ms: ms(p.active_from.as_deref()),
+                    until_ms: ms(p.active_until.as_deref()),
+                    set,
+                    names,
+                }));
+        }
+        CompiledPacks { by_key }
     }
 
-    /// The answer of the active pack of (`req.tenant`, `req.vertical`), `None` when there is none.
-    pub fn evaluate(&self, _req: &PackRequest) -> Option<PackDecision> {
-        None
+    /// Whether no pack is enforced at all (the pipeline then skips the pack step).
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The answer of the enforced pack(s) of (`req.tenant`, `req.vertical`) whose window holds
+    /// `req.now_ms`; `None` when there is none. Should several apply (validation prevents it),
+    /// the first denial wins and allows merge their masks.
+    pub fn evaluate(&self, req: &PackRequest) -> Option<PackDecision> {
+        let packs = self
+            .by_key
+            .get(&(req.tenant.to_owned(), req.vertical.to_owned()))?;
+        let mut out: Option<PackDecision> = None;
+        for p in packs.iter().filter(|p| p.in_window(req.now_ms)) {
+            let d = evaluate_pack(p, req);
+            if !d.allowed {
+                return Some(d);
+            }
+            match &mut out {
+                Some(o) => {
+                    o.reasons.extend(d.reasons);
+                    o.masked_fields.extend(d.masked_fields);
+                    o.masked_fields.sort();
+                    o.masked_fields.dedup();
+                }
+                None => out = Some(d),
+            }
+        }
+        out
+    }
+
+    /// Stage 6 for partner traffic: the packs of every vertical `route` touches, for
+    /// `integration` with the request's effective `scopes`, `persons` count and `method`.
+    ///
+    /// Returns the fields the determining permits mask (sorted, deduplicated), or the denial
+    /// message naming the pack and the determining policy ids (`POLICY_DENIED`).
+    pub fn check_partner(
+        &self,
+        integration: &Integration,
+        route: &Route,
+        scopes: &[String],
+        persons: usize,
+        method: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, String> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut masks = Vec::new();
+        let mut ctx = None;
+        for v in &route.verticals {
+            if !self
+                .by_key
+                .contains_key(&(integration.tenant.clone(), v.clone()))
+            {
+                continue;
+            }
+            let context = ctx
+                .get_or_insert_with(|| {
+                    serde_json::json!({
+                        "scopes": scopes,
+                        "verticals": integration.verticals,
+                        "resource_verticals": route.verticals,
+                        "data_categories": route.data_categories,
+                        "route": route.id,
+                        "kind": kind_str(route),
+                        "method": method,
+                        "purpose": route.consent_purpose,
+                        "persons": persons,
+                    })
+                })
+                .clone();
+            let req = PackRequest {
+                principal_type: "Integration",
+                principal_id: &integration.id,
+                action: route.action.as_str(),
+                resource: &route.resource,
+                tenant: &integration.tenant,
+                vertical: v,
+                context,
+                now_ms,
+            };
+            if let Some(d) = self.evaluate(&req) {
+                if !d.allowed {
+                    return Err(format!(
+                        "policy pack `{}` (vertical `{v}`) denies this request: {}",
+                        d.pack_id,
+                        d.reasons.join(", ")
+                    ));
+                }
+                masks.extend(d.masked_fields);
+            }
+        }
+        masks.sort();
+        masks.dedup();
+        Ok(masks)
+    }
+}
+
+fn kind_str(route: &Route) -> &'static str {
+    use super::model::RouteKind::*;
+    match route.kind {
+        RealTime => "real_time",
+        Batch => "batch",
+        Aggregate => "aggregate",
+        Handshake => "handshake",
+    }
+}
+
+fn deny(pack: &CompiledPack, reasons: Vec<String>) -> PackDecision {
+    PackDecision {
+        allowed: false,
+        pack_id: pack.id.clone(),
+        reasons,
+        masked_fields: Vec::new(),
+    }
+}
+
+/// Builds the Cedar request and entities for `req`; `None` when the principal type or ids
+/// cannot be expressed (the caller denies).
+fn cedar_request(req: &PackRequest) -> Option<(Request, Entities)> {
+    let ctx = &req.context;
+    let principal = uid(&format!("Scp::{}", req.principal_type), req.principal_id)?;
+    let principal_attrs: HashMap<String, RestrictedExpression> = match req.principal_type {
+        "Integration" => HashMap::from([
+            ("tenant".into(), s(req.tenant)),
+            ("verticals".into(), set(strings(ctx, "verticals"))),
+            ("scopes".into(), set(strings(ctx, "scopes"))),
+        ]),
+        "User" => HashMap::from([
+            ("tenant".into(), s(req.tenant)),
+            ("roles".into(), set(strings(ctx, "roles"))),
+        ]),
+        _ => return None,
+    };
+    let resource_id = {
+        let r = text(ctx, "route");
+        if r.is_empty() {
+            req.resource.to_owned()
+        } else {
+            r
+        }
+    };
+    let resource = uid("Scp::Resource", &resource_id)?;
+    let mut rv = strings(ctx, "resource_verticals");
+    if rv.is_empty() {
+        rv.push(req.vertical.to_owned());
+    }
+    let resource_attrs = HashMap::from([
+        ("tenant".to_owned(), s(req.tenant)),
+        ("vertical".to_owned(), s(req.vertical)),
+        ("verticals".to_owned(), set(rv)),
+        ("name".to_owned(), s(req.resource)),
+        ("route".to_owned(), s(&text(ctx, "route"))),
+        ("kind".to_owned(), s(&text(ctx, "kind"))),
+        (
+            "data_categories".to_owned(),
+            set(strings(ctx, "data_categories")),
+        ),
+    ]);
+    let entities = Entities::from_entities(
+        [
+            Entity::new(principal.clone(), principal_attrs, HashSet::new()).ok()?,
+            Entity::new(resource.clone(), resource_attrs, HashSet::new()).ok()?,
+        ],
+        None,
+    )
+    .ok()?;
+    let hour = req.now_ms.div_euclid(3_600_000).rem_euclid(24);
+    let persons = ctx.get("persons").and_then(Value::as_i64).unwrap_or(0);
+    let mut pairs = vec![
+        ("scopes".to_owned(), set(strings(ctx, "scopes"))),
+        ("verticals".to_owned(), set(strings(ctx, "verticals"))),
+        (
+            "persons".to_owned(),
+            RestrictedExpression::new_long(persons),
+        ),
+        ("hour".to_owned(), RestrictedExpression::new_long(hour)),
+        ("method".to_owned(), s(&text(ctx, "method"))),
+    ];
+    if let Some(p) = ctx.get("purpose").and_then(Value::as_str) {
+        pairs.push(("purpose".to_owned(), s(p)));
+    }
+    let context = Context::from_pairs(pairs).ok()?;
+    let action = uid("Scp::Action", req.action)?;
+    let request = Request::new(principal, action, resource, context, None).ok()?;
+    Some((request, entities))
+}
+
+fn evaluate_pack(pack: &CompiledPack, req: &PackRequest) -> PackDecision {
+    let Some(set) = &pack.set else {
+        return deny(pack, vec![EVALUATION_ERROR.into()]);
+    };
+    if pack.restricted && req.action != "read" {
+        return deny(pack, vec![RESTRICTED.into()]);
+    }
+    let Some((request, entities)) = cedar_request(req) else {
+        return deny(pack, vec![EVALUATION_ERROR.into()]);
+    };
+    let resp = Authorizer::new().is_authorized(&request, set, &entities);
+    let diag = resp.diagnostics();
+    let name = |id: &PolicyId| {
+        pack.names
+            .get(id)
+            .map_or_else(|| id.to_string(), |(n, _)| n.clone())
+    };
+    let errors: Vec<String> = diag
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => name(pe.policy_id()),
+        })
+        .collect();
+    if !errors.is_empty() {
+        // An erroring policy is skipped by Cedar; a skipped forbid would fail open.
+        let mut reasons = vec![EVALUATION_ERROR.to_owned()];
+        reasons.extend(errors);
+        return deny(pack, reasons);
+    }
+    let mut reasons: Vec<String> = diag.reason().map(name).collect();
+    reasons.sort();
+    match resp.decision() {
+        Decision::Allow => {
+            let mut masked: Vec<String> = diag
+                .reason()
+                .filter_map(|id| pack.names.get(id))
+                .flat_map(|(_, m)| m.iter().cloned())
+                .collect();
+            masked.sort();
+            masked.dedup();
+            PackDecision {
+                allowed: true,
+                pack_id: pack.id.clone(),
+                reasons,
+                masked_fields: masked,
+            }
+        }
+        Decision::Deny => {
+            if reasons.is_empty() {
+                reasons.push(DEFAULT_DENY.into());
+            }
+            deny(pack, reasons)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Action, RouteKind};
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn pack(id: &str, vertical: &str, text: &str) -> PolicyPack {
+        check_policies(text).unwrap_or_else(|e| panic!("{e}"));
+        PolicyPack {
+            id: id.into(),
+            tenant: "ke".into(),
+            vertical: vertical.into(),
+            status: PackStatus::Active,
+            policies: text.into(),
+            active_from: None,
+            active_until: None,
+        }
+    }
+
+    fn integ() -> Integration {
+        serde_json::from_value(serde_json::json!({
+            "id": "int-1", "tenant": "ke", "partner_name": "P", "legal_basis": "L", "state": "active",
+            "verticals": ["health", "education"], "scopes": ["health:person:read"]
+        }))
+        .unwrap()
+    }
+
+    fn route(verticals: &[&str], action: Action) -> Route {
+        Route {
+            id: "r-1".into(),
+            methods: vec!["GET".into()],
+            path: "/v1/x".into(),
+            verticals: verticals.iter().map(|s| s.to_string()).collect(),
+            action,
+            resource: "person_record".into(),
+            scope: "health:person:read".into(),
+            person_id: None,
+            consent_purpose: None,
+            data_categories: vec!["health.clinical".into()],
+            fields: vec![],
+            kind: RouteKind::RealTime,
+        }
+    }
+
+    fn check(packs: &[PolicyPack], r: &Route) -> Result<Vec<String>, String> {
+        CompiledPacks::compile(packs).check_partner(
+            &integ(),
+            r,
+            &["health:person:read".into()],
+            1,
+            "GET",
+            NOW,
+        )
+    }
+
+    const ALLOW_ALL: &str = "permit(principal, action, resource);";
+
+    #[test]
+    fn schema_parses() {
+        assert!(VALIDATOR.is_some());
+    }
+
+    /// ADM-6: a matching forbid beats a matching permit; the reason is the forbid's @id.
+    #[test]
+    fn forbid_wins() {
+        let p = pack(
+            "p",
+            "health",
+            r#"@mask("dob") permit(principal, action, resource);
+               @id("no-clinical") forbid(principal, action, resource) when { resource.data_categories.contains("health.clinical") };"#,
+        );
+        let e = check(&[p], &route(&["health"], Action::Read)).unwrap_err();
+        assert!(e.contains("no-clinical") && e.contains("`p`"), "{e}");
+    }
+
+    /// ADM-6: nothing permits → deny (default_deny); a permit with @mask allows and masks.
+    #[test]
+    fn no_permit_denies_and_permits_mask() {
+        let p = pack(
+            "p",
+            "health",
+            r#"@id("writers") permit(principal, action == Scp::Action::"write", resource);"#,
+        );
+        let e = check(&[p], &route(&["health"], Action::Read)).unwrap_err();
+        assert!(e.contains(DEFAULT_DENY), "{e}");
+        let p = pack(
+            "p",
+            "health",
+            r#"@id("readers") @mask("dob, national_id") permit(principal is Scp::Integration, action == Scp::Action::"read", resource)
+               when { principal.scopes.contains("health:person:read") && context.persons <= 1 };"#,
+        );
+        assert_eq!(
+            check(&[p], &route(&["health"], Action::Read)).unwrap(),
+            vec!["dob".to_string(), "national_id".to_string()]
+        );
+    }
+
+    /// ADM-6: a request touching several verticals passes every vertical's pack; a vertical
+    /// without a pack does not restrict.
+    #[test]
+    fn every_vertical_pack_must_pass() {
+        let health = pack("ph", "health", ALLOW_ALL);
+        let edu = pack(
+            "pe",
+            "education",
+            r#"@id("edu-no-health") forbid(principal, action, resource) when { resource.verticals.contains("health") };"#,
+        );
+        let both = route(&["health", "education"], Action::Read);
+        let e = check(&[health.clone(), edu.clone()], &both).unwrap_err();
+        assert!(e.contains("`pe`") && e.contains("edu-no-health"), "{e}");
+        assert!(check(std::slice::from_ref(&health), &both).is_ok());
+        assert!(check(&[edu], &route(&["health"], Action::Read)).is_ok());
+        assert!(check(&[], &both).is_ok());
+    }
+
+    /// Fail closed: a policy erroring at evaluation (here an `Scp::User`-only attribute read
+    /// through an unchecked record access) denies, even though Cedar would skip it.
+    #[test]
+    fn evaluation_error_fails_closed() {
+        // `resource.kind` is a string; `like` compiles; use a runtime error: long overflow.
+        let p = pack(
+            "p",
+            "health",
+            r#"permit(principal, action, resource);
+               @id("overflow") forbid(principal, action, resource) when { context.persons + 9223372036854775807 > 0 };"#,
+        );
+        let e = check(&[p], &route(&["health"], Action::Read)).unwrap_err();
+        assert!(
+            e.contains(EVALUATION_ERROR) && e.contains("overflow"),
+            "{e}"
+        );
+        // A pack whose stored text no longer parses denies its vertical.
+        let mut broken = pack("b", "health", ALLOW_ALL);
+        broken.policies = "permit(".into();
+        let e = check(&[broken], &route(&["health"], Action::Read)).unwrap_err();
+        assert!(e.contains(EVALUATION_ERROR), "{e}");
+    }
+
+    /// Windows and statuses: only active/restricted packs inside their window apply; restricted
+    /// packs refuse writes.
+    #[test]
+    fn windows_statuses_and_restricted() {
+        let forbid_all = "forbid(principal, action, resource);";
+        let mut p = pack("p", "health", forbid_all);
+        p.active_from = Some("2099-01-01T00:00:00Z".into());
+        assert!(check(&[p.clone()], &route(&["health"], Action::Read)).is_ok());
+        p.active_from = None;
+        p.status = PackStatus::Suspended;
+        assert!(check(&[p], &route(&["health"], Action::Read)).is_ok());
+        let mut r = pack("r", "health", ALLOW_ALL);
+        r.status = PackStatus::Restricted;
+        assert!(check(&[r.clone()], &route(&["health"], Action::Read)).is_ok());
+        let e = check(&[r], &route(&["health"], Action::Write)).unwrap_err();
+        assert!(e.contains(RESTRICTED), "{e}");
+    }
+
+    /// Submission checks: syntax, schema (unknown attribute, unknown entity type), templates,
+    /// @mask on forbid, duplicate @id.
+    #[test]
+    fn submission_is_validated() {
+        assert!(check_policies("permit(principal, action, resource").is_err());
+        let e = check_policies(
+            r#"permit(principal is Scp::Integration, action, resource) when { principal.nope == "x" };"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("schema"), "{e}");
+        assert!(check_policies("permit(principal is Foo, action, resource);").is_err());
+        assert!(check_policies("permit(principal == ?principal, action, resource);").is_err());
+        assert!(check_policies(r#"@mask("a") forbid(principal, action, resource);"#).is_err());
+        assert!(
+            check_policies(
+                r#"@id("a") permit(principal, action, resource); @id("a") permit(principal, action, resource);"#
+            )
+            .is_err()
+        );
+        assert!(check_policies("").is_err());
+        assert!(
+            check_policies(
+                r#"permit(principal, action, resource) when { context has purpose && context.purpose == "research" && context.hour < 20 };"#
+            )
+            .is_ok()
+        );
+    }
+
+    /// The `User` principal (evaluate) works with roles.
+    #[test]
+    fn user_principal() {
+        let packs = CompiledPacks::compile(&[pack(
+            "p",
+            "health",
+            r#"@id("clinicians") permit(principal is Scp::User, action, resource) when { principal.roles.contains("clinician") };"#,
+        )]);
+        let mut req = PackRequest {
+            principal_type: "User",
+            principal_id: "u-1",
+            action: "read",
+            resource: "person_record",
+            tenant: "ke",
+            vertical: "health",
+            context: serde_json::json!({"roles": ["clinician"]}),
+            now_ms: NOW,
+        };
+        let d = packs.evaluate(&req).unwrap();
+        assert!(
+            d.allowed && d.reasons == vec!["clinicians".to_string()],
+            "{d:?}"
+        );
+        req.context = serde_json::json!({"roles": []});
+        assert!(!packs.evaluate(&req).unwrap().allowed);
+        req.principal_type = "Robot";
+        assert_eq!(
+            packs.evaluate(&req).unwrap().reasons,
+            vec![EVALUATION_ERROR.to_string()]
+        );
+        req.vertical = "education";
+        assert!(packs.evaluate(&req).is_none());
     }
 }

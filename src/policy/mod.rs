@@ -492,6 +492,71 @@ impl PolicySet {
                 err("reason", "must not be empty".into());
             }
         }
+
+        // Policy packs (ADM-6): tenant exists, vertical known, Cedar valid against the schema,
+        // windows well-formed, one enforced pack per (tenant, vertical).
+        let known_verticals: HashSet<&str> = self
+            .routes
+            .iter()
+            .flat_map(|r| r.verticals.iter())
+            .chain(self.integrations.iter().flat_map(|i| i.verticals.iter()))
+            .map(String::as_str)
+            .collect();
+        let mut enforced: HashMap<(&str, &str), &str> = HashMap::new();
+        for p in &self.policy_packs {
+            let mut err = origins.reporter(&mut out, "policy_packs", &p.id);
+            if !is_ident(&p.id, true) {
+                err(
+                    "id",
+                    format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", p.id),
+                );
+            }
+            if !tenants.contains(p.tenant.as_str()) {
+                err("tenant", format!("unknown tenant `{}`", p.tenant));
+            }
+            if !is_ident(&p.vertical, false) || !known_verticals.contains(p.vertical.as_str()) {
+                err(
+                    "vertical",
+                    format!(
+                        "`{}` is not a vertical any route or integration uses",
+                        p.vertical
+                    ),
+                );
+            }
+            if !matches!(p.status, PackStatus::Archived | PackStatus::Deprecated)
+                && let Err(m) = cedar::check_policies(&p.policies)
+            {
+                err("policies", m);
+            }
+            let from = p.active_from.as_deref().map(|t| (t, "active_from"));
+            let until = p.active_until.as_deref().map(|t| (t, "active_until"));
+            let mut times = Vec::new();
+            for (t, field) in from.into_iter().chain(until) {
+                match chrono::DateTime::parse_from_rfc3339(t) {
+                    Ok(x) => times.push(x),
+                    Err(_) => err(field, format!("`{t}` is not an RFC 3339 time")),
+                }
+            }
+            if p.active_from.is_some()
+                && p.active_until.is_some()
+                && times.len() == 2
+                && times[1] <= times[0]
+            {
+                err("active_until", "must be after active_from".into());
+            }
+            if matches!(p.status, PackStatus::Active | PackStatus::Restricted)
+                && let Some(other) =
+                    enforced.insert((p.tenant.as_str(), p.vertical.as_str()), p.id.as_str())
+            {
+                err(
+                    "status",
+                    format!(
+                        "pack `{other}` is already enforced for tenant `{}` vertical `{}`",
+                        p.tenant, p.vertical
+                    ),
+                );
+            }
+        }
         out
     }
 
