@@ -162,6 +162,9 @@ pub enum Via {
 pub struct Caller {
     pub principal: AdminPrincipal,
     pub grants: Vec<Grant>,
+    /// Deny rules in force against this caller (its user id, groups, roles), ADM-3: they beat
+    /// every grant; only ROOT passes them (recorded as `root_bypass`).
+    pub denies: Vec<crate::policy::DenyRule>,
 }
 
 impl Caller {
@@ -174,6 +177,19 @@ impl Caller {
     ///
     /// Errors: 403 `FORBIDDEN` naming the permission (ADM-1).
     pub fn require(&self, permission: &str, target: &Target) -> Result<Via, ApiError> {
+        if let Some(d) = self
+            .denies
+            .iter()
+            .find(|d| super::rbac::deny_blocks(d, permission, target))
+        {
+            if self.principal.root {
+                return Ok(Via::Root);
+            }
+            return Err(ApiError::forbidden(format!(
+                "deny rule `{}` forbids `{permission}` to this caller",
+                d.id
+            )));
+        }
         if let Some(g) = self
             .grants
             .iter()
@@ -277,12 +293,15 @@ impl AdminHttp {
             }
         }
         let now = crate::api::now_ms();
-        grants.extend(
-            super::rbac::stored_grants(&self.store, &principal, now)
-                .await
-                .map_err(|e| ApiError::unavailable("policy store", &e))?,
-        );
-        Ok(Caller { principal, grants })
+        let (stored, denies) = super::rbac::resolve(&self.store, &self.engine, &principal, now)
+            .await
+            .map_err(|e| ApiError::unavailable("policy store", &e))?;
+        grants.extend(stored);
+        Ok(Caller {
+            principal,
+            grants,
+            denies,
+        })
     }
 
     /// Records `record` (and a `root_bypass` record when `via` is ROOT), then writes `changes`
