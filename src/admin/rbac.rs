@@ -71,7 +71,7 @@ use serde_json::{Value, json};
 
 use super::auth::AdminPrincipal;
 use super::http::{
-    AdminHttp, Caller, ChangeRecord, Grant, PERMISSIONS, Scope, Target, Via, check_reason,
+    AdminHttp, Caller, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason,
     permission,
 };
 use crate::api::{ApiError, ApiResult, instant, now_ms, opt_time, parse, precondition, rfc3339};
