@@ -557,7 +557,12 @@ pub fn authorize<'s>(
 /// `integration`), active and inside its window (checked per request), and every matcher it
 /// sets matches. Traffic carries no geo or program: a rule narrowed to one still applies (fail
 /// closed).
-fn deny_rule_hits(r: &crate::policy::DenyRule, integration: &str, route: &Route, now_ms: i64) -> bool {
+fn deny_rule_hits(
+    r: &crate::policy::DenyRule,
+    integration: &str,
+    route: &Route,
+    now_ms: i64,
+) -> bool {
     r.for_traffic()
         && r.in_force(now_ms)
         && r.integration.as_ref().is_none_or(|x| x == integration)

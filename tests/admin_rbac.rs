@@ -222,7 +222,13 @@ async fn role_lifecycle(h: Harness) {
     assert_eq!(r.body["approval_state"], "pending");
     assert!(r.body["requested_at"].is_string());
 
-    let r = post(&h, &format!("{path}/review"), &bob, json!({"review_notes": "fine"})).await;
+    let r = post(
+        &h,
+        &format!("{path}/review"),
+        &bob,
+        json!({"review_notes": "fine"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["approval_state"], "reviewed");
     assert!(r.body["reviewed_at"].is_string());
@@ -296,7 +302,9 @@ async fn role_lifecycle(h: Harness) {
         .collect();
     assert_eq!(
         statuses,
-        ["none", "none", "pending", "reviewed", "approved", "approved"]
+        [
+            "none", "none", "pending", "reviewed", "approved", "approved"
+        ]
     );
     assert_eq!(r.body["versions"][0]["actor"], "alice");
 
@@ -346,8 +354,16 @@ async fn role_lifecycle(h: Harness) {
     assert_eq!(r.status, 200, "{}", r.body);
     let perms = r.body["permissions"].as_array().unwrap();
     assert!(!perms.is_empty());
-    assert!(perms.iter().all(|p| p["scope_type"] == "vertical" && p["status"] == "active"));
-    assert!(perms.iter().any(|p| p["permission_id"] == "integrations.review"));
+    assert!(
+        perms
+            .iter()
+            .all(|p| p["scope_type"] == "vertical" && p["status"] == "active")
+    );
+    assert!(
+        perms
+            .iter()
+            .any(|p| p["permission_id"] == "integrations.review")
+    );
     let r = get(&h, "/v1/permissions?colour=red", &alice).await;
     assert_eq!(r.body["error"]["field"], "colour");
 }
@@ -408,23 +424,48 @@ async fn unauthorized_everywhere(h: Harness) {
             false,
         ),
         (Method::GET, format!("/v1/roles/{role}"), Value::Null, true),
-        (Method::PATCH, format!("/v1/roles/{role}"), json!({"description": "d"}), false),
-        (Method::GET, format!("/v1/roles/{role}/versions"), Value::Null, true),
+        (
+            Method::PATCH,
+            format!("/v1/roles/{role}"),
+            json!({"description": "d"}),
+            false,
+        ),
+        (
+            Method::GET,
+            format!("/v1/roles/{role}/versions"),
+            Value::Null,
+            true,
+        ),
         (
             Method::POST,
             format!("/v1/roles/{role}/request-review"),
             json!({"request_reason_code": "ROUTINE_REVIEW"}),
             false,
         ),
-        (Method::POST, format!("/v1/roles/{role}/review"), json!({}), false),
+        (
+            Method::POST,
+            format!("/v1/roles/{role}/review"),
+            json!({}),
+            false,
+        ),
         (
             Method::POST,
             format!("/v1/roles/{role}/approve"),
             json!({"approval_reason_code": "ROUTINE_REVIEW"}),
             false,
         ),
-        (Method::POST, format!("/v1/roles/{role}/reject"), reason.clone(), false),
-        (Method::POST, format!("/v1/roles/{role}/archive"), reason.clone(), false),
+        (
+            Method::POST,
+            format!("/v1/roles/{role}/reject"),
+            reason.clone(),
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/v1/roles/{role}/archive"),
+            reason.clone(),
+            false,
+        ),
         (
             Method::POST,
             "/v1/groups".into(),
@@ -432,8 +473,18 @@ async fn unauthorized_everywhere(h: Harness) {
             false,
         ),
         (Method::GET, "/v1/groups".into(), Value::Null, true),
-        (Method::GET, format!("/v1/groups/{group}"), Value::Null, true),
-        (Method::PATCH, format!("/v1/groups/{group}"), json!({"description": "d"}), false),
+        (
+            Method::GET,
+            format!("/v1/groups/{group}"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/groups/{group}"),
+            json!({"description": "d"}),
+            false,
+        ),
         (
             Method::POST,
             format!("/v1/groups/{group}/members"),
@@ -458,9 +509,24 @@ async fn unauthorized_everywhere(h: Harness) {
             json!({"role_id": role, "scope": {}, "effective_from": past()}),
             false,
         ),
-        (Method::GET, "/v1/role-assignments".into(), Value::Null, true),
-        (Method::GET, format!("/v1/role-assignments/{asg}"), Value::Null, true),
-        (Method::POST, format!("/v1/role-assignments/{asg}/revoke"), reason.clone(), false),
+        (
+            Method::GET,
+            "/v1/role-assignments".into(),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/role-assignments/{asg}"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/v1/role-assignments/{asg}/revoke"),
+            reason.clone(),
+            false,
+        ),
         (
             Method::POST,
             "/v1/deny-rules".into(),
@@ -469,8 +535,18 @@ async fn unauthorized_everywhere(h: Harness) {
             false,
         ),
         (Method::GET, "/v1/deny-rules".into(), Value::Null, true),
-        (Method::GET, format!("/v1/deny-rules/{deny}"), Value::Null, true),
-        (Method::POST, format!("/v1/deny-rules/{deny}/revoke"), reason.clone(), false),
+        (
+            Method::GET,
+            format!("/v1/deny-rules/{deny}"),
+            Value::Null,
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/v1/deny-rules/{deny}/revoke"),
+            reason.clone(),
+            false,
+        ),
         (
             Method::POST,
             "/v1/authz/evaluate".into(),
@@ -555,7 +631,12 @@ async fn assignments_grant_real_power(h: Harness) {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("audit.read"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit.read")
+    );
 
     // The security persona lacks assignments.write.
     let sec = token(&h, "ke", "sam", &["scp-security"]);
@@ -684,7 +765,12 @@ async fn assignments_grant_real_power(h: Harness) {
     .await;
     assert_eq!(r.body["decision"], "deny", "{}", r.body);
 
-    let r = get(&h, "/v1/role-assignments?subject_id=carol&status=revoked", &admin).await;
+    let r = get(
+        &h,
+        "/v1/role-assignments?subject_id=carol&status=revoked",
+        &admin,
+    )
+    .await;
     assert_eq!(r.body["role_assignments"].as_array().unwrap().len(), 1);
 }
 
@@ -769,7 +855,11 @@ async fn groups_and_windows(h: Harness) {
         json!({"user_id": "carol", "effective_from": past()}),
     )
     .await;
-    assert_eq!(r.status, 409, "the future membership is still current: {}", r.body);
+    assert_eq!(
+        r.status, 409,
+        "the future membership is still current: {}",
+        r.body
+    );
     let r = post(
         &h,
         &format!("/v1/groups/{g}/members"),
@@ -802,7 +892,17 @@ async fn groups_and_windows(h: Harness) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body["effective_until"].is_string());
     assert_eq!(get(&h, "/v1/deny-rules", &dan).await.status, 403);
-    assert_eq!(post(&h, &end, &admin, json!({"effective_until": now_plus(0), "reason_code": "CONTRACT_ENDED"})).await.status, 404);
+    assert_eq!(
+        post(
+            &h,
+            &end,
+            &admin,
+            json!({"effective_until": now_plus(0), "reason_code": "CONTRACT_ENDED"})
+        )
+        .await
+        .status,
+        404
+    );
 
     // Dynamic rule: users whose token carries `ext-ops`.
     let r = post(
@@ -920,8 +1020,18 @@ async fn deny_rule_enforced_immediately(mut h: Harness) {
     assert_eq!(r["allowed"], false, "{r}");
     assert_eq!(r["code"], "DENY_RULE_MATCHED", "{r}");
 
-    let r = get(&h, "/v1/deny-rules?status=active&subject_id=int-ke-moh", &sec).await;
-    assert_eq!(r.body["deny_rules"].as_array().unwrap().len(), 2, "{}", r.body);
+    let r = get(
+        &h,
+        "/v1/deny-rules?status=active&subject_id=int-ke-moh",
+        &sec,
+    )
+    .await;
+    assert_eq!(
+        r.body["deny_rules"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r.body
+    );
 
     let r = call(
         &h,
@@ -985,8 +1095,13 @@ async fn deny_rule_reaches_second_replica_postgres() {
     config.policy.dir = Some(h.policy_dir.clone());
     config.decision_log.output = h.dir.path().join("r2.jsonl").display().to_string();
     config.audit.writer = Some("replica-2".into());
-    assert_eq!(config.store.poll_interval_ms, 1000, "the default poll interval");
-    let r2 = scp_pep::server::start(config, None).await.expect("replica 2 starts");
+    assert_eq!(
+        config.store.poll_interval_ms, 1000,
+        "the default poll interval"
+    );
+    let r2 = scp_pep::server::start(config, None)
+        .await
+        .expect("replica 2 starts");
     let c2 = AuthorizationClient::connect(format!("http://{}", r2.grpc_addr))
         .await
         .unwrap();
@@ -1074,19 +1189,46 @@ async fn admin_deny_and_evaluate(h: Harness) {
         json!({"subject_id": subject, "action": action, "resource": resource,
                "scope": {"tenant_id": "ke"}, "context": {"channel": "test"}})
     };
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "approve", "integration"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["decision"], "allow");
-    assert_eq!(r.body["reasons"], json!([format!("grant:assignment:{asg}")]));
+    assert_eq!(
+        r.body["reasons"],
+        json!([format!("grant:assignment:{asg}")])
+    );
     assert_eq!(r.body["applied_denies"], json!([]));
     assert_eq!(r.body["masked_fields"], json!([]));
     // By permission id too.
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "integrations.approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "integrations.approve", "integration"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "allow");
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("nobody", "approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("nobody", "approve", "integration"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "deny");
     assert_eq!(r.body["reasons"], json!(["no_grant"]));
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "operate", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "operate", "integration"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "deny");
     let mut bad = eval("carol", "approve", "integration");
     bad["context"] = json!([1]);
@@ -1100,7 +1242,10 @@ async fn admin_deny_and_evaluate(h: Harness) {
     // Only the caller's own tenant.
     let mut other = eval("carol", "approve", "integration");
     other["scope"]["tenant_id"] = json!("ug");
-    assert_eq!(post(&h, "/v1/authz/evaluate", &sec, other).await.status, 403);
+    assert_eq!(
+        post(&h, "/v1/authz/evaluate", &sec, other).await.status,
+        403
+    );
 
     // A user deny rule: carol loses roles.read on the API and in evaluate.
     assert_eq!(get(&h, "/v1/roles", &carol).await.status, 200);
@@ -1117,12 +1262,29 @@ async fn admin_deny_and_evaluate(h: Harness) {
     let r = get(&h, "/v1/roles", &carol).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body["error"]["message"].as_str().unwrap().contains(&d1));
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "read", "role")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "read", "role"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "deny");
     assert_eq!(r.body["applied_denies"], json!([d1]));
-    assert!(r.body["reasons"].as_array().unwrap().contains(&json!(format!("deny_rule:{d1}"))));
+    assert!(
+        r.body["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("deny_rule:{d1}")))
+    );
     // Approve is untouched by that rule.
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "approve", "integration"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "allow");
 
     // A role deny rule (on the stored role id) applies to everyone assigned it.
@@ -1135,7 +1297,13 @@ async fn admin_deny_and_evaluate(h: Harness) {
     )
     .await;
     let d2 = r.body["deny_id"].as_str().unwrap().to_owned();
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "approve", "integration"),
+    )
+    .await;
     assert_eq!(r.body["decision"], "deny");
     assert_eq!(r.body["applied_denies"], json!([d2]));
 
@@ -1186,13 +1354,22 @@ async fn admin_deny_and_evaluate(h: Harness) {
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let d3 = r.body["deny_id"].as_str().unwrap().to_owned();
-    let r = post(&h, "/v1/authz/evaluate", &sec, eval("carol", "approve", "integration")).await;
+    let r = post(
+        &h,
+        "/v1/authz/evaluate",
+        &sec,
+        eval("carol", "approve", "integration"),
+    )
+    .await;
     let applied: Vec<String> = serde_json::from_value(r.body["applied_denies"].clone()).unwrap();
     assert!(applied.contains(&d3) && applied.contains(&d2), "{}", r.body);
     // Deny rules never touch partner traffic.
     let mut h = h;
     let partner = partner_token(&h).await;
-    assert_eq!(h.check(&Harness::get(KE_RECORD, &partner)).await["allowed"], true);
+    assert_eq!(
+        h.check(&Harness::get(KE_RECORD, &partner)).await["allowed"],
+        true
+    );
 }
 
 // ADM-1, ADM-3, ADM-6

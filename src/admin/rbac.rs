@@ -71,8 +71,7 @@ use serde_json::{Value, json};
 
 use super::auth::AdminPrincipal;
 use super::http::{
-    AdminHttp, Caller, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason,
-    permission,
+    AdminHttp, Caller, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason, permission,
 };
 use crate::api::{ApiError, ApiResult, instant, now_ms, opt_time, parse, precondition, rfc3339};
 use crate::pipeline::Engine;
@@ -430,21 +429,19 @@ fn deny_matches(
     target: &Target,
 ) -> bool {
     d.tenant == target.tenant
-        && d
-            .action
+        && d.action
             .as_deref()
             .is_none_or(|a| a == "*" || a == action || Some(a) == permission_id)
-        && d.resource.as_deref().is_none_or(|r| r == "*" || r == resource)
-        && d
-            .vertical
+        && d.resource
+            .as_deref()
+            .is_none_or(|r| r == "*" || r == resource)
+        && d.vertical
             .as_ref()
             .is_none_or(|v| target.verticals.is_empty() || target.verticals.contains(v))
-        && d
-            .geo
+        && d.geo
             .as_deref()
             .is_none_or(|g| target.geo.is_none_or(|t| t == g))
-        && d
-            .program
+        && d.program
             .as_deref()
             .is_none_or(|p| target.program.is_none_or(|t| t == p))
 }
@@ -483,7 +480,8 @@ async fn load<T: DeserializeOwned>(
         .map_err(store_err)?
         .filter(|d| caller.principal.root || d.tenant.as_deref() == Some(caller.tenant()))
         .ok_or_else(|| ApiError::not_found(format!("no {} `{id}`", kind.as_str())))?;
-    let v = serde_json::from_str(&doc.doc).map_err(|e| ApiError::unavailable("policy store", &e))?;
+    let v =
+        serde_json::from_str(&doc.doc).map_err(|e| ApiError::unavailable("policy store", &e))?;
     Ok((v, doc))
 }
 
@@ -758,7 +756,10 @@ async fn patch_role(
     };
     let until = match &b.active_until {
         Some(u) => Some(u.clone()),
-        None => role.active_until.map(rfc3339).and_then(|v| v.as_str().map(str::to_owned)),
+        None => role
+            .active_until
+            .map(rfc3339)
+            .and_then(|v| v.as_str().map(str::to_owned)),
     };
     let (f, u) = crate::api::window(from.as_str().unwrap_or_default(), until.as_deref())?;
     role.active_from = f;
@@ -913,10 +914,20 @@ async fn role_step(
             )?;
             let (at, by, code, txt) = if step == Step::Reject {
                 action = "role.reject";
-                ("rejected_at", "rejected_by", "reject_reason_code", "reject_reason_text")
+                (
+                    "rejected_at",
+                    "rejected_by",
+                    "reject_reason_code",
+                    "reject_reason_text",
+                )
             } else {
                 action = "role.archive";
-                ("archived_at", "archived_by", "archive_reason_code", "archive_reason_text")
+                (
+                    "archived_at",
+                    "archived_by",
+                    "archive_reason_code",
+                    "archive_reason_text",
+                )
             };
             stamp(at, json!(now));
             stamp(by, json!(actor));
@@ -936,14 +947,10 @@ async fn role_step(
         Step::Approve if role.status == "draft" && !role.requires_approval => {
             ("active", "approved")
         }
-        Step::Reject
-            if role.status == "draft" && matches!(state, Some("pending" | "reviewed")) =>
-        {
+        Step::Reject if role.status == "draft" && matches!(state, Some("pending" | "reviewed")) => {
             ("rejected", "rejected")
         }
-        Step::Archive if role.status != "archived" => {
-            ("archived", state.unwrap_or("none"))
-        }
+        Step::Archive if role.status != "archived" => ("archived", state.unwrap_or("none")),
         _ => {
             return Err(invalid_transition(format!(
                 "role `{id}` is {} (approval {}); see the role lifecycle",
@@ -983,11 +990,19 @@ async fn role_step(
     Ok(ok_json(StatusCode::OK, v, role_view(&role, v)))
 }
 
-async fn get_role(State(h): State<AdminHttp>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+async fn get_role(
+    State(h): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
     let caller = h.caller(&headers).await?;
     let (role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
-    Ok(ok_json(StatusCode::OK, stored.version, role_view(&role, stored.version)))
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        role_view(&role, stored.version),
+    ))
 }
 
 async fn role_versions(
@@ -1112,7 +1127,12 @@ async fn create_group(State(h): State<AdminHttp>, headers: HeaderMap, body: Body
         .commit(
             &caller,
             &via,
-            ChangeRecord::admin("group.create", &tenant, &g.group_id, json!({"dynamic_rule": g.dynamic_rule})),
+            ChangeRecord::admin(
+                "group.create",
+                &tenant,
+                &g.group_id,
+                json!({"dynamic_rule": g.dynamic_rule}),
+            ),
             vec![
                 DocChange::put(DocKind::Group, &g.group_id, Some(&tenant), text(&g))
                     .status("active")
@@ -1175,10 +1195,8 @@ async fn patch_group(
         g.dynamic_rule = d;
     }
     if let Some(u) = &b.active_until {
-        let (_, u) = crate::api::window(
-            rfc3339(g.active_from).as_str().unwrap_or_default(),
-            Some(u),
-        )?;
+        let (_, u) =
+            crate::api::window(rfc3339(g.active_from).as_str().unwrap_or_default(), Some(u))?;
         g.active_until = u;
     }
     g.updated_at = now_ms();
@@ -1186,7 +1204,12 @@ async fn patch_group(
         .commit(
             &caller,
             &via,
-            ChangeRecord::admin("group.update", &g.tenant_id, &id, json!({"dynamic_rule": g.dynamic_rule})),
+            ChangeRecord::admin(
+                "group.update",
+                &g.tenant_id,
+                &id,
+                json!({"dynamic_rule": g.dynamic_rule}),
+            ),
             vec![
                 DocChange::put(DocKind::Group, &id, Some(&g.tenant_id), text(&g))
                     .status(g.status.clone())
@@ -1307,9 +1330,14 @@ async fn add_member(
                 json!({"membership_id": m.membership_id, "user_id": m.user_id}),
             ),
             vec![
-                DocChange::put(DocKind::GroupMember, &m.membership_id, Some(&g.tenant_id), text(&m))
-                    .status("active")
-                    .expect(Expect::Absent),
+                DocChange::put(
+                    DocKind::GroupMember,
+                    &m.membership_id,
+                    Some(&g.tenant_id),
+                    text(&m),
+                )
+                .status("active")
+                .expect(Expect::Absent),
             ],
         )
         .await?;
@@ -1336,7 +1364,12 @@ async fn end_member(
     let (g, _): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &gid).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: MemberEnd = parse(body)?;
-    check_reason("reason_code", &b.reason_code, "reason_text", b.reason_text.as_deref())?;
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
     let until = instant("effective_until", &b.effective_until)?;
     let now = now_ms();
     let current = h
@@ -1355,11 +1388,20 @@ async fn end_member(
         })
         .next();
     let Some((mut m, version)) = current else {
-        return Err(ApiError::not_found("no current membership of this user in this group"));
+        return Err(ApiError::not_found(
+            "no current membership of this user in this group",
+        ));
     };
-    precondition(&headers, version, &format!("membership {}", m.membership_id))?;
+    precondition(
+        &headers,
+        version,
+        &format!("membership {}", m.membership_id),
+    )?;
     if until <= m.effective_from {
-        return Err(ApiError::invalid("effective_until", "must be after the membership's effective_from"));
+        return Err(ApiError::invalid(
+            "effective_until",
+            "must be after the membership's effective_from",
+        ));
     }
     m.effective_until = Some(until);
     if until <= now {
@@ -1379,9 +1421,14 @@ async fn end_member(
                        "reason_code": b.reason_code, "reason_text": b.reason_text}),
             ),
             vec![
-                DocChange::put(DocKind::GroupMember, &m.membership_id, Some(&g.tenant_id), text(&m))
-                    .status(m.status.clone())
-                    .expect(Expect::Version(version)),
+                DocChange::put(
+                    DocKind::GroupMember,
+                    &m.membership_id,
+                    Some(&g.tenant_id),
+                    text(&m),
+                )
+                .status(m.status.clone())
+                .expect(Expect::Version(version)),
             ],
         )
         .await?;
@@ -1401,7 +1448,11 @@ fn assignment_view(a: &AssignmentDoc, version: i64) -> Value {
         "status": a.status, "created_by": a.created_by, "created_at": rfc3339(a.created_at),
         "revoked_at": opt_time(a.revoked_at), "revoke_reason_code": a.revoke_reason_code,
     });
-    let key = if a.subject_type == "group" { "group_id" } else { "user_id" };
+    let key = if a.subject_type == "group" {
+        "group_id"
+    } else {
+        "user_id"
+    };
     v[key] = json!(a.subject_id);
     v
 }
@@ -1447,21 +1498,33 @@ async fn assign(
     let via = caller.require("assignments.write", &Target::tenant(&tenant))?;
     let subject_id = check_name(&format!("{subject_type}_id"), &subject_id)?;
     if subject_type == "group" {
-        let g = h.store.document(DocKind::Group, &subject_id).await.map_err(store_err)?;
+        let g = h
+            .store
+            .document(DocKind::Group, &subject_id)
+            .await
+            .map_err(store_err)?;
         if g.is_none_or(|g| g.tenant.as_deref() != Some(tenant.as_str())) {
             return Err(ApiError::not_found(format!("no group `{subject_id}`")));
         }
     }
-    let role = h.store.document(DocKind::Role, &b.role_id).await.map_err(store_err)?;
+    let role = h
+        .store
+        .document(DocKind::Role, &b.role_id)
+        .await
+        .map_err(store_err)?;
     let role: RoleDoc = match role {
-        Some(d) if d.tenant.as_deref() == Some(tenant.as_str()) => serde_json::from_str(&d.doc)
-            .map_err(|e| ApiError::unavailable("policy store", &e))?,
+        Some(d) if d.tenant.as_deref() == Some(tenant.as_str()) => {
+            serde_json::from_str(&d.doc).map_err(|e| ApiError::unavailable("policy store", &e))?
+        }
         _ => return Err(ApiError::invalid("role_id", "no such role in this tenant")),
     };
     if role.status != "active" {
         return Err(ApiError {
             field: Some("role_id".into()),
-            ..ApiError::conflict("ROLE_NOT_ACTIVE", format!("role `{}` is {}", role.role_id, role.status))
+            ..ApiError::conflict(
+                "ROLE_NOT_ACTIVE",
+                format!("role `{}` is {}", role.role_id, role.status),
+            )
         });
     }
     let scope = Scope {
@@ -1528,9 +1591,14 @@ async fn assign(
                        "role_id": a.role_id, "scope": a.scope}),
             ),
             vec![
-                DocChange::put(DocKind::RoleAssignment, &a.assignment_id, Some(&tenant), text(&a))
-                    .status("active")
-                    .expect(Expect::Absent),
+                DocChange::put(
+                    DocKind::RoleAssignment,
+                    &a.assignment_id,
+                    Some(&tenant),
+                    text(&a),
+                )
+                .status("active")
+                .expect(Expect::Absent),
             ],
         )
         .await?;
@@ -1549,10 +1617,18 @@ async fn revoke_assignment(
         load(&h, &caller, DocKind::RoleAssignment, &id).await?;
     let via = caller.require("assignments.write", &Target::tenant(&a.tenant_id))?;
     let b: ReasonBody = parse(body)?;
-    check_reason("reason_code", &b.reason_code, "reason_text", b.reason_text.as_deref())?;
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
     precondition(&headers, stored.version, &format!("role assignment {id}"))?;
     if a.status != "active" {
-        return Err(invalid_transition(format!("role assignment `{id}` is {}", a.status)));
+        return Err(invalid_transition(format!(
+            "role assignment `{id}` is {}",
+            a.status
+        )));
     }
     let now = now_ms();
     a.status = "revoked".into();
@@ -1589,12 +1665,25 @@ async fn get_assignment(
     let caller = h.caller(&headers).await?;
     let (a, stored): (AssignmentDoc, _) = load(&h, &caller, DocKind::RoleAssignment, &id).await?;
     caller.require("roles.read", &Target::tenant(&a.tenant_id))?;
-    Ok(ok_json(StatusCode::OK, stored.version, assignment_view(&a, stored.version)))
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        assignment_view(&a, stored.version),
+    ))
 }
 
 async fn list_assignments(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
-    let q = query(q, &["tenant_id", "subject_type", "subject_id", "role_id", "status"])?;
+    let q = query(
+        q,
+        &[
+            "tenant_id",
+            "subject_type",
+            "subject_id",
+            "role_id",
+            "status",
+        ],
+    )?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("roles.read", &Target::tenant(tenant))?;
     let f = |k: &str, v: &str| q.get(k).is_none_or(|x| x == v);
@@ -1610,7 +1699,7 @@ async fn list_assignments(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) 
                 && f("subject_id", &a.subject_id)
                 && f("role_id", &a.role_id)
                 && f("status", &a.status))
-                .then(|| assignment_view(&a, d.version))
+            .then(|| assignment_view(&a, d.version))
         })
         .collect();
     Ok(axum::Json(json!({ "role_assignments": list })).into_response())
@@ -1659,24 +1748,52 @@ async fn create_deny(State(h): State<AdminHttp>, headers: HeaderMap, body: Body)
     let subject_id = check_name("subject_id", &b.subject_id)?;
     let action = check_name("action", &b.action)?;
     let resource = check_name("resource", &b.resource)?;
-    if b.subject_type == DenySubject::Integration && !matches!(action.as_str(), "read" | "write" | "*") {
-        return Err(ApiError::invalid("action", "partner traffic rules take read, write or *"));
+    if b.subject_type == DenySubject::Integration
+        && !matches!(action.as_str(), "read" | "write" | "*")
+    {
+        return Err(ApiError::invalid(
+            "action",
+            "partner traffic rules take read, write or *",
+        ));
     }
-    check_reason("reason_code", &b.reason_code, "reason_text", b.reason_text.as_deref())?;
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
     let (from, until) = crate::api::window(&b.active_from, b.active_until.as_deref())?;
     match b.subject_type {
         DenySubject::Integration => {
-            let known = h.engine.snapshot().load_full().as_ref().as_ref().and_then(|s| {
-                s.integrations.get(&subject_id).map(|i| i.integration.tenant == tenant)
-            });
+            let known = h
+                .engine
+                .snapshot()
+                .load_full()
+                .as_ref()
+                .as_ref()
+                .and_then(|s| {
+                    s.integrations
+                        .get(&subject_id)
+                        .map(|i| i.integration.tenant == tenant)
+                });
             if known != Some(true) {
-                return Err(ApiError::invalid("subject_id", "no such integration in this tenant"));
+                return Err(ApiError::invalid(
+                    "subject_id",
+                    "no such integration in this tenant",
+                ));
             }
         }
         DenySubject::Group => {
-            let g = h.store.document(DocKind::Group, &subject_id).await.map_err(store_err)?;
+            let g = h
+                .store
+                .document(DocKind::Group, &subject_id)
+                .await
+                .map_err(store_err)?;
             if g.is_none_or(|g| g.tenant.as_deref() != Some(tenant.as_str())) {
-                return Err(ApiError::invalid("subject_id", "no such group in this tenant"));
+                return Err(ApiError::invalid(
+                    "subject_id",
+                    "no such group in this tenant",
+                ));
             }
         }
         DenySubject::User | DenySubject::Role => {}
@@ -1703,7 +1820,9 @@ async fn create_deny(State(h): State<AdminHttp>, headers: HeaderMap, body: Body)
         geo: b.scope.geo_id.clone(),
         program: b.scope.program_id.clone(),
         active_from: rfc3339(from).as_str().map(str::to_owned),
-        active_until: until.map(rfc3339).and_then(|v| v.as_str().map(str::to_owned)),
+        active_until: until
+            .map(rfc3339)
+            .and_then(|v| v.as_str().map(str::to_owned)),
         status: DenyStatus::Active,
         reason_code: Some(b.reason_code.clone()),
         revoked_at: None,
@@ -1734,7 +1853,11 @@ async fn create_deny(State(h): State<AdminHttp>, headers: HeaderMap, body: Body)
         .await
         .map_err(store_err)?
         .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
-    Ok(ok_json(StatusCode::CREATED, stored.version, deny_view(&rule, &stored)))
+    Ok(ok_json(
+        StatusCode::CREATED,
+        stored.version,
+        deny_view(&rule, &stored),
+    ))
 }
 
 async fn revoke_deny(
@@ -1747,10 +1870,17 @@ async fn revoke_deny(
     let (mut d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
     let via = caller.require("deny_rules.write", &Target::tenant(&d.tenant))?;
     let b: ReasonBody = parse(body)?;
-    check_reason("reason_code", &b.reason_code, "reason_text", b.reason_text.as_deref())?;
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
     precondition(&headers, stored.version, &format!("deny rule {id}"))?;
     if d.status != DenyStatus::Active {
-        return Err(invalid_transition(format!("deny rule `{id}` is already revoked")));
+        return Err(invalid_transition(format!(
+            "deny rule `{id}` is already revoked"
+        )));
     }
     d.status = DenyStatus::Revoked;
     d.revoked_at = rfc3339(now_ms()).as_str().map(str::to_owned);
@@ -1778,7 +1908,11 @@ async fn revoke_deny(
         .await
         .map_err(store_err)?
         .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
-    Ok(ok_json(StatusCode::OK, stored.version, deny_view(&d, &stored)))
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        deny_view(&d, &stored),
+    ))
 }
 
 async fn get_deny(
@@ -1789,7 +1923,11 @@ async fn get_deny(
     let caller = h.caller(&headers).await?;
     let (d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
     caller.require("deny_rules.read", &Target::tenant(&d.tenant))?;
-    Ok(ok_json(StatusCode::OK, stored.version, deny_view(&d, &stored)))
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        deny_view(&d, &stored),
+    ))
 }
 
 async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
@@ -1857,9 +1995,9 @@ async fn evaluate(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) ->
         .grants
         .iter()
         .filter(|g| {
-            permission(&g.permission).is_some_and(|p| {
-                (p.action == action || p.id == action) && p.resource == resource
-            }) && g.scope.covers(&target)
+            permission(&g.permission)
+                .is_some_and(|p| (p.action == action || p.id == action) && p.resource == resource)
+                && g.scope.covers(&target)
         })
         .collect();
     for g in &grants {
@@ -1877,7 +2015,15 @@ async fn evaluate(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) ->
         .map(|p| p.id);
     let applied: Vec<String> = denies_for(&h.engine, &tenant, &subject, &facts, &[], now)
         .into_iter()
-        .filter(|d| deny_matches(d, &action, perm_id.or(Some(action.as_str())), &resource, &target))
+        .filter(|d| {
+            deny_matches(
+                d,
+                &action,
+                perm_id.or(Some(action.as_str())),
+                &resource,
+                &target,
+            )
+        })
         .map(|d| d.id)
         .collect();
     for d in &applied {
@@ -1931,9 +2077,10 @@ pub fn routes() -> Router<AdminHttp> {
     macro_rules! step {
         ($s:expr) => {
             post(
-                |State(h): State<AdminHttp>, Path(id): Path<String>, headers: HeaderMap, body: Body| async move {
-                    role_step(h, id, headers, body, $s).await
-                },
+                |State(h): State<AdminHttp>,
+                 Path(id): Path<String>,
+                 headers: HeaderMap,
+                 body: Body| async move { role_step(h, id, headers, body, $s).await },
             )
         };
     }
@@ -1942,7 +2089,10 @@ pub fn routes() -> Router<AdminHttp> {
         .route("/v1/roles", post(create_role).get(list_roles))
         .route("/v1/roles/{role_id}", get(get_role).patch(patch_role))
         .route("/v1/roles/{role_id}/versions", get(role_versions))
-        .route("/v1/roles/{role_id}/request-review", step!(Step::RequestReview))
+        .route(
+            "/v1/roles/{role_id}/request-review",
+            step!(Step::RequestReview),
+        )
         .route("/v1/roles/{role_id}/review", step!(Step::Review))
         .route("/v1/roles/{role_id}/approve", step!(Step::Approve))
         .route("/v1/roles/{role_id}/reject", step!(Step::Reject))
@@ -1950,12 +2100,18 @@ pub fn routes() -> Router<AdminHttp> {
         .route("/v1/groups", post(create_group).get(list_groups))
         .route("/v1/groups/{group_id}", get(get_group).patch(patch_group))
         .route("/v1/groups/{group_id}/members", post(add_member))
-        .route("/v1/groups/{group_id}/members/{user_id}/end", post(end_member))
+        .route(
+            "/v1/groups/{group_id}/members/{user_id}/end",
+            post(end_member),
+        )
         .route("/v1/groups/{group_id}/roles", post(assign_group))
         .route("/v1/users/{user_id}/roles", post(assign_user))
         .route("/v1/role-assignments", get(list_assignments))
         .route("/v1/role-assignments/{assignment_id}", get(get_assignment))
-        .route("/v1/role-assignments/{assignment_id}/revoke", post(revoke_assignment))
+        .route(
+            "/v1/role-assignments/{assignment_id}/revoke",
+            post(revoke_assignment),
+        )
         .route("/v1/deny-rules", post(create_deny).get(list_denies))
         .route("/v1/deny-rules/{deny_id}", get(get_deny))
         .route("/v1/deny-rules/{deny_id}/revoke", post(revoke_deny))
@@ -1964,33 +2120,221 @@ pub fn routes() -> Router<AdminHttp> {
 
 /// `(path, method, permission, summary, request body fields)` of every route, for OpenAPI.
 const OPS: &[(&str, &str, &str, &str, &[&str])] = &[
-    ("/v1/permissions", "get", "roles.read", "The permission catalog (query: scope_type, status)", &[]),
-    ("/v1/roles", "post", "roles.write", "Create a draft role", &["role_name", "description", "scope_type", "permission_ids", "active_from", "active_until", "requires_approval", "tenant_id"]),
-    ("/v1/roles", "get", "roles.read", "List roles (query: status, tenant_id)", &[]),
-    ("/v1/roles/{role_id}", "get", "roles.read", "One role (ETag = version_id)", &[]),
-    ("/v1/roles/{role_id}", "patch", "roles.write", "Edit a role (If-Match)", &["role_name", "description", "permission_ids", "active_from", "active_until"]),
-    ("/v1/roles/{role_id}/versions", "get", "roles.read", "Every version of a role", &[]),
-    ("/v1/roles/{role_id}/request-review", "post", "roles.write", "Request review: approval_state pending", &["request_reason_code", "request_reason_text"]),
-    ("/v1/roles/{role_id}/review", "post", "roles.review", "Review: approval_state reviewed", &["review_notes"]),
-    ("/v1/roles/{role_id}/approve", "post", "roles.approve", "Approve: status active (four eyes)", &["approval_reason_code", "approval_reason_text"]),
-    ("/v1/roles/{role_id}/reject", "post", "roles.approve", "Reject", &["reason_code", "reason_text"]),
-    ("/v1/roles/{role_id}/archive", "post", "roles.approve", "Archive (immutable afterwards)", &["reason_code", "reason_text"]),
-    ("/v1/groups", "post", "groups.write", "Create a group", &["group_name", "description", "dynamic_rule", "active_from", "active_until", "tenant_id"]),
+    (
+        "/v1/permissions",
+        "get",
+        "roles.read",
+        "The permission catalog (query: scope_type, status)",
+        &[],
+    ),
+    (
+        "/v1/roles",
+        "post",
+        "roles.write",
+        "Create a draft role",
+        &[
+            "role_name",
+            "description",
+            "scope_type",
+            "permission_ids",
+            "active_from",
+            "active_until",
+            "requires_approval",
+            "tenant_id",
+        ],
+    ),
+    (
+        "/v1/roles",
+        "get",
+        "roles.read",
+        "List roles (query: status, tenant_id)",
+        &[],
+    ),
+    (
+        "/v1/roles/{role_id}",
+        "get",
+        "roles.read",
+        "One role (ETag = version_id)",
+        &[],
+    ),
+    (
+        "/v1/roles/{role_id}",
+        "patch",
+        "roles.write",
+        "Edit a role (If-Match)",
+        &[
+            "role_name",
+            "description",
+            "permission_ids",
+            "active_from",
+            "active_until",
+        ],
+    ),
+    (
+        "/v1/roles/{role_id}/versions",
+        "get",
+        "roles.read",
+        "Every version of a role",
+        &[],
+    ),
+    (
+        "/v1/roles/{role_id}/request-review",
+        "post",
+        "roles.write",
+        "Request review: approval_state pending",
+        &["request_reason_code", "request_reason_text"],
+    ),
+    (
+        "/v1/roles/{role_id}/review",
+        "post",
+        "roles.review",
+        "Review: approval_state reviewed",
+        &["review_notes"],
+    ),
+    (
+        "/v1/roles/{role_id}/approve",
+        "post",
+        "roles.approve",
+        "Approve: status active (four eyes)",
+        &["approval_reason_code", "approval_reason_text"],
+    ),
+    (
+        "/v1/roles/{role_id}/reject",
+        "post",
+        "roles.approve",
+        "Reject",
+        &["reason_code", "reason_text"],
+    ),
+    (
+        "/v1/roles/{role_id}/archive",
+        "post",
+        "roles.approve",
+        "Archive (immutable afterwards)",
+        &["reason_code", "reason_text"],
+    ),
+    (
+        "/v1/groups",
+        "post",
+        "groups.write",
+        "Create a group",
+        &[
+            "group_name",
+            "description",
+            "dynamic_rule",
+            "active_from",
+            "active_until",
+            "tenant_id",
+        ],
+    ),
     ("/v1/groups", "get", "roles.read", "List groups", &[]),
-    ("/v1/groups/{group_id}", "get", "roles.read", "One group with its memberships", &[]),
-    ("/v1/groups/{group_id}", "patch", "groups.write", "Edit a group (If-Match)", &["group_name", "description", "dynamic_rule", "active_until"]),
-    ("/v1/groups/{group_id}/members", "post", "groups.write", "Add a member", &["user_id", "effective_from", "effective_until"]),
-    ("/v1/groups/{group_id}/members/{user_id}/end", "post", "groups.write", "End a membership", &["effective_until", "reason_code", "reason_text"]),
-    ("/v1/groups/{group_id}/roles", "post", "assignments.write", "Assign a role to a group", &["role_id", "scope", "effective_from", "effective_until"]),
-    ("/v1/users/{user_id}/roles", "post", "assignments.write", "Assign a role to a user", &["role_id", "scope", "effective_from", "effective_until"]),
-    ("/v1/role-assignments", "get", "roles.read", "List role assignments (query: subject_type, subject_id, role_id, status)", &[]),
-    ("/v1/role-assignments/{assignment_id}", "get", "roles.read", "One role assignment", &[]),
-    ("/v1/role-assignments/{assignment_id}/revoke", "post", "assignments.write", "Revoke a role assignment", &["reason_code", "reason_text"]),
-    ("/v1/deny-rules", "post", "deny_rules.write", "Create a deny rule (enforced immediately on this replica, ADM-3)", &["subject_type", "subject_id", "action", "resource", "scope", "active_from", "active_until", "reason_code", "reason_text"]),
-    ("/v1/deny-rules", "get", "deny_rules.read", "List deny rules (query: status, subject_type, subject_id)", &[]),
-    ("/v1/deny-rules/{deny_id}", "get", "deny_rules.read", "One deny rule", &[]),
-    ("/v1/deny-rules/{deny_id}/revoke", "post", "deny_rules.write", "Revoke a deny rule", &["reason_code", "reason_text"]),
-    ("/v1/authz/evaluate", "post", "authz.evaluate", "Evaluate: decision, reasons, applied_denies, masked_fields", &["subject_id", "action", "resource", "scope", "context"]),
+    (
+        "/v1/groups/{group_id}",
+        "get",
+        "roles.read",
+        "One group with its memberships",
+        &[],
+    ),
+    (
+        "/v1/groups/{group_id}",
+        "patch",
+        "groups.write",
+        "Edit a group (If-Match)",
+        &["group_name", "description", "dynamic_rule", "active_until"],
+    ),
+    (
+        "/v1/groups/{group_id}/members",
+        "post",
+        "groups.write",
+        "Add a member",
+        &["user_id", "effective_from", "effective_until"],
+    ),
+    (
+        "/v1/groups/{group_id}/members/{user_id}/end",
+        "post",
+        "groups.write",
+        "End a membership",
+        &["effective_until", "reason_code", "reason_text"],
+    ),
+    (
+        "/v1/groups/{group_id}/roles",
+        "post",
+        "assignments.write",
+        "Assign a role to a group",
+        &["role_id", "scope", "effective_from", "effective_until"],
+    ),
+    (
+        "/v1/users/{user_id}/roles",
+        "post",
+        "assignments.write",
+        "Assign a role to a user",
+        &["role_id", "scope", "effective_from", "effective_until"],
+    ),
+    (
+        "/v1/role-assignments",
+        "get",
+        "roles.read",
+        "List role assignments (query: subject_type, subject_id, role_id, status)",
+        &[],
+    ),
+    (
+        "/v1/role-assignments/{assignment_id}",
+        "get",
+        "roles.read",
+        "One role assignment",
+        &[],
+    ),
+    (
+        "/v1/role-assignments/{assignment_id}/revoke",
+        "post",
+        "assignments.write",
+        "Revoke a role assignment",
+        &["reason_code", "reason_text"],
+    ),
+    (
+        "/v1/deny-rules",
+        "post",
+        "deny_rules.write",
+        "Create a deny rule (enforced immediately on this replica, ADM-3)",
+        &[
+            "subject_type",
+            "subject_id",
+            "action",
+            "resource",
+            "scope",
+            "active_from",
+            "active_until",
+            "reason_code",
+            "reason_text",
+        ],
+    ),
+    (
+        "/v1/deny-rules",
+        "get",
+        "deny_rules.read",
+        "List deny rules (query: status, subject_type, subject_id)",
+        &[],
+    ),
+    (
+        "/v1/deny-rules/{deny_id}",
+        "get",
+        "deny_rules.read",
+        "One deny rule",
+        &[],
+    ),
+    (
+        "/v1/deny-rules/{deny_id}/revoke",
+        "post",
+        "deny_rules.write",
+        "Revoke a deny rule",
+        &["reason_code", "reason_text"],
+    ),
+    (
+        "/v1/authz/evaluate",
+        "post",
+        "authz.evaluate",
+        "Evaluate: decision, reasons, applied_denies, masked_fields",
+        &["subject_id", "action", "resource", "scope", "context"],
+    ),
 ];
 
 /// OpenAPI path items of [`routes`]: `(path, item)`.
@@ -2038,7 +2382,10 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
             }
         }
     }
-    items.into_iter().map(|(p, m)| (p, Value::Object(m))).collect()
+    items
+        .into_iter()
+        .map(|(p, m)| (p, Value::Object(m)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -2058,15 +2405,46 @@ mod tests {
     fn deny_matches_permission_action_or_id_and_scope() {
         let v = vec!["health".to_owned()];
         let t = Target::verticals("ke", &v);
-        assert!(deny_blocks(&rule(Some("approve"), None), "integrations.approve", &t));
-        assert!(deny_blocks(&rule(Some("integrations.approve"), None), "integrations.approve", &t));
-        assert!(deny_blocks(&rule(None, Some("health")), "integrations.read", &t));
-        assert!(!deny_blocks(&rule(None, Some("education")), "integrations.read", &t));
-        assert!(!deny_blocks(&rule(Some("approve"), None), "integrations.read", &t));
-        assert!(!deny_blocks(&rule(None, None), "roles.read", &t), "other resource");
-        assert!(!deny_blocks(&rule(None, None), "integrations.read", &Target::tenant("ug")));
+        assert!(deny_blocks(
+            &rule(Some("approve"), None),
+            "integrations.approve",
+            &t
+        ));
+        assert!(deny_blocks(
+            &rule(Some("integrations.approve"), None),
+            "integrations.approve",
+            &t
+        ));
+        assert!(deny_blocks(
+            &rule(None, Some("health")),
+            "integrations.read",
+            &t
+        ));
+        assert!(!deny_blocks(
+            &rule(None, Some("education")),
+            "integrations.read",
+            &t
+        ));
+        assert!(!deny_blocks(
+            &rule(Some("approve"), None),
+            "integrations.read",
+            &t
+        ));
+        assert!(
+            !deny_blocks(&rule(None, None), "roles.read", &t),
+            "other resource"
+        );
+        assert!(!deny_blocks(
+            &rule(None, None),
+            "integrations.read",
+            &Target::tenant("ug")
+        ));
         // A vertical rule applies to tenant-wide targets (fail closed).
-        assert!(deny_blocks(&rule(None, Some("health")), "integrations.read", &Target::tenant("ke")));
+        assert!(deny_blocks(
+            &rule(None, Some("health")),
+            "integrations.read",
+            &Target::tenant("ke")
+        ));
     }
 
     // ADM-3
@@ -2088,6 +2466,10 @@ mod tests {
     fn openapi_has_every_route() {
         let paths = openapi_paths();
         assert_eq!(paths.len(), 22);
-        assert!(paths.iter().any(|(p, i)| p == "/v1/roles" && i["post"].is_object() && i["get"].is_object()));
+        assert!(
+            paths
+                .iter()
+                .any(|(p, i)| p == "/v1/roles" && i["post"].is_object() && i["get"].is_object())
+        );
     }
 }

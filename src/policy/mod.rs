@@ -615,6 +615,34 @@ mod tests {
         );
     }
 
+    /// ADM-3: the admin-API fields of deny rules are validated; old-style rules still load.
+    #[test]
+    fn deny_rule_extras_are_validated() {
+        let text = format!(
+            "{}deny_rules:\n  - {{id: old, tenant: ke, action: read, reason: r}}\n  - {{id: d1, tenant: ke, subject_type: integration, subject_id: x, action: approve, reason: r}}\n  - {{id: d2, tenant: ke, subject_type: user, reason: r, active_from: '2026-02-01T00:00:00Z', active_until: '2026-01-01T00:00:00Z'}}\n  - {{id: d3, tenant: ke, subject_type: user, subject_id: u, action: approve, status: revoked, reason: r}}\n",
+            tenant_yaml()
+        );
+        let f = PolicySet::parse_file("d.yaml", &text).unwrap();
+        let errs = PolicySet::from_files(vec![("d.yaml".into(), f)])
+            .unwrap_err()
+            .0;
+        let got: Vec<(String, String)> = errs
+            .iter()
+            .map(|e| (e.entry.clone(), e.field.clone()))
+            .collect();
+        let has =
+            |entry: &str, field: &str| got.iter().any(|(e, f)| e.contains(entry) && f == field);
+        assert!(has("(d1)", "integration"), "{got:?}");
+        assert!(has("(d1)", "action"), "{got:?}");
+        assert!(has("(d2)", "subject_id"), "{got:?}");
+        assert!(has("(d2)", "active_until"), "{got:?}");
+        assert!(
+            !got.iter()
+                .any(|(e, _)| e.contains("(old)") || e.contains("(d3)")),
+            "{got:?}"
+        );
+    }
+
     /// DESIGN stage 3: two routes that match the same requests are rejected at validation time.
     #[test]
     fn ambiguous_routes_are_rejected() {
@@ -652,15 +680,21 @@ fn validate_deny_extras(d: &DenyRule, err: &mut impl FnMut(&str, String)) {
     }
     if let Some(a) = &d.action {
         if d.for_traffic() && a != "read" && a != "write" {
-            err("action", format!("`{a}`: partner traffic rules take read or write"));
+            err(
+                "action",
+                format!("`{a}`: partner traffic rules take read or write"),
+            );
         } else if a.trim().is_empty() {
             err("action", "must not be blank".into());
         }
     }
     let mut bounds = [None, None];
-    for (i, (name, v)) in [("active_from", &d.active_from), ("active_until", &d.active_until)]
-        .into_iter()
-        .enumerate()
+    for (i, (name, v)) in [
+        ("active_from", &d.active_from),
+        ("active_until", &d.active_until),
+    ]
+    .into_iter()
+    .enumerate()
     {
         if let Some(t) = v {
             match chrono::DateTime::parse_from_rfc3339(t) {
