@@ -572,6 +572,50 @@ fn between(s: &str, a: &str, b: &str) -> Option<String> {
     Some(s[start..end].to_owned())
 }
 
+/// The admin-API fields of a deny rule (ADM-3): the subject, the action for partner traffic,
+/// the window.
+fn validate_deny_extras(d: &DenyRule, err: &mut impl FnMut(&str, String)) {
+    match (d.subject_type, &d.subject_id) {
+        (Some(_), None) => err("subject_id", "is required with subject_type".into()),
+        (None, Some(_)) => err("subject_type", "is required with subject_id".into()),
+        (Some(DenySubject::Integration), Some(s)) if d.integration.as_ref() != Some(s) => err(
+            "integration",
+            "must equal subject_id when subject_type is integration".into(),
+        ),
+        _ => {}
+    }
+    if let Some(a) = &d.action {
+        if d.for_traffic() && a != "read" && a != "write" {
+            err(
+                "action",
+                format!("`{a}`: partner traffic rules take read or write"),
+            );
+        } else if a.trim().is_empty() {
+            err("action", "must not be blank".into());
+        }
+    }
+    let mut bounds = [None, None];
+    for (i, (name, v)) in [
+        ("active_from", &d.active_from),
+        ("active_until", &d.active_until),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(t) = v {
+            match chrono::DateTime::parse_from_rfc3339(t) {
+                Ok(t) => bounds[i] = Some(t),
+                Err(_) => err(name, "must be an RFC 3339 time".into()),
+            }
+        }
+    }
+    if let [Some(f), Some(u)] = bounds
+        && u <= f
+    {
+        err("active_until", "must be after active_from".into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,49 +707,5 @@ mod tests {
         assert!(check_url("http://idp.example/realms/ke").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("https://").is_err());
-    }
-}
-
-/// The admin-API fields of a deny rule (ADM-3): the subject, the action for partner traffic,
-/// the window.
-fn validate_deny_extras(d: &DenyRule, err: &mut impl FnMut(&str, String)) {
-    match (d.subject_type, &d.subject_id) {
-        (Some(_), None) => err("subject_id", "is required with subject_type".into()),
-        (None, Some(_)) => err("subject_type", "is required with subject_id".into()),
-        (Some(DenySubject::Integration), Some(s)) if d.integration.as_ref() != Some(s) => err(
-            "integration",
-            "must equal subject_id when subject_type is integration".into(),
-        ),
-        _ => {}
-    }
-    if let Some(a) = &d.action {
-        if d.for_traffic() && a != "read" && a != "write" {
-            err(
-                "action",
-                format!("`{a}`: partner traffic rules take read or write"),
-            );
-        } else if a.trim().is_empty() {
-            err("action", "must not be blank".into());
-        }
-    }
-    let mut bounds = [None, None];
-    for (i, (name, v)) in [
-        ("active_from", &d.active_from),
-        ("active_until", &d.active_until),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if let Some(t) = v {
-            match chrono::DateTime::parse_from_rfc3339(t) {
-                Ok(t) => bounds[i] = Some(t),
-                Err(_) => err(name, "must be an RFC 3339 time".into()),
-            }
-        }
-    }
-    if let [Some(f), Some(u)] = bounds
-        && u <= f
-    {
-        err("active_until", "must be after active_from".into());
     }
 }
