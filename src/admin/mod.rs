@@ -10,5 +10,6 @@ pub mod http;
 pub mod integrations;
 pub mod packs;
 pub mod rbac;
+pub mod tenants;
 
 pub use auth::*;
