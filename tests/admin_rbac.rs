@@ -797,7 +797,7 @@ async fn groups_and_windows(h: Harness) {
         &h,
         "/v1/groups",
         &admin,
-        json!({"group_name": "investigators", "active_from": past(), "active_until": past()}),
+        json!({"group_name": "investigators", "active_from": now_plus(-1000), "active_until": now_plus(-60_000)}),
     )
     .await;
     assert_eq!(r.status, 400);
