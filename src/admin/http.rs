@@ -755,6 +755,7 @@ mod tests {
                 scope: health,
                 via: "assignment:a-1".into(),
             }],
+            denies: vec![],
         };
         assert_eq!(
             c.require("integrations.review", &Target::verticals("ke", &h))
