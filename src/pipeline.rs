@@ -535,18 +535,12 @@ pub fn authorize<'s>(
     scopes.sort();
     d.scopes = scopes;
 
-    // Stage 6: deny rules (policy packs arrive with the admin API).
+    // Stage 6: deny rules (ADM-3).
     d.stages.push(Stage::DenyRules);
     if let Some(rules) = snap.deny_rules.get(&i.tenant) {
+        let now_ms = d.time.timestamp_millis();
         for r in rules {
-            let hit = r.integration.as_ref().is_none_or(|x| *x == i.id)
-                && r.action.is_none_or(|a| a == route.action)
-                && r.resource.as_ref().is_none_or(|x| *x == route.resource)
-                && r.scope.as_ref().is_none_or(|x| *x == route.scope)
-                && r.vertical
-                    .as_ref()
-                    .is_none_or(|x| route.verticals.contains(x));
-            if hit {
+            if deny_rule_hits(r, &i.id, route, now_ms) {
                 return Err(Denial::new(
                     DenyCode::DenyRuleMatched,
                     format!("deny rule `{}`: {}", r.id, r.reason),
@@ -592,6 +586,28 @@ pub fn apply_pack_masks(route: &Route, pack_masks: &[String], d: &mut Decision) 
     if let Some(a) = &mut d.allowed_fields {
         a.retain(|f| !pack_masks.contains(f));
     }
+}
+
+/// Whether deny rule `r` denies integration `integration`'s request to `route` at `now_ms`
+/// (stage 6, ADM-3): the rule is for partner traffic (no subject or subject type
+/// `integration`), active and inside its window (checked per request), and every matcher it
+/// sets matches. Traffic carries no geo or program: a rule narrowed to one still applies (fail
+/// closed).
+fn deny_rule_hits(
+    r: &crate::policy::DenyRule,
+    integration: &str,
+    route: &Route,
+    now_ms: i64,
+) -> bool {
+    r.for_traffic()
+        && r.in_force(now_ms)
+        && r.integration.as_ref().is_none_or(|x| x == integration)
+        && r.action.as_ref().is_none_or(|a| a == route.action.as_str())
+        && r.resource.as_ref().is_none_or(|x| *x == route.resource)
+        && r.scope.as_ref().is_none_or(|x| *x == route.scope)
+        && r.vertical
+            .as_ref()
+            .is_none_or(|x| route.verticals.contains(x))
 }
 
 /// Stage 8, pure: allowed and masked fields from the integration's field policy, the route's

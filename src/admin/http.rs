@@ -337,6 +337,9 @@ pub enum Via {
 pub struct Caller {
     pub principal: AdminPrincipal,
     pub grants: Vec<Grant>,
+    /// Deny rules in force against this caller (its user id, groups, roles), ADM-3: they beat
+    /// every grant; only ROOT passes them (recorded as `root_bypass`).
+    pub denies: Vec<crate::policy::DenyRule>,
 }
 
 impl Caller {
@@ -349,6 +352,19 @@ impl Caller {
     ///
     /// Errors: 403 `FORBIDDEN` naming the permission (ADM-1).
     pub fn require(&self, permission: &str, target: &Target) -> Result<Via, ApiError> {
+        if let Some(d) = self
+            .denies
+            .iter()
+            .find(|d| super::rbac::deny_blocks(d, permission, target))
+        {
+            if self.principal.root {
+                return Ok(Via::Root);
+            }
+            return Err(ApiError::forbidden(format!(
+                "deny rule `{}` forbids `{permission}` to this caller",
+                d.id
+            )));
+        }
         if let Some(g) = self
             .grants
             .iter()
@@ -452,12 +468,15 @@ impl AdminHttp {
             }
         }
         let now = crate::api::now_ms();
-        grants.extend(
-            super::rbac::stored_grants(&self.store, &principal, now)
-                .await
-                .map_err(|e| ApiError::unavailable("policy store", &e))?,
-        );
-        Ok(Caller { principal, grants })
+        let (stored, denies) = super::rbac::resolve(&self.store, &self.engine, &principal, now)
+            .await
+            .map_err(|e| ApiError::unavailable("policy store", &e))?;
+        grants.extend(stored);
+        Ok(Caller {
+            principal,
+            grants,
+            denies,
+        })
     }
 
     /// Records `record` (and a `root_bypass` record when `via` is ROOT), then writes `changes`
@@ -736,6 +755,7 @@ mod tests {
                 scope: health,
                 via: "assignment:a-1".into(),
             }],
+            denies: vec![],
         };
         assert_eq!(
             c.require("integrations.review", &Target::verticals("ke", &h))

@@ -491,6 +491,7 @@ impl PolicySet {
             if d.reason.trim().is_empty() {
                 err("reason", "must not be empty".into());
             }
+            validate_deny_extras(d, &mut err);
         }
 
         // Policy packs (ADM-6): tenant exists, vertical known, Cedar valid against the schema,
@@ -636,6 +637,50 @@ fn between(s: &str, a: &str, b: &str) -> Option<String> {
     Some(s[start..end].to_owned())
 }
 
+/// The admin-API fields of a deny rule (ADM-3): the subject, the action for partner traffic,
+/// the window.
+fn validate_deny_extras(d: &DenyRule, err: &mut impl FnMut(&str, String)) {
+    match (d.subject_type, &d.subject_id) {
+        (Some(_), None) => err("subject_id", "is required with subject_type".into()),
+        (None, Some(_)) => err("subject_type", "is required with subject_id".into()),
+        (Some(DenySubject::Integration), Some(s)) if d.integration.as_ref() != Some(s) => err(
+            "integration",
+            "must equal subject_id when subject_type is integration".into(),
+        ),
+        _ => {}
+    }
+    if let Some(a) = &d.action {
+        if d.for_traffic() && a != "read" && a != "write" {
+            err(
+                "action",
+                format!("`{a}`: partner traffic rules take read or write"),
+            );
+        } else if a.trim().is_empty() {
+            err("action", "must not be blank".into());
+        }
+    }
+    let mut bounds = [None, None];
+    for (i, (name, v)) in [
+        ("active_from", &d.active_from),
+        ("active_until", &d.active_until),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(t) = v {
+            match chrono::DateTime::parse_from_rfc3339(t) {
+                Ok(t) => bounds[i] = Some(t),
+                Err(_) => err(name, "must be an RFC 3339 time".into()),
+            }
+        }
+    }
+    if let [Some(f), Some(u)] = bounds
+        && u <= f
+    {
+        err("active_until", "must be after active_from".into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +721,34 @@ mod tests {
         assert!(
             errs.iter()
                 .all(|e| e.file == "i.yaml" && e.entry == "integrations[0] (a)")
+        );
+    }
+
+    /// ADM-3: the admin-API fields of deny rules are validated; old-style rules still load.
+    #[test]
+    fn deny_rule_extras_are_validated() {
+        let text = format!(
+            "{}deny_rules:\n  - {{id: old, tenant: ke, action: read, reason: r}}\n  - {{id: d1, tenant: ke, subject_type: integration, subject_id: x, action: approve, reason: r}}\n  - {{id: d2, tenant: ke, subject_type: user, reason: r, active_from: '2026-02-01T00:00:00Z', active_until: '2026-01-01T00:00:00Z'}}\n  - {{id: d3, tenant: ke, subject_type: user, subject_id: u, action: approve, status: revoked, reason: r}}\n",
+            tenant_yaml()
+        );
+        let f = PolicySet::parse_file("d.yaml", &text).unwrap();
+        let errs = PolicySet::from_files(vec![("d.yaml".into(), f)])
+            .unwrap_err()
+            .0;
+        let got: Vec<(String, String)> = errs
+            .iter()
+            .map(|e| (e.entry.clone(), e.field.clone()))
+            .collect();
+        let has =
+            |entry: &str, field: &str| got.iter().any(|(e, f)| e.contains(entry) && f == field);
+        assert!(has("(d1)", "integration"), "{got:?}");
+        assert!(has("(d1)", "action"), "{got:?}");
+        assert!(has("(d2)", "subject_id"), "{got:?}");
+        assert!(has("(d2)", "active_until"), "{got:?}");
+        assert!(
+            !got.iter()
+                .any(|(e, _)| e.contains("(old)") || e.contains("(d3)")),
+            "{got:?}"
         );
     }
 

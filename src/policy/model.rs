@@ -275,6 +275,18 @@ pub struct Route {
 }
 
 /// A native deny rule: every field that is set must match; `forbid` beats every allow (ADM-3).
+///
+/// Written by the policy files (only `id`, `tenant`, `reason` and the matchers) or by
+/// `POST /v1/deny-rules` (every field). Fields added for the admin API are optional, so older
+/// files and stored documents still load.
+///
+/// - Partner traffic (pipeline stage 6) is matched by rules without a subject or with subject
+///   type `integration`; `action` is then `read` or `write`.
+/// - Admin callers and `POST /v1/authz/evaluate` are matched by rules of subject type `user`,
+///   `group` or `role`; `action` is then a catalog action or permission id (`approve`,
+///   `integrations.approve`).
+/// - Only `status: active` rules inside `[active_from, active_until)` are enforced; revoked
+///   rules are kept for the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRule {
@@ -282,16 +294,110 @@ pub struct DenyRule {
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration: Option<String>,
+    /// `read`/`write` for partner traffic; an admin action for user/group/role subjects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<Action>,
+    pub action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// OAuth scope of the route (partner traffic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical: Option<String>,
     /// Human reason, returned in the denial message.
     pub reason: String,
+    /// Whom the rule denies; `None` = partner traffic (with `integration` as the matcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_type: Option<DenySubject>,
+    /// The user id (`sub`), group id, role id (a stored role id or a token role) or integration id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// RFC 3339; enforced from then (absent: from creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<String>,
+    /// RFC 3339; not enforced from then on (absent: open-ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<String>,
+    #[serde(default, skip_serializing_if = "DenyStatus::is_active")]
+    pub status: DenyStatus,
+    /// Reason code of the creation (ADM-7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    /// RFC 3339, set by the revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason_text: Option<String>,
+}
+
+impl DenyRule {
+    /// Active and inside its window at `now_ms` (ms since the epoch). An unparsable window bound
+    /// counts as "in force" (fail closed; validation rejects such documents anyway).
+    pub fn in_force(&self, now_ms: i64) -> bool {
+        let at = |s: &Option<String>| {
+            s.as_deref().map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp_millis())
+                    .ok()
+            })
+        };
+        self.status == DenyStatus::Active
+            && at(&self.active_from).is_none_or(|f| f.is_none_or(|f| f <= now_ms))
+            && at(&self.active_until).is_none_or(|u| u.is_none_or(|u| now_ms < u))
+    }
+
+    /// Whether the rule is about partner traffic (no subject, or subject type `integration`).
+    pub fn for_traffic(&self) -> bool {
+        matches!(self.subject_type, None | Some(DenySubject::Integration))
+    }
+}
+
+/// Subject types of deny rules (`spec/004_*` Deny Rules, plus `integration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenySubject {
+    User,
+    Group,
+    Role,
+    Integration,
+}
+
+impl DenySubject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenySubject::User => "user",
+            DenySubject::Group => "group",
+            DenySubject::Role => "role",
+            DenySubject::Integration => "integration",
+        }
+    }
+}
+
+/// A deny rule's state: revoked rules are kept but not enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyStatus {
+    #[default]
+    Active,
+    Revoked,
+}
+
+impl DenyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyStatus::Active => "active",
+            DenyStatus::Revoked => "revoked",
+        }
+    }
+    fn is_active(&self) -> bool {
+        *self == DenyStatus::Active
+    }
 }
 
 /// Lifecycle of policy packs, policy changes and roles (ADM-6, `spec/004_*`).
