@@ -186,7 +186,6 @@ pub fn with_etag(status: StatusCode, version: i64, body: Value) -> Response {
     r
 }
 
-
 /// 412 `PRECONDITION_FAILED` when `If-Match` names another version than `current` (ADM-8).
 /// `what` names the resource in the message, e.g. `"role r-1"`.
 pub fn precondition(headers: &HeaderMap, current: i64, what: &str) -> Result<(), ApiError> {

@@ -496,7 +496,11 @@ pub fn default_writer() -> String {
 
 /// Loads the store's policy when its version differs from the installed snapshot's.
 /// Returns the installed version, `None` for an empty store.
-pub(crate) async fn reload(store: &Store, engine: &Engine, audience: &str) -> anyhow::Result<Option<i64>> {
+pub(crate) async fn reload(
+    store: &Store,
+    engine: &Engine,
+    audience: &str,
+) -> anyhow::Result<Option<i64>> {
     let current = engine
         .snapshot()
         .load()

@@ -38,7 +38,7 @@ pub enum Store {
 }
 
 /// Result of [`Store::apply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// Policy version after the call.
     pub version: i64,
@@ -430,10 +430,13 @@ impl Store {
                         skipped.push(format!("{} {id}", kind.as_str()));
                     }
                     Some(cur) if cur.doc == *doc => {}
-                    Some(cur) => changes.push(DocChange::put(*kind, *id, *tenant, doc.clone())
-                        .expect(Expect::Version(cur.version))),
-                    None => changes.push(DocChange::put(*kind, *id, *tenant, doc.clone())
-                        .expect(Expect::Absent)),
+                    Some(cur) => changes.push(
+                        DocChange::put(*kind, *id, *tenant, doc.clone())
+                            .expect(Expect::Version(cur.version)),
+                    ),
+                    None => changes.push(
+                        DocChange::put(*kind, *id, *tenant, doc.clone()).expect(Expect::Absent),
+                    ),
                 }
             }
             for ((kind, id), cur) in current {
@@ -605,7 +608,11 @@ impl Store {
     }
 
     /// One document by kind and id, or `None`.
-    pub async fn document(&self, kind: DocKind, id: &str) -> Result<Option<StoredDoc>, sqlx::Error> {
+    pub async fn document(
+        &self,
+        kind: DocKind,
+        id: &str,
+    ) -> Result<Option<StoredDoc>, sqlx::Error> {
         let row = with_pool!(self, p => {
             sqlx::query_as::<_, DocRow>(DOC_SELECT_ONE)
                 .bind(kind.as_str()).bind(id)
@@ -638,15 +645,14 @@ impl Store {
         kind: DocKind,
         id: &str,
     ) -> Result<Vec<DocVersion>, sqlx::Error> {
-        let rows: Vec<(i64, Option<String>, Option<String>, String, String, String)> =
-            with_pool!(self, p => {
-                sqlx::query_as(
-                    "SELECT version, doc, status, source, actor, time FROM policy_document_versions \
-                     WHERE kind = $1 AND id = $2 ORDER BY version",
-                )
-                .bind(kind.as_str()).bind(id)
-                .fetch_all(p).await?
-            });
+        let rows: Vec<(i64, Option<String>, Option<String>, String, String, String)> = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT version, doc, status, source, actor, time FROM policy_document_versions \
+                 WHERE kind = $1 AND id = $2 ORDER BY version",
+            )
+            .bind(kind.as_str()).bind(id)
+            .fetch_all(p).await?
+        });
         Ok(rows
             .into_iter()
             .map(|(version, doc, status, source, actor, time)| DocVersion {

@@ -137,7 +137,10 @@ fn default_claim_permissions() -> std::collections::BTreeMap<String, Vec<String>
 impl AdminConfig {
     /// Permissions the bootstrap mapping gives token role `role` (empty when unmapped).
     pub fn claim_permissions(&self, role: &str) -> Vec<String> {
-        self.claim_permissions.get(role).cloned().unwrap_or_default()
+        self.claim_permissions
+            .get(role)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

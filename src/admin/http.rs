@@ -49,32 +49,182 @@ macro_rules! catalog {
 }
 
 catalog![
-    ("integrations.read", "read", "integration", "vertical", "Read integrations, their health and history"),
-    ("integrations.create", "create", "integration", "tenant", "Create and edit draft integrations, submit them (ONB-1, ONB-2)"),
-    ("integrations.review", "review", "integration", "vertical", "Technical review by the vertical owner (INT-6.1-1)"),
-    ("integrations.legal_review", "legal_review", "integration", "tenant", "Legal and consent review (INT-6.1-1)"),
-    ("integrations.approve", "approve", "integration", "tenant", "Approve a single-tenant integration (ONB-3)"),
-    ("integrations.approve_cross_tenant", "approve_cross_tenant", "integration", "tenant", "Approve a cross-tenant integration: umbrella authority (INT-4.5-2)"),
-    ("integrations.provision", "provision", "integration", "tenant", "Create the Keycloak client and issue credentials (ONB-4)"),
-    ("integrations.operate", "operate", "integration", "tenant", "Activate, restrict, suspend, deprecate, archive (INT-6.2-*)"),
-    ("integrations.credentials", "rotate", "credential", "tenant", "Rotate client secrets, issue and revoke API keys (ONB-AUD-2)"),
-    ("integrations.webhooks", "configure", "webhook", "tenant", "Configure webhook subscriptions and their URLs (ONB-5)"),
-    ("integrations.mappings", "configure", "schema_mapping", "tenant", "Configure schema mappings (ONB-5)"),
-    ("roles.read", "read", "role", "tenant", "Read permissions, roles, groups and assignments"),
-    ("roles.write", "write", "role", "tenant", "Create and edit roles, request their review"),
+    (
+        "integrations.read",
+        "read",
+        "integration",
+        "vertical",
+        "Read integrations, their health and history"
+    ),
+    (
+        "integrations.create",
+        "create",
+        "integration",
+        "tenant",
+        "Create and edit draft integrations, submit them (ONB-1, ONB-2)"
+    ),
+    (
+        "integrations.review",
+        "review",
+        "integration",
+        "vertical",
+        "Technical review by the vertical owner (INT-6.1-1)"
+    ),
+    (
+        "integrations.legal_review",
+        "legal_review",
+        "integration",
+        "tenant",
+        "Legal and consent review (INT-6.1-1)"
+    ),
+    (
+        "integrations.approve",
+        "approve",
+        "integration",
+        "tenant",
+        "Approve a single-tenant integration (ONB-3)"
+    ),
+    (
+        "integrations.approve_cross_tenant",
+        "approve_cross_tenant",
+        "integration",
+        "tenant",
+        "Approve a cross-tenant integration: umbrella authority (INT-4.5-2)"
+    ),
+    (
+        "integrations.provision",
+        "provision",
+        "integration",
+        "tenant",
+        "Create the Keycloak client and issue credentials (ONB-4)"
+    ),
+    (
+        "integrations.operate",
+        "operate",
+        "integration",
+        "tenant",
+        "Activate, restrict, suspend, deprecate, archive (INT-6.2-*)"
+    ),
+    (
+        "integrations.credentials",
+        "rotate",
+        "credential",
+        "tenant",
+        "Rotate client secrets, issue and revoke API keys (ONB-AUD-2)"
+    ),
+    (
+        "integrations.webhooks",
+        "configure",
+        "webhook",
+        "tenant",
+        "Configure webhook subscriptions and their URLs (ONB-5)"
+    ),
+    (
+        "integrations.mappings",
+        "configure",
+        "schema_mapping",
+        "tenant",
+        "Configure schema mappings (ONB-5)"
+    ),
+    (
+        "roles.read",
+        "read",
+        "role",
+        "tenant",
+        "Read permissions, roles, groups and assignments"
+    ),
+    (
+        "roles.write",
+        "write",
+        "role",
+        "tenant",
+        "Create and edit roles, request their review"
+    ),
     ("roles.review", "review", "role", "tenant", "Review a role"),
-    ("roles.approve", "approve", "role", "tenant", "Approve, reject or archive a role"),
-    ("groups.write", "write", "group", "tenant", "Create and edit groups and their members"),
-    ("assignments.write", "write", "role_assignment", "tenant", "Grant and revoke role assignments"),
-    ("deny_rules.read", "read", "deny_rule", "tenant", "Read deny rules"),
-    ("deny_rules.write", "write", "deny_rule", "tenant", "Create and revoke deny rules (ADM-3)"),
-    ("policy_packs.read", "read", "policy_pack", "vertical", "Read policy packs and policy changes"),
-    ("policy_packs.write", "write", "policy_pack", "vertical", "Create and edit policy packs and changes, request review"),
-    ("policy_packs.review", "review", "policy_pack", "vertical", "Review policy packs and changes"),
-    ("policy_packs.approve", "approve", "policy_pack", "tenant", "Approve and activate policy packs and changes"),
-    ("policy_packs.operate", "operate", "policy_pack", "tenant", "Restrict, suspend, deprecate, archive policy packs"),
-    ("authz.evaluate", "evaluate", "authz", "tenant", "Evaluate an authorization question (restricted)"),
-    ("audit.read", "read", "audit", "tenant", "Read and export the audit log"),
+    (
+        "roles.approve",
+        "approve",
+        "role",
+        "tenant",
+        "Approve, reject or archive a role"
+    ),
+    (
+        "groups.write",
+        "write",
+        "group",
+        "tenant",
+        "Create and edit groups and their members"
+    ),
+    (
+        "assignments.write",
+        "write",
+        "role_assignment",
+        "tenant",
+        "Grant and revoke role assignments"
+    ),
+    (
+        "deny_rules.read",
+        "read",
+        "deny_rule",
+        "tenant",
+        "Read deny rules"
+    ),
+    (
+        "deny_rules.write",
+        "write",
+        "deny_rule",
+        "tenant",
+        "Create and revoke deny rules (ADM-3)"
+    ),
+    (
+        "policy_packs.read",
+        "read",
+        "policy_pack",
+        "vertical",
+        "Read policy packs and policy changes"
+    ),
+    (
+        "policy_packs.write",
+        "write",
+        "policy_pack",
+        "vertical",
+        "Create and edit policy packs and changes, request review"
+    ),
+    (
+        "policy_packs.review",
+        "review",
+        "policy_pack",
+        "vertical",
+        "Review policy packs and changes"
+    ),
+    (
+        "policy_packs.approve",
+        "approve",
+        "policy_pack",
+        "tenant",
+        "Approve and activate policy packs and changes"
+    ),
+    (
+        "policy_packs.operate",
+        "operate",
+        "policy_pack",
+        "tenant",
+        "Restrict, suspend, deprecate, archive policy packs"
+    ),
+    (
+        "authz.evaluate",
+        "evaluate",
+        "authz",
+        "tenant",
+        "Evaluate an authorization question (restricted)"
+    ),
+    (
+        "audit.read",
+        "read",
+        "audit",
+        "tenant",
+        "Read and export the audit log"
+    ),
 ];
 
 /// The catalog entry of `id`.
@@ -131,11 +281,15 @@ impl Scope {
     /// not tenant-wide targets); geo and program likewise.
     pub fn covers(&self, t: &Target) -> bool {
         self.tenant_id.as_deref() == Some(t.tenant)
-            && self.vertical_id.as_ref().is_none_or(|v| {
-                !t.verticals.is_empty() && t.verticals.iter().all(|x| x == v)
-            })
+            && self
+                .vertical_id
+                .as_ref()
+                .is_none_or(|v| !t.verticals.is_empty() && t.verticals.iter().all(|x| x == v))
             && self.geo_id.as_deref().is_none_or(|g| t.geo == Some(g))
-            && self.program_id.as_deref().is_none_or(|p| t.program == Some(p))
+            && self
+                .program_id
+                .as_deref()
+                .is_none_or(|p| t.program == Some(p))
     }
 }
 
@@ -205,9 +359,9 @@ impl Caller {
     /// Errors: 403 when a non-root caller names another tenant.
     pub fn tenant_for<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
         match requested {
-            Some(t) if t != self.tenant() && !self.principal.root => Err(ApiError::forbidden(
-                "callers act on their own tenant only",
-            )),
+            Some(t) if t != self.tenant() && !self.principal.root => {
+                Err(ApiError::forbidden("callers act on their own tenant only"))
+            }
             Some(t) => Ok(t),
             None => Ok(self.tenant()),
         }
@@ -340,8 +494,7 @@ impl AdminHttp {
             .map_err(|e| write_error(e, &changes))?;
         if changes.iter().any(|c| c.kind.enforced()) {
             // This replica enforces the change before the API answers (ADM-3).
-            if let Err(e) = crate::server::reload(&self.store, &self.engine, &self.audience).await
-            {
+            if let Err(e) = crate::server::reload(&self.store, &self.engine, &self.audience).await {
                 tracing::error!(error = %e, "policy reload after an admin change failed; the change feed retries");
             }
         }
@@ -366,7 +519,9 @@ impl AdminHttp {
             .merge(super::rbac::routes())
             .merge(super::packs::routes())
             .merge(super::integrations::routes())
-            .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::api::MAX_BODY_BYTES,
+            ))
             .with_state(self)
     }
 }

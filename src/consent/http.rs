@@ -42,11 +42,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::model::{
@@ -56,9 +55,7 @@ use super::model::{
 use super::store::OutboxRow;
 use super::{ConsentStoreError, Consents, PersonRecord, person_ref};
 use crate::admin::{AdminAuth, AdminPrincipal};
-use crate::api::{
-    ApiError, ApiResult, if_match, instant, opt_time, parse, rfc3339, window, with_etag,
-};
+use crate::api::{ApiError, ApiResult, if_match, opt_time, parse, rfc3339, window, with_etag};
 use crate::audit::AuditLog;
 use crate::audit::cmd::parse_instant;
 use crate::audit::record::{AuditEvent, RecordKind};
