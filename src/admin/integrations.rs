@@ -36,7 +36,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Target, Via, check_reason};
+use super::http::{AdminHttp, Caller, ChangeRecord, Target, check_reason};
 use super::keycloak::{ClientSpec, ProvisionError, Secret, realm_of_issuer};
 use crate::api::{ApiError, ApiResult, opt_time, parse, precondition, rfc3339, with_etag};
 use crate::audit::AuditLog;
