@@ -257,7 +257,11 @@ impl Engine {
 
     /// Stages 1–9. Returns, for an allow, whether the route is a handshake route and the
     /// integration's state.
-    async fn run(&self, facts: &RequestFacts, d: &mut Decision) -> Option<(bool, IntegrationState)> {
+    async fn run(
+        &self,
+        facts: &RequestFacts,
+        d: &mut Decision,
+    ) -> Option<(bool, IntegrationState)> {
         // Headers only scp-pep may set, and the API key, never reach the upstream.
         for name in facts.headers.keys() {
             if name.starts_with("x-scp-") {

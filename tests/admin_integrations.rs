@@ -67,7 +67,10 @@ async fn kc_token(State(kc): State<KcState>, body: String) -> impl IntoResponse 
         || form.get("client_id").map(String::as_str) != Some(KC_ADMIN_ID)
         || form.get("client_secret").map(String::as_str) != Some(KC_ADMIN_SECRET)
     {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"})));
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        );
     }
     kc.lock().unwrap().tokens += 1;
     (
@@ -89,7 +92,11 @@ async fn kc_find(
     let found: Vec<Value> = kc
         .clients
         .iter()
-        .filter(|(r, c)| *r == realm && q.get("clientId").is_none_or(|id| c["clientId"] == json!(id)))
+        .filter(|(r, c)| {
+            *r == realm
+                && q.get("clientId")
+                    .is_none_or(|id| c["clientId"] == json!(id))
+        })
         .map(|(_, c)| c.clone())
         .collect();
     (StatusCode::OK, axum::Json(json!(found)))
@@ -114,13 +121,17 @@ async fn kc_create(
     }
     let id = uuid::Uuid::now_v7().to_string();
     rep["id"] = json!(id);
-    kc.secrets
-        .insert(id.clone(), format!("kc-secret-{}", uuid::Uuid::now_v7().simple()));
+    kc.secrets.insert(
+        id.clone(),
+        format!("kc-secret-{}", uuid::Uuid::now_v7().simple()),
+    );
     kc.clients.push((realm.clone(), rep));
     let mut headers = HeaderMap::new();
     headers.insert(
         "location",
-        format!("/admin/realms/{realm}/clients/{id}").parse().unwrap(),
+        format!("/admin/realms/{realm}/clients/{id}")
+            .parse()
+            .unwrap(),
     );
     (StatusCode::CREATED, headers)
 }
@@ -134,7 +145,10 @@ async fn kc_get_secret(
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
     }
     match kc.lock().unwrap().secrets.get(&id) {
-        Some(s) => (StatusCode::OK, axum::Json(json!({"type": "secret", "value": s}))),
+        Some(s) => (
+            StatusCode::OK,
+            axum::Json(json!({"type": "secret", "value": s})),
+        ),
         None => (StatusCode::NOT_FOUND, axum::Json(json!({}))),
     }
 }
@@ -153,7 +167,10 @@ async fn kc_regenerate(
     }
     let s = format!("kc-secret-{}", uuid::Uuid::now_v7().simple());
     kc.secrets.insert(id, s.clone());
-    (StatusCode::OK, axum::Json(json!({"type": "secret", "value": s})))
+    (
+        StatusCode::OK,
+        axum::Json(json!({"type": "secret", "value": s})),
+    )
 }
 
 async fn kc_delete(
@@ -173,8 +190,14 @@ async fn kc_delete(
 async fn start_kc() -> (String, KcState) {
     let kc: KcState = Arc::default();
     let app = Router::new()
-        .route("/realms/{realm}/protocol/openid-connect/token", post(kc_token))
-        .route("/admin/realms/{realm}/clients", get(kc_find).post(kc_create))
+        .route(
+            "/realms/{realm}/protocol/openid-connect/token",
+            post(kc_token),
+        )
+        .route(
+            "/admin/realms/{realm}/clients",
+            get(kc_find).post(kc_create),
+        )
         .route(
             "/admin/realms/{realm}/clients/{id}",
             axum::routing::delete(kc_delete),
@@ -225,7 +248,12 @@ async fn env(store_url: Option<String>, keycloak: bool) -> Env {
     h.running
         .store
         .write_documents(
-            &[DocChange::put(DocKind::Route, "health-handshake", None, route.to_string())],
+            &[DocChange::put(
+                DocKind::Route,
+                "health-handshake",
+                None,
+                route.to_string(),
+            )],
             Source::Api,
             "test",
             None,
@@ -292,7 +320,12 @@ fn personas(h: &Harness) -> Personas {
         security: admin(h, "ke", "sam", &["scp-security"]),
         auditor: admin(h, "ke", "audrey", &["scp-auditor"]),
         nobody: admin(h, "ke", "nemo", &["some-unmapped-role"]),
-        other_tenant: admin(h, "ug", "ursula", &["scp-tenant-admin", "scp-integration-manager"]),
+        other_tenant: admin(
+            h,
+            "ug",
+            "ursula",
+            &["scp-tenant-admin", "scp-integration-manager"],
+        ),
     }
 }
 
@@ -314,10 +347,9 @@ impl Env {
         if_match: Option<i64>,
         body: Option<Value>,
     ) -> Answer {
-        let mut req = self.http.request(
-            method.parse().unwrap(),
-            self.h.ops_url(path),
-        );
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.h.ops_url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -350,7 +382,13 @@ impl Env {
 
     async fn version(&self, id: &str, token: &str) -> i64 {
         let a = self
-            .call("GET", &format!("/v1/integrations/{id}"), Some(token), None, None)
+            .call(
+                "GET",
+                &format!("/v1/integrations/{id}"),
+                Some(token),
+                None,
+                None,
+            )
             .await;
         assert_eq!(a.status, 200, "{}", a.text);
         a.body["version"].as_i64().unwrap()
@@ -439,39 +477,119 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
     let id = "int-ke-acme";
 
     // 401 without a token.
-    let a = e.call("POST", "/v1/integrations", None, None, Some(draft(id))).await;
+    let a = e
+        .call("POST", "/v1/integrations", None, None, Some(draft(id)))
+        .await;
     assert_eq!(a.status, 401, "{}", a.text);
     assert_eq!(a.body["error"]["code"], "UNAUTHENTICATED");
 
     // Bad input: 400 with the field at fault, nothing written.
     let mut bad = draft(id);
     bad["scopes"] = json!(["health:*"]);
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(bad)).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("scopes[0]")), "{}", a.text);
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(bad),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("scopes[0]")),
+        "{}",
+        a.text
+    );
     let mut bad = draft(id);
     bad["technical_contacts"] = json!([]);
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(bad)).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("technical_contacts")), "{}", a.text);
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(bad),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("technical_contacts")),
+        "{}",
+        a.text
+    );
     let mut bad = draft(id);
     bad["technical_contacts"][0]["email"] = json!("not-an-address");
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(bad)).await;
-    assert_eq!(a.body["error"]["field"], "technical_contacts[0].email", "{}", a.text);
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(bad),
+        )
+        .await;
+    assert_eq!(
+        a.body["error"]["field"], "technical_contacts[0].email",
+        "{}",
+        a.text
+    );
     let mut bad = draft(id);
     bad["surprise"] = json!(1);
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(bad)).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("surprise")), "{}", a.text);
-    let a = e.call("GET", &format!("/v1/integrations/{id}"), Some(&p.manager), None, None).await;
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(bad),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("surprise")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.manager),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(a.status, 404);
 
     // Create (ONB-1, ONB-2): a draft.
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(draft(id))).await;
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(draft(id)),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.text);
     assert_eq!(a.body["state"], "draft");
     assert_eq!(a.etag.as_deref(), Some("\"1\""));
     assert_eq!(a.body["technical_contacts"][0]["email"], "ops@acme.example");
     assert_eq!(a.body["onboarding"]["created_by"], "alice");
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(draft(id))).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("ALREADY_EXISTS")));
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(draft(id)),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("ALREADY_EXISTS"))
+    );
 
     // A draft carries no traffic (the token is not even bound yet).
     let tok = partner_token(&e.h, id, "scp-int-ke-acme");
@@ -480,51 +598,177 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
 
     // PATCH while draft, If-Match (ADM-8): stale → 412 and nothing changed.
     let a = e
-        .call("PATCH", &format!("/v1/integrations/{id}"), Some(&p.manager), Some(7),
-            Some(json!({"partner_name": "Renamed"})))
+        .call(
+            "PATCH",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.manager),
+            Some(7),
+            Some(json!({"partner_name": "Renamed"})),
+        )
         .await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (412, Some("PRECONDITION_FAILED")));
-    let a = e.call("GET", &format!("/v1/integrations/{id}"), Some(&p.auditor), None, None).await;
-    assert_eq!((a.body["version"].as_i64(), a.body["partner_name"].as_str()), (Some(1), Some("Acme Health Connector")));
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (412, Some("PRECONDITION_FAILED"))
+    );
     let a = e
-        .call("PATCH", &format!("/v1/integrations/{id}"), Some(&p.manager), Some(1),
-            Some(json!({"partner_name": "Acme Health"})))
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
         .await;
-    assert_eq!((a.status, a.body["version"].as_i64()), (200, Some(2)), "{}", a.text);
+    assert_eq!(
+        (a.body["version"].as_i64(), a.body["partner_name"].as_str()),
+        (Some(1), Some("Acme Health Connector"))
+    );
+    let a = e
+        .call(
+            "PATCH",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.manager),
+            Some(1),
+            Some(json!({"partner_name": "Acme Health"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["version"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        a.text
+    );
 
     // Lifecycle. Submit.
     let a = e.act(id, "submit", &p.manager, json!({})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("requested")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("requested")),
+        "{}",
+        a.text
+    );
     let a = e
-        .call("PATCH", &format!("/v1/integrations/{id}"), Some(&p.manager), None,
-            Some(json!({"partner_name": "Too late"})))
+        .call(
+            "PATCH",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.manager),
+            None,
+            Some(json!({"partner_name": "Too late"})),
+        )
         .await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("INVALID_TRANSITION")));
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("INVALID_TRANSITION"))
+    );
     // Wrong order → 409 INVALID_TRANSITION.
-    let a = e.act(id, "approve", &p.tenant_admin, json!({"legal_document_id": "DSA-2026-17"})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("INVALID_TRANSITION")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "approve",
+            &p.tenant_admin,
+            json!({"legal_document_id": "DSA-2026-17"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("INVALID_TRANSITION")),
+        "{}",
+        a.text
+    );
     // Review: the vertical owner only.
     let a = e.act(id, "review", &p.manager, json!({})).await;
     assert_eq!(a.status, 403, "{}", a.text);
-    let a = e.act(id, "review", &p.owner, json!({"notes": "scopes fit the health vertical"})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("reviewed")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "review",
+            &p.owner,
+            json!({"notes": "scopes fit the health vertical"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("reviewed")),
+        "{}",
+        a.text
+    );
     // Approval needs the legal review first.
-    let a = e.act(id, "approve", &p.tenant_admin, json!({"legal_document_id": "DSA-2026-17"})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("LEGAL_REVIEW_REQUIRED")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "approve",
+            &p.tenant_admin,
+            json!({"legal_document_id": "DSA-2026-17"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("LEGAL_REVIEW_REQUIRED")),
+        "{}",
+        a.text
+    );
     let a = e.act(id, "legal-review", &p.owner, json!({})).await;
     assert_eq!(a.status, 403);
-    let a = e.act(id, "legal-review", &p.tenant_admin, json!({"notes": "consent basis checked"})).await;
-    assert_eq!((a.status, a.body["onboarding"]["legal_reviewed_by"].as_str()), (200, Some("tara")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "legal-review",
+            &p.tenant_admin,
+            json!({"notes": "consent basis checked"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["onboarding"]["legal_reviewed_by"].as_str()),
+        (200, Some("tara")),
+        "{}",
+        a.text
+    );
     // Approve: the document id is required (ONB-AUD-3); the creator may not approve.
     let a = e.act(id, "approve", &p.tenant_admin, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("legal_document_id")), "{}", a.text);
-    let a = e.act(id, "approve", &p.manager, json!({"legal_document_id": "DSA-2026-17"})).await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("legal_document_id")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .act(
+            id,
+            "approve",
+            &p.manager,
+            json!({"legal_document_id": "DSA-2026-17"}),
+        )
+        .await;
     assert_eq!(a.status, 403);
     let alice_admin = admin(&e.h, "ke", "alice", &["scp-tenant-admin"]);
-    let a = e.act(id, "approve", &alice_admin, json!({"legal_document_id": "DSA-2026-17"})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("SEPARATION_OF_DUTIES")), "{}", a.text);
-    let a = e.act(id, "approve", &p.tenant_admin, json!({"legal_document_id": "DSA-2026-17"})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("approved")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "approve",
+            &alice_admin,
+            json!({"legal_document_id": "DSA-2026-17"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("SEPARATION_OF_DUTIES")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .act(
+            id,
+            "approve",
+            &p.tenant_admin,
+            json!({"legal_document_id": "DSA-2026-17"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("approved")),
+        "{}",
+        a.text
+    );
     assert_eq!(a.body["onboarding"]["legal_document_id"], "DSA-2026-17");
     assert_eq!(a.body["onboarding"]["approved_by"], "tara");
 
@@ -532,7 +776,12 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
     let r = e.partner(HANDSHAKE, &tok, None).await;
     assert_eq!(r["code"], "INTEGRATION_NOT_ACTIVE", "{r}");
     let a = e.act(id, "activate", &p.tenant_admin, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("NOT_PROVISIONED")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("NOT_PROVISIONED")),
+        "{}",
+        a.text
+    );
 
     // Provision (ONB-4): the fake Keycloak receives a correct client; the secret is shown once.
     let a = e.act(id, "provision", &p.auditor, json!({})).await;
@@ -540,8 +789,14 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
     let a = e.act(id, "provision", &p.manager, json!({})).await;
     assert_eq!(a.status, 201, "{}", a.text);
     assert_eq!(a.cache.as_deref(), Some("no-store"));
-    let client_id = a.body["credentials"]["client_id"].as_str().unwrap().to_owned();
-    let secret = a.body["credentials"]["client_secret"].as_str().unwrap().to_owned();
+    let client_id = a.body["credentials"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = a.body["credentials"]["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(client_id, "scp-int-ke-acme");
     assert_eq!(a.body["client_id"], client_id.as_str());
     {
@@ -560,7 +815,10 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
         let hardcoded = |claim: &str| {
             mappers
                 .iter()
-                .find(|m| m["protocolMapper"] == "oidc-hardcoded-claim-mapper" && m["config"]["claim.name"] == claim)
+                .find(|m| {
+                    m["protocolMapper"] == "oidc-hardcoded-claim-mapper"
+                        && m["config"]["claim.name"] == claim
+                })
                 .unwrap_or_else(|| panic!("no mapper for {claim}: {c}"))
                 .clone()
         };
@@ -577,20 +835,55 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
         assert_eq!(kc.secrets.values().next().unwrap(), &secret);
     }
     let a = e.act(id, "provision", &p.manager, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("ALREADY_PROVISIONED")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("ALREADY_PROVISIONED")),
+        "{}",
+        a.text
+    );
     // Never shown again, never stored in clear.
-    for path in [format!("/v1/integrations/{id}"), format!("/v1/integrations/{id}/credentials"), format!("/v1/integrations/{id}/history")] {
-        let a = e.call("GET", &path, Some(&p.tenant_admin), None, None).await;
+    for path in [
+        format!("/v1/integrations/{id}"),
+        format!("/v1/integrations/{id}/credentials"),
+        format!("/v1/integrations/{id}/history"),
+    ] {
+        let a = e
+            .call("GET", &path, Some(&p.tenant_admin), None, None)
+            .await;
         assert_eq!(a.status, 200, "{path}");
         assert!(!a.text.contains(&secret), "{path} shows the secret");
     }
-    let all_docs = e.h.running.store.documents(DocKind::Credential, None).await.unwrap();
+    let all_docs =
+        e.h.running
+            .store
+            .documents(DocKind::Credential, None)
+            .await
+            .unwrap();
     assert!(all_docs.iter().all(|d| !d.doc.contains(&secret)));
-    let a = e.call("GET", &format!("/v1/integrations/{id}/credentials"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/credentials"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     let creds = a.body["credentials"].as_array().unwrap();
     assert_eq!(creds.len(), 1, "{}", a.text);
-    assert_eq!((creds[0]["type"].as_str(), creds[0]["age_days"].as_i64(), creds[0]["rotation_due"].as_bool()), (Some("client_secret"), Some(0), Some(false)));
-    assert!(e.audit_kinds(id).await.contains(&"credential_issued".to_owned()));
+    assert_eq!(
+        (
+            creds[0]["type"].as_str(),
+            creds[0]["age_days"].as_i64(),
+            creds[0]["rotation_due"].as_bool()
+        ),
+        (Some("client_secret"), Some(0), Some(false))
+    );
+    assert!(
+        e.audit_kinds(id)
+            .await
+            .contains(&"credential_issued".to_owned())
+    );
 
     // The partner's token (azp = the client): a data route is still refused, the handshake
     // route is allowed (ONB-6)…
@@ -605,17 +898,43 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
     // …which makes it ACTIVE/HEALTHY (ONB-7).
     let mut health = Value::Null;
     for _ in 0..100 {
-        health = e.call("GET", &format!("/v1/integrations/{id}/health"), Some(&p.auditor), None, None).await.body;
+        health = e
+            .call(
+                "GET",
+                &format!("/v1/integrations/{id}/health"),
+                Some(&p.auditor),
+                None,
+                None,
+            )
+            .await
+            .body;
         if health["state"] == "active" && health["health"] == "healthy" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!((health["state"].as_str(), health["health"].as_str()), (Some("active"), Some("healthy")), "{health}");
+    assert_eq!(
+        (health["state"].as_str(), health["health"].as_str()),
+        (Some("active"), Some("healthy")),
+        "{health}"
+    );
     assert!(health["last_handshake"].is_string(), "{health}");
-    let a = e.call("GET", &format!("/v1/integrations/{id}"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(a.body["onboarding"]["activated_by"], "handshake");
-    let hist = e.h.running.store.document_versions(DocKind::Integration, id).await.unwrap();
+    let hist =
+        e.h.running
+            .store
+            .document_versions(DocKind::Integration, id)
+            .await
+            .unwrap();
     assert_eq!(hist.last().unwrap().actor, "handshake");
     // The activated snapshot reaches this replica.
     let mut r = Value::Null;
@@ -631,8 +950,19 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
     let before = health["last_successful_sync"].as_str().map(str::to_owned);
     let mut sync = Value::Null;
     for _ in 0..100 {
-        sync = e.call("GET", &format!("/v1/integrations/{id}/health"), Some(&p.auditor), None, None).await.body;
-        if sync["last_successful_sync"].is_string() && sync["last_successful_sync"].as_str().map(str::to_owned) != before {
+        sync = e
+            .call(
+                "GET",
+                &format!("/v1/integrations/{id}/health"),
+                Some(&p.auditor),
+                None,
+                None,
+            )
+            .await
+            .body;
+        if sync["last_successful_sync"].is_string()
+            && sync["last_successful_sync"].as_str().map(str::to_owned) != before
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -641,55 +971,174 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
 
     // Suspend (INT-6.2-3): a reason is required; denied immediately; configuration retained.
     let a = e.act(id, "suspend", &p.security, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("reason_code")), "{}", a.text);
-    let a = e.act(id, "suspend", &p.security, json!({"reason_code": "OTHER"})).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("reason_text")), "{}", a.text);
-    let a = e.act(id, "suspend", &p.manager, json!({"reason_code": "SECURITY_INCIDENT"})).await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("reason_code")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .act(id, "suspend", &p.security, json!({"reason_code": "OTHER"}))
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("reason_text")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .act(
+            id,
+            "suspend",
+            &p.manager,
+            json!({"reason_code": "SECURITY_INCIDENT"}),
+        )
+        .await;
     assert_eq!(a.status, 403);
-    let a = e.act(id, "suspend", &p.security, json!({"reason_code": "SECURITY_INCIDENT"})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("suspended")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "suspend",
+            &p.security,
+            json!({"reason_code": "SECURITY_INCIDENT"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("suspended")),
+        "{}",
+        a.text
+    );
     let r = e.partner(DATA, &tok, None).await;
     assert_eq!(r["code"], "INTEGRATION_SUSPENDED", "{r}");
     let r = e.partner(HANDSHAKE, &tok, None).await;
     assert_eq!(r["code"], "INTEGRATION_SUSPENDED", "{r}");
     assert_eq!(a.body["client_id"], client_id.as_str());
-    assert_eq!(a.body["scopes"], json!(["health:person:read", "health:handshake"]));
+    assert_eq!(
+        a.body["scopes"],
+        json!(["health:person:read", "health:handshake"])
+    );
 
     // Archive (INT-6.2-5): immutable afterwards.
-    let a = e.act(id, "archive", &p.tenant_admin, json!({"reason_code": "CONTRACT_ENDED"})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("archived")), "{}", a.text);
+    let a = e
+        .act(
+            id,
+            "archive",
+            &p.tenant_admin,
+            json!({"reason_code": "CONTRACT_ENDED"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("archived")),
+        "{}",
+        a.text
+    );
     let v = a.body["version"].as_i64().unwrap();
     let a = e
-        .call("PATCH", &format!("/v1/integrations/{id}"), Some(&p.manager), Some(v),
-            Some(json!({"partner_name": "x"})))
+        .call(
+            "PATCH",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.manager),
+            Some(v),
+            Some(json!({"partner_name": "x"})),
+        )
         .await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("ARCHIVED")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("ARCHIVED")),
+        "{}",
+        a.text
+    );
     for action in ["activate", "suspend", "archive"] {
-        let a = e.act(id, action, &p.tenant_admin, json!({"reason_code": "COMPLIANCE"})).await;
-        assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("ARCHIVED")), "{action}: {}", a.text);
+        let a = e
+            .act(
+                id,
+                action,
+                &p.tenant_admin,
+                json!({"reason_code": "COMPLIANCE"}),
+            )
+            .await;
+        assert_eq!(
+            (a.status, a.body["error"]["code"].as_str()),
+            (409, Some("ARCHIVED")),
+            "{action}: {}",
+            a.text
+        );
     }
     let a = e.act(id, "api-key", &p.manager, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("ARCHIVED")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("ARCHIVED")),
+        "{}",
+        a.text
+    );
     // The store refuses too, whatever the caller.
-    let doc = e.h.running.store.document(DocKind::Integration, id).await.unwrap().unwrap();
-    let err = e
-        .h
-        .running
-        .store
-        .write_documents(&[DocChange::put(DocKind::Integration, id, Some("ke"), doc.doc.clone())], Source::Api, "x", None)
-        .await;
-    assert!(matches!(err, Err(scp_pep::store::WriteError::Archived { .. })));
+    let doc =
+        e.h.running
+            .store
+            .document(DocKind::Integration, id)
+            .await
+            .unwrap()
+            .unwrap();
+    let err =
+        e.h.running
+            .store
+            .write_documents(
+                &[DocChange::put(
+                    DocKind::Integration,
+                    id,
+                    Some("ke"),
+                    doc.doc.clone(),
+                )],
+                Source::Api,
+                "x",
+                None,
+            )
+            .await;
+    assert!(matches!(
+        err,
+        Err(scp_pep::store::WriteError::Archived { .. })
+    ));
 
     // History: every step, with its actor.
-    let a = e.call("GET", &format!("/v1/integrations/{id}/history"), Some(&p.auditor), None, None).await;
-    let states: Vec<&str> = a.body["versions"].as_array().unwrap().iter().filter_map(|v| v["state"].as_str()).collect();
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/history"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    let states: Vec<&str> = a.body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["state"].as_str())
+        .collect();
     assert_eq!(
         states,
-        ["draft", "draft", "requested", "reviewed", "reviewed", "approved", "approved", "active", "suspended", "archived"],
-        "{}", a.text
+        [
+            "draft",
+            "draft",
+            "requested",
+            "reviewed",
+            "reviewed",
+            "approved",
+            "approved",
+            "active",
+            "suspended",
+            "archived"
+        ],
+        "{}",
+        a.text
     );
     let kinds = e.audit_kinds(id).await;
-    assert!(kinds.iter().filter(|k| *k == "admin_change").count() >= 8, "{kinds:?}");
+    assert!(
+        kinds.iter().filter(|k| *k == "admin_change").count() >= 8,
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
@@ -706,13 +1155,31 @@ async fn onboarding_walkthrough_postgres() {
 async fn to_approved(e: &Env, body: Value, approver: &str) -> Answer {
     let p = e.p();
     let id = body["id"].as_str().unwrap().to_owned();
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(body)).await;
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(body),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.text);
-    for (action, who) in [("submit", &p.manager), ("review", &p.owner), ("legal-review", &p.tenant_admin)] {
+    for (action, who) in [
+        ("submit", &p.manager),
+        ("review", &p.owner),
+        ("legal-review", &p.tenant_admin),
+    ] {
         let a = e.act(&id, action, who, json!({})).await;
         assert_eq!(a.status, 200, "{action}: {}", a.text);
     }
-    e.act(&id, "approve", approver, json!({"legal_document_id": "DSA-1"})).await
+    e.act(
+        &id,
+        "approve",
+        approver,
+        json!({"legal_document_id": "DSA-1"}),
+    )
+    .await
 }
 
 // INT-4.5-2, ONB-3
@@ -723,15 +1190,45 @@ async fn cross_tenant_needs_umbrella(store_url: Option<String>) {
     body["partner_tenants"] = json!(["ug"]);
     let a = to_approved(&e, body, &p.tenant_admin).await;
     assert_eq!(a.status, 403, "{}", a.text);
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("approve_cross_tenant"));
-    let a = e.act("int-ke-cross", "approve", &p.umbrella, json!({"legal_document_id": "MOU-KE-UG-3"})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("approved")), "{}", a.text);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("approve_cross_tenant")
+    );
+    let a = e
+        .act(
+            "int-ke-cross",
+            "approve",
+            &p.umbrella,
+            json!({"legal_document_id": "MOU-KE-UG-3"}),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("approved")),
+        "{}",
+        a.text
+    );
     assert_eq!(a.body["cross_tenant"], true);
     // Unknown or own tenant as partner: 400.
     let mut bad = draft("int-ke-cross2");
     bad["partner_tenants"] = json!(["ke"]);
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(bad)).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("partner_tenants[0]")), "{}", a.text);
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(bad),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("partner_tenants[0]")),
+        "{}",
+        a.text
+    );
     // A single-tenant integration is approved by the tenant admin.
     let a = to_approved(&e, draft("int-ke-single"), &p.tenant_admin).await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -756,38 +1253,105 @@ async fn credentials_webhooks_mappings(store_url: Option<String>) {
     assert_eq!(a.status, 200, "{}", a.text);
     let a = e.act(id, "provision", &p.manager, json!({})).await;
     assert_eq!(a.status, 201, "{}", a.text);
-    let first = a.body["credentials"]["client_secret"].as_str().unwrap().to_owned();
-    let client_id = a.body["credentials"]["client_id"].as_str().unwrap().to_owned();
+    let first = a.body["credentials"]["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client_id = a.body["credentials"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let a = e.act(id, "activate", &p.tenant_admin, json!({})).await;
-    assert_eq!((a.status, a.body["state"].as_str()), (200, Some("active")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["state"].as_str()),
+        (200, Some("active")),
+        "{}",
+        a.text
+    );
 
     // Rotate the client secret (ONB-AUD-2): new one shown once, Keycloak has it, age restarts.
-    let a = e.call("POST", &format!("/v1/integrations/{id}/credentials/rotate"), Some(&p.auditor), None, Some(json!({}))).await;
+    let a = e
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/credentials/rotate"),
+            Some(&p.auditor),
+            None,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(a.status, 403);
     let a = e
-        .call("POST", &format!("/v1/integrations/{id}/credentials/rotate"), Some(&p.manager), None,
-            Some(json!({"reason_code": "ROUTINE_REVIEW"})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/credentials/rotate"),
+            Some(&p.manager),
+            None,
+            Some(json!({"reason_code": "ROUTINE_REVIEW"})),
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.cache.as_deref(), Some("no-store"));
     let second = a.body["client_secret"].as_str().unwrap().to_owned();
     assert_ne!(first, second);
     assert!(e.kc.lock().unwrap().secrets.values().any(|s| *s == second));
-    let a = e.call("GET", &format!("/v1/integrations/{id}/credentials"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/credentials"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     assert!(!a.text.contains(&second) && !a.text.contains(&first));
     assert_eq!(a.body["credentials"][0]["rotation_due"], false);
-    assert!(e.audit_kinds(id).await.contains(&"credential_rotated".to_owned()));
+    assert!(
+        e.audit_kinds(id)
+            .await
+            .contains(&"credential_rotated".to_owned())
+    );
 
     // Age tracking: a credential created 91 days ago is due (ONB-AUD-2).
-    let cred = e.h.running.store.document(DocKind::Credential, &format!("{id}.client_secret")).await.unwrap().unwrap();
+    let cred =
+        e.h.running
+            .store
+            .document(DocKind::Credential, &format!("{id}.client_secret"))
+            .await
+            .unwrap()
+            .unwrap();
     let mut doc: Value = serde_json::from_str(&cred.doc).unwrap();
     doc["created_ms"] = json!(chrono::Utc::now().timestamp_millis() - 91 * 86_400_000);
-    e.h.running.store
-        .write_documents(&[DocChange::put(DocKind::Credential, &cred.id, Some("ke"), doc.to_string()).status("active")], Source::Api, "test", None)
+    e.h.running
+        .store
+        .write_documents(
+            &[
+                DocChange::put(DocKind::Credential, &cred.id, Some("ke"), doc.to_string())
+                    .status("active"),
+            ],
+            Source::Api,
+            "test",
+            None,
+        )
         .await
         .unwrap();
-    let a = e.call("GET", &format!("/v1/integrations/{id}/credentials"), Some(&p.auditor), None, None).await;
-    assert_eq!((a.body["credentials"][0]["age_days"].as_i64(), a.body["credentials"][0]["rotation_due"].as_bool()), (Some(91), Some(true)), "{}", a.text);
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/credentials"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            a.body["credentials"][0]["age_days"].as_i64(),
+            a.body["credentials"][0]["rotation_due"].as_bool()
+        ),
+        (Some(91), Some(true)),
+        "{}",
+        a.text
+    );
 
     // API key (INT-4.2-5): shown once, stored hashed, a second factor only.
     let tok = partner_token(&e.h, id, &client_id);
@@ -797,7 +1361,15 @@ async fn credentials_webhooks_mappings(store_url: Option<String>) {
     assert_eq!(a.status, 201, "{}", a.text);
     let key = a.body["api_key"].as_str().unwrap().to_owned();
     assert!(key.len() >= 43);
-    let a = e.call("GET", &format!("/v1/integrations/{id}"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     assert!(!a.text.contains(&key));
     assert_eq!(a.body["api_key"], true);
     let r = e.partner(DATA, &tok, None).await;
@@ -805,59 +1377,199 @@ async fn credentials_webhooks_mappings(store_url: Option<String>) {
     let r = e.partner(DATA, &tok, Some(&key)).await;
     assert_eq!(r["allowed"], true, "{r}");
     let v = e.version(id, &p.auditor).await;
-    let a = e.call("DELETE", &format!("/v1/integrations/{id}/api-key"), Some(&p.manager), Some(v - 1), None).await;
+    let a = e
+        .call(
+            "DELETE",
+            &format!("/v1/integrations/{id}/api-key"),
+            Some(&p.manager),
+            Some(v - 1),
+            None,
+        )
+        .await;
     assert_eq!(a.status, 412);
-    let a = e.call("DELETE", &format!("/v1/integrations/{id}/api-key"), Some(&p.manager), Some(v), Some(json!({"reason_code": "PARTNER_REQUEST"}))).await;
+    let a = e
+        .call(
+            "DELETE",
+            &format!("/v1/integrations/{id}/api-key"),
+            Some(&p.manager),
+            Some(v),
+            Some(json!({"reason_code": "PARTNER_REQUEST"})),
+        )
+        .await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.body["api_key"], false);
     let r = e.partner(DATA, &tok, Some(&key)).await;
     assert_eq!(r["allowed"], true, "{r}");
     let kinds = e.audit_kinds(id).await;
-    assert!(kinds.contains(&"credential_revoked".to_owned()), "{kinds:?}");
-    assert!(kinds.iter().filter(|k| *k == "credential_issued").count() >= 2, "{kinds:?}");
+    assert!(
+        kinds.contains(&"credential_revoked".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "credential_issued").count() >= 2,
+        "{kinds:?}"
+    );
 
     // Webhooks (ONB-5): admins only, https only.
     let hooks = format!("/v1/integrations/{id}/webhooks");
     let hook = json!({"url": "https://partner.example/hooks/scp", "events": ["consent.revoked", "integration.state_changed"]});
-    let a = e.call("POST", &hooks, Some(&p.manager), None, Some(hook.clone())).await;
-    assert_eq!(a.status, 403, "integration managers do not configure webhook URLs");
-    let a = e.call("POST", &hooks, Some(&p.tenant_admin), None, Some(json!({"url": "http://partner.example/h", "events": ["consent.revoked"]}))).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("url")), "{}", a.text);
-    let a = e.call("POST", &hooks, Some(&p.tenant_admin), None, Some(json!({"url": "https://u:p@partner.example/h", "events": ["consent.revoked"]}))).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("url")), "{}", a.text);
-    let a = e.call("POST", &hooks, Some(&p.tenant_admin), None, Some(json!({"url": "https://partner.example/h", "events": ["*"]}))).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("events[0]")), "{}", a.text);
-    let a = e.call("POST", &hooks, Some(&p.tenant_admin), None, Some(hook.clone())).await;
+    let a = e
+        .call("POST", &hooks, Some(&p.manager), None, Some(hook.clone()))
+        .await;
+    assert_eq!(
+        a.status, 403,
+        "integration managers do not configure webhook URLs"
+    );
+    let a = e
+        .call(
+            "POST",
+            &hooks,
+            Some(&p.tenant_admin),
+            None,
+            Some(json!({"url": "http://partner.example/h", "events": ["consent.revoked"]})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("url")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .call(
+            "POST",
+            &hooks,
+            Some(&p.tenant_admin),
+            None,
+            Some(json!({"url": "https://u:p@partner.example/h", "events": ["consent.revoked"]})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("url")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .call(
+            "POST",
+            &hooks,
+            Some(&p.tenant_admin),
+            None,
+            Some(json!({"url": "https://partner.example/h", "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("events[0]")),
+        "{}",
+        a.text
+    );
+    let a = e
+        .call(
+            "POST",
+            &hooks,
+            Some(&p.tenant_admin),
+            None,
+            Some(hook.clone()),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.text);
     let wh = a.body["id"].as_str().unwrap().to_owned();
-    let a = e.call("PUT", &format!("{hooks}/{wh}"), Some(&p.tenant_admin), Some(9), Some(json!({"url": "https://partner.example/v2", "events": ["consent.revoked"]}))).await;
+    let a = e
+        .call(
+            "PUT",
+            &format!("{hooks}/{wh}"),
+            Some(&p.tenant_admin),
+            Some(9),
+            Some(json!({"url": "https://partner.example/v2", "events": ["consent.revoked"]})),
+        )
+        .await;
     assert_eq!(a.status, 412);
-    let a = e.call("GET", &format!("{hooks}/{wh}"), Some(&p.auditor), None, None).await;
-    assert_eq!((a.body["url"].as_str(), a.body["version"].as_i64()), (Some("https://partner.example/hooks/scp"), Some(1)));
-    let a = e.call("PUT", &format!("{hooks}/{wh}"), Some(&p.tenant_admin), Some(1), Some(json!({"url": "https://partner.example/v2", "events": ["consent.revoked"]}))).await;
-    assert_eq!((a.status, a.body["version"].as_i64()), (200, Some(2)), "{}", a.text);
+    let a = e
+        .call(
+            "GET",
+            &format!("{hooks}/{wh}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.body["url"].as_str(), a.body["version"].as_i64()),
+        (Some("https://partner.example/hooks/scp"), Some(1))
+    );
+    let a = e
+        .call(
+            "PUT",
+            &format!("{hooks}/{wh}"),
+            Some(&p.tenant_admin),
+            Some(1),
+            Some(json!({"url": "https://partner.example/v2", "events": ["consent.revoked"]})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["version"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        a.text
+    );
     let a = e.call("GET", &hooks, Some(&p.auditor), None, None).await;
     assert_eq!(a.body["items"].as_array().unwrap().len(), 1);
-    let a = e.call("DELETE", &format!("{hooks}/{wh}"), Some(&p.tenant_admin), Some(2), None).await;
+    let a = e
+        .call(
+            "DELETE",
+            &format!("{hooks}/{wh}"),
+            Some(&p.tenant_admin),
+            Some(2),
+            None,
+        )
+        .await;
     assert_eq!(a.status, 204);
-    let a = e.call("GET", &format!("{hooks}/{wh}"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("{hooks}/{wh}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(a.status, 404);
 
     // Schema mappings (ONB-5).
     let maps = format!("/v1/integrations/{id}/schema-mappings");
     let m = json!({"name": "patient v1", "direction": "inbound", "fields": [{"source": "patientName", "target": "name"}, {"source": "birthDate", "target": "dob"}]});
-    let a = e.call("POST", &maps, Some(&p.auditor), None, Some(m.clone())).await;
+    let a = e
+        .call("POST", &maps, Some(&p.auditor), None, Some(m.clone()))
+        .await;
     assert_eq!(a.status, 403);
     let a = e.call("POST", &maps, Some(&p.manager), None, Some(json!({"name": "x", "direction": "sideways", "fields": [{"source": "a", "target": "b"}]}))).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("direction")));
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("direction"))
+    );
     let a = e.call("POST", &maps, Some(&p.manager), None, Some(json!({"name": "x", "direction": "inbound", "fields": [{"source": "a", "target": "b"}, {"source": "c", "target": "b"}]}))).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("fields[1].target")));
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("fields[1].target"))
+    );
     let a = e.call("POST", &maps, Some(&p.manager), None, Some(m)).await;
     assert_eq!(a.status, 201, "{}", a.text);
     let sm = a.body["id"].as_str().unwrap().to_owned();
-    let a = e.call("GET", &format!("{maps}/{sm}"), Some(&p.owner), None, None).await;
-    assert_eq!((a.status, a.body["fields"][1]["target"].as_str()), (200, Some("dob")));
-    let hist = e.h.running.store.document_versions(DocKind::SchemaMapping, &sm).await.unwrap();
+    let a = e
+        .call("GET", &format!("{maps}/{sm}"), Some(&p.owner), None, None)
+        .await;
+    assert_eq!(
+        (a.status, a.body["fields"][1]["target"].as_str()),
+        (200, Some("dob"))
+    );
+    let hist =
+        e.h.running
+            .store
+            .document_versions(DocKind::SchemaMapping, &sm)
+            .await
+            .unwrap();
     assert_eq!(hist.len(), 1);
 }
 
@@ -877,10 +1589,25 @@ async fn unauthorized_everywhere(store_url: Option<String>) {
     let e = env(store_url, true).await;
     let p = e.p();
     let id = "int-ke-authz";
-    let a = e.call("POST", "/v1/integrations", Some(&p.manager), None, Some(draft(id))).await;
+    let a = e
+        .call(
+            "POST",
+            "/v1/integrations",
+            Some(&p.manager),
+            None,
+            Some(draft(id)),
+        )
+        .await;
     assert_eq!(a.status, 201, "{}", a.text);
-    let hook = e.call("POST", &format!("/v1/integrations/{id}/webhooks"), Some(&p.tenant_admin), None,
-        Some(json!({"url": "https://partner.example/h", "events": ["consent.revoked"]}))).await;
+    let hook = e
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/webhooks"),
+            Some(&p.tenant_admin),
+            None,
+            Some(json!({"url": "https://partner.example/h", "events": ["consent.revoked"]})),
+        )
+        .await;
     let wh = hook.body["id"].as_str().unwrap().to_owned();
     let map = e.call("POST", &format!("/v1/integrations/{id}/schema-mappings"), Some(&p.manager), None,
         Some(json!({"name": "m", "direction": "outbound", "fields": [{"source": "a", "target": "b"}]}))).await;
@@ -898,27 +1625,87 @@ async fn unauthorized_everywhere(store_url: Option<String>) {
         ("GET", format!("{i}/schema-mappings/{sm}")),
     ];
     let writes: Vec<(&str, String, Value, &str)> = vec![
-        ("POST", "/v1/integrations".into(), draft("int-ke-x"), "auditor"),
+        (
+            "POST",
+            "/v1/integrations".into(),
+            draft("int-ke-x"),
+            "auditor",
+        ),
         ("PATCH", i.clone(), json!({"partner_name": "x"}), "auditor"),
         ("POST", format!("{i}/submit"), json!({}), "auditor"),
         ("POST", format!("{i}/review"), json!({}), "manager"),
         ("POST", format!("{i}/legal-review"), json!({}), "manager"),
-        ("POST", format!("{i}/approve"), json!({"legal_document_id": "d"}), "manager"),
+        (
+            "POST",
+            format!("{i}/approve"),
+            json!({"legal_document_id": "d"}),
+            "manager",
+        ),
         ("POST", format!("{i}/provision"), json!({}), "tenant_admin"),
         ("POST", format!("{i}/activate"), json!({}), "manager"),
-        ("POST", format!("{i}/restrict"), json!({"reason_code": "COMPLIANCE"}), "manager"),
-        ("POST", format!("{i}/suspend"), json!({"reason_code": "COMPLIANCE"}), "manager"),
-        ("POST", format!("{i}/deprecate"), json!({"reason_code": "COMPLIANCE"}), "auditor"),
-        ("POST", format!("{i}/archive"), json!({"reason_code": "COMPLIANCE"}), "owner"),
-        ("POST", format!("{i}/credentials/rotate"), json!({}), "tenant_admin"),
+        (
+            "POST",
+            format!("{i}/restrict"),
+            json!({"reason_code": "COMPLIANCE"}),
+            "manager",
+        ),
+        (
+            "POST",
+            format!("{i}/suspend"),
+            json!({"reason_code": "COMPLIANCE"}),
+            "manager",
+        ),
+        (
+            "POST",
+            format!("{i}/deprecate"),
+            json!({"reason_code": "COMPLIANCE"}),
+            "auditor",
+        ),
+        (
+            "POST",
+            format!("{i}/archive"),
+            json!({"reason_code": "COMPLIANCE"}),
+            "owner",
+        ),
+        (
+            "POST",
+            format!("{i}/credentials/rotate"),
+            json!({}),
+            "tenant_admin",
+        ),
         ("POST", format!("{i}/api-key"), json!({}), "tenant_admin"),
         ("DELETE", format!("{i}/api-key"), json!({}), "security"),
-        ("POST", format!("{i}/webhooks"), json!({"url": "https://p.example/h", "events": ["a.b"]}), "manager"),
-        ("PUT", format!("{i}/webhooks/{wh}"), json!({"url": "https://p.example/h", "events": ["a.b"]}), "manager"),
+        (
+            "POST",
+            format!("{i}/webhooks"),
+            json!({"url": "https://p.example/h", "events": ["a.b"]}),
+            "manager",
+        ),
+        (
+            "PUT",
+            format!("{i}/webhooks/{wh}"),
+            json!({"url": "https://p.example/h", "events": ["a.b"]}),
+            "manager",
+        ),
         ("DELETE", format!("{i}/webhooks/{wh}"), json!({}), "owner"),
-        ("POST", format!("{i}/schema-mappings"), json!({"name": "m", "direction": "inbound", "fields": [{"source": "a", "target": "b"}]}), "tenant_admin"),
-        ("PUT", format!("{i}/schema-mappings/{sm}"), json!({"name": "m", "direction": "inbound", "fields": [{"source": "a", "target": "b"}]}), "security"),
-        ("DELETE", format!("{i}/schema-mappings/{sm}"), json!({}), "auditor"),
+        (
+            "POST",
+            format!("{i}/schema-mappings"),
+            json!({"name": "m", "direction": "inbound", "fields": [{"source": "a", "target": "b"}]}),
+            "tenant_admin",
+        ),
+        (
+            "PUT",
+            format!("{i}/schema-mappings/{sm}"),
+            json!({"name": "m", "direction": "inbound", "fields": [{"source": "a", "target": "b"}]}),
+            "security",
+        ),
+        (
+            "DELETE",
+            format!("{i}/schema-mappings/{sm}"),
+            json!({}),
+            "auditor",
+        ),
     ];
     fn token<'a>(p: &'a Personas, who: &str) -> &'a str {
         match who {
@@ -930,12 +1717,23 @@ async fn unauthorized_everywhere(store_url: Option<String>) {
             _ => unreachable!(),
         }
     }
-    let before = e.h.running.store.document(DocKind::Integration, id).await.unwrap().unwrap().version;
+    let before =
+        e.h.running
+            .store
+            .document(DocKind::Integration, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
     for (m, path) in &reads {
         let a = e.call(m, path, None, None, None).await;
         assert_eq!(a.status, 401, "{m} {path} without token");
         let a = e.call(m, path, Some(&p.nobody), None, None).await;
-        assert_eq!(a.status, 403, "{m} {path} by a role without permissions: {}", a.text);
+        assert_eq!(
+            a.status, 403,
+            "{m} {path} by a role without permissions: {}",
+            a.text
+        );
         if path != "/v1/integrations" {
             let a = e.call(m, path, Some(&p.other_tenant), None, None).await;
             assert_eq!(a.status, 404, "{m} {path} from another tenant: {}", a.text);
@@ -950,23 +1748,73 @@ async fn unauthorized_everywhere(store_url: Option<String>) {
             assert_eq!(a.body["error"]["code"], "FORBIDDEN");
         }
         if path != "/v1/integrations" {
-            let a = e.call(m, path, Some(&p.other_tenant), None, Some(body.clone())).await;
+            let a = e
+                .call(m, path, Some(&p.other_tenant), None, Some(body.clone()))
+                .await;
             assert_eq!(a.status, 404, "{m} {path} from another tenant: {}", a.text);
         }
     }
     // The other tenant's list does not show it.
-    let a = e.call("GET", "/v1/integrations", Some(&p.other_tenant), None, None).await;
+    let a = e
+        .call("GET", "/v1/integrations", Some(&p.other_tenant), None, None)
+        .await;
     assert!(!a.text.contains(id));
     // Nothing changed.
-    let after = e.h.running.store.document(DocKind::Integration, id).await.unwrap().unwrap().version;
+    let after =
+        e.h.running
+            .store
+            .document(DocKind::Integration, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
     assert_eq!(before, after);
     // A vertical-scoped list filter: `state`.
-    let a = e.call("GET", "/v1/integrations?state=draft", Some(&p.auditor), None, None).await;
-    assert!(a.body["integrations"].as_array().unwrap().iter().any(|i| i["id"] == id));
-    let a = e.call("GET", "/v1/integrations?state=active", Some(&p.auditor), None, None).await;
-    assert!(!a.body["integrations"].as_array().unwrap().iter().any(|i| i["id"] == id));
-    let a = e.call("GET", "/v1/integrations?state=bogus", Some(&p.auditor), None, None).await;
-    assert_eq!((a.status, a.body["error"]["field"].as_str()), (400, Some("state")));
+    let a = e
+        .call(
+            "GET",
+            "/v1/integrations?state=draft",
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    assert!(
+        a.body["integrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id)
+    );
+    let a = e
+        .call(
+            "GET",
+            "/v1/integrations?state=active",
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    assert!(
+        !a.body["integrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == id)
+    );
+    let a = e
+        .call(
+            "GET",
+            "/v1/integrations?state=bogus",
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("state"))
+    );
 }
 
 #[tokio::test]
@@ -989,15 +1837,37 @@ async fn provisioner_unavailable(store_url: Option<String>) {
     assert_eq!(a.status, 200, "{}", a.text);
     let v = e.version(id, &p.auditor).await;
     let a = e.act(id, "provision", &p.manager, json!({})).await;
-    assert_eq!((a.status, a.body["error"]["code"].as_str()), (503, Some("PROVISIONER_UNAVAILABLE")), "{}", a.text);
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (503, Some("PROVISIONER_UNAVAILABLE")),
+        "{}",
+        a.text
+    );
     assert_eq!(e.version(id, &p.auditor).await, v);
-    let a = e.call("GET", &format!("/v1/integrations/{id}"), Some(&p.auditor), None, None).await;
+    let a = e
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}"),
+            Some(&p.auditor),
+            None,
+            None,
+        )
+        .await;
     assert!(a.body["client_id"].is_null());
     // The OpenAPI document lists the routes.
     let a = e.call("GET", "/openapi.json", None, None, None).await;
-    for path in ["/v1/integrations", "/v1/integrations/{id}/provision", "/v1/integrations/{id}/approve",
-                 "/v1/integrations/{id}/health", "/v1/integrations/{id}/webhooks/{sub}", "/v1/integrations/{id}/api-key"] {
-        assert!(a.body["paths"][path].is_object(), "{path} missing from /openapi.json");
+    for path in [
+        "/v1/integrations",
+        "/v1/integrations/{id}/provision",
+        "/v1/integrations/{id}/approve",
+        "/v1/integrations/{id}/health",
+        "/v1/integrations/{id}/webhooks/{sub}",
+        "/v1/integrations/{id}/api-key",
+    ] {
+        assert!(
+            a.body["paths"][path].is_object(),
+            "{path} missing from /openapi.json"
+        );
     }
 }
 

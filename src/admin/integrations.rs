@@ -130,10 +130,7 @@ fn view(i: &Integration, version: i64, doc: Option<&StoredDoc>) -> Value {
         let has_key = m.remove("api_key_sha256").is_some();
         m.insert("api_key".into(), json!(has_key));
         m.insert("version".into(), json!(version));
-        m.insert(
-            "cross_tenant".into(),
-            json!(!i.partner_tenants.is_empty()),
-        );
+        m.insert("cross_tenant".into(), json!(!i.partner_tenants.is_empty()));
         if let Some(d) = doc {
             m.insert("created_at".into(), json!(d.created_at));
             m.insert("updated_at".into(), json!(d.updated_at));
@@ -212,7 +209,10 @@ fn non_blank(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if v.chars().count() > max {
-        return Err(ApiError::invalid(field, format!("at most {max} characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -395,8 +395,17 @@ async fn create(
         )
         .await?;
     let v = w.versions[0];
-    let doc = s.store.document(DocKind::Integration, &integ.id).await.ok().flatten();
-    Ok(with_etag(StatusCode::CREATED, v, view(&integ, v, doc.as_ref())))
+    let doc = s
+        .store
+        .document(DocKind::Integration, &integ.id)
+        .await
+        .ok()
+        .flatten();
+    Ok(with_etag(
+        StatusCode::CREATED,
+        v,
+        view(&integ, v, doc.as_ref()),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -581,7 +590,11 @@ async fn patch(
             vec![put_integration(&i, Expect::Version(cur.version))],
         )
         .await?;
-    Ok(with_etag(StatusCode::OK, w.versions[0], view(&i, w.versions[0], None)))
+    Ok(with_etag(
+        StatusCode::OK,
+        w.versions[0],
+        view(&i, w.versions[0], None),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,15 +614,76 @@ use IntegrationState as S;
 
 /// The allowed-from table. `provision` is its own route (it talks to Keycloak).
 const RULES: &[Rule] = &[
-    Rule { action: "submit", permission: "integrations.create", from: &[S::Draft], to: S::Requested, reason: false },
-    Rule { action: "review", permission: "integrations.review", from: &[S::Requested], to: S::Reviewed, reason: false },
-    Rule { action: "legal-review", permission: "integrations.legal_review", from: &[S::Reviewed], to: S::Reviewed, reason: false },
-    Rule { action: "approve", permission: "integrations.approve", from: &[S::Reviewed], to: S::Approved, reason: false },
-    Rule { action: "activate", permission: "integrations.operate", from: &[S::Approved, S::Restricted, S::Suspended], to: S::Active, reason: false },
-    Rule { action: "restrict", permission: "integrations.operate", from: &[S::Active], to: S::Restricted, reason: true },
-    Rule { action: "suspend", permission: "integrations.operate", from: &[S::Approved, S::Active, S::Restricted, S::Deprecated], to: S::Suspended, reason: true },
-    Rule { action: "deprecate", permission: "integrations.operate", from: &[S::Active, S::Restricted, S::Suspended], to: S::Deprecated, reason: true },
-    Rule { action: "archive", permission: "integrations.operate", from: &[S::Draft, S::Requested, S::Reviewed, S::Approved, S::Suspended, S::Deprecated], to: S::Archived, reason: true },
+    Rule {
+        action: "submit",
+        permission: "integrations.create",
+        from: &[S::Draft],
+        to: S::Requested,
+        reason: false,
+    },
+    Rule {
+        action: "review",
+        permission: "integrations.review",
+        from: &[S::Requested],
+        to: S::Reviewed,
+        reason: false,
+    },
+    Rule {
+        action: "legal-review",
+        permission: "integrations.legal_review",
+        from: &[S::Reviewed],
+        to: S::Reviewed,
+        reason: false,
+    },
+    Rule {
+        action: "approve",
+        permission: "integrations.approve",
+        from: &[S::Reviewed],
+        to: S::Approved,
+        reason: false,
+    },
+    Rule {
+        action: "activate",
+        permission: "integrations.operate",
+        from: &[S::Approved, S::Restricted, S::Suspended],
+        to: S::Active,
+        reason: false,
+    },
+    Rule {
+        action: "restrict",
+        permission: "integrations.operate",
+        from: &[S::Active],
+        to: S::Restricted,
+        reason: true,
+    },
+    Rule {
+        action: "suspend",
+        permission: "integrations.operate",
+        from: &[S::Approved, S::Active, S::Restricted, S::Deprecated],
+        to: S::Suspended,
+        reason: true,
+    },
+    Rule {
+        action: "deprecate",
+        permission: "integrations.operate",
+        from: &[S::Active, S::Restricted, S::Suspended],
+        to: S::Deprecated,
+        reason: true,
+    },
+    Rule {
+        action: "archive",
+        permission: "integrations.operate",
+        from: &[
+            S::Draft,
+            S::Requested,
+            S::Reviewed,
+            S::Approved,
+            S::Suspended,
+            S::Deprecated,
+        ],
+        to: S::Archived,
+        reason: true,
+    },
 ];
 
 #[derive(Deserialize, Default)]
@@ -758,7 +832,11 @@ async fn transition(
             vec![put_integration(&i, Expect::Version(cur.version))],
         )
         .await?;
-    Ok(with_etag(StatusCode::OK, w.versions[0], view(&i, w.versions[0], None)))
+    Ok(with_etag(
+        StatusCode::OK,
+        w.versions[0],
+        view(&i, w.versions[0], None),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -785,9 +863,7 @@ fn provision_error(e: ProvisionError) -> ApiError {
     }
 }
 
-fn provisioner(
-    s: &AdminHttp,
-) -> Result<&Arc<dyn super::keycloak::Provisioner>, ApiError> {
+fn provisioner(s: &AdminHttp) -> Result<&Arc<dyn super::keycloak::Provisioner>, ApiError> {
     s.provisioner.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -811,7 +887,11 @@ fn realm_and_audience(s: &AdminHttp, tenant: &str) -> Result<(String, String), A
             "the tenant's issuer is not a Keycloak realm URL (`…/realms/<realm>`)",
         )
     })?;
-    let aud = t.tenant.audience.clone().unwrap_or_else(|| s.audience.clone());
+    let aud = t
+        .tenant
+        .audience
+        .clone()
+        .unwrap_or_else(|| s.audience.clone());
     Ok((realm.to_owned(), aud))
 }
 
@@ -981,7 +1061,13 @@ async fn rotate(
         &caller,
         &via,
         record,
-        vec![credential_doc(&cur.integ, "client_secret", &secret, now, "active")],
+        vec![credential_doc(
+            &cur.integ,
+            "client_secret",
+            &secret,
+            now,
+            "active",
+        )],
     )
     .await?;
     Ok(no_store(
@@ -1117,9 +1203,14 @@ async fn revoke_api_key(
         v["status"] = json!("revoked");
         v["revoked_ms"] = json!(crate::api::now_ms());
         changes.push(
-            DocChange::put(DocKind::Credential, &cred_id, Some(&i.tenant), v.to_string())
-                .status("revoked")
-                .expect(Expect::Version(d.version)),
+            DocChange::put(
+                DocKind::Credential,
+                &cred_id,
+                Some(&i.tenant),
+                v.to_string(),
+            )
+            .status("revoked")
+            .expect(Expect::Version(d.version)),
         );
     }
     let record = ChangeRecord {
@@ -1130,7 +1221,11 @@ async fn revoke_api_key(
         detail: json!({"credential": "api_key", "reason_code": b.reason_code, "reason_text": b.reason_text}),
     };
     let w = s.commit(&caller, &via, record, changes).await?;
-    Ok(with_etag(StatusCode::OK, w.versions[0], view(&i, w.versions[0], None)))
+    Ok(with_etag(
+        StatusCode::OK,
+        w.versions[0],
+        view(&i, w.versions[0], None),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1218,7 +1313,10 @@ impl Sub for Webhook {
         let ok_scheme = u.scheme() == "https"
             || (u.scheme() == "http" && loopback && s.auth.config().webhook_allow_http_loopback);
         if !ok_scheme || u.host_str().is_none() {
-            return Err(ApiError::invalid("url", "webhooks are delivered over https only"));
+            return Err(ApiError::invalid(
+                "url",
+                "webhooks are delivered over https only",
+            ));
         }
         if !u.username().is_empty() || u.password().is_some() {
             return Err(ApiError::invalid(
@@ -1233,9 +1331,8 @@ impl Sub for Webhook {
             return Err(ApiError::invalid("events", "one to 32 events"));
         }
         for (k, e) in b.events.iter().enumerate() {
-            let ok = e.split('.').count() >= 2
-                && e.len() <= 64
-                && e.split('.').all(|p| is_slug(p, 64));
+            let ok =
+                e.split('.').count() >= 2 && e.len() <= 64 && e.split('.').all(|p| is_slug(p, 64));
             if !ok || b.events[..k].contains(e) {
                 return Err(ApiError::invalid(
                     format!("events[{k}]"),
@@ -1509,7 +1606,8 @@ impl Activity {
                 _ = self.wake.notified() => false,
                 _ = shutdown.wait_for(|v| *v) => true,
             };
-            self.flush(&store, audit.as_deref(), &engine, &audience).await;
+            self.flush(&store, audit.as_deref(), &engine, &audience)
+                .await;
             if stop {
                 return;
             }
@@ -1640,30 +1738,54 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
         v
     };
     let mut out = vec![
-        ("/v1/integrations".to_owned(), json!({
-            "post": op("Create a draft integration (ONB-1, ONB-2)", "integrations.create",
-                Some("partner_name, legal_basis, technical_contacts[{name,email,role}], verticals, scopes, field_policy, rate_limit, quota, ip_allowlist, mtls_cert_sha256, partner_tenants, routes, id?, tenant? (root)"),
-                "201", &["400", "401", "403", "409", "503"]),
-            "get": op("List integrations (filter `state`)", "integrations.read", None, "200", &["400", "401", "403", "503"]),
-        })),
-        ("/v1/integrations/{id}".to_owned(), with_id(json!({
-            "get": op("One integration", "integrations.read", None, "200", rd),
-            "patch": op("Edit a draft (If-Match)", "integrations.create", Some("any create field except id and tenant"), "200", wr),
-        }))),
-        ("/v1/integrations/{id}/history".to_owned(), with_id(json!({
-            "get": op("Every version of the integration", "integrations.read", None, "200", rd)}))),
-        ("/v1/integrations/{id}/health".to_owned(), with_id(json!({
-            "get": op("State, health, last successful sync, last handshake (ONB-7, ONB-AUD-4)", "integrations.read", None, "200", rd)}))),
-        ("/v1/integrations/{id}/provision".to_owned(), with_id(json!({
-            "post": op("Create the Keycloak client; client_id and client_secret shown once (ONB-4)", "integrations.provision", Some("reason_code?, reason_text?"), "201", wr)}))),
-        ("/v1/integrations/{id}/credentials".to_owned(), with_id(json!({
-            "get": op("Credentials with age_days and rotation_due (ONB-AUD-2)", "integrations.read", None, "200", rd)}))),
-        ("/v1/integrations/{id}/credentials/rotate".to_owned(), with_id(json!({
-            "post": op("Rotate the client secret; the new one is shown once (ONB-AUD-2)", "integrations.credentials", Some("reason_code?, reason_text?"), "200", wr)}))),
-        ("/v1/integrations/{id}/api-key".to_owned(), with_id(json!({
-            "post": op("Issue an API key (second factor, shown once, stored hashed; INT-4.2-5)", "integrations.credentials", Some("reason_code?, reason_text?"), "201", wr),
-            "delete": op("Revoke the API key", "integrations.credentials", None, "200", wr),
-        }))),
+        (
+            "/v1/integrations".to_owned(),
+            json!({
+                "post": op("Create a draft integration (ONB-1, ONB-2)", "integrations.create",
+                    Some("partner_name, legal_basis, technical_contacts[{name,email,role}], verticals, scopes, field_policy, rate_limit, quota, ip_allowlist, mtls_cert_sha256, partner_tenants, routes, id?, tenant? (root)"),
+                    "201", &["400", "401", "403", "409", "503"]),
+                "get": op("List integrations (filter `state`)", "integrations.read", None, "200", &["400", "401", "403", "503"]),
+            }),
+        ),
+        (
+            "/v1/integrations/{id}".to_owned(),
+            with_id(json!({
+                "get": op("One integration", "integrations.read", None, "200", rd),
+                "patch": op("Edit a draft (If-Match)", "integrations.create", Some("any create field except id and tenant"), "200", wr),
+            })),
+        ),
+        (
+            "/v1/integrations/{id}/history".to_owned(),
+            with_id(json!({
+            "get": op("Every version of the integration", "integrations.read", None, "200", rd)})),
+        ),
+        (
+            "/v1/integrations/{id}/health".to_owned(),
+            with_id(json!({
+            "get": op("State, health, last successful sync, last handshake (ONB-7, ONB-AUD-4)", "integrations.read", None, "200", rd)})),
+        ),
+        (
+            "/v1/integrations/{id}/provision".to_owned(),
+            with_id(json!({
+            "post": op("Create the Keycloak client; client_id and client_secret shown once (ONB-4)", "integrations.provision", Some("reason_code?, reason_text?"), "201", wr)})),
+        ),
+        (
+            "/v1/integrations/{id}/credentials".to_owned(),
+            with_id(json!({
+            "get": op("Credentials with age_days and rotation_due (ONB-AUD-2)", "integrations.read", None, "200", rd)})),
+        ),
+        (
+            "/v1/integrations/{id}/credentials/rotate".to_owned(),
+            with_id(json!({
+            "post": op("Rotate the client secret; the new one is shown once (ONB-AUD-2)", "integrations.credentials", Some("reason_code?, reason_text?"), "200", wr)})),
+        ),
+        (
+            "/v1/integrations/{id}/api-key".to_owned(),
+            with_id(json!({
+                "post": op("Issue an API key (second factor, shown once, stored hashed; INT-4.2-5)", "integrations.credentials", Some("reason_code?, reason_text?"), "201", wr),
+                "delete": op("Revoke the API key", "integrations.credentials", None, "200", wr),
+            })),
+        ),
     ];
     for r in RULES {
         let body = match r.action {
@@ -1684,8 +1806,18 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
         ));
     }
     for (seg, name, perm, body) in [
-        ("webhooks", "webhook subscription", "integrations.webhooks", "url (https), events[], description?"),
-        ("schema-mappings", "schema mapping", "integrations.mappings", "name, direction (inbound|outbound), fields[{source,target}]"),
+        (
+            "webhooks",
+            "webhook subscription",
+            "integrations.webhooks",
+            "url (https), events[], description?",
+        ),
+        (
+            "schema-mappings",
+            "schema mapping",
+            "integrations.mappings",
+            "name, direction (inbound|outbound), fields[{source,target}]",
+        ),
     ] {
         out.push((
             format!("/v1/integrations/{{id}}/{seg}"),
@@ -1731,7 +1863,16 @@ mod tests {
         for r in RULES {
             assert!(!r.from.contains(&S::Archived), "{}", r.action);
         }
-        for s in [S::Requested, S::Reviewed, S::Approved, S::Active, S::Restricted, S::Suspended, S::Deprecated, S::Archived] {
+        for s in [
+            S::Requested,
+            S::Reviewed,
+            S::Approved,
+            S::Active,
+            S::Restricted,
+            S::Suspended,
+            S::Deprecated,
+            S::Archived,
+        ] {
             assert!(RULES.iter().any(|r| r.to == s), "{s:?}");
         }
     }

@@ -340,7 +340,11 @@ impl KeycloakAdmin {
 
     async fn create(&self, spec: &ClientSpec) -> Result<Provisioned, ProvisionError> {
         let token = self.token().await?;
-        if self.find(&token, &spec.realm, &spec.client_id).await?.is_some() {
+        if self
+            .find(&token, &spec.realm, &spec.client_id)
+            .await?
+            .is_some()
+        {
             return Err(ProvisionError::Exists(spec.client_id.clone()));
         }
         let resp = self
