@@ -133,6 +133,7 @@ pub async fn start_with_clock(
         }
     }
 
+    crate::admin::http::check_claim_permissions(&config.admin).map_err(|e| anyhow::anyhow!(e))?;
     let algorithms = config
         .auth
         .algorithms
@@ -530,35 +531,7 @@ async fn change_feed(
     mut stop: watch::Receiver<bool>,
 ) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    if let Store::Postgres(pool) = &store {
-        let pool = pool.clone();
-        let n = notify.clone();
-        let mut stop2 = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                match sqlx::postgres::PgListener::connect_with(&pool).await {
-                    Ok(mut l) => {
-                        if l.listen(crate::store::NOTIFY_CHANNEL).await.is_ok() {
-                            loop {
-                                tokio::select! {
-                                    r = l.recv() => match r {
-                                        Ok(_) => n.notify_one(),
-                                        Err(_) => break,
-                                    },
-                                    _ = stop2.wait_for(|v| *v) => return,
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; relying on polling"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop2.wait_for(|v| *v) => return,
-                }
-            }
-        });
-    }
+    store.spawn_listener(crate::store::NOTIFY_CHANNEL, notify.clone(), stop.clone());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

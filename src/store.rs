@@ -760,6 +760,47 @@ impl Store {
         ))
     }
 
+    /// Wakes `notify` on every PostgreSQL `NOTIFY` on `channel` (a background task that reconnects
+    /// after 1 s when the connection drops) until `stop` turns true. Nothing on SQLite: its
+    /// followers rely on polling alone.
+    pub fn spawn_listener(
+        &self,
+        channel: &'static str,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Store::Postgres(pool) = self else {
+            return;
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(mut l) => {
+                        if l.listen(channel).await.is_ok() {
+                            loop {
+                                tokio::select! {
+                                    r = l.recv() => match r {
+                                        Ok(_) => notify.notify_one(),
+                                        Err(_) => break,
+                                    },
+                                    _ = stop.wait_for(|v| *v) => return,
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel, "LISTEN failed; relying on polling")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+            }
+        });
+    }
+
     /// A cheap round trip, for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(self, p => { sqlx::query("SELECT 1").execute(p).await?; });

@@ -96,6 +96,7 @@ fn default_claim_permissions() -> std::collections::BTreeMap<String, Vec<String>
                 "integrations.read",
                 "integrations.approve",
                 "integrations.approve_cross_tenant",
+                "tenants.consent_settings",
                 "policy_packs.read",
                 "policy_packs.approve",
             ],

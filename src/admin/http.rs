@@ -212,6 +212,13 @@ catalog![
         "Restrict, suspend, deprecate, archive policy packs"
     ),
     (
+        "tenants.consent_settings",
+        "configure",
+        "tenant",
+        "tenant",
+        "Consent grace period and reminders: umbrella authority (CON-27, CON-33)"
+    ),
+    (
         "authz.evaluate",
         "evaluate",
         "authz",
@@ -226,6 +233,20 @@ catalog![
         "Read and export the audit log"
     ),
 ];
+
+/// Checks that every permission the bootstrap mapping names is in the catalog.
+///
+/// Errors: the first unknown id, as `admin.claim_permissions.<role>: unknown permission <id>`.
+pub fn check_claim_permissions(config: &super::auth::AdminConfig) -> Result<(), String> {
+    for (role, perms) in &config.claim_permissions {
+        if let Some(p) = perms.iter().find(|p| permission(p).is_none()) {
+            return Err(format!(
+                "admin.claim_permissions.{role}: unknown permission `{p}`"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The catalog entry of `id`.
 pub fn permission(id: &str) -> Option<&'static Permission> {
@@ -519,6 +540,7 @@ impl AdminHttp {
             .merge(super::rbac::routes())
             .merge(super::packs::routes())
             .merge(super::integrations::routes())
+            .merge(super::tenants::routes())
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::api::MAX_BODY_BYTES,
             ))
@@ -612,13 +634,15 @@ async fn openapi() -> impl IntoResponse {
     axum::Json(openapi_document())
 }
 
-/// The OpenAPI 3.0 document of every admin route, built from the route modules' fragments.
+/// The OpenAPI 3.0 document of every admin and consent route (`GET /openapi.json`, public),
+/// built from the route modules' fragments.
 pub fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
     for (path, item) in super::rbac::openapi_paths()
         .into_iter()
         .chain(super::packs::openapi_paths())
         .chain(super::integrations::openapi_paths())
+        .chain(super::tenants::openapi_paths())
     {
         paths.insert(path, item);
     }
@@ -626,20 +650,122 @@ pub fn openapi_document() -> Value {
         "/openapi.json".into(),
         json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}}),
     );
+    // The consent API is part of the same document.
+    let consent = crate::consent::http::openapi_document();
+    if let Some(p) = consent["paths"].as_object() {
+        for (k, v) in p {
+            paths.insert(k.clone(), v.clone());
+        }
+    }
+    let mut schemas = serde_json::Map::new();
+    if let Some(s) = consent["components"]["schemas"].as_object() {
+        schemas.extend(s.clone());
+    }
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}
+            }}}
+        }),
+    );
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "scp-pep admin and security API", "version": env!("CARGO_PKG_VERSION")},
+        "info": {"title": "scp-pep admin, security and consent API", "version": env!("CARGO_PKG_VERSION")},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}
-                }}}
-            }}
+            "schemas": schemas,
         },
         "security": [{"bearer": []}],
         "paths": paths,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // EXT-5.3-1: the default persona mapping names only catalog permissions, and an unknown id in
+    // a configured mapping is refused at start.
+    #[test]
+    fn claim_mapping_names_catalog_permissions_only() {
+        let mut c = crate::admin::AdminConfig::default();
+        assert_eq!(check_claim_permissions(&c), Ok(()));
+        assert!(
+            c.claim_permissions("scp-unmapped-role").is_empty(),
+            "least privilege"
+        );
+        c.claim_permissions.insert(
+            "ops".into(),
+            vec!["integrations.read".into(), "everything".into()],
+        );
+        let e = check_claim_permissions(&c).unwrap_err();
+        assert!(e.contains("ops") && e.contains("everything"), "{e}");
+    }
+
+    // ADM-1: tenant-scoped grants stay in their tenant; vertical-scoped grants cover only targets
+    // entirely inside their vertical; ROOT passes and says so.
+    #[test]
+    fn scopes_and_root() {
+        let vs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let tenant = Scope {
+            tenant_id: Some("ke".into()),
+            ..Scope::default()
+        };
+        let health = Scope {
+            vertical_id: Some("health".into()),
+            ..tenant.clone()
+        };
+        let h = vs(&["health"]);
+        let he = vs(&["health", "education"]);
+        assert!(tenant.covers(&Target::tenant("ke")));
+        assert!(!tenant.covers(&Target::tenant("ug")));
+        assert!(health.covers(&Target::verticals("ke", &h)));
+        assert!(!health.covers(&Target::verticals("ke", &he)));
+        assert!(!health.covers(&Target::tenant("ke")));
+        let principal = AdminPrincipal {
+            subject: "u".into(),
+            tenant_id: "ke".into(),
+            roles: vec![],
+            root: false,
+            auditor: false,
+        };
+        let mut c = Caller {
+            principal,
+            grants: vec![Grant {
+                permission: "integrations.review".into(),
+                scope: health,
+                via: "assignment:a-1".into(),
+            }],
+        };
+        assert_eq!(
+            c.require("integrations.review", &Target::verticals("ke", &h))
+                .unwrap(),
+            Via::Grant("assignment:a-1".into())
+        );
+        let e = c
+            .require("integrations.review", &Target::verticals("ke", &he))
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+        assert!(c.tenant_for(Some("ug")).is_err());
+        c.principal.root = true;
+        assert_eq!(
+            c.require("roles.approve", &Target::tenant("ug")).unwrap(),
+            Via::Root
+        );
+        assert_eq!(c.tenant_for(Some("ug")).unwrap(), "ug");
+    }
+
+    // ADM-7: a reason code from the list; OTHER needs a text.
+    #[test]
+    fn reason_codes() {
+        assert!(check_reason("reason_code", "COMPLIANCE", "reason_text", None).is_ok());
+        let e = check_reason("reason_code", "OTHER", "reason_text", Some("  ")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("reason_text"));
+        assert!(check_reason("reason_code", "OTHER", "reason_text", Some("court order")).is_ok());
+        let e = check_reason("approval_reason_code", "BECAUSE", "t", None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("approval_reason_code"));
+    }
 }

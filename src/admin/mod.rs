@@ -14,5 +14,6 @@ pub mod integrations;
 pub mod keycloak;
 pub mod packs;
 pub mod rbac;
+pub mod tenants;
 
 pub use auth::*;

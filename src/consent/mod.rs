@@ -624,32 +624,8 @@ impl Consents {
     /// cache is dropped (misses then read the store, or deny while it is away): no stale allow.
     pub async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let notify = Arc::new(tokio::sync::Notify::new());
-        if let Store::Postgres(pool) = &self.store {
-            let pool = pool.clone();
-            let n = notify.clone();
-            let mut stop2 = stop.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&pool).await
-                        && l.listen(store::CONSENT_CHANNEL).await.is_ok()
-                    {
-                        loop {
-                            tokio::select! {
-                                r = l.recv() => match r {
-                                    Ok(_) => n.notify_one(),
-                                    Err(_) => break,
-                                },
-                                _ = stop2.wait_for(|v| *v) => return,
-                            }
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop2.wait_for(|v| *v) => return,
-                    }
-                }
-            });
-        }
+        self.store
+            .spawn_listener(store::CONSENT_CHANNEL, notify.clone(), stop.clone());
         let every = Duration::from_millis(self.config.feed_poll_ms.max(10));
         let mut last: Option<i64> = None;
         let mut last_prune = std::time::Instant::now();

@@ -572,3 +572,25 @@ pub async fn seed_default_consents(consents: &scp_pep::consent::Consents) {
     seed_consents(consents, "ke", &["health", "education"], &persons).await;
     seed_consents(consents, "ug", &["health"], &persons).await;
 }
+
+/// Audit records of `kind` whose body carries `"action":"<action>"` (admin changes name their
+/// action in the detail).
+#[allow(dead_code)]
+pub async fn count_audit_events(store: &scp_pep::store::Store, kind: &str, action: &str) -> i64 {
+    let sql = "SELECT COUNT(*) FROM audit_records WHERE kind = $1 AND body LIKE $2";
+    let like = format!("%\"action\":\"{action}\"%");
+    match store {
+        scp_pep::store::Store::Sqlite(p) => sqlx::query_scalar(sql)
+            .bind(kind)
+            .bind(like)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        scp_pep::store::Store::Postgres(p) => sqlx::query_scalar(sql)
+            .bind(kind)
+            .bind(like)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+    }
+}
