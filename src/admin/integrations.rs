@@ -1733,10 +1733,16 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
     let rd = &["401", "403", "404", "503"][..];
     let wr = &["400", "401", "403", "404", "409", "412", "503"][..];
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let with_id = |mut v: Value| {
-        v["parameters"] = id.clone();
+    // Parameters go on each operation (not on the path item) so every path-item key is a verb.
+    let with_params = |mut v: Value, params: &Value| {
+        if let Value::Object(ops) = &mut v {
+            for op in ops.values_mut() {
+                op["parameters"] = params.clone();
+            }
+        }
         v
     };
+    let with_id = |v: Value| with_params(v, &id);
     let mut out = vec![
         (
             "/v1/integrations".to_owned(),
@@ -1826,15 +1832,18 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
                 "get": op(&format!("List {name}s"), "integrations.read", None, "200", rd),
             })),
         ));
-        let mut item = json!({
+        let item = json!({
             "get": op(&format!("One {name}"), "integrations.read", None, "200", rd),
             "put": op(&format!("Replace a {name} (If-Match)"), perm, Some(body), "200", wr),
             "delete": op(&format!("Delete a {name} (If-Match)"), perm, None, "204", wr),
         });
-        item["parameters"] = json!([
-            {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-            {"name": "sub", "in": "path", "required": true, "schema": {"type": "string"}},
-        ]);
+        let item = with_params(
+            item,
+            &json!([
+                {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "sub", "in": "path", "required": true, "schema": {"type": "string"}},
+            ]),
+        );
         out.push((format!("/v1/integrations/{{id}}/{seg}/{{sub}}"), item));
     }
     out
