@@ -130,6 +130,9 @@ mod tests {
             api_key_sha256: None,
             mtls_cert_sha256: None,
             ip_allowlist: vec![],
+            technical_contacts: vec![],
+            partner_tenants: vec![],
+            onboarding: None,
         }
     }
 

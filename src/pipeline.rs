@@ -86,7 +86,17 @@ pub struct Engine {
     settings: PipelineSettings,
     /// Stage 7: the consent service (`None`: routes that touch persons are denied, fail closed).
     consents: Option<Arc<Consents>>,
+    /// Told about every allowed request ("last successful sync", handshakes; ONB-6, ONB-AUD-4).
+    activity: Option<Arc<dyn ActivityObserver>>,
     metrics: DecisionMetrics,
+}
+
+/// Receives every allowed request after it was recorded (ONB-6, ONB-7, ONB-AUD-4). Called on the
+/// request path: implementations must not block (queue and return).
+pub trait ActivityObserver: Send + Sync {
+    /// `integration` was allowed a request at `time_ms` (ms since the epoch); `handshake`: on a
+    /// handshake route; `state`: the integration's state in the deciding snapshot.
+    fn allowed(&self, integration: &str, handshake: bool, state: IntegrationState, time_ms: i64);
 }
 
 /// Metric handles registered once (a labelled `counter!` per call costs a registry lookup).
@@ -151,6 +161,7 @@ impl Engine {
             audit: None,
             settings,
             consents: None,
+            activity: None,
             metrics: DecisionMetrics::register(),
         }
     }
@@ -165,6 +176,12 @@ impl Engine {
     /// Sets the consent service of stage 7.
     pub fn with_consents(mut self, consents: Arc<Consents>) -> Self {
         self.consents = Some(consents);
+        self
+    }
+
+    /// Sets the observer of allowed requests (last successful sync, handshakes).
+    pub fn with_activity(mut self, activity: Arc<dyn ActivityObserver>) -> Self {
+        self.activity = Some(activity);
         self
     }
 
@@ -198,7 +215,7 @@ impl Engine {
     pub async fn decide(&self, facts: &RequestFacts) -> Decision {
         let start = Instant::now();
         let mut d = Decision::new(&facts.method, path_only(&facts.path), chrono::Utc::now());
-        self.run(facts, &mut d).await;
+        let allowed = self.run(facts, &mut d).await;
         d.latency_us = start.elapsed().as_micros() as u64;
         if let Some(audit) = &self.audit
             && let Err(e) = audit.record(&d).await
@@ -220,6 +237,12 @@ impl Engine {
             ));
         }
         d.latency_us = start.elapsed().as_micros() as u64;
+        if d.allowed()
+            && let (Some(obs), Some((handshake, state)), Some(id)) =
+                (&self.activity, allowed, d.integration_id.as_deref())
+        {
+            obs.allowed(id, handshake, state, d.time.timestamp_millis());
+        }
         self.metrics.record(&d);
         tracing::debug!(
             decision_id = %d.decision_id,
@@ -232,7 +255,13 @@ impl Engine {
         d
     }
 
-    async fn run(&self, facts: &RequestFacts, d: &mut Decision) {
+    /// Stages 1–9. Returns, for an allow, whether the route is a handshake route and the
+    /// integration's state.
+    async fn run(
+        &self,
+        facts: &RequestFacts,
+        d: &mut Decision,
+    ) -> Option<(bool, IntegrationState)> {
         // Headers only scp-pep may set, and the API key, never reach the upstream.
         for name in facts.headers.keys() {
             if name.starts_with("x-scp-") {
@@ -255,7 +284,7 @@ impl Engine {
                 "no policy loaded yet",
                 1,
             ));
-            return;
+            return None;
         };
 
         // Stage 1: authenticate.
@@ -269,14 +298,14 @@ impl Engine {
                     "bearer token required"
                 };
                 d.outcome = Outcome::Deny(Denial::new(DenyCode::TokenMissing, msg));
-                return;
+                return None;
             }
         };
         let verified = match self.auth.authenticate(snap, token).await {
             Ok(v) => v,
             Err(denial) => {
                 d.outcome = Outcome::Deny(denial);
-                return;
+                return None;
             }
         };
         d.tenant_id = Some(verified.tenant_id.clone());
@@ -300,7 +329,7 @@ impl Engine {
             Ok(x) => x,
             Err(denial) => {
                 d.outcome = Outcome::Deny(denial);
-                return;
+                return None;
             }
         };
 
@@ -315,7 +344,7 @@ impl Engine {
                     "consent cannot be checked: no consent service",
                     1,
                 ));
-                return;
+                return None;
             };
             let tenant = &integration.integration.tenant;
             let res = if route.kind == RouteKind::Aggregate && persons.is_empty() {
@@ -332,7 +361,7 @@ impl Engine {
                 Ok(f) => consent_fields = f,
                 Err(denial) => {
                     d.outcome = Outcome::Deny(denial);
-                    return;
+                    return None;
                 }
             }
             d.purpose = route.consent_purpose.clone();
@@ -349,7 +378,7 @@ impl Engine {
             .check(&integration.integration, route.kind, d.time)
         {
             d.outcome = Outcome::Deny(denial);
-            return;
+            return None;
         }
         d.outcome = Outcome::Allow;
         if !persons.is_empty()
@@ -362,6 +391,10 @@ impl Engine {
                 &route.verticals,
             );
         }
+        Some((
+            route.kind == RouteKind::Handshake,
+            integration.integration.state,
+        ))
     }
 }
 
@@ -421,8 +454,12 @@ pub fn authorize<'s>(
             "the token's client is not bound to this integration",
         ));
     }
+    // An approved integration that has its client may call handshake routes only (ONB-6): the
+    // route is known at stage 3, where anything else is still `INTEGRATION_NOT_ACTIVE`.
+    let handshake_only = i.state == IntegrationState::Approved && i.client_id.is_some();
     match i.state {
         IntegrationState::Active | IntegrationState::Restricted => {}
+        IntegrationState::Approved if handshake_only => {}
         IntegrationState::Suspended => {
             return Err(Denial::new(
                 DenyCode::IntegrationSuspended,
@@ -475,6 +512,12 @@ pub fn authorize<'s>(
     d.resource = Some(route.resource.clone());
     d.verticals = route.verticals.clone();
     d.data_categories = route.data_categories.clone();
+    if handshake_only && route.kind != RouteKind::Handshake {
+        return Err(Denial::new(
+            DenyCode::IntegrationNotActive,
+            "the integration is approved and may call handshake routes only until its first handshake",
+        ));
+    }
     if i.state == IntegrationState::Restricted && route.action == Action::Write {
         return Err(Denial::new(
             DenyCode::IntegrationRestricted,

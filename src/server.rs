@@ -193,7 +193,17 @@ pub async fn start_with_clock(
     }
     let consents = Consents::new(store.clone(), config.consent.clone(), clock);
     engine = engine.with_consents(consents.clone());
+    let activity = crate::admin::integrations::Activity::new();
+    engine = engine.with_activity(activity.clone());
     let engine = Arc::new(engine);
+    let provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>> =
+        match &config.admin.keycloak {
+            Some(k) => Some(Arc::new(
+                crate::admin::keycloak::KeycloakAdmin::new(k.clone())
+                    .map_err(|e| anyhow::anyhow!("admin.keycloak: {e}"))?,
+            )),
+            None => None,
+        };
     let admin = AdminAuth::new(
         jwks.clone(),
         slot,
@@ -285,6 +295,7 @@ pub async fn start_with_clock(
             auth: admin.clone(),
             engine: engine.clone(),
             audience: config.auth.audience.clone(),
+            provisioner,
         }
         .router(),
     );
@@ -306,6 +317,15 @@ pub async fn start_with_clock(
         engine.clone(),
         audience,
         Duration::from_millis(config.store.poll_interval_ms.max(50)),
+        rx.clone(),
+    )));
+
+    // Last successful sync and handshake activations (ONB-6, ONB-7, ONB-AUD-4).
+    tasks.push(tokio::spawn(activity.run(
+        store.clone(),
+        audit.clone(),
+        engine.clone(),
+        config.auth.audience.clone(),
         rx.clone(),
     )));
 

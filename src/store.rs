@@ -210,6 +210,16 @@ pub struct DocVersion {
     pub time: String,
 }
 
+/// One row of `integration_activity` (ONB-7, ONB-AUD-4). Times in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrationActivity {
+    pub last_success_ms: Option<i64>,
+    pub last_handshake_ms: Option<i64>,
+    /// `unknown` until the first handshake, then `healthy`.
+    pub health: String,
+    pub webhook_failures: i64,
+}
+
 /// Result of [`Store::write_documents`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -676,6 +686,78 @@ impl Store {
                 .map_err(StoreError::Invalid)?;
             return Ok((after, set));
         }
+    }
+
+    /// Records "last successful sync" times (ONB-AUD-4): for each `(integration, ms)`, the later
+    /// of the stored and the given time. Rows are created on first use.
+    pub async fn record_syncs(&self, syncs: &[(String, i64)]) -> Result<(), sqlx::Error> {
+        if syncs.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for (id, ms) in syncs {
+                sqlx::query(
+                    "INSERT INTO integration_activity (integration_id, last_success_ms, updated_ms) \
+                     VALUES ($1, $2, $3) ON CONFLICT (integration_id) DO UPDATE SET \
+                     last_success_ms = CASE WHEN integration_activity.last_success_ms IS NULL \
+                       OR integration_activity.last_success_ms < excluded.last_success_ms \
+                       THEN excluded.last_success_ms ELSE integration_activity.last_success_ms END, \
+                     updated_ms = excluded.updated_ms",
+                )
+                .bind(id).bind(ms).bind(now)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records a successful handshake of `integration` at `ms` (ONB-6, ONB-7): health `healthy`,
+    /// `last_handshake_ms` (and "last successful sync") at least `ms`.
+    pub async fn record_handshake(&self, integration: &str, ms: i64) -> Result<(), sqlx::Error> {
+        let now = chrono::Utc::now().timestamp_millis();
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO integration_activity \
+                 (integration_id, last_success_ms, last_handshake_ms, health, updated_ms) \
+                 VALUES ($1, $2, $2, 'healthy', $3) ON CONFLICT (integration_id) DO UPDATE SET \
+                 last_handshake_ms = CASE WHEN integration_activity.last_handshake_ms IS NULL \
+                   OR integration_activity.last_handshake_ms < excluded.last_handshake_ms \
+                   THEN excluded.last_handshake_ms ELSE integration_activity.last_handshake_ms END, \
+                 last_success_ms = CASE WHEN integration_activity.last_success_ms IS NULL \
+                   OR integration_activity.last_success_ms < excluded.last_success_ms \
+                   THEN excluded.last_success_ms ELSE integration_activity.last_success_ms END, \
+                 health = 'healthy', updated_ms = excluded.updated_ms",
+            )
+            .bind(integration).bind(ms).bind(now)
+            .execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// The runtime activity of `integration` (ONB-7, ONB-AUD-4), `None` before its first request.
+    pub async fn integration_activity(
+        &self,
+        integration: &str,
+    ) -> Result<Option<IntegrationActivity>, sqlx::Error> {
+        let row: Option<(Option<i64>, Option<i64>, String, i64)> = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT last_success_ms, last_handshake_ms, health, webhook_failures \
+                 FROM integration_activity WHERE integration_id = $1",
+            )
+            .bind(integration)
+            .fetch_optional(p).await?
+        });
+        Ok(row.map(
+            |(last_success_ms, last_handshake_ms, health, webhook_failures)| IntegrationActivity {
+                last_success_ms,
+                last_handshake_ms,
+                health,
+                webhook_failures,
+            },
+        ))
     }
 
     /// Wakes `notify` on every PostgreSQL `NOTIFY` on `channel` (a background task that reconnects

@@ -36,6 +36,13 @@ pub struct AdminConfig {
     /// grants nothing. Keys are role names in the roles claim; values are permission ids of
     /// [`super::http::PERMISSIONS`]. The defaults map the SCP personas.
     pub claim_permissions: std::collections::BTreeMap<String, Vec<String>>,
+    /// The Keycloak admin API integrations are provisioned through (ONB-4); `None`: provisioning
+    /// and secret rotation answer 503 `PROVISIONER_UNAVAILABLE` (fail closed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keycloak: Option<super::keycloak::KeycloakConfig>,
+    /// Accept `http://` webhook URLs to loopback hosts (local development and tests only); other
+    /// webhook URLs must be `https://` (ONB-5).
+    pub webhook_allow_http_loopback: bool,
 }
 
 /// The default bootstrap mapping: SCP personas → permissions.
@@ -146,6 +153,8 @@ impl Default for AdminConfig {
             audit_roles: vec!["scp-auditor".into(), "scp-security".into()],
             root_role: "scp-root".into(),
             claim_permissions: default_claim_permissions(),
+            keycloak: None,
+            webhook_allow_http_loopback: false,
         }
     }
 }

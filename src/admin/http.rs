@@ -443,6 +443,9 @@ pub struct AdminHttp {
     pub engine: Arc<Engine>,
     /// Audience the snapshot compiles tenants with (`auth.audience`).
     pub audience: String,
+    /// Creates partners' identity provider clients (ONB-4); `None` when `admin.keycloak` is not
+    /// configured (provisioning then answers 503 `PROVISIONER_UNAVAILABLE`).
+    pub provisioner: Option<Arc<dyn super::keycloak::Provisioner>>,
 }
 
 impl AdminHttp {

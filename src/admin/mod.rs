@@ -4,10 +4,14 @@
 //! - [`auth`]: admin bearer tokens (OIDC, the tenants' issuers) and the bootstrap claim mapping.
 //! - [`http`]: the shared state of the admin routes: caller resolution, the audited write path
 //!   ([`http::AdminHttp::commit`]), the router and `/openapi.json`.
+//! - [`integrations`]: partner integrations from draft to active, credentials, webhooks,
+//!   schema mappings, handshake and health (INT-6.*, ONB-*).
+//! - [`keycloak`]: the provisioner that creates partners' Keycloak clients (ONB-4).
 
 pub mod auth;
 pub mod http;
 pub mod integrations;
+pub mod keycloak;
 pub mod packs;
 pub mod rbac;
 pub mod tenants;

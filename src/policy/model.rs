@@ -168,6 +168,55 @@ pub struct Integration {
     /// CIDRs the request may come from; empty = any (INT-4.2-7).
     #[serde(default)]
     pub ip_allowlist: Vec<IpNet>,
+    /// Who to call about the integration (ONB-1); written by the admin API, optional in files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub technical_contacts: Vec<Contact>,
+    /// Other tenants the integration exchanges data with: a cross-tenant integration, which the
+    /// umbrella authority approves (INT-4.5-2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partner_tenants: Vec<String>,
+    /// The onboarding trail (who created, reviewed, approved; the legal document), kept by the
+    /// admin API (INT-6.1-1, ONB-3, ONB-AUD-3). Absent for integrations written as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding: Option<Onboarding>,
+}
+
+/// A technical contact of a partner (ONB-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub name: String,
+    pub email: String,
+    /// e.g. `technical`, `security`, `operations`.
+    pub role: String,
+}
+
+/// Who moved an integration through onboarding, and when (RFC 3339) (INT-6.1-1, ONB-AUD-3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarding {
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    /// The legal and consent review (required before approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_reviewed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_review_notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// The legal or policy document the approval rests on (ONB-AUD-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_document_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_at: Option<String>,
+    /// `handshake` when the first successful handshake activated it (ONB-7), else the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_by: Option<String>,
 }
 
 /// Field-level filtering and masking per integration (INT-5.3-2).
