@@ -431,11 +431,11 @@ impl Store {
                     }
                     Some(cur) if cur.doc == *doc => {}
                     Some(cur) => changes.push(
-                        DocChange::put(*kind, *id, *tenant, doc.clone())
+                        DocChange::put(*kind, id, *tenant, doc.clone())
                             .expect(Expect::Version(cur.version)),
                     ),
                     None => changes.push(
-                        DocChange::put(*kind, *id, *tenant, doc.clone()).expect(Expect::Absent),
+                        DocChange::put(*kind, id, *tenant, doc.clone()).expect(Expect::Absent),
                     ),
                 }
             }
@@ -645,7 +645,8 @@ impl Store {
         kind: DocKind,
         id: &str,
     ) -> Result<Vec<DocVersion>, sqlx::Error> {
-        let rows: Vec<(i64, Option<String>, Option<String>, String, String, String)> = with_pool!(self, p => {
+        type VersionRow = (i64, Option<String>, Option<String>, String, String, String);
+        let rows: Vec<VersionRow> = with_pool!(self, p => {
             sqlx::query_as(
                 "SELECT version, doc, status, source, actor, time FROM policy_document_versions \
                  WHERE kind = $1 AND id = $2 ORDER BY version",
