@@ -751,7 +751,7 @@ async fn onboarding_walkthrough(store_url: Option<String>) {
         .await;
     assert_eq!(
         (a.status, a.body["error"]["code"].as_str()),
-        (409, Some("SEPARATION_OF_DUTIES")),
+        (403, Some("SEPARATION_OF_DUTIES")),
         "{}",
         a.text
     );

@@ -702,8 +702,9 @@ struct TransitionBody {
 }
 
 /// `POST /v1/integrations/{id}/{action}` with `If-Match`: one lifecycle transition (see the
-/// module docs). Errors: 404 unknown action, 403, 400 (reason, document id), 412, 409
-/// `INVALID_TRANSITION` | `ARCHIVED` | `SEPARATION_OF_DUTIES` | `LEGAL_REVIEW_REQUIRED` |
+/// module docs). Errors: 404 unknown action, 403 (incl. `SEPARATION_OF_DUTIES`), 400 (reason,
+/// document id), 412, 409
+/// `INVALID_TRANSITION` | `ARCHIVED` | `LEGAL_REVIEW_REQUIRED` |
 /// `NOT_PROVISIONED`.
 async fn transition(
     State(s): State<AdminHttp>,
@@ -790,7 +791,8 @@ async fn transition(
                 ));
             }
             if ob.created_by == me {
-                return Err(ApiError::conflict(
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
                     "SEPARATION_OF_DUTIES",
                     "the creator of an integration does not approve it",
                 ));
