@@ -580,10 +580,11 @@ pub fn authorize<'s>(
 
     // Stage 6: deny rules (ADM-3).
     d.stages.push(Stage::DenyRules);
-    if let Some(rules) = snap.deny_rules.get(&i.tenant) {
+    if let Some(rules) = snap.traffic_denies.get(&i.tenant) {
         let now_ms = d.time.timestamp_millis();
         for r in rules {
-            if deny_rule_hits(r, &i.id, route, now_ms) {
+            if r.in_window(now_ms) && deny_rule_hits(&r.rule, &i.id, route) {
+                let r = &r.rule;
                 return Err(Denial::new(
                     DenyCode::DenyRuleMatched,
                     format!("deny rule `{}`: {}", r.id, r.reason),
@@ -631,19 +632,12 @@ pub fn apply_pack_masks(route: &Route, pack_masks: &[String], d: &mut Decision) 
     }
 }
 
-/// Whether deny rule `r` denies integration `integration`'s request to `route` at `now_ms`
-/// (stage 6, ADM-3): the rule is for partner traffic (no subject or subject type
-/// `integration`), active and inside its window (checked per request), and every matcher it
+/// Whether partner-traffic deny rule `r` (active, inside its window: the caller checks both)
+/// denies integration `integration`'s request to `route` (stage 6, ADM-3): every matcher it
 /// sets matches. Traffic carries no geo or program: a rule narrowed to one still applies (fail
 /// closed).
-fn deny_rule_hits(
-    r: &crate::policy::DenyRule,
-    integration: &str,
-    route: &Route,
-    now_ms: i64,
-) -> bool {
+fn deny_rule_hits(r: &crate::policy::DenyRule, integration: &str, route: &Route) -> bool {
     r.for_traffic()
-        && r.in_force(now_ms)
         && r.integration.as_ref().is_none_or(|x| x == integration)
         && r.action.as_ref().is_none_or(|a| a == route.action.as_str())
         && r.resource.as_ref().is_none_or(|x| *x == route.resource)

@@ -1561,8 +1561,9 @@ async fn sub_delete<T: Sub>(
 /// handshake.
 #[derive(Default)]
 pub struct Activity {
-    /// integration → latest allowed request, ms.
-    syncs: Mutex<HashMap<String, i64>>,
+    /// integration → latest allowed request, ms. Sharded (`DashMap`): the request path takes
+    /// one shard lock and allocates nothing once the integration has an entry.
+    syncs: dashmap::DashMap<String, i64>,
     /// integration → (latest handshake ms, the integration was approved then).
     handshakes: Mutex<HashMap<String, (i64, bool)>>,
     wake: tokio::sync::Notify,
@@ -1580,8 +1581,10 @@ impl ActivityObserver for Activity {
             if approved {
                 self.wake.notify_one();
             }
-        } else if let Ok(mut m) = self.syncs.lock() {
-            let e = m.entry(integration.to_owned()).or_insert(time_ms);
+        } else if let Some(mut e) = self.syncs.get_mut(integration) {
+            *e = (*e).max(time_ms);
+        } else {
+            let mut e = self.syncs.entry(integration.to_owned()).or_insert(time_ms);
             *e = (*e).max(time_ms);
         }
     }
@@ -1624,11 +1627,13 @@ impl Activity {
         engine: &Engine,
         audience: &str,
     ) {
-        let syncs: Vec<(String, i64)> = self
-            .syncs
-            .lock()
-            .map(|mut m| std::mem::take(&mut *m).into_iter().collect())
-            .unwrap_or_default();
+        // `remove` returns each entry's latest value atomically; a request landing after its
+        // removal starts a new entry for the next flush.
+        let keys: Vec<String> = self.syncs.iter().map(|e| e.key().clone()).collect();
+        let syncs: Vec<(String, i64)> = keys
+            .into_iter()
+            .filter_map(|k| self.syncs.remove(&k))
+            .collect();
         if let Err(e) = store.record_syncs(&syncs).await {
             tracing::warn!(error = %e, "last successful sync not recorded");
         }

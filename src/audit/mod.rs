@@ -155,13 +155,16 @@ pub struct AuditLog {
     tail: broadcast::Sender<Arc<TailItem>>,
     closed: AtomicBool,
     stop: watch::Sender<bool>,
-    handle: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Resolves when the writer has stopped (its thread or task sends or drops it).
+    done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     signer: CheckpointSigner,
     metrics: AuditMetrics,
 }
 
 impl AuditLog {
-    /// Starts the writer task on the current Tokio runtime.
+    /// Starts the writer on its own OS thread (`audit-writer`, a current-thread Tokio runtime),
+    /// so its wake-ups after each commit never queue behind request tasks on the server's
+    /// workers. Falls back to a task on the current runtime if the thread cannot be started.
     ///
     /// `signer`: checkpoint key; `settings.mode` must not be [`AuditMode::Off`] (callers skip the
     /// audit log entirely then).
@@ -171,14 +174,45 @@ impl AuditLog {
         let (stop, stop_rx) = watch::channel(false);
         let mode = settings.mode;
         let w = writer::Writer::new(store, signer.clone(), settings, tail.clone());
-        let handle = tokio::spawn(w.run(rx, stop_rx));
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        // The writer moves into the thread through a slot so that a failed spawn can hand it
+        // back to the fallback.
+        let slot = Arc::new(std::sync::Mutex::new(Some((w, rx, stop_rx, done_tx))));
+        let moved = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let Some((w, rx, stop_rx, done_tx)) = moved.lock().ok().and_then(|mut g| g.take())
+                else {
+                    return;
+                };
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(w.run(rx, stop_rx)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the audit writer runtime; every audited decision is denied");
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the audit-writer thread; running the writer on the server runtime");
+            if let Some((w, rx, stop_rx, done_tx)) = slot.lock().ok().and_then(|mut g| g.take()) {
+                tokio::spawn(async move {
+                    w.run(rx, stop_rx).await;
+                    let _ = done_tx.send(());
+                });
+            }
+        }
         Arc::new(AuditLog {
             tx,
             mode,
             tail,
             closed: AtomicBool::new(false),
             stop,
-            handle: std::sync::Mutex::new(Some(handle)),
+            done: std::sync::Mutex::new(Some(done_rx)),
             signer,
             metrics: AuditMetrics {
                 rejected: metrics::counter!("scp_pep_audit_rejected_total"),
@@ -262,9 +296,9 @@ impl AuditLog {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let _ = self.stop.send(true);
-        let h = self.handle.lock().ok().and_then(|mut g| g.take());
-        if let Some(h) = h {
-            let _ = h.await;
+        let done = self.done.lock().ok().and_then(|mut g| g.take());
+        if let Some(d) = done {
+            let _ = d.await;
         }
     }
 }

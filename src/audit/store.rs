@@ -75,140 +75,346 @@ where
 
 const INSERT_CHAIN: &str = "INSERT INTO audit_chains (chain_id, tenant_id, writer, created_ms, key_id, verifier_key) VALUES ($1, $2, $3, $4, $5, $6)";
 
-/// Writes new chains and records in one transaction: all of them or none.
-pub async fn write_batch(
-    store: &Store,
-    chains: &[ChainRow],
-    records: &[ChainedRecord],
-) -> Result<(), StoreError> {
-    match store {
-        Store::Sqlite(p) => {
-            let mut tx = p.begin().await?;
-            for c in chains {
-                sqlx::query(INSERT_CHAIN)
-                    .bind(&c.chain_id)
-                    .bind(&c.tenant_id)
-                    .bind(&c.writer)
-                    .bind(c.created_ms)
-                    .bind(&c.key_id)
-                    .bind(&c.verifier_key)
-                    .execute(&mut *tx)
+/// One record as the writer inserts it, borrowed from the queued entries (no copy per record).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewRecord<'a> {
+    pub chain_id: &'a str,
+    pub seq: u64,
+    pub tenant_id: &'a str,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    pub kind: &'static str,
+    pub event_id: &'a str,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+    /// Canonical JSON.
+    pub body: &'a str,
+}
+
+/// Rows per SQLite `INSERT … VALUES (…),(…)` statement: 9 parameters a row, 4,608 per statement,
+/// well under SQLite's 32,766 bound parameters.
+const SQLITE_ROWS_PER_STATEMENT: usize = 512;
+
+/// The audit writer's own connection, opened outside the pool and held for the writer's life
+/// (reopened after a failure). Every SQL statement of the write path runs on it: a batch is one
+/// multi-row statement (SQLite `VALUES` lists, PostgreSQL `UNNEST` arrays), prepared once per
+/// shape and cached by sqlx, in autocommit unless it also opens a chain or spans several
+/// statements. Durability is set on the connection itself, whatever the server or pool default:
+/// SQLite `synchronous=FULL` (WAL: the commit returns after the WAL fsync), PostgreSQL
+/// `synchronous_commit=on` (INT-8-1).
+pub(crate) enum WriterConn {
+    Sqlite {
+        conn: sqlx::SqliteConnection,
+        /// `INSERT` text per row count (index = rows − 1), built once.
+        sql: Vec<Option<std::sync::Arc<str>>>,
+    },
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriterConn {
+    /// Opens a connection with the options of `store`'s pool (same file or server, same
+    /// credentials). Call it on the runtime that will use the connection.
+    pub(crate) async fn open(store: &Store) -> Result<WriterConn, StoreError> {
+        use sqlx::Connection;
+        match store {
+            Store::Sqlite(p) => {
+                let opts = (*p.connect_options())
+                    .clone()
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+                // The writer's commits do not run WAL checkpoints (copying WAL pages into the
+                // database file and fsyncing it) unless the WAL passes 32 MiB: the
+                // checkpointer ([`checkpoint_wal`]) does that beside it, so a commit costs about
+                // one WAL fsync.
+                sqlx::query("PRAGMA wal_autocheckpoint = 8192")
+                    .execute(&mut conn)
                     .await?;
+                Ok(WriterConn::Sqlite {
+                    conn,
+                    sql: vec![None; SQLITE_ROWS_PER_STATEMENT],
+                })
             }
-            for r in records {
-                sqlx::query(
-                    "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&r.chain_id)
-                .bind(r.seq as i64)
-                .bind(&r.tenant_id)
-                .bind(r.time_ms)
-                .bind(&r.kind)
-                .bind(&r.event_id)
-                .bind(&r.prev_hash[..])
-                .bind(&r.hash[..])
-                .bind(&r.body)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        }
-        Store::Postgres(p) => {
-            let mut tx = p.begin().await?;
-            for c in chains {
-                sqlx::query(INSERT_CHAIN)
-                    .bind(&c.chain_id)
-                    .bind(&c.tenant_id)
-                    .bind(&c.writer)
-                    .bind(c.created_ms)
-                    .bind(&c.key_id)
-                    .bind(&c.verifier_key)
-                    .execute(&mut *tx)
+            Store::Postgres(p) => {
+                let opts = (*p.connect_options()).clone();
+                let mut conn = sqlx::PgConnection::connect_with(&opts).await?;
+                sqlx::query("SET synchronous_commit = on")
+                    .execute(&mut conn)
                     .await?;
+                Ok(WriterConn::Postgres(conn))
             }
-            let n = records.len();
-            let mut chain_ids = Vec::with_capacity(n);
-            let mut seqs = Vec::with_capacity(n);
-            let mut tenants = Vec::with_capacity(n);
-            let mut times = Vec::with_capacity(n);
-            let mut kinds = Vec::with_capacity(n);
-            let mut events = Vec::with_capacity(n);
-            let mut prevs = Vec::with_capacity(n);
-            let mut hashes = Vec::with_capacity(n);
-            let mut bodies = Vec::with_capacity(n);
-            for r in records {
-                chain_ids.push(r.chain_id.as_str());
-                seqs.push(r.seq as i64);
-                tenants.push(r.tenant_id.as_str());
-                times.push(r.time_ms);
-                kinds.push(r.kind.as_str());
-                events.push(r.event_id.as_str());
-                prevs.push(&r.prev_hash[..]);
-                hashes.push(&r.hash[..]);
-                bodies.push(r.body.as_str());
-            }
-            sqlx::query(
-                "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::text[])",
-            )
-            .bind(&chain_ids)
-            .bind(&seqs)
-            .bind(&tenants)
-            .bind(&times)
-            .bind(&kinds)
-            .bind(&events)
-            .bind(&prevs)
-            .bind(&hashes)
-            .bind(&bodies)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
         }
     }
+
+    /// Writes new chains and records: all of them or none. One statement (autocommit) when the
+    /// batch opens no chain and fits one statement; otherwise one transaction.
+    pub(crate) async fn write_batch(
+        &mut self,
+        chains: &[ChainRow],
+        records: &[NewRecord<'_>],
+    ) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        match self {
+            WriterConn::Sqlite { conn, sql } => {
+                let chunks = records.chunks(SQLITE_ROWS_PER_STATEMENT);
+                if chains.is_empty() && records.len() <= SQLITE_ROWS_PER_STATEMENT {
+                    for c in chunks {
+                        sqlite_insert(conn, sql, c).await?;
+                    }
+                    return Ok(());
+                }
+                let mut tx = conn.begin().await?;
+                for c in chains {
+                    insert_chain(&mut *tx, c).await?;
+                }
+                for c in chunks {
+                    sqlite_insert(&mut tx, sql, c).await?;
+                }
+                tx.commit().await?;
+            }
+            WriterConn::Postgres(conn) => {
+                if chains.is_empty() {
+                    pg_insert(conn, records).await?;
+                    return Ok(());
+                }
+                let mut tx = conn.begin().await?;
+                for c in chains {
+                    insert_chain_pg(&mut *tx, c).await?;
+                }
+                pg_insert(&mut tx, records).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest chain of `writer` for `tenant`, with its size and head hash (size 0 and no
+    /// head when it has no record left).
+    pub(crate) async fn latest_chain(
+        &mut self,
+        writer: &str,
+        tenant: &str,
+    ) -> Result<Option<(String, u64, Option<Hash>)>, StoreError> {
+        const SQL: &str = "SELECT chain_id FROM audit_chains WHERE writer = $1 AND tenant_id = $2 \
+                           ORDER BY created_ms DESC, chain_id DESC LIMIT 1";
+        let id: Option<String> = match self {
+            WriterConn::Sqlite { conn, .. } => {
+                sqlx::query_scalar(SQL)
+                    .bind(writer)
+                    .bind(tenant)
+                    .fetch_optional(conn)
+                    .await?
+            }
+            WriterConn::Postgres(conn) => {
+                sqlx::query_scalar(SQL)
+                    .bind(writer)
+                    .bind(tenant)
+                    .fetch_optional(conn)
+                    .await?
+            }
+        };
+        let Some(id) = id else { return Ok(None) };
+        let head = self.chain_head(&id).await?;
+        Ok(Some(match head {
+            Some((seq, h)) => (id, seq, Some(h)),
+            None => (id, 0, None),
+        }))
+    }
+
+    /// The last record of a chain: `(seq, hash)`.
+    pub(crate) async fn chain_head(
+        &mut self,
+        chain_id: &str,
+    ) -> Result<Option<(u64, Hash)>, StoreError> {
+        const SQL: &str =
+            "SELECT seq, hash FROM audit_records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1";
+        let row: Option<(i64, Vec<u8>)> = match self {
+            WriterConn::Sqlite { conn, .. } => {
+                sqlx::query_as(SQL)
+                    .bind(chain_id)
+                    .fetch_optional(conn)
+                    .await?
+            }
+            WriterConn::Postgres(conn) => {
+                sqlx::query_as(SQL)
+                    .bind(chain_id)
+                    .fetch_optional(conn)
+                    .await?
+            }
+        };
+        Ok(row.map(|(s, h)| (s as u64, to_hash(h))))
+    }
+
+    /// Stores a signed checkpoint (a repeated one is ignored).
+    pub(crate) async fn insert_checkpoint(&mut self, cp: &CheckpointRow) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO audit_checkpoints (chain_id, size, time_ms, note) \
+                           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+        match self {
+            WriterConn::Sqlite { conn, .. } => {
+                sqlx::query(SQL)
+                    .bind(&cp.chain_id)
+                    .bind(cp.size as i64)
+                    .bind(cp.time_ms)
+                    .bind(&cp.note)
+                    .execute(conn)
+                    .await?;
+            }
+            WriterConn::Postgres(conn) => {
+                sqlx::query(SQL)
+                    .bind(&cp.chain_id)
+                    .bind(cp.size as i64)
+                    .bind(cp.time_ms)
+                    .bind(&cp.note)
+                    .execute(conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SQLite: runs a passive WAL checkpoint every `every` until `stop` turns true, on a connection
+/// of its own (a passive checkpoint never blocks the writer's commits). Errors are logged; the
+/// writer's own `wal_autocheckpoint` bounds the WAL if this stops. Nothing on PostgreSQL.
+pub(crate) async fn checkpoint_wal(
+    store: Store,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use sqlx::Connection;
+    let Store::Sqlite(p) = &store else { return };
+    let opts = (*p.connect_options()).clone();
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        if conn.is_none() {
+            match sqlx::SqliteConnection::connect_with(&opts).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpointer cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *c)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+            conn = None;
+        }
+    }
+}
+
+async fn insert_chain(c: &mut sqlx::SqliteConnection, row: &ChainRow) -> Result<(), StoreError> {
+    sqlx::query(INSERT_CHAIN)
+        .bind(&row.chain_id)
+        .bind(&row.tenant_id)
+        .bind(&row.writer)
+        .bind(row.created_ms)
+        .bind(&row.key_id)
+        .bind(&row.verifier_key)
+        .execute(c)
+        .await?;
     Ok(())
 }
 
-/// The newest chain of `writer` for `tenant`, with its size and head hash (size 0 and the
-/// genesis hash when it has no record left).
-pub async fn latest_chain(
-    store: &Store,
-    writer: &str,
-    tenant: &str,
-) -> Result<Option<(String, u64, Option<Hash>)>, StoreError> {
-    let id: Option<String> = with_pool!(store, p => {
-        sqlx::query_scalar(
-            "SELECT chain_id FROM audit_chains WHERE writer = $1 AND tenant_id = $2 \
-             ORDER BY created_ms DESC, chain_id DESC LIMIT 1",
-        )
-        .bind(writer).bind(tenant)
-        .fetch_optional(p).await?
-    });
-    let Some(id) = id else { return Ok(None) };
-    let head = chain_head(store, &id).await?;
-    Ok(Some(match head {
-        Some((seq, h)) => (id, seq, Some(h)),
-        None => (id, 0, None),
-    }))
+async fn insert_chain_pg(c: &mut sqlx::PgConnection, row: &ChainRow) -> Result<(), StoreError> {
+    sqlx::query(INSERT_CHAIN)
+        .bind(&row.chain_id)
+        .bind(&row.tenant_id)
+        .bind(&row.writer)
+        .bind(row.created_ms)
+        .bind(&row.key_id)
+        .bind(&row.verifier_key)
+        .execute(c)
+        .await?;
+    Ok(())
 }
 
-/// The last record of a chain: `(seq, hash)`.
-pub async fn chain_head(store: &Store, chain_id: &str) -> Result<Option<(u64, Hash)>, StoreError> {
-    let row: Option<(i64, Vec<u8>)> = with_pool!(store, p => {
-        sqlx::query_as("SELECT seq, hash FROM audit_records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1")
-            .bind(chain_id)
-            .fetch_optional(p).await?
-    });
-    Ok(row.map(|(s, h)| (s as u64, to_hash(h))))
+/// One multi-row `INSERT` of `rows` (at most [`SQLITE_ROWS_PER_STATEMENT`]); its text is built
+/// once per row count and the prepared statement is cached by sqlx.
+async fn sqlite_insert(
+    c: &mut sqlx::SqliteConnection,
+    sql: &mut [Option<std::sync::Arc<str>>],
+    rows: &[NewRecord<'_>],
+) -> Result<(), StoreError> {
+    let text = sql[rows.len() - 1]
+        .get_or_insert_with(|| {
+            let mut s = String::with_capacity(120 + rows.len() * 20);
+            s.push_str(
+                "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) VALUES ",
+            );
+            for i in 0..rows.len() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("(?,?,?,?,?,?,?,?,?)");
+            }
+            std::sync::Arc::from(s)
+        })
+        .clone();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+    for r in rows {
+        q = q
+            .bind(r.chain_id)
+            .bind(r.seq as i64)
+            .bind(r.tenant_id)
+            .bind(r.time_ms)
+            .bind(r.kind)
+            .bind(r.event_id)
+            .bind(&r.prev_hash[..])
+            .bind(&r.hash[..])
+            .bind(r.body);
+    }
+    q.execute(c).await?;
+    Ok(())
 }
 
-/// Stores a signed checkpoint.
-pub async fn insert_checkpoint(store: &Store, cp: &CheckpointRow) -> Result<(), StoreError> {
-    with_pool!(store, p => {
-        sqlx::query("INSERT INTO audit_checkpoints (chain_id, size, time_ms, note) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(&cp.chain_id).bind(cp.size as i64).bind(cp.time_ms).bind(&cp.note)
-            .execute(p).await?;
-    });
+/// One `INSERT … SELECT FROM UNNEST(…)` of every row: one statement, one round trip.
+async fn pg_insert(
+    c: &mut sqlx::PgConnection,
+    records: &[NewRecord<'_>],
+) -> Result<(), StoreError> {
+    let n = records.len();
+    let mut chain_ids = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut prevs = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    for r in records {
+        chain_ids.push(r.chain_id);
+        seqs.push(r.seq as i64);
+        tenants.push(r.tenant_id);
+        times.push(r.time_ms);
+        kinds.push(r.kind);
+        events.push(r.event_id);
+        prevs.push(&r.prev_hash[..]);
+        hashes.push(&r.hash[..]);
+        bodies.push(r.body);
+    }
+    sqlx::query(
+        "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::text[])",
+    )
+    .bind(&chain_ids)
+    .bind(&seqs)
+    .bind(&tenants)
+    .bind(&times)
+    .bind(&kinds)
+    .bind(&events)
+    .bind(&prevs)
+    .bind(&hashes)
+    .bind(&bodies)
+    .execute(c)
+    .await?;
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::checkpoint::CheckpointSigner;
-use super::record::{AuditEvent, ChainedRecord, Hash, RecordKind, genesis_hash, record_hash};
-use super::store::{self as audit_store, ChainRow, CheckpointRow};
+use super::record::{AuditEvent, Hash, RecordKind, genesis_hash, record_hash};
+use super::store::{ChainRow, CheckpointRow, NewRecord, WriterConn};
 use super::{AuditMode, AuditSettings, Entry, Item, TailItem};
 use crate::store::Store;
 
@@ -35,7 +35,11 @@ struct WriterMetrics {
 }
 
 pub(super) struct Writer {
+    /// Where [`WriterConn::open`] connects to (the pool's options).
     store: Store,
+    /// The writer's own connection; `None` until opened and after any failure (reopened before
+    /// the next write, so a connection in an unknown state is never reused).
+    conn: Option<WriterConn>,
     signer: CheckpointSigner,
     settings: AuditSettings,
     tail: broadcast::Sender<Arc<TailItem>>,
@@ -68,6 +72,7 @@ impl Writer {
         });
         Writer {
             store,
+            conn: None,
             signer,
             settings,
             tail,
@@ -108,6 +113,11 @@ impl Writer {
             .max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wal = tokio::spawn(super::store::checkpoint_wal(
+            self.store.clone(),
+            Duration::from_millis(200),
+            stop.clone(),
+        ));
         let mut batch: Vec<Entry> = Vec::new();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -191,69 +201,132 @@ impl Writer {
             }
         }
         self.seal().await;
+        wal.abort();
     }
 
-    /// Writes `batch` in one transaction, opening chains as needed. On success the heads advance
-    /// and the tail sees the records; on failure nothing changes but `resync` is set.
+    /// Writes `batch` in one statement (or one transaction when it opens a chain), opening
+    /// chains as needed. On success the heads advance and the tail sees the records; on failure
+    /// nothing changes, the connection is dropped and `resync` is set.
     async fn write(&mut self, batch: &[Entry]) -> Result<(), anyhow::Error> {
-        // Everything (re-reading heads, opening chains, the transaction) is bounded by one
-        // deadline, so a store that hangs costs a decision at most `write_timeout`.
+        // Everything (connecting, re-reading heads, opening chains, the statement) is bounded by
+        // one deadline, so a store that hangs costs a decision at most `write_timeout`.
         let deadline = self.settings.write_timeout;
         match tokio::time::timeout(deadline, self.write_inner(batch)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                self.resync = true;
-                self.metrics.failures.increment(1);
+                self.failed();
                 Err(e)
             }
             Err(_) => {
-                self.resync = true;
-                self.metrics.failures.increment(1);
+                self.failed();
                 anyhow::bail!("audit write timed out after {deadline:?}")
             }
         }
     }
 
+    /// After a failed or abandoned write: its outcome is unknown, so the heads are re-read and
+    /// the connection (possibly mid-statement) is replaced before the next write.
+    fn failed(&mut self) {
+        self.resync = true;
+        self.conn = None;
+        self.metrics.failures.increment(1);
+    }
+
+    /// The open connection, connecting first if there is none.
+    async fn conn(&mut self) -> Result<&mut WriterConn, anyhow::Error> {
+        if self.conn.is_none() {
+            self.conn = Some(WriterConn::open(&self.store).await?);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+
     async fn write_inner(&mut self, batch: &[Entry]) -> Result<(), anyhow::Error> {
         let started = Instant::now();
+        self.conn().await?;
         if self.resync {
             self.resync_heads().await?;
         }
-        let mut heads = self.heads.clone();
-        let mut chains: Vec<ChainRow> = Vec::new();
-        let mut rows: Vec<ChainedRecord> = Vec::with_capacity(batch.len() + 1);
+        // Chains this batch opens (rare: a tenant's first record since start).
+        let mut opened: Vec<(String, Head, ChainRow, Item)> = Vec::new();
+        for e in batch {
+            if !self.heads.contains_key(&e.tenant) && !opened.iter().any(|o| o.0 == e.tenant) {
+                let (head, chain, start) = self.open_chain(&e.tenant).await?;
+                opened.push((e.tenant.clone(), head, chain, start));
+            }
+        }
+        // One cursor per tenant of the batch: chain id, next seq, head hash. Heads only advance
+        // once the commit succeeded.
+        let mut cursors: Vec<Cursor<'_>> = Vec::new();
+        let mut rows: Vec<NewRecord<'_>> =
+            Vec::with_capacity(batch.iter().map(|e| e.items.len()).sum::<usize>() + opened.len());
         let mut tail_refs: Vec<(usize, usize)> = Vec::new();
         for (ei, e) in batch.iter().enumerate() {
-            if !heads.contains_key(&e.tenant) {
-                let (head, chain, start) = self.open_chain(&e.tenant).await?;
-                chains.push(chain);
-                heads.insert(e.tenant.clone(), head);
-                let h = heads.get_mut(&e.tenant).expect("inserted above");
-                rows.push(chain_record(h, &e.tenant, &start));
-            }
-            let h = heads.get_mut(&e.tenant).expect("present");
+            let ci = match cursors.iter().position(|c| c.tenant == e.tenant) {
+                Some(i) => i,
+                None => {
+                    let c = match self.heads.get(&e.tenant) {
+                        Some(h) => Cursor {
+                            tenant: &e.tenant,
+                            chain_id: &h.chain_id,
+                            seq: h.seq,
+                            hash: h.hash,
+                        },
+                        None => {
+                            let o = opened.iter().find(|o| o.0 == e.tenant).expect("opened");
+                            let mut c = Cursor {
+                                tenant: &e.tenant,
+                                chain_id: &o.1.chain_id,
+                                seq: o.1.seq,
+                                hash: o.1.hash,
+                            };
+                            rows.push(c.chain(&o.3));
+                            c
+                        }
+                    };
+                    cursors.push(c);
+                    cursors.len() - 1
+                }
+            };
+            let c = &mut cursors[ci];
             for (ii, item) in e.items.iter().enumerate() {
                 if ii == 0 && e.tail.is_some() {
                     tail_refs.push((ei, rows.len()));
                 }
-                rows.push(chain_record(h, &e.tenant, item));
+                rows.push(c.chain(item));
             }
         }
-        audit_store::write_batch(&self.store, &chains, &rows).await?;
-        self.heads = heads;
+        let chains: Vec<ChainRow> = opened.iter().map(|o| o.2.clone()).collect();
+        let conn = self.conn.as_mut().expect("opened above");
+        conn.write_batch(&chains, &rows).await?;
+        // Committed: advance the heads.
+        let advanced: Vec<(String, u64, Hash)> = cursors
+            .iter()
+            .map(|c| (c.tenant.to_owned(), c.seq, c.hash))
+            .collect();
         self.metrics.batch_size.record(rows.len() as f64);
         self.metrics
             .commit_duration
             .record(started.elapsed().as_secs_f64());
         for r in &rows {
             if let Some(c) =
-                RecordKind::from_name(&r.kind).and_then(|k| self.metrics.records.get(&k))
+                RecordKind::from_name(r.kind).and_then(|k| self.metrics.records.get(&k))
             {
                 c.increment(1);
             }
         }
         if self.tail.receiver_count() > 0 {
             self.publish_tail(batch, &rows, &tail_refs);
+        }
+        drop(rows);
+        drop(cursors);
+        for (tenant, head, _, _) in opened {
+            self.heads.insert(tenant, head);
+        }
+        for (tenant, seq, hash) in advanced {
+            if let Some(h) = self.heads.get_mut(&tenant) {
+                h.seq = seq;
+                h.hash = hash;
+            }
         }
         Ok(())
     }
@@ -262,7 +335,7 @@ impl Writer {
     /// entry carries (`refs`: entry index, row index), every other record (events, chain starts)
     /// with its kind only. A decision queued while nobody was subscribed has no summary and is
     /// skipped.
-    fn publish_tail(&self, batch: &[Entry], rows: &[ChainedRecord], refs: &[(usize, usize)]) {
+    fn publish_tail(&self, batch: &[Entry], rows: &[NewRecord<'_>], refs: &[(usize, usize)]) {
         let mut refs = refs.iter().peekable();
         for (ri, r) in rows.iter().enumerate() {
             let summary = match refs.peek() {
@@ -274,35 +347,35 @@ impl Writer {
             };
             let item = match summary {
                 Some(t) => TailItem {
-                    chain_id: self.chain_id_of(r),
+                    chain_id: Arc::from(r.chain_id),
                     seq: r.seq,
                     kind: RecordKind::Decision,
-                    tenant_id: r.tenant_id.clone(),
+                    tenant_id: r.tenant_id.to_owned(),
                     integration_id: t.integration_id.clone(),
                     outcome: Some(t.outcome),
                     code: Some(t.code.clone()),
                     time_ms: r.time_ms,
                     latency_us: Some(t.latency_us),
-                    body: Arc::from(r.body.as_str()),
+                    body: Arc::from(r.body),
                 },
                 None => {
-                    let Some(kind) = RecordKind::from_name(&r.kind) else {
+                    let Some(kind) = RecordKind::from_name(r.kind) else {
                         continue;
                     };
                     if kind == RecordKind::Decision {
                         continue;
                     }
                     TailItem {
-                        chain_id: self.chain_id_of(r),
+                        chain_id: Arc::from(r.chain_id),
                         seq: r.seq,
                         kind,
-                        tenant_id: r.tenant_id.clone(),
+                        tenant_id: r.tenant_id.to_owned(),
                         integration_id: None,
                         outcome: None,
                         code: None,
                         time_ms: r.time_ms,
                         latency_us: None,
-                        body: Arc::from(r.body.as_str()),
+                        body: Arc::from(r.body),
                     }
                 }
             };
@@ -311,19 +384,11 @@ impl Writer {
         }
     }
 
-    /// The chain id of `r`, shared with the head when `r` is on the tenant's current chain.
-    fn chain_id_of(&self, r: &ChainedRecord) -> Arc<str> {
-        match self.heads.get(&r.tenant_id) {
-            Some(h) if *h.chain_id == *r.chain_id => h.chain_id.clone(),
-            _ => Arc::from(r.chain_id.as_str()),
-        }
-    }
-
     /// A new chain for `tenant`: its row, its head before the first record, and the
     /// `chain_start` item linking it to this writer's previous chain for the tenant.
-    async fn open_chain(&self, tenant: &str) -> Result<(Head, ChainRow, Item), anyhow::Error> {
-        let previous =
-            audit_store::latest_chain(&self.store, &self.settings.writer, tenant).await?;
+    async fn open_chain(&mut self, tenant: &str) -> Result<(Head, ChainRow, Item), anyhow::Error> {
+        let writer = self.settings.writer.clone();
+        let previous = self.conn().await?.latest_chain(&writer, tenant).await?;
         let chain_id = uuid::Uuid::now_v7().to_string();
         let created_ms = now_ms();
         let row = ChainRow {
@@ -372,8 +437,12 @@ impl Writer {
     }
 
     async fn resync_heads(&mut self) -> Result<(), anyhow::Error> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(WriterConn::open(&self.store).await?),
+        };
         for h in self.heads.values_mut() {
-            match audit_store::chain_head(&self.store, &h.chain_id).await? {
+            match conn.chain_head(&h.chain_id).await? {
                 Some((seq, hash)) => {
                     h.seq = seq;
                     h.hash = hash;
@@ -422,13 +491,18 @@ impl Writer {
                 time_ms,
                 note,
             };
-            let stored = tokio::time::timeout(
-                self.settings.write_timeout,
-                audit_store::insert_checkpoint(&self.store, &row),
-            )
+            let timeout = self.settings.write_timeout;
+            let stored = tokio::time::timeout(timeout, async {
+                self.conn().await?.insert_checkpoint(&row).await?;
+                Ok::<(), anyhow::Error>(())
+            })
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
-            .and_then(|r| r.map_err(anyhow::Error::from));
+            .and_then(|r| r);
+            if stored.is_err() {
+                // Possibly mid-statement: never reuse it.
+                self.conn = None;
+            }
             match stored {
                 Ok(()) => {
                     self.metrics.checkpoints.increment(1);
@@ -524,24 +598,37 @@ impl Writer {
     }
 }
 
-/// Chains `item` onto `h` and returns the stored form.
-fn chain_record(h: &mut Head, tenant: &str, item: &Item) -> ChainedRecord {
-    let seq = h.seq + 1;
-    let hash = record_hash(seq, &h.hash, item.body.as_bytes());
-    let r = ChainedRecord {
-        chain_id: h.chain_id.to_string(),
-        seq,
-        tenant_id: tenant.to_owned(),
-        time_ms: item.time_ms,
-        kind: item.kind.as_str().to_owned(),
-        event_id: item.event_id.clone(),
-        prev_hash: h.hash,
-        hash,
-        body: item.body.clone(),
-    };
-    h.seq = seq;
-    h.hash = hash;
-    r
+/// Where one tenant's chain stands while a batch is built.
+struct Cursor<'a> {
+    tenant: &'a str,
+    chain_id: &'a str,
+    seq: u64,
+    hash: Hash,
+}
+
+impl<'a> Cursor<'a> {
+    /// Chains `item` onto the cursor and returns the row to insert (borrowing the item's body).
+    fn chain<'b>(&mut self, item: &'b Item) -> NewRecord<'b>
+    where
+        'a: 'b,
+    {
+        let seq = self.seq + 1;
+        let hash = record_hash(seq, &self.hash, item.body.as_bytes());
+        let r = NewRecord {
+            chain_id: self.chain_id,
+            seq,
+            tenant_id: self.tenant,
+            time_ms: item.time_ms,
+            kind: item.kind.as_str(),
+            event_id: &item.event_id,
+            prev_hash: self.hash,
+            hash,
+            body: &item.body,
+        };
+        self.seq = seq;
+        self.hash = hash;
+        r
+    }
 }
 
 /// Resolves once `stop` turns true (the `watch::Ref` is not held across an await).

@@ -144,6 +144,9 @@ pub struct PolicySnapshot {
     routes: HashMap<String, Vec<Arc<CompiledRoute>>>,
     /// Deny rules per tenant.
     pub deny_rules: HashMap<String, Vec<DenyRule>>,
+    /// The partner-traffic deny rules per tenant that are active (status), with their windows
+    /// parsed once here instead of on every request (stage 6).
+    pub traffic_denies: HashMap<String, Vec<TrafficDeny>>,
     /// Active policy packs, compiled (stage 6).
     pub packs: super::cedar::CompiledPacks,
     /// The set it was compiled from.
@@ -219,6 +222,12 @@ impl PolicySnapshot {
                 .entry(d.tenant.clone())
                 .or_default()
                 .push(d.clone());
+            if d.for_traffic() && d.status == super::model::DenyStatus::Active {
+                snap.traffic_denies
+                    .entry(d.tenant.clone())
+                    .or_default()
+                    .push(TrafficDeny::new(d.clone()));
+            }
         }
         snap.set = set;
         snap
@@ -249,6 +258,39 @@ impl PolicySnapshot {
             });
         }
         None
+    }
+}
+
+/// A partner-traffic deny rule (no subject, or subject type `integration`) whose window bounds
+/// are parsed once per snapshot. An unparsable bound is ignored, so the rule stays in force
+/// (fail closed, as [`DenyRule::in_force`]; validation rejects such documents anyway).
+#[derive(Debug, Clone)]
+pub struct TrafficDeny {
+    pub rule: DenyRule,
+    /// `active_from`, ms since the epoch.
+    pub from_ms: Option<i64>,
+    /// `active_until`, ms since the epoch (exclusive).
+    pub until_ms: Option<i64>,
+}
+
+impl TrafficDeny {
+    fn new(rule: DenyRule) -> Self {
+        let ms = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.timestamp_millis())
+        };
+        TrafficDeny {
+            from_ms: ms(&rule.active_from),
+            until_ms: ms(&rule.active_until),
+            rule,
+        }
+    }
+
+    /// Inside its window at `now_ms` (ms since the epoch); the status was checked when the
+    /// snapshot was built.
+    pub fn in_window(&self, now_ms: i64) -> bool {
+        self.from_ms.is_none_or(|f| f <= now_ms) && self.until_ms.is_none_or(|u| now_ms < u)
     }
 }
 
