@@ -339,10 +339,18 @@ async fn consent(action: ConsentAction) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let consents = crate::consent::Consents::new(
+    let refs = match crate::pseudonym::resolve(&cfg.audit, &store).await {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let consents = crate::consent::Consents::with_refs(
         store.clone(),
         cfg.consent.clone(),
         std::sync::Arc::new(crate::consent::SystemClock),
+        refs,
     );
     let default_grace = cfg.consent.default_grace_days;
     let res = crate::consent::import::import(&consents, audit.as_deref(), &doc, &by, |t| {

@@ -182,6 +182,17 @@ pub struct AuditConfig {
     pub link_ttl_s: u64,
     /// Events buffered per live-tail subscriber before it starts losing events.
     pub tail_capacity: usize,
+    /// Key of the keyed person references (`<key id>:<hex>`) and path hashes in records (any
+    /// string, ≥ 32 bytes; the same on every replica). Prefer `person_ref_key_file` or
+    /// `SCP_PEP_AUDIT__PERSON_REF_KEY`. With neither, a key generated on first start is kept in
+    /// the store (a warning says so); see `crate::pseudonym::resolve`.
+    pub person_ref_key: Option<String>,
+    /// File holding the person_ref key (trimmed).
+    pub person_ref_key_file: Option<PathBuf>,
+    /// Keys used before a rotation: references written under them are still found (share ledger).
+    pub person_ref_previous_keys: Vec<String>,
+    /// Files holding previous keys.
+    pub person_ref_previous_key_files: Vec<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -205,6 +216,10 @@ impl Default for AuditConfig {
             link_key: None,
             link_ttl_s: 300,
             tail_capacity: 4096,
+            person_ref_key: None,
+            person_ref_key_file: None,
+            person_ref_previous_keys: Vec::new(),
+            person_ref_previous_key_files: Vec::new(),
         }
     }
 }

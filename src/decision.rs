@@ -267,12 +267,30 @@ pub struct Denial {
     pub retry_after_s: Option<u64>,
 }
 
+/// Longest denial message, bytes: a message may echo a value from the request or the token, and
+/// every record must have a bounded size (SEC-09).
+pub const MAX_MESSAGE_BYTES: usize = 256;
+
+/// `s` cut to at most `max` bytes at a character boundary, `…` marking a cut.
+pub fn clip(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+    s
+}
+
 impl Denial {
-    /// A denial without `retry-after`.
+    /// A denial without `retry-after`; the message is cut to [`MAX_MESSAGE_BYTES`].
     pub fn new(code: DenyCode, message: impl Into<String>) -> Self {
         Denial {
             code,
-            message: message.into(),
+            message: clip(message.into(), MAX_MESSAGE_BYTES),
             retry_after_s: None,
         }
     }
@@ -281,7 +299,7 @@ impl Denial {
     pub fn retry_after(code: DenyCode, message: impl Into<String>, seconds: u64) -> Self {
         Denial {
             code,
-            message: message.into(),
+            message: clip(message.into(), MAX_MESSAGE_BYTES),
             retry_after_s: Some(seconds.max(1)),
         }
     }
@@ -332,12 +350,17 @@ pub enum Incident {
 /// `missing`). Fields are in sorted order: the audit body serializes this struct as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsentCheck {
-    /// Hex SHA-256 prefix of `tenant ‖ person id`; lets auditors match records without the id.
+    /// Keyed reference `<key id>:<32 hex>` (HMAC-SHA-256 of tenant and person id, see
+    /// [`crate::pseudonym`]); lets auditors match records without the id. `*` for aggregate
+    /// checks. Format-1 records hold an unkeyed SHA-256 prefix here.
     pub person_ref: String,
     pub purpose: Option<String>,
     pub result: String,
     pub vertical: String,
 }
+
+/// Longest recorded path shape, bytes (paths that match no route).
+pub const MAX_RECORDED_PATH: usize = 256;
 
 /// Allow or deny.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -361,8 +384,20 @@ pub struct Decision {
     /// The OAuth client (`azp`, else `client_id`).
     pub client_id: Option<String>,
     pub method: String,
-    /// The normalized path without the query string (never the raw query: it may carry personal data).
+    /// The path as records carry it, never a person id (SEC-09): the matched route's template
+    /// with its parameters named (`/v1/tenants/ke/health/persons/{person_id}/record`; `{tenant}`
+    /// is filled when it names a tenant of the policy); for a path that matches no route, its
+    /// sanitized shape (segments that are no route literal or tenant become `{?}`, at most
+    /// [`MAX_RECORDED_PATH`] bytes).
     pub path: String,
+    /// Length of the request's path (without the query string), bytes.
+    pub path_bytes: usize,
+    /// Keyed hash of the request's path (`<key id>:<32 hex>`), only when no route template
+    /// matched it (the recorded path then is a sanitized shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hash: Option<String>,
+    /// Version of the policy snapshot that decided (`None`: no policy loaded).
+    pub policy_version: Option<i64>,
     pub route_id: Option<String>,
     pub action: Option<String>,
     pub resource: Option<String>,
@@ -390,7 +425,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// A fresh decision for `method` `path` at `time`, with nothing decided yet.
+    /// A fresh decision for `method` at `time`, with nothing decided yet; `path` is the path as
+    /// it is to be recorded (the pipeline starts with `""` and sets it once it knows the route).
     pub fn new(method: &str, path: &str, time: DateTime<Utc>) -> Self {
         Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
@@ -399,8 +435,12 @@ impl Decision {
             tenant_id: None,
             integration_id: None,
             client_id: None,
-            method: method.to_owned(),
+            // Request-controlled: an unusual method longer than any real one is not recorded.
+            method: (if method.len() <= 32 { method } else { "{?}" }).to_owned(),
             path: path.to_owned(),
+            path_bytes: path.len(),
+            path_hash: None,
+            policy_version: None,
             route_id: None,
             action: None,
             resource: None,

@@ -38,6 +38,7 @@ pub mod path;
 pub mod pipeline;
 pub mod policy;
 pub mod proto;
+pub mod pseudonym;
 pub mod server;
 pub mod signer;
 pub mod sink;

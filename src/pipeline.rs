@@ -21,11 +21,14 @@ use subtle::ConstantTimeEq;
 
 use crate::authn::{Authenticator, VerifiedToken};
 use crate::consent::Consents;
-use crate::decision::{ALL_CODES, Decision, Denial, DenyCode, Incident, Outcome, Stage};
+use crate::decision::{
+    ALL_CODES, Decision, Denial, DenyCode, Incident, MAX_RECORDED_PATH, Outcome, Stage,
+};
 use crate::limits::Limits;
 use crate::path;
 use crate::policy::snapshot::IntegrationEntry;
 use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route, RouteKind};
+use crate::pseudonym::PersonRefKeys;
 use crate::sink::DecisionSink;
 
 /// What scp-pep knows about one request, independent of the transport (Envoy gRPC, HTTP mode).
@@ -88,6 +91,8 @@ pub struct Engine {
     consents: Option<Arc<Consents>>,
     /// Told about every allowed request ("last successful sync", handshakes; ONB-6, ONB-AUD-4).
     activity: Option<Arc<dyn ActivityObserver>>,
+    /// Key of the path hashes of unrouted requests (the deployment's person_ref key).
+    refs: Arc<PersonRefKeys>,
     metrics: DecisionMetrics,
 }
 
@@ -162,6 +167,7 @@ impl Engine {
             settings,
             consents: None,
             activity: None,
+            refs: Arc::new(PersonRefKeys::ephemeral()),
             metrics: DecisionMetrics::register(),
         }
     }
@@ -176,6 +182,12 @@ impl Engine {
     /// Sets the consent service of stage 7.
     pub fn with_consents(mut self, consents: Arc<Consents>) -> Self {
         self.consents = Some(consents);
+        self
+    }
+
+    /// Sets the deployment's person_ref keys (path hashes of requests that match no route).
+    pub fn with_person_refs(mut self, refs: Arc<PersonRefKeys>) -> Self {
+        self.refs = refs;
         self
     }
 
@@ -214,8 +226,15 @@ impl Engine {
     /// sink's acknowledgement, µs (the audit log sees the time spent deciding, before its write).
     pub async fn decide(&self, facts: &RequestFacts) -> Decision {
         let start = Instant::now();
-        let mut d = Decision::new(&facts.method, path_only(&facts.path), chrono::Utc::now());
+        let mut d = Decision::new(&facts.method, "", chrono::Utc::now());
         let allowed = self.run(facts, &mut d).await;
+        if d.route_id.is_none() {
+            // Denied before (or at) routing: the template if the path has one, else a bounded,
+            // sanitized shape with the path's length and keyed hash (SEC-09).
+            let guard = self.snapshot.load();
+            recorded_path(guard.as_ref().as_deref(), facts, &self.refs, &mut d);
+        }
+        d.path_bytes = path_only(&facts.path).len();
         d.latency_us = start.elapsed().as_micros() as u64;
         if let Some(audit) = &self.audit
             && let Err(e) = audit.record(&d).await
@@ -286,6 +305,8 @@ impl Engine {
             ));
             return None;
         };
+
+        d.policy_version = Some(snap.version);
 
         // Stage 1: authenticate.
         d.stages.push(Stage::Authenticate);
@@ -402,6 +423,67 @@ fn path_only(raw: &str) -> &str {
     raw.split(['?', '#']).next().unwrap_or("")
 }
 
+/// The recorded path of a matched route: its template, `{tenant}` filled when the path's value
+/// names a tenant of the policy; every other parameter stays `{name}` (SEC-09).
+pub fn route_path(snap: &PolicySnapshot, route: &Route, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) if snap.tenants.contains_key(t) => route.path.replace("{tenant}", t),
+        _ => route.path.clone(),
+    }
+}
+
+/// Sets `d.path` (and `d.path_hash`) for a request that no route decided: the template of the
+/// route its method and path match, if any (a request denied before routing); otherwise the
+/// path's shape, each segment kept only when it is a literal of some route template or a tenant
+/// id, else `{?}`, cut to [`MAX_RECORDED_PATH`] bytes, with the keyed hash of the path.
+pub fn recorded_path(
+    snap: Option<&PolicySnapshot>,
+    facts: &RequestFacts,
+    refs: &PersonRefKeys,
+    d: &mut Decision,
+) {
+    let raw = path_only(&facts.path);
+    if let Some(snap) = snap
+        && raw.len() <= 8192
+        && let Ok(norm) = path::normalize(&facts.path)
+        && let Some(m) = snap.match_route(&facts.method, &norm.segments)
+    {
+        d.path = route_path(snap, m.route, m.param("tenant"));
+        d.path_hash = None;
+        return;
+    }
+    d.path = path_shape(snap, raw);
+    d.path_hash = Some(refs.path_hash(raw));
+}
+
+/// The sanitized shape of a raw path (no query): see [`recorded_path`].
+pub fn path_shape(snap: Option<&PolicySnapshot>, raw: &str) -> String {
+    const CUT: &str = "/{…}";
+    let known = |seg: &str| snap.is_some_and(|s| s.is_literal(seg) || s.tenants.contains_key(seg));
+    let mut out = String::with_capacity(64);
+    let rest = match raw.strip_prefix('/') {
+        Some(r) => r,
+        None => {
+            out.push_str("{?}");
+            ""
+        }
+    };
+    if raw == "/" {
+        out.push('/');
+    } else if !rest.is_empty() {
+        for seg in rest.split('/') {
+            let piece = if known(seg) { seg } else { "{?}" };
+            if out.len() + 1 + piece.len() + CUT.len() > MAX_RECORDED_PATH {
+                out.push_str(CUT);
+                break;
+            }
+            out.push('/');
+            out.push_str(piece);
+        }
+    }
+    out
+}
+
 /// The bearer token of the `authorization` header (scheme case-insensitive), if any.
 fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
     let v = headers.get("authorization")?;
@@ -497,7 +579,6 @@ pub fn authorize<'s>(
             format!("ambiguous path rejected: {e}"),
         )
     })?;
-    d.path = norm.path.clone();
     let m = snap
         .match_route(&facts.method, &norm.segments)
         .ok_or_else(|| {
@@ -507,6 +588,7 @@ pub fn authorize<'s>(
             )
         })?;
     let route = m.route;
+    d.path = route_path(snap, route, m.param("tenant"));
     d.route_id = Some(route.id.clone());
     d.action = Some(route.action.as_str().to_owned());
     d.resource = Some(route.resource.clone());
@@ -900,6 +982,54 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SEC-09: an unrouted path keeps only route literals and tenant ids, is cut to 256 bytes,
+    /// and never carries a person id.
+    #[test]
+    fn path_shape_is_sanitized_and_bounded() {
+        let set = crate::policy::PolicySet {
+            routes: vec![Route {
+                id: "r".into(),
+                methods: vec!["GET".into()],
+                path: "/v1/tenants/{tenant}/health/persons/{person_id}/record".into(),
+                verticals: vec!["health".into()],
+                action: Action::Read,
+                resource: "r".into(),
+                scope: "s".into(),
+                person_id: None,
+                consent_purpose: None,
+                data_categories: vec![],
+                fields: vec![],
+                kind: RouteKind::RealTime,
+            }],
+            ..Default::default()
+        };
+        let snap = PolicySnapshot::compile(set, 3, "aud");
+        assert_eq!(
+            path_shape(Some(&snap), "/v1/tenants/ke/health/persons/pid-7f3a91c2/x"),
+            "/v1/tenants/{?}/health/persons/{?}/{?}"
+        );
+        assert_eq!(path_shape(Some(&snap), "/"), "/");
+        assert_eq!(path_shape(None, "/v1/x"), "/{?}/{?}");
+        assert_eq!(path_shape(Some(&snap), "*"), "{?}");
+        let huge = format!("/v1{}", "/pid-7f3a91c2".repeat(50_000));
+        let s = path_shape(Some(&snap), &huge);
+        assert!(s.len() <= MAX_RECORDED_PATH, "{}", s.len());
+        assert!(s.ends_with("/{…}") && !s.contains("pid"));
+        let keys = PersonRefKeys::ephemeral();
+        let mut d = Decision::new("GET", "", chrono::Utc::now());
+        let facts = RequestFacts {
+            method: "GET".into(),
+            path: "/v1/tenants/ke/health/persons/pid-7f3a91c2/record?x=1".into(),
+            ..Default::default()
+        };
+        recorded_path(Some(&snap), &facts, &keys, &mut d);
+        assert_eq!(
+            d.path,
+            "/v1/tenants/{tenant}/health/persons/{person_id}/record"
+        );
+        assert!(d.path_hash.is_none());
+    }
 
     #[test]
     fn bearer_parsing() {

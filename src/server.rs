@@ -191,7 +191,9 @@ pub async fn start_with_clock(
     if config.consent.default_grace_days > crate::consent::model::MAX_GRACE_DAYS {
         anyhow::bail!("consent.default_grace_days must be at most 90 (CON-27)");
     }
-    let consents = Consents::new(store.clone(), config.consent.clone(), clock);
+    let refs = Arc::new(crate::pseudonym::resolve(&config.audit, &store).await?);
+    engine = engine.with_person_refs(refs.clone());
+    let consents = Consents::with_refs(store.clone(), config.consent.clone(), clock, refs);
     engine = engine.with_consents(consents.clone());
     let activity = crate::admin::integrations::Activity::new();
     engine = engine.with_activity(activity.clone());

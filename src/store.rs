@@ -367,6 +367,32 @@ impl Store {
         }
     }
 
+    /// The secret `name` of the `pep_secrets` table, if it was ever stored.
+    pub async fn secret_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let v: Option<String> = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT value FROM pep_secrets WHERE name = $1")
+                .bind(name).fetch_optional(p).await?
+        });
+        Ok(v)
+    }
+
+    /// The secret `name`, storing `value` first when there is none (the first writer wins, so
+    /// replicas starting together agree).
+    pub async fn secret_get_or_insert(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<String, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let v: String = with_pool!(self, p => {
+            sqlx::query("INSERT INTO pep_secrets (name, value, created_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(name).bind(value).bind(now).execute(p).await?;
+            sqlx::query_scalar("SELECT value FROM pep_secrets WHERE name = $1")
+                .bind(name).fetch_one(p).await?
+        });
+        Ok(v)
+    }
+
     /// The current policy version (0 before the first apply).
     pub async fn version(&self) -> Result<i64, StoreError> {
         let v: i64 = with_pool!(self, p => {

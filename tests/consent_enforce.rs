@@ -12,7 +12,7 @@ use std::time::Duration;
 use scp_pep::check::CheckInput;
 use scp_pep::consent::import::{ConsentDoc, ImportFile, PersonDoc, import};
 use scp_pep::consent::model::{Change, ConsentVersion, DAY_MS, Recorded};
-use scp_pep::consent::{Consents, ManualClock, person_ref};
+use scp_pep::consent::{Consents, ManualClock};
 use serde_json::json;
 
 use common::Harness;
@@ -182,7 +182,10 @@ async fn per_person_per_vertical(store: Option<String>) {
     let last = lines.last().unwrap();
     let checks = last["consent_checks"].as_array().unwrap();
     assert_eq!(checks.len(), 2, "{last}");
-    assert_eq!(checks[0]["person_ref"], person_ref("ke", "q-1"));
+    assert_eq!(
+        checks[0]["person_ref"],
+        consents(&e).person_ref("ke", "q-1")
+    );
     assert_eq!(checks[0]["result"], "active");
     let stages: Vec<&str> = last["stages"]
         .as_array()
@@ -271,7 +274,7 @@ async fn withdrawal_denies_at_once_and_shares_are_recorded() {
     c.flush_shares().await;
     let shares = c
         .store()
-        .consent_shares_of("ke", &person_ref("ke", "q-4"), "health")
+        .consent_shares_of("ke", &c.person_ref("ke", "q-4"), "health")
         .await
         .unwrap();
     assert_eq!(

@@ -38,6 +38,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 
 const RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";
+/// What records carry for [`RECORD`]: the route template, never the person id (SEC-09).
+const RECORD_TEMPLATE: &str = "/v1/tenants/ke/health/persons/{person_id}/record";
 const UG_RECORD: &str = "/v1/tenants/ug/health/persons/p-1/record";
 /// Every header scp-pep sets on an allowed request (grpc.rs).
 const SCP_SET: &[&str] = &[
@@ -734,7 +736,7 @@ async fn envoy_end_to_end() {
     assert_eq!(seen_req(&seen, "authorization"), bearer);
     let d = decision(&log, &allowed_id).await;
     assert_eq!(d["outcome"], "allow");
-    assert_eq!(d["path"], RECORD);
+    assert_eq!(d["path"], RECORD_TEMPLATE);
     assert_eq!(echo.hits(), 1);
 
     // 2. Forged x-scp-* headers: overwritten or removed, never duplicated.
@@ -1013,8 +1015,9 @@ async fn envoy_end_to_end() {
         assert_eq!(seen["path"], normalized, "{raw}: upstream path");
         let d = decision(&log, &seen_req(&seen, "x-scp-decision-id")).await;
         assert_eq!(
-            d["path"], normalized,
-            "{raw}: scp-pep decided on the upstream's path"
+            (d["path"].as_str(), d["route_id"].as_str()),
+            (Some(RECORD_TEMPLATE), Some("health-person-record")),
+            "{raw}: scp-pep decided on the upstream's route"
         );
         assert_eq!(d["outcome"], "allow");
     }
@@ -1052,7 +1055,7 @@ async fn envoy_end_to_end() {
             assert_eq!(seen["path"], normalized, "{raw}: upstream path");
             let d = decision(&log, &seen_req(&seen, "x-scp-decision-id")).await;
             assert_eq!(
-                d["path"], normalized,
+                d["path"], RECORD_TEMPLATE,
                 "{raw}: scp-pep decided on the upstream's path"
             );
         } else {
@@ -1141,7 +1144,11 @@ async fn envoy_end_to_end() {
         let id = seen_req(&seen, "x-scp-decision-id");
         let d = decision(&log, &id).await;
         assert_eq!(d["outcome"], "allow", "{seen}");
-        assert_eq!(d["path"], seen["path"], "upstream path = decided path");
+        // Records carry the route template, never the path's person id (SEC-09).
+        assert!(
+            !d["path"].as_str().unwrap().contains("/p-"),
+            "no person id in the decision log: {d}"
+        );
         assert_eq!(d["method"], seen["method"]);
         assert_eq!(
             d["tenant_id"].as_str().unwrap(),

@@ -131,7 +131,15 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// The canonical body of a decision record. Field order is the sorted key order; do not reorder.
+/// Version of the decision body shape written now. Format 1 (no `format` key) recorded the
+/// request's normalized path in `path` and unkeyed person references; format 2 records the route
+/// template (or a bounded, sanitized shape with `path_hash`), `path_bytes`, `policy_version` and
+/// keyed person references (`<key id>:<hex>`). Verification reads only [`BodyHead`], which both
+/// formats have.
+pub const DECISION_FORMAT: u32 = 2;
+
+/// The canonical body of a decision record (format 2). Field order is the sorted key order; do
+/// not reorder.
 #[derive(Serialize)]
 struct DecisionBody<'a> {
     action: Option<&'a str>,
@@ -141,6 +149,7 @@ struct DecisionBody<'a> {
     consent_checks: &'a [crate::decision::ConsentCheck],
     data_categories: &'a [String],
     decision_id: &'a str,
+    format: u32,
     incidents: &'a [Incident],
     integration_id: Option<&'a str>,
     kind: &'static str,
@@ -149,7 +158,10 @@ struct DecisionBody<'a> {
     method: &'a str,
     outcome: &'static str,
     path: &'a str,
+    path_bytes: usize,
+    path_hash: Option<&'a str>,
     persons: usize,
+    policy_version: Option<i64>,
     resource: Option<&'a str>,
     route_id: Option<&'a str>,
     scopes: &'a [String],
@@ -159,8 +171,10 @@ struct DecisionBody<'a> {
     verticals: &'a [String],
 }
 
-/// Appends the canonical body of `d` to `out` (RFC 8785 JSON). Contains no token, key,
-/// certificate, header value or query string: only what [`Decision`] serializes.
+/// Appends the canonical body of `d` to `out` (RFC 8785 JSON, format [`DECISION_FORMAT`]).
+/// Contains no token, key, certificate, header value, query string or person id: the path is
+/// the route template or a sanitized shape ([`Decision::path`]), persons appear as keyed
+/// references, free text is bounded.
 pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
     let (outcome, message) = match &d.outcome {
         Outcome::Allow => ("allow", None),
@@ -174,6 +188,7 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         consent_checks: &d.consent_checks,
         data_categories: &d.data_categories,
         decision_id: &d.decision_id,
+        format: DECISION_FORMAT,
         incidents: &d.incidents,
         integration_id: d.integration_id.as_deref(),
         kind: RecordKind::Decision.as_str(),
@@ -182,7 +197,10 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         method: &d.method,
         outcome,
         path: &d.path,
+        path_bytes: d.path_bytes,
+        path_hash: d.path_hash.as_deref(),
         persons: d.persons,
+        policy_version: d.policy_version,
         resource: d.resource.as_deref(),
         route_id: d.route_id.as_deref(),
         scopes: &d.scopes,
@@ -267,6 +285,8 @@ pub fn incident_events(d: &Decision) -> impl Iterator<Item = AuditEvent> + '_ {
                 "route_id": d.route_id,
                 "method": d.method,
                 "path": d.path,
+                "path_hash": d.path_hash,
+                "format": DECISION_FORMAT,
             }),
         );
         e.time = d.time;

@@ -33,7 +33,7 @@
 //! tenant), `PERSON_UNKNOWN` 404, `PERSON_PROVISIONAL`, `CONSENT_EXISTS`, `VERSION_CONFLICT`,
 //! `EVIDENCE_REQUIRED`, `INVALID_TRANSITION`, `RENEW_NOT_ALLOWED` 409, `PRECONDITION_FAILED` 412,
 //! `PAYLOAD_TOO_LARGE` 413, `AUDIT_UNAVAILABLE`, `DEPENDENCY_UNAVAILABLE` 503. Person ids and
-//! tokens never enter logs or audit records (persons appear as [`person_ref`]).
+//! tokens never enter logs or audit records (persons appear as [`Consents::person_ref`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ use super::model::{
     RuleError, check_attachment_ids, check_reason, check_token,
 };
 use super::store::OutboxRow;
-use super::{ConsentStoreError, Consents, PersonRecord, person_ref};
+use super::{ConsentStoreError, Consents, PersonRecord};
 use crate::admin::{AdminAuth, AdminPrincipal};
 use crate::api::{ApiError, ApiResult, if_match, opt_time, parse, rfc3339, window, with_etag};
 use crate::audit::AuditLog;
@@ -188,7 +188,7 @@ impl ConsentHttp {
             "reason_code": next.reason_code,
             "vertical": next.vertical_id,
             "purpose": next.purpose,
-            "person_ref": person_ref(&next.tenant_id, &next.person_id),
+            "person_ref": self.consents.person_ref(&next.tenant_id, &next.person_id),
         });
         self.record(
             AuditEvent::new(RecordKind::ConsentChange, Some(&next.tenant_id), detail)
@@ -384,7 +384,7 @@ async fn put_person(
             Some(&p.tenant_id),
             json!({
                 "action": "consent_person_put",
-                "person_ref": person_ref(&rec.tenant_id, &rec.person_id),
+                "person_ref": s.consents.person_ref(&rec.tenant_id, &rec.person_id),
                 "verification": rec.verification,
                 "status": rec.status,
                 "channels": rec.channels,
@@ -818,10 +818,10 @@ async fn withdraw(
 
     // Frozen shares (INT-4.3-3): the integrations that already hold the person's data.
     s.consents.flush_shares().await;
-    let pref = person_ref(&next.tenant_id, &next.person_id);
+    let pref = s.consents.person_ref(&next.tenant_id, &next.person_id);
     let shares = match s
-        .store()
-        .consent_shares_of(&next.tenant_id, &pref, &next.vertical_id)
+        .consents
+        .shares_of(&next.tenant_id, &next.person_id, &next.vertical_id)
         .await
     {
         Ok(v) => v,
@@ -979,7 +979,7 @@ async fn get_evidence(
         "consent_id": cur.consent_id,
         "version": cur.version,
         "vertical": cur.vertical_id,
-        "person_ref": person_ref(&cur.tenant_id, &cur.person_id),
+        "person_ref": s.consents.person_ref(&cur.tenant_id, &cur.person_id),
         "masked": !unmasked,
         "evidence_count": cur.evidence_attachment_ids.len(),
     });
@@ -1152,7 +1152,7 @@ async fn evaluate(
                     "consent_id": version.map(|v| v.consent_id.as_str()),
                     "vertical": req.vertical_id,
                     "purpose": purpose,
-                    "person_ref": person_ref(&p.tenant_id, &req.person_id),
+                    "person_ref": s.consents.person_ref(&p.tenant_id, &req.person_id),
                 }),
             )
             .actor(p.subject.clone()),

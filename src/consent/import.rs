@@ -10,12 +10,12 @@
 
 use serde::Deserialize;
 
+use super::Consents;
 use super::model::{
     CaptureMode, Change, ConsentVersion, RuleError, check_attachment_ids, check_token, grace_until,
     status_after_evidence,
 };
 use super::store::{ConsentStoreError, PersonRecord};
-use super::{Consents, person_ref};
 use crate::audit::AuditLog;
 use crate::audit::record::{AuditEvent, RecordKind};
 use crate::store::Store;
@@ -264,7 +264,7 @@ pub async fn import(
                 serde_json::json!({
                     "change": "capture", "via": "import", "consent_id": v.consent_id,
                     "version": v.version, "status": v.status.as_str(), "vertical": v.vertical_id,
-                    "purpose": v.purpose, "person_ref": person_ref(&v.tenant_id, &v.person_id),
+                    "purpose": v.purpose, "person_ref": consents.person_ref(&v.tenant_id, &v.person_id),
                 }),
             )
             .actor(by.to_owned());

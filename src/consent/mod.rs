@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::decision::{ConsentCheck, Denial, DenyCode};
@@ -130,19 +129,10 @@ impl Default for ConsentConfig {
     }
 }
 
-/// A stable reference to a person in audit records and the share ledger: the first 32 hex digits
-/// of SHA-256("scp-pep/person-ref/v1\n" ‖ tenant ‖ "\n" ‖ person id). The id itself never enters
-/// a log.
-pub fn person_ref(tenant: &str, person: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"scp-pep/person-ref/v1\n");
-    h.update(tenant.as_bytes());
-    h.update(b"\n");
-    h.update(person.as_bytes());
-    let mut s = hex::encode(h.finalize());
-    s.truncate(32);
-    s
-}
+/// The unkeyed format-1 reference (SHA-256 prefix). Kept only so lookups find share-ledger rows
+/// written before references were keyed; records get [`Consents::person_ref`] (keyed, see
+/// [`crate::pseudonym`]).
+pub use crate::pseudonym::legacy_person_ref;
 
 type Key = (String, String, String);
 type Share = (String, String, String, String, i64);
@@ -169,6 +159,8 @@ pub struct Consents {
     shares_tx: mpsc::Sender<ShareMsg>,
     shares_rx: std::sync::Mutex<Option<mpsc::Receiver<ShareMsg>>>,
     metrics: ConsentMetrics,
+    /// Keys of the person references in records and the share ledger.
+    refs: Arc<crate::pseudonym::PersonRefKeys>,
 }
 
 type Share4 = (String, String, String, String);
@@ -181,9 +173,25 @@ struct ConsentMetrics {
 }
 
 impl Consents {
-    /// A service over `store` with `config`, taking time from `clock`. Call [`Self::follow`] (the
+    /// A service over `store` with `config`, taking time from `clock`, with a process-lifetime
+    /// person_ref key (tests; the server uses [`Self::with_refs`]). Call [`Self::follow`] (the
     /// change feed) and [`Self::run_share_writer`] as tasks; `server::start` does.
     pub fn new(store: Store, config: ConsentConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Self::with_refs(
+            store,
+            config,
+            clock,
+            Arc::new(crate::pseudonym::PersonRefKeys::ephemeral()),
+        )
+    }
+
+    /// [`Self::new`] with the deployment's person_ref keys ([`crate::pseudonym::resolve`]).
+    pub fn with_refs(
+        store: Store,
+        config: ConsentConfig,
+        clock: Arc<dyn Clock>,
+        refs: Arc<crate::pseudonym::PersonRefKeys>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(16_384);
         Arc::new(Consents {
             cache: moka::sync::Cache::builder()
@@ -202,6 +210,7 @@ impl Consents {
             store,
             clock,
             config,
+            refs,
             shares_tx: tx,
             shares_rx: std::sync::Mutex::new(Some(rx)),
             metrics: ConsentMetrics {
@@ -211,6 +220,36 @@ impl Consents {
                 shares_dropped: metrics::counter!("scp_pep_consent_shares_dropped_total"),
             },
         })
+    }
+
+    /// The keyed reference of `person` of `tenant` in records (`<key id>:<32 hex>`).
+    pub fn person_ref(&self, tenant: &str, person: &str) -> String {
+        self.refs.person_ref(tenant, person)
+    }
+
+    /// The person_ref keys.
+    pub fn refs(&self) -> &Arc<crate::pseudonym::PersonRefKeys> {
+        &self.refs
+    }
+
+    /// Integrations that received data of `person` in `vertical` (share ledger, INT-4.3-3), found
+    /// under the current key, every previous key and the unkeyed format-1 reference:
+    /// `(integration, first_ms, last_ms)`, one row per integration.
+    pub async fn shares_of(
+        &self,
+        tenant: &str,
+        person: &str,
+        vertical: &str,
+    ) -> Result<Vec<(String, i64, i64)>, ConsentStoreError> {
+        let mut merged: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for r in self.refs.lookup_refs(tenant, person) {
+            for (i, first, last) in self.store.consent_shares_of(tenant, &r, vertical).await? {
+                let e = merged.entry(i).or_insert((first, last));
+                e.0 = e.0.min(first);
+                e.1 = e.1.max(last);
+            }
+        }
+        Ok(merged.into_iter().map(|(i, (f, l))| (i, f, l)).collect())
     }
 
     /// The store.
@@ -396,7 +435,7 @@ impl Consents {
             }
         }
         for person in persons {
-            let pref = person_ref(tenant, person);
+            let pref = self.refs.person_ref(tenant, person);
             for vertical in &route.verticals {
                 let heads = self.heads(tenant, person, vertical).await.map_err(|e| {
                     tracing::warn!(error = %e, "consent store unavailable on a cache miss; denying");
@@ -529,7 +568,7 @@ impl Consents {
     ) {
         let now = self.clock.now_ms();
         for p in persons {
-            let pref = person_ref(tenant, p);
+            let pref = self.refs.person_ref(tenant, p);
             for v in verticals {
                 let k = (
                     tenant.to_owned(),
@@ -743,8 +782,9 @@ mod tests {
 
     #[test]
     fn person_ref_is_stable_and_tenant_bound() {
-        assert_eq!(person_ref("ke", "p-1"), person_ref("ke", "p-1"));
-        assert_ne!(person_ref("ke", "p-1"), person_ref("ug", "p-1"));
-        assert_eq!(person_ref("ke", "p-1").len(), 32);
+        let k = crate::pseudonym::PersonRefKeys::ephemeral();
+        assert_eq!(k.person_ref("ke", "p-1"), k.person_ref("ke", "p-1"));
+        assert_ne!(k.person_ref("ke", "p-1"), k.person_ref("ug", "p-1"));
+        assert_eq!(legacy_person_ref("ke", "p-1").len(), 32);
     }
 }

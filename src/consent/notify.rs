@@ -18,7 +18,7 @@
 //! between the send and its record sends that attempt again after the claim lease; receivers
 //! dedupe on the notification `id` (also sent as `Idempotency-Key`).
 //!
-//! Logs never carry a person id, only [`super::person_ref`].
+//! Logs never carry a person id, only [`Consents::person_ref`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::Consents;
 use super::model::{DAY_MS, DEFAULT_REMINDER_DAYS};
 use super::store::{AttemptRecord, ConsentStoreError, ExpiringHead, OutboxRow, PersonRecord};
-use super::{Consents, person_ref};
 use crate::pipeline::SnapshotSlot;
 use crate::policy::Tenant;
 use crate::policy::snapshot::TenantEntry;
@@ -244,7 +244,7 @@ pub async fn scan(
                         consent.kind = %row.kind,
                         consent.reason = row.reason.as_deref().unwrap_or(""),
                         consent_id = %row.consent_id,
-                        person_ref = %person_ref(&row.tenant_id, &row.person_id),
+                        person_ref = %consents.person_ref(&row.tenant_id, &row.person_id),
                         "consent notification suppressed (CON-34)"
                     );
                 } else {
@@ -443,7 +443,7 @@ pub async fn deliver(
             (Err(_), _) => "retry",
         };
         count(&row.kind, status);
-        let pref = person_ref(&row.tenant_id, &row.person_id);
+        let pref = consents.person_ref(&row.tenant_id, &row.person_id);
         match &result {
             Ok(()) => tracing::info!(
                 consent.kind = %row.kind,

@@ -142,6 +142,9 @@ pub struct PolicySnapshot {
     pub integrations: HashMap<String, Arc<IntegrationEntry>>,
     /// Per method, routes most specific first.
     routes: HashMap<String, Vec<Arc<CompiledRoute>>>,
+    /// Every literal segment of every route template: what a recorded path shape may keep
+    /// verbatim (no person id is a template literal).
+    literals: HashSet<String>,
     /// Deny rules per tenant.
     pub deny_rules: HashMap<String, Vec<DenyRule>>,
     /// The partner-traffic deny rules per tenant that are active (status), with their windows
@@ -195,6 +198,11 @@ impl PolicySnapshot {
             let Ok(template) = parse_template(&r.path) else {
                 continue;
             };
+            for s in &template.segments {
+                if let Segment::Literal(l) = s {
+                    snap.literals.insert(l.clone());
+                }
+            }
             let specificity = template
                 .segments
                 .iter()
@@ -231,6 +239,11 @@ impl PolicySnapshot {
         }
         snap.set = set;
         snap
+    }
+
+    /// True when `segment` is a literal segment of some route template.
+    pub fn is_literal(&self, segment: &str) -> bool {
+        self.literals.contains(segment)
     }
 
     /// Finds the most specific route for `method` and normalized `segments`; `None` = default deny.
