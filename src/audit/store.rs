@@ -83,12 +83,39 @@ pub(crate) struct NewRecord<'a> {
     pub tenant_id: &'a str,
     /// Unix milliseconds.
     pub time_ms: i64,
-    pub kind: &'static str,
+    pub kind: &'a str,
     pub event_id: &'a str,
     pub prev_hash: Hash,
     pub hash: Hash,
     /// Canonical JSON.
     pub body: &'a str,
+}
+
+/// Writes chains and records, all or none, on a connection of its own: for tools and tests that
+/// build a store directly (the audit writer keeps its [`WriterConn`] open instead).
+pub async fn write_batch(
+    store: &Store,
+    chains: &[ChainRow],
+    records: &[ChainedRecord],
+) -> Result<(), StoreError> {
+    let rows: Vec<NewRecord<'_>> = records
+        .iter()
+        .map(|r| NewRecord {
+            chain_id: &r.chain_id,
+            seq: r.seq,
+            tenant_id: &r.tenant_id,
+            time_ms: r.time_ms,
+            kind: &r.kind,
+            event_id: &r.event_id,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            body: &r.body,
+        })
+        .collect();
+    WriterConn::open(store)
+        .await?
+        .write_batch(chains, &rows)
+        .await
 }
 
 /// Rows per SQLite `INSERT … VALUES (…),(…)` statement: 9 parameters a row, 4,608 per statement,
@@ -164,7 +191,7 @@ impl WriterConn {
                 }
                 let mut tx = conn.begin().await?;
                 for c in chains {
-                    insert_chain(&mut *tx, c).await?;
+                    insert_chain(&mut tx, c).await?;
                 }
                 for c in chunks {
                     sqlite_insert(&mut tx, sql, c).await?;
@@ -178,7 +205,7 @@ impl WriterConn {
                 }
                 let mut tx = conn.begin().await?;
                 for c in chains {
-                    insert_chain_pg(&mut *tx, c).await?;
+                    insert_chain_pg(&mut tx, c).await?;
                 }
                 pg_insert(&mut tx, records).await?;
                 tx.commit().await?;
