@@ -154,6 +154,10 @@ pub struct AuditLog {
     mode: AuditMode,
     tail: broadcast::Sender<Arc<TailItem>>,
     closed: AtomicBool,
+    /// Longest a durable decision waits for its commit: the commit in flight and its own, each
+    /// bounded by `write_timeout`. Beyond it the decision is denied even if the writer is stuck
+    /// inside a blocking SQLite call.
+    ack_timeout: Duration,
     stop: watch::Sender<bool>,
     /// Resolves when the writer has stopped (its thread or task sends or drops it).
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -173,6 +177,7 @@ impl AuditLog {
         let (tail, _) = broadcast::channel(settings.tail_capacity.max(16));
         let (stop, stop_rx) = watch::channel(false);
         let mode = settings.mode;
+        let ack_timeout = settings.write_timeout * 2 + Duration::from_millis(100);
         let w = writer::Writer::new(store, signer.clone(), settings, tail.clone());
         let (done_tx, done_rx) = oneshot::channel::<()>();
         // The writer moves into the thread through a slot so that a failed spawn can hand it
@@ -211,6 +216,7 @@ impl AuditLog {
             mode,
             tail,
             closed: AtomicBool::new(false),
+            ack_timeout,
             stop,
             done: std::sync::Mutex::new(Some(done_rx)),
             signer,
@@ -283,9 +289,10 @@ impl AuditLog {
             .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
         match done {
             None => Ok(()),
-            Some(d) => match d.await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(SinkError("audit record not committed".into())),
+            Some(d) => match tokio::time::timeout(self.ack_timeout, d).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(_) => Err(SinkError("audit record not committed".into())),
+                Err(_) => Err(SinkError("audit commit not acknowledged in time".into())),
             },
         }
     }

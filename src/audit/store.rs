@@ -112,7 +112,7 @@ pub async fn write_batch(
             body: &r.body,
         })
         .collect();
-    WriterConn::open(store)
+    WriterConn::open(store, std::time::Duration::from_secs(5))
         .await?
         .write_batch(chains, &rows)
         .await
@@ -125,15 +125,21 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 512;
 /// The audit writer's own connection, opened outside the pool and held for the writer's life
 /// (reopened after a failure). Every SQL statement of the write path runs on it: a batch is one
 /// multi-row statement (SQLite `VALUES` lists, PostgreSQL `UNNEST` arrays), prepared once per
-/// shape and cached by sqlx, in autocommit unless it also opens a chain or spans several
-/// statements. Durability is set on the connection itself, whatever the server or pool default:
-/// SQLite `synchronous=FULL` (WAL: the commit returns after the WAL fsync), PostgreSQL
+/// shape and cached, in autocommit unless it also opens a chain or spans several statements.
+/// Durability is set on the connection itself, whatever the server or pool default: SQLite
+/// `synchronous=FULL` (WAL: the commit returns after the WAL fsync), PostgreSQL
 /// `synchronous_commit=on` (INT-8-1).
+///
+/// SQLite goes through `rusqlite`, called directly on the writer's thread: a commit is one call
+/// into SQLite and one fsync, with no hop to a driver worker thread and back (sqlx runs every
+/// SQLite connection on a thread of its own). Such a call blocks the writer's thread, which runs
+/// nothing else that is urgent; `busy_timeout` is the write timeout, and decisions never wait for
+/// their acknowledgement beyond it ([`crate::audit::AuditLog`]).
 pub(crate) enum WriterConn {
     Sqlite {
-        conn: sqlx::SqliteConnection,
+        conn: rusqlite::Connection,
         /// `INSERT` text per row count (index = rows − 1), built once.
-        sql: Vec<Option<std::sync::Arc<str>>>,
+        sql: Vec<Option<String>>,
     },
     Postgres(sqlx::PgConnection),
 }
@@ -141,27 +147,49 @@ pub(crate) enum WriterConn {
 impl WriterConn {
     /// Opens a connection with the options of `store`'s pool (same file or server, same
     /// credentials). Call it on the runtime that will use the connection.
-    pub(crate) async fn open(store: &Store) -> Result<WriterConn, StoreError> {
-        use sqlx::Connection;
+    pub(crate) async fn open(
+        store: &Store,
+        busy_timeout: std::time::Duration,
+    ) -> Result<WriterConn, StoreError> {
         match store {
             Store::Sqlite(p) => {
-                let opts = (*p.connect_options())
-                    .clone()
-                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-                let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+                use rusqlite::OpenFlags;
+                let opts = p.connect_options();
+                let file = opts.get_filename().to_string_lossy().into_owned();
+                // sqlx names a shared in-memory database `file:sqlx-in-memory-N`; open the same.
+                let conn = if file.starts_with("file:sqlx-in-memory-") {
+                    rusqlite::Connection::open_with_flags(
+                        format!("{file}?mode=memory&cache=shared"),
+                        OpenFlags::SQLITE_OPEN_READ_WRITE
+                            | OpenFlags::SQLITE_OPEN_URI
+                            | OpenFlags::SQLITE_OPEN_SHARED_CACHE
+                            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                } else {
+                    rusqlite::Connection::open_with_flags(
+                        &file,
+                        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                }
+                .map_err(sqlite_err)?;
+                conn.busy_timeout(busy_timeout).map_err(sqlite_err)?;
+                // WAL is a property of the file (set by the pool); synchronous is per connection.
                 // The writer's commits do not run WAL checkpoints (copying WAL pages into the
                 // database file and fsyncing it) unless the WAL passes 32 MiB: the
                 // checkpointer ([`checkpoint_wal`]) does that beside it, so a commit costs about
                 // one WAL fsync.
-                sqlx::query("PRAGMA wal_autocheckpoint = 8192")
-                    .execute(&mut conn)
-                    .await?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 8192;",
+                )
+                .map_err(sqlite_err)?;
+                conn.set_prepared_statement_cache_capacity(64);
                 Ok(WriterConn::Sqlite {
                     conn,
                     sql: vec![None; SQLITE_ROWS_PER_STATEMENT],
                 })
             }
             Store::Postgres(p) => {
+                use sqlx::Connection;
                 let opts = (*p.connect_options()).clone();
                 let mut conn = sqlx::PgConnection::connect_with(&opts).await?;
                 sqlx::query("SET synchronous_commit = on")
@@ -185,18 +213,29 @@ impl WriterConn {
                 let chunks = records.chunks(SQLITE_ROWS_PER_STATEMENT);
                 if chains.is_empty() && records.len() <= SQLITE_ROWS_PER_STATEMENT {
                     for c in chunks {
-                        sqlite_insert(conn, sql, c).await?;
+                        sqlite_insert(conn, sql, c)?;
                     }
                     return Ok(());
                 }
-                let mut tx = conn.begin().await?;
+                let tx = conn.transaction().map_err(sqlite_err)?;
                 for c in chains {
-                    insert_chain(&mut tx, c).await?;
+                    tx.prepare_cached(INSERT_CHAIN_SQLITE)
+                        .and_then(|mut st| {
+                            st.execute(rusqlite::params![
+                                c.chain_id,
+                                c.tenant_id,
+                                c.writer,
+                                c.created_ms,
+                                c.key_id,
+                                c.verifier_key
+                            ])
+                        })
+                        .map_err(sqlite_err)?;
                 }
                 for c in chunks {
-                    sqlite_insert(&mut tx, sql, c).await?;
+                    sqlite_insert(&tx, sql, c)?;
                 }
-                tx.commit().await?;
+                tx.commit().map_err(sqlite_err)?;
             }
             WriterConn::Postgres(conn) => {
                 if chains.is_empty() {
@@ -225,11 +264,10 @@ impl WriterConn {
                            ORDER BY created_ms DESC, chain_id DESC LIMIT 1";
         let id: Option<String> = match self {
             WriterConn::Sqlite { conn, .. } => {
-                sqlx::query_scalar(SQL)
-                    .bind(writer)
-                    .bind(tenant)
-                    .fetch_optional(conn)
-                    .await?
+                use rusqlite::OptionalExtension;
+                conn.prepare_cached(SQL)
+                    .and_then(|mut st| st.query_row([writer, tenant], |r| r.get(0)).optional())
+                    .map_err(sqlite_err)?
             }
             WriterConn::Postgres(conn) => {
                 sqlx::query_scalar(SQL)
@@ -256,10 +294,13 @@ impl WriterConn {
             "SELECT seq, hash FROM audit_records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1";
         let row: Option<(i64, Vec<u8>)> = match self {
             WriterConn::Sqlite { conn, .. } => {
-                sqlx::query_as(SQL)
-                    .bind(chain_id)
-                    .fetch_optional(conn)
-                    .await?
+                use rusqlite::OptionalExtension;
+                conn.prepare_cached(SQL)
+                    .and_then(|mut st| {
+                        st.query_row([chain_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(sqlite_err)?
             }
             WriterConn::Postgres(conn) => {
                 sqlx::query_as(SQL)
@@ -277,13 +318,16 @@ impl WriterConn {
                            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
         match self {
             WriterConn::Sqlite { conn, .. } => {
-                sqlx::query(SQL)
-                    .bind(&cp.chain_id)
-                    .bind(cp.size as i64)
-                    .bind(cp.time_ms)
-                    .bind(&cp.note)
-                    .execute(conn)
-                    .await?;
+                conn.prepare_cached(SQL)
+                    .and_then(|mut st| {
+                        st.execute(rusqlite::params![
+                            cp.chain_id,
+                            cp.size as i64,
+                            cp.time_ms,
+                            cp.note
+                        ])
+                    })
+                    .map_err(sqlite_err)?;
             }
             WriterConn::Postgres(conn) => {
                 sqlx::query(SQL)
@@ -336,17 +380,11 @@ pub(crate) async fn checkpoint_wal(
     }
 }
 
-async fn insert_chain(c: &mut sqlx::SqliteConnection, row: &ChainRow) -> Result<(), StoreError> {
-    sqlx::query(INSERT_CHAIN)
-        .bind(&row.chain_id)
-        .bind(&row.tenant_id)
-        .bind(&row.writer)
-        .bind(row.created_ms)
-        .bind(&row.key_id)
-        .bind(&row.verifier_key)
-        .execute(c)
-        .await?;
-    Ok(())
+const INSERT_CHAIN_SQLITE: &str = "INSERT INTO audit_chains (chain_id, tenant_id, writer, created_ms, key_id, verifier_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// A rusqlite error as a store error (the message names no value).
+fn sqlite_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(format!("sqlite: {e}")))
 }
 
 async fn insert_chain_pg(c: &mut sqlx::PgConnection, row: &ChainRow) -> Result<(), StoreError> {
@@ -363,41 +401,43 @@ async fn insert_chain_pg(c: &mut sqlx::PgConnection, row: &ChainRow) -> Result<(
 }
 
 /// One multi-row `INSERT` of `rows` (at most [`SQLITE_ROWS_PER_STATEMENT`]); its text is built
-/// once per row count and the prepared statement is cached by sqlx.
-async fn sqlite_insert(
-    c: &mut sqlx::SqliteConnection,
-    sql: &mut [Option<std::sync::Arc<str>>],
+/// once per row count and the prepared statement is cached.
+fn sqlite_insert(
+    c: &rusqlite::Connection,
+    sql: &mut [Option<String>],
     rows: &[NewRecord<'_>],
 ) -> Result<(), StoreError> {
-    let text = sql[rows.len() - 1]
-        .get_or_insert_with(|| {
-            let mut s = String::with_capacity(120 + rows.len() * 20);
-            s.push_str(
-                "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) VALUES ",
-            );
-            for i in 0..rows.len() {
-                if i > 0 {
-                    s.push(',');
-                }
-                s.push_str("(?,?,?,?,?,?,?,?,?)");
+    let text = sql[rows.len() - 1].get_or_insert_with(|| {
+        let mut s = String::with_capacity(120 + rows.len() * 20);
+        s.push_str(
+            "INSERT INTO audit_records (chain_id, seq, tenant_id, time_ms, kind, event_id, prev_hash, hash, body) VALUES ",
+        );
+        for i in 0..rows.len() {
+            if i > 0 {
+                s.push(',');
             }
-            std::sync::Arc::from(s)
-        })
-        .clone();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+            s.push_str("(?,?,?,?,?,?,?,?,?)");
+        }
+        s
+    });
+    let mut st = c.prepare_cached(text).map_err(sqlite_err)?;
+    let mut i = 1;
     for r in rows {
-        q = q
-            .bind(r.chain_id)
-            .bind(r.seq as i64)
-            .bind(r.tenant_id)
-            .bind(r.time_ms)
-            .bind(r.kind)
-            .bind(r.event_id)
-            .bind(&r.prev_hash[..])
-            .bind(&r.hash[..])
-            .bind(r.body);
+        let bind = |st: &mut rusqlite::CachedStatement<'_>| -> rusqlite::Result<()> {
+            st.raw_bind_parameter(i, r.chain_id)?;
+            st.raw_bind_parameter(i + 1, r.seq as i64)?;
+            st.raw_bind_parameter(i + 2, r.tenant_id)?;
+            st.raw_bind_parameter(i + 3, r.time_ms)?;
+            st.raw_bind_parameter(i + 4, r.kind)?;
+            st.raw_bind_parameter(i + 5, r.event_id)?;
+            st.raw_bind_parameter(i + 6, &r.prev_hash[..])?;
+            st.raw_bind_parameter(i + 7, &r.hash[..])?;
+            st.raw_bind_parameter(i + 8, r.body)
+        };
+        bind(&mut st).map_err(sqlite_err)?;
+        i += 9;
     }
-    q.execute(c).await?;
+    st.raw_execute().map_err(sqlite_err)?;
     Ok(())
 }
 

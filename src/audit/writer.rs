@@ -235,7 +235,7 @@ impl Writer {
     /// The open connection, connecting first if there is none.
     async fn conn(&mut self) -> Result<&mut WriterConn, anyhow::Error> {
         if self.conn.is_none() {
-            self.conn = Some(WriterConn::open(&self.store).await?);
+            self.conn = Some(WriterConn::open(&self.store, self.settings.write_timeout).await?);
         }
         Ok(self.conn.as_mut().expect("set above"))
     }
@@ -439,7 +439,9 @@ impl Writer {
     async fn resync_heads(&mut self) -> Result<(), anyhow::Error> {
         let conn = match &mut self.conn {
             Some(c) => c,
-            None => self.conn.insert(WriterConn::open(&self.store).await?),
+            None => self
+                .conn
+                .insert(WriterConn::open(&self.store, self.settings.write_timeout).await?),
         };
         for h in self.heads.values_mut() {
             match conn.chain_head(&h.chain_id).await? {
