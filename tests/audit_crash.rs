@@ -42,10 +42,15 @@ macro_rules! on_both_stores {
     };
 }
 
-on_both_stores!(kill_9_under_load_loses_no_allowed_decision);
+on_both_stores!(
+    kill_9_under_load_loses_no_allowed_decision,
+    kill_9_during_pipelined_commit
+);
 
 /// Concurrent client tasks driving the load.
 const CLIENTS: usize = 16;
+/// Client tasks of the pipelined-commit variant: enough that a batch commits while the next fills.
+const PIPELINED_CLIENTS: usize = 64;
 /// Least time under load before the kill.
 const LOAD_AT_LEAST: Duration = Duration::from_millis(1500);
 /// Allows wanted before the kill (waited for, within `LOAD_AT_MOST`).
@@ -361,6 +366,22 @@ fn write_config(dir: &Path, url: &str, policies: &Path, signing_key: &str) -> Pa
 /// chains (size and head) as their predecessors, and every chain verifies against the pinned
 /// checkpoint key, with `verify_store` and with `scp-pep audit verify --key`.
 async fn kill_9_under_load_loses_no_allowed_decision(url: String) {
+    kill_9_run(url, CLIENTS, 1).await;
+}
+
+/// INT-8-1, issue 11: the same with 64 clients, so that at the kill the audit writer has one
+/// batch committing and the next filling behind it (pipelined group commit; the kill waits until
+/// at least 32 requests are in flight, i.e. waiting for a commit). Every acknowledged allow is in
+/// the store after the restart and every chain verifies. (The kill is not synchronized with the
+/// writer's fsync itself: with the writer busy most of the time under this load, it lands inside
+/// or right around a commit.)
+async fn kill_9_during_pipelined_commit(url: String) {
+    kill_9_run(url, PIPELINED_CLIENTS, 32).await;
+}
+
+/// Load with `clients` tasks, SIGKILL once at least `min_in_flight` requests are in flight, restart,
+/// then check that no acknowledged allow is missing and the store verifies.
+async fn kill_9_run(url: String, clients: usize, min_in_flight: i64) {
     let keys = Arc::new(Keys::generate());
     let idp = Idp::start(keys.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -375,7 +396,7 @@ async fn kill_9_under_load_loses_no_allowed_decision(url: String) {
     // 1. Load, then SIGKILL while requests are in flight.
     let mut server = Server::start(&cfg).await;
     let load = Arc::new(Load::default());
-    let tasks: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|i| {
             tokio::spawn(client_task(
                 server.grpc,
@@ -389,7 +410,9 @@ async fn kill_9_under_load_loses_no_allowed_decision(url: String) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let n = load.allowed.lock().unwrap().len();
-        if (started.elapsed() >= LOAD_AT_LEAST && n >= ALLOWS_WANTED)
+        if (started.elapsed() >= LOAD_AT_LEAST
+            && n >= ALLOWS_WANTED
+            && load.in_flight.load(Ordering::SeqCst) >= min_in_flight)
             || started.elapsed() >= LOAD_AT_MOST
         {
             break;
@@ -422,8 +445,8 @@ async fn kill_9_under_load_loses_no_allowed_decision(url: String) {
         allowed_before.len()
     );
     assert!(
-        in_flight_at_kill > 0,
-        "the kill must happen while requests are in flight"
+        in_flight_at_kill >= min_in_flight,
+        "the kill must happen while at least {min_in_flight} requests are in flight, got {in_flight_at_kill}"
     );
     assert!(
         !denied.contains_key("AUDIT_UNAVAILABLE"),

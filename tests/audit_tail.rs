@@ -533,9 +533,10 @@ async fn cli_tail_prints_json_and_readable_lines() {
     let line = stdout.lines().next().expect("one line");
     assert!(
         line.contains(" DENY  SCOPE_VIOLATION ")
-            && line.contains(&format!(
-                "ke/int-ke-moh GET {KE_RECORD} route=health-person-record "
-            ))
+            // The recorded path is the route template, never the person id (SEC-09).
+            && line.contains(
+                "ke/int-ke-moh GET /v1/tenants/ke/health/persons/{person_id}/record route=health-person-record "
+            )
             && line.contains("µs decision="),
         "{line}"
     );

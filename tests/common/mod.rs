@@ -331,9 +331,11 @@ pub enum ProxyMode {
     /// Store down, slow: forwarded connections are closed and new ones are accepted but never
     /// answered (a black hole) until the mode changes, when they are closed.
     Blackhole,
-    /// PostgreSQL only: forward everything, except that a reply carrying a `COMMIT` command tag is
-    /// never delivered: the transaction is committed but the client never learns it (its
-    /// connection hangs until the mode changes, then is closed).
+    /// PostgreSQL only: forward everything, except that a reply carrying a `COMMIT` command tag,
+    /// or an `INSERT` one (in autocommit, an `INSERT`'s completion is its commit
+    /// acknowledgement: the audit writer inserts a batch in one autocommit statement), is never
+    /// delivered: the write is committed but the client never learns it (its connection hangs
+    /// until the mode changes, then is closed).
     LoseCommitAck,
 }
 
@@ -366,8 +368,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The PostgreSQL `CommandComplete` tag of a commit.
-const COMMIT_TAG: &[u8] = b"COMMIT\0";
+/// PostgreSQL `CommandComplete` tags that acknowledge a commit: `COMMIT`, and `INSERT 0 <n>` of
+/// a statement in autocommit.
+const COMMIT_TAGS: [&[u8]; 2] = [b"COMMIT\0", b"INSERT 0 "];
+/// The longest of [`COMMIT_TAGS`].
+const COMMIT_TAG_LEN: usize = 9;
 
 /// Copies `from` to `to` while the mode forwards. `replies`: this is the server-to-client
 /// direction, where [`ProxyMode::LoseCommitAck`] applies.
@@ -396,13 +401,16 @@ async fn pump(
         if replies && mode == ProxyMode::LoseCommitAck {
             let mut window = std::mem::take(&mut tail);
             window.extend_from_slice(chunk);
-            if window.windows(COMMIT_TAG.len()).any(|w| w == COMMIT_TAG) {
+            if COMMIT_TAGS
+                .iter()
+                .any(|t| window.windows(t.len()).any(|w| w == *t))
+            {
                 lost.fetch_add(1, Ordering::SeqCst);
                 let _ = rx.wait_for(|m| *m != ProxyMode::LoseCommitAck).await;
                 return;
             }
         }
-        tail = chunk[n.saturating_sub(COMMIT_TAG.len())..].to_vec();
+        tail = chunk[n.saturating_sub(COMMIT_TAG_LEN)..].to_vec();
         if to.write_all(chunk).await.is_err() {
             return;
         }
