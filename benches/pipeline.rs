@@ -15,7 +15,7 @@
 //! Then a sampled loop (100,000 timed calls each, `std::time::Instant`) prints p50/p99/p99.9 of
 //! `decide` and of the handler path, which is what target (a) is about.
 //!
-//! Run: `cargo bench --bench pipeline`. `BENCH_SAMPLED=decide,log,handler,cold,rss` selects the
+//! Run: `cargo bench --bench pipeline`. `BENCH_SAMPLED=decide,log,handler,cold,packs,rss` selects the
 //! sampled loops (`rss`, off by default, measures memory growth over 2,000,000 decisions).
 //! `BENCH_AUDIT` / `BENCH_STORE` (see `support`) choose the audit log (default off) and store.
 
@@ -196,9 +196,10 @@ fn main() {
     });
 
     // Sampled loops for percentiles (criterion reports means and confidence intervals only).
-    // `BENCH_SAMPLED=decide,log,handler,cold,rss` selects loops (for profiling); default: all
+    // `BENCH_SAMPLED=decide,log,handler,cold,packs,rss` selects loops (for profiling); default: all
     // but `rss`.
-    let only = std::env::var("BENCH_SAMPLED").unwrap_or_else(|_| "decide,log,handler,cold".into());
+    let only =
+        std::env::var("BENCH_SAMPLED").unwrap_or_else(|_| "decide,log,handler,cold,packs".into());
     let run = |name: &str| only.split(',').any(|s| s.trim() == name);
     if run("decide") {
         let decide_ns = rt.block_on(async {
@@ -214,6 +215,26 @@ fn main() {
             v
         });
         report("decide (cached token, log off)", decide_ns);
+    }
+
+    // Stages 2-8 of an allowed request on a vertical with an active policy pack: `authorize`,
+    // `minimize` and the pack evaluation of stage 6, as the pipeline runs them (issue 11 target:
+    // p99 <= 8 us).
+    if run("packs") {
+        let mut v = Vec::with_capacity(SAMPLED_ITERS);
+        for _ in 0..SAMPLED_ITERS {
+            let mut d = template.clone();
+            let t = Instant::now();
+            let ok = authorize(&snap, &facts, &verified, &settings, &mut d)
+                .map(|a| minimize(a.integration, a.route, None, &mut d))
+                .is_ok()
+                && packs
+                    .check_partner(&pack_integ, &pack_route, &d.scopes, 1, "GET", now_ms)
+                    .is_ok();
+            v.push(t.elapsed().as_nanos() as u64);
+            assert!(ok, "stages 2-8 allow");
+        }
+        report("stages 2-8 with an active policy pack", v);
     }
 
     if run("log") {

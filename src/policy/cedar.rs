@@ -228,7 +228,30 @@ impl CompiledPack {
 #[derive(Debug, Clone, Default)]
 pub struct CompiledPacks {
     by_key: HashMap<(String, String), Vec<Arc<CompiledPack>>>,
+    /// Cedar entities and ids of partner requests, per (integration, route, vertical, effective
+    /// scopes): they depend only on the snapshot (this value lives as long as it) and on the
+    /// token's scopes, so stage 6 builds them once, not per request. At most
+    /// [`PREPARED_CAPACITY`] entries; beyond, requests build their own.
+    prepared: Arc<dashmap::DashMap<String, Arc<Prepared>>>,
 }
+
+/// Entries of [`CompiledPacks`]' prepared-entity cache at most.
+const PREPARED_CAPACITY: usize = 16_384;
+
+/// The request-independent part of a Cedar request: principal, action, resource and entities.
+#[derive(Debug)]
+struct Prepared {
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+    /// Partner contexts already built for this shape, by (persons, UTC hour, method, purpose
+    /// present): at most [`CONTEXTS_PER_SHAPE`], most requests repeat one of a few.
+    contexts: std::sync::RwLock<Vec<(usize, i64, String, Context)>>,
+}
+
+/// Cached contexts per [`Prepared`] at most.
+const CONTEXTS_PER_SHAPE: usize = 32;
 
 fn ms(t: Option<&str>) -> Option<i64> {
     t.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
@@ -308,7 +331,10 @@ impl CompiledPacks {
                     names,
                 }));
         }
-        CompiledPacks { by_key }
+        CompiledPacks {
+            by_key,
+            prepared: Arc::default(),
+        }
     }
 
     /// Whether no pack is enforced at all (the pipeline then skips the pack step).
@@ -324,8 +350,12 @@ impl CompiledPacks {
             .by_key
             .get(&(req.tenant.to_owned(), req.vertical.to_owned()))?;
         let mut out: Option<PackDecision> = None;
+        let built = cedar_parts(req).and_then(|p| Some((p, cedar_context(req)?)));
         for p in packs.iter().filter(|p| p.in_window(req.now_ms)) {
-            let d = evaluate_pack(p, req);
+            let d = match &built {
+                Some((prep, ctx)) => evaluate_pack(p, req.action, prep, ctx.clone()),
+                None => deny(p, vec![EVALUATION_ERROR.into()]),
+            };
             if !d.allowed {
                 return Some(d);
             }
@@ -360,29 +390,10 @@ impl CompiledPacks {
             return Ok(Vec::new());
         }
         let mut masks = Vec::new();
-        let mut ctx = None;
         for v in &route.verticals {
-            if !self
-                .by_key
-                .contains_key(&(integration.tenant.clone(), v.clone()))
-            {
+            let Some(packs) = self.by_key.get(&(integration.tenant.clone(), v.clone())) else {
                 continue;
-            }
-            let context = ctx
-                .get_or_insert_with(|| {
-                    serde_json::json!({
-                        "scopes": scopes,
-                        "verticals": integration.verticals,
-                        "resource_verticals": route.verticals,
-                        "data_categories": route.data_categories,
-                        "route": route.id,
-                        "kind": kind_str(route),
-                        "method": method,
-                        "purpose": route.consent_purpose,
-                        "persons": persons,
-                    })
-                })
-                .clone();
+            };
             let req = PackRequest {
                 principal_type: "Integration",
                 principal_id: &integration.id,
@@ -390,10 +401,87 @@ impl CompiledPacks {
                 resource: &route.resource,
                 tenant: &integration.tenant,
                 vertical: v,
-                context,
+                context: serde_json::Value::Null,
                 now_ms,
             };
-            if let Some(d) = self.evaluate(&req) {
+            let key = format!(
+                "{}\u{0}{}\u{0}{}\u{0}{}",
+                integration.id,
+                route.id,
+                v,
+                scopes.join(" ")
+            );
+            let prep = match self.prepared.get(&key) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    // First request of this shape in this snapshot: build the entities.
+                    let with_ctx = PackRequest {
+                        context: serde_json::json!({
+                            "scopes": scopes,
+                            "verticals": integration.verticals,
+                            "resource_verticals": route.verticals,
+                            "data_categories": route.data_categories,
+                            "route": route.id,
+                            "kind": kind_str(route),
+                        }),
+                        ..req.clone()
+                    };
+                    let p = cedar_parts(&with_ctx).map(Arc::new);
+                    if let Some(p) = &p
+                        && self.prepared.len() < PREPARED_CAPACITY
+                    {
+                        self.prepared.insert(key, p.clone());
+                    }
+                    p
+                }
+            };
+            // The context depends on the shape (scopes, verticals, purpose) and on the
+            // request's person count, hour and method: reuse one built before when it matches.
+            let hour = now_ms.div_euclid(3_600_000).rem_euclid(24);
+            let cached = prep.as_ref().and_then(|p| {
+                p.contexts.read().ok().and_then(|c| {
+                    c.iter()
+                        .find(|(n, h, m, _)| *n == persons && *h == hour && m == method)
+                        .map(|(_, _, _, ctx)| ctx.clone())
+                })
+            });
+            let cedar_ctx = cached.or_else(|| {
+                let ctx = partner_context(
+                    scopes,
+                    &integration.verticals,
+                    persons,
+                    now_ms,
+                    method,
+                    route.consent_purpose.as_deref(),
+                )?;
+                if let Some(p) = &prep
+                    && let Ok(mut c) = p.contexts.write()
+                    && c.len() < CONTEXTS_PER_SHAPE
+                {
+                    c.push((persons, hour, method.to_owned(), ctx.clone()));
+                }
+                Some(ctx)
+            });
+            let with_ctx = req;
+            let mut out: Option<PackDecision> = None;
+            for p in packs.iter().filter(|p| p.in_window(now_ms)) {
+                let d = match (&prep, &cedar_ctx) {
+                    (Some(prep), Some(c)) => evaluate_pack(p, with_ctx.action, prep, c.clone()),
+                    _ => deny(p, vec![EVALUATION_ERROR.into()]),
+                };
+                if !d.allowed {
+                    out = Some(d);
+                    break;
+                }
+                match &mut out {
+                    Some(o) => {
+                        o.reasons.extend(d.reasons);
+                        o.masked_fields.extend(d.masked_fields);
+                    }
+                    None => out = Some(d),
+                }
+            }
+            if let Some(d) = out {
                 if !d.allowed {
                     return Err(format!(
                         "policy pack `{}` (vertical `{v}`) denies this request: {}",
@@ -429,9 +517,10 @@ fn deny(pack: &CompiledPack, reasons: Vec<String>) -> PackDecision {
     }
 }
 
-/// Builds the Cedar request and entities for `req`; `None` when the principal type or ids
-/// cannot be expressed (the caller denies).
-fn cedar_request(req: &PackRequest) -> Option<(Request, Entities)> {
+/// Builds the request-independent part of the Cedar request for `req` (principal, action,
+/// resource, entities); `None` when the principal type or ids cannot be expressed (the caller
+/// denies).
+fn cedar_parts(req: &PackRequest) -> Option<Prepared> {
     let ctx = &req.context;
     let principal = uid(&format!("Scp::{}", req.principal_type), req.principal_id)?;
     let principal_attrs: HashMap<String, RestrictedExpression> = match req.principal_type {
@@ -479,6 +568,50 @@ fn cedar_request(req: &PackRequest) -> Option<(Request, Entities)> {
         None,
     )
     .ok()?;
+    let action = uid("Scp::Action", req.action)?;
+    Some(Prepared {
+        principal,
+        action,
+        resource,
+        entities,
+        contexts: Default::default(),
+    })
+}
+
+/// The per-request Cedar context of a partner request, built directly from its facts (the same
+/// pairs as [`cedar_context`]).
+fn partner_context(
+    scopes: &[String],
+    verticals: &[String],
+    persons: usize,
+    now_ms: i64,
+    method: &str,
+    purpose: Option<&str>,
+) -> Option<Context> {
+    let hour = now_ms.div_euclid(3_600_000).rem_euclid(24);
+    let strs = |v: &[String]| {
+        RestrictedExpression::new_set(v.iter().cloned().map(RestrictedExpression::new_string))
+    };
+    let mut pairs = vec![
+        ("scopes".to_owned(), strs(scopes)),
+        ("verticals".to_owned(), strs(verticals)),
+        (
+            "persons".to_owned(),
+            RestrictedExpression::new_long(persons as i64),
+        ),
+        ("hour".to_owned(), RestrictedExpression::new_long(hour)),
+        ("method".to_owned(), s(method)),
+    ];
+    if let Some(p) = purpose {
+        pairs.push(("purpose".to_owned(), s(p)));
+    }
+    Context::from_pairs(pairs).ok()
+}
+
+/// The per-request Cedar context of `req`: `scopes`, `verticals`, `persons`, `hour` (UTC),
+/// `method` and `purpose` when the route has one.
+fn cedar_context(req: &PackRequest) -> Option<Context> {
+    let ctx = &req.context;
     let hour = req.now_ms.div_euclid(3_600_000).rem_euclid(24);
     let persons = ctx.get("persons").and_then(Value::as_i64).unwrap_or(0);
     let mut pairs = vec![
@@ -494,23 +627,33 @@ fn cedar_request(req: &PackRequest) -> Option<(Request, Entities)> {
     if let Some(p) = ctx.get("purpose").and_then(Value::as_str) {
         pairs.push(("purpose".to_owned(), s(p)));
     }
-    let context = Context::from_pairs(pairs).ok()?;
-    let action = uid("Scp::Action", req.action)?;
-    let request = Request::new(principal, action, resource, context, None).ok()?;
-    Some((request, entities))
+    Context::from_pairs(pairs).ok()
 }
 
-fn evaluate_pack(pack: &CompiledPack, req: &PackRequest) -> PackDecision {
+/// One pack's answer to the request made of `prep` and `context`; `action` is `read` or `write`
+/// (restricted packs allow reads only).
+fn evaluate_pack(
+    pack: &CompiledPack,
+    action: &str,
+    prep: &Prepared,
+    context: Context,
+) -> PackDecision {
     let Some(set) = &pack.set else {
         return deny(pack, vec![EVALUATION_ERROR.into()]);
     };
-    if pack.restricted && req.action != "read" {
+    if pack.restricted && action != "read" {
         return deny(pack, vec![RESTRICTED.into()]);
     }
-    let Some((request, entities)) = cedar_request(req) else {
+    let Ok(request) = Request::new(
+        prep.principal.clone(),
+        prep.action.clone(),
+        prep.resource.clone(),
+        context,
+        None,
+    ) else {
         return deny(pack, vec![EVALUATION_ERROR.into()]);
     };
-    let resp = Authorizer::new().is_authorized(&request, set, &entities);
+    let resp = Authorizer::new().is_authorized(&request, set, &prep.entities);
     let diag = resp.diagnostics();
     let name = |id: &PolicyId| {
         pack.names
@@ -613,6 +756,43 @@ mod tests {
     }
 
     const ALLOW_ALL: &str = "permit(principal, action, resource);";
+
+    /// ADM-6, issue 11: the entities and contexts stage 6 reuses between requests never carry
+    /// one request's scopes, person count or method into another's decision.
+    #[test]
+    fn reused_entities_and_contexts_follow_each_request() {
+        let packs = CompiledPacks::compile(&[pack(
+            "p",
+            "health",
+            r#"@id("readers") permit(principal is Scp::Integration, action, resource)
+               when { principal.scopes.contains("health:person:read") && context.scopes.contains("health:person:read") && context.persons <= 1 && context.method == "GET" };"#,
+        )]);
+        let r = route(&["health"], Action::Read);
+        let ok: Vec<String> = vec!["health:person:read".into()];
+        let other: Vec<String> = vec!["health:other".into()];
+        for _ in 0..2 {
+            assert!(
+                packs
+                    .check_partner(&integ(), &r, &ok, 1, "GET", NOW)
+                    .is_ok()
+            );
+            assert!(
+                packs
+                    .check_partner(&integ(), &r, &other, 1, "GET", NOW)
+                    .is_err()
+            );
+            assert!(
+                packs
+                    .check_partner(&integ(), &r, &ok, 2, "GET", NOW)
+                    .is_err()
+            );
+            assert!(
+                packs
+                    .check_partner(&integ(), &r, &ok, 1, "HEAD", NOW)
+                    .is_err()
+            );
+        }
+    }
 
     #[test]
     fn schema_parses() {
