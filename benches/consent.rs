@@ -41,6 +41,10 @@
 //! 4. `memory`: for each capacity of `BENCH_MEM_CAPS` (`10000,100000,1000000`), a child process
 //!    fills a `Consents` cache from the SQLite dataset with `BENCH_MEM_KEYS` (all its rows)
 //!    distinct keys and prints RSS growth after `cap` keys and after all of them.
+//! 5. `rss` (not in the default list): a child process runs one scp-pep in the default
+//!    configuration (durable audit and consent on one SQLite store, a copy of the dataset;
+//!    decision log on; default cache sizes), sends `BENCH_RSS_PERSONS` (300,000) distinct persons
+//!    through gRPC once each (`BENCH_CONC`, 32, in flight) and prints the process RSS.
 //!
 //! Run: `cargo bench --bench consent` (first run: builds the datasets, about 10 minutes).
 
@@ -1207,6 +1211,124 @@ fn memory_child(sqlite_rows: u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. RSS of the default configuration
+
+fn part_rss(results: &mut Vec<String>) {
+    println!("\n== (5) RSS of the default configuration (child process) ==");
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env("BENCH_CONSENT_PARTS", "rss-child")
+        .output()
+        .expect("rss child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("rss child failed");
+    }
+    results.extend(
+        text.lines()
+            .filter(|l| l.starts_with("RESULT"))
+            .map(str::to_owned),
+    );
+}
+
+/// One scp-pep in its default configuration (durable audit and consent on one SQLite store,
+/// decision log on, default cache sizes) on a copy of the SQLite dataset, driven through gRPC
+/// with `BENCH_RSS_PERSONS` (300,000) distinct persons, each once; prints the process RSS.
+fn rss_child(sqlite_rows: u64) {
+    let persons = env_u64("BENCH_RSS_PERSONS", 300_000).clamp(1, sqlite_rows);
+    let conc = env_u64("BENCH_CONC", 32).clamp(1, 1024) as usize;
+    let src = std::env::var("BENCH_CONSENT_SQLITE").unwrap_or_else(|_| {
+        format!(
+            "{}/target/bench-consent-{sqlite_rows}.db",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = tmp.path().join("rss.db");
+    std::fs::copy(&src, &db).expect("copy the SQLite dataset");
+    let srv_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("srv-worker")
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let b = srv_rt.block_on(Bench::start_with(Options {
+        decision_log: Some("decisions.jsonl".into()),
+        audit: AuditMode::Durable,
+        store: StoreKind::Sqlite,
+        self_verify_s: None,
+        store_url: Some(format!("sqlite:{}", db.display())),
+        routes_without_person_id: false,
+        consent_cache_entries: None,
+    }));
+    let template = Arc::new(build_request(&b.check_input()));
+    let addr = b.running.grpc_addr;
+    let rss_idle = support::rss_kb();
+    let t = Instant::now();
+    let errors = std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("client runtime");
+            rt.block_on(async move {
+                let ch = Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .expect("connect");
+                let next = Arc::new(AtomicU64::new(1));
+                let errors = Arc::new(AtomicU64::new(0));
+                let mut tasks = Vec::new();
+                for _ in 0..conc {
+                    let mut client = AuthorizationClient::new(ch.clone());
+                    let (next, errors, template) = (next.clone(), errors.clone(), template.clone());
+                    tasks.push(tokio::spawn(async move {
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            if k > persons {
+                                break;
+                            }
+                            let path = format!("/v1/tenants/ke/health/persons/p-{k}/record");
+                            let res = tokio::time::timeout(
+                                REQUEST_TIMEOUT,
+                                client.check(with_path(&template, &path)),
+                            )
+                            .await;
+                            if !matches!(&res, Ok(Ok(r)) if allowed(r.get_ref())) {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.expect("client task");
+                }
+                errors.load(Ordering::Relaxed)
+            })
+        })
+        .expect("client thread")
+        .join()
+        .expect("client thread panicked");
+    let secs = t.elapsed().as_secs_f64();
+    let cached = b.running.consents.cached_entries();
+    let rss_after = support::rss_kb();
+    println!(
+        "RESULT rss default configuration (durable SQLite audit, decision log on, consent cache {} entries): \
+         RSS {rss_idle} kB after start; {rss_after} kB ({:.1} MB) after {persons} distinct persons \
+         ({cached} cached, {:.0} checks/s, {errors} not allowed)",
+        b.running.consents.config().cache_entries,
+        rss_after as f64 / 1024.0,
+        persons as f64 / secs,
+    );
+    srv_rt.block_on(b.stop());
+    srv_rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let parts = env_list("BENCH_CONSENT_PARTS", "hit,miss,e2e,memory");
@@ -1218,6 +1340,10 @@ fn main() {
         .unwrap_or(1.0);
     if parts.iter().any(|p| p == "memory-child") {
         memory_child(sqlite_rows);
+        return;
+    }
+    if parts.iter().any(|p| p == "rss-child") {
+        rss_child(sqlite_rows);
         return;
     }
     let stores = env_list("BENCH_CONSENT_STORES", "postgres,sqlite");
@@ -1270,6 +1396,9 @@ fn main() {
     }
     if has("memory") {
         part_memory(sqlite_rows, &mut results);
+    }
+    if has("rss") {
+        part_rss(&mut results);
     }
     println!("\n== summary ==");
     for l in &results {

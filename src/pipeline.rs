@@ -3,7 +3,7 @@
 //! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
 //! recorded. Stages 2–6 are the pure function [`authorize`] and stage 8 the pure [`minimize`] (no
 //! I/O, no transport types); stage 1 needs the issuer's JWKS (async, cached), stage 7 the consent
-//! service (moka cache in front of the store, [`Engine::with_consents`]) and stage 9 the
+//! service (a bounded cache in front of the store, [`Engine::with_consents`]) and stage 9 the
 //! per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
 //! [`Engine::with_audit`].
 //!
@@ -408,8 +408,7 @@ impl Engine {
             c.record_shares(
                 &integration.integration.tenant,
                 &integration.integration.id,
-                &persons,
-                &route.verticals,
+                &d.consent_checks,
             );
         }
         Some((

@@ -1128,9 +1128,12 @@ async fn evaluate(
     if let Some(x) = &purpose {
         check_token("purpose", x)?;
     }
+    // From the store, not the enforcement cache: staff see which consent decided, and the
+    // cache keeps only what a decision needs (no consent id or version).
     let heads = s
         .consents
-        .heads(&p.tenant_id, &req.person_id, &req.vertical_id)
+        .store()
+        .consent_head_summaries(&p.tenant_id, &req.person_id, &req.vertical_id)
         .await
         .map_err(store_error)?;
     let now = s.consents.now_ms();

@@ -4,8 +4,8 @@
 //! - [`model`]: the consent version, its recorded and effective statuses and the rules, as pure
 //!   functions over an explicit "now".
 //! - [`store`]: the tables (append-only versions, heads, change feed, shares, aggregate epochs).
-//! - [`Consents`]: the service both the pipeline and the REST API use: a moka cache of heads in
-//!   front of the store, invalidated at once on this replica by every write and on the others by
+//! - [`Consents`]: the service both the pipeline and the REST API use: a bounded cache of heads
+//!   ([`cache`]) in front of the store, invalidated at once on this replica by every write and on the others by
 //!   the change feed ([`Consents::follow`]); the stage-7 check ([`Consents::check_persons`],
 //!   [`Consents::check_aggregate`]); the share ledger behind frozen-share events.
 //! - [`http`]: the REST API under `/v1/consents`; [`notify`]: reminder and expiry notices and case
@@ -13,6 +13,7 @@
 //!
 //! Time comes from a [`Clock`], so tests can cross every boundary (CON-5).
 
+pub mod cache;
 pub mod http;
 pub mod import;
 pub mod model;
@@ -28,7 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::decision::{ConsentCheck, Denial, DenyCode};
 use crate::policy::Route;
 use crate::store::Store;
-use model::{Effective, Head};
+use cache::{HeadCache, Heads, SeenSet, heads_of};
+use model::{Effective, HeadState, HeadView};
 pub use store::{ConsentStoreError, PersonRecord};
 
 /// The source of "now" for consent evaluation, Unix milliseconds.
@@ -134,7 +136,6 @@ impl Default for ConsentConfig {
 /// [`crate::pseudonym`]).
 pub use crate::pseudonym::legacy_person_ref;
 
-type Key = (String, String, String);
 type Share = (String, String, String, String, i64);
 
 enum ShareMsg {
@@ -147,23 +148,21 @@ pub struct Consents {
     store: Store,
     clock: Arc<dyn Clock>,
     config: ConsentConfig,
-    /// Heads per (tenant, person, vertical); `Arc` so a hit costs a reference count.
-    cache: moka::sync::Cache<Key, Arc<Vec<Head>>>,
+    /// Heads per (tenant, vertical, person).
+    cache: HeadCache,
     /// Bumped by every invalidation; a load that saw another value does not fill the cache, so a
     /// read that raced a withdrawal can never reinstate a stale allow.
     epoch: AtomicU64,
     /// `(tenant, vertical)` → (checked at, blocking since) for aggregate routes.
     blocking: moka::sync::Cache<(String, String), Option<i64>>,
     /// Recently recorded shares (skip the write when seen within 10 minutes).
-    shares_seen: moka::sync::Cache<Share4, ()>,
+    shares_seen: SeenSet,
     shares_tx: mpsc::Sender<ShareMsg>,
     shares_rx: std::sync::Mutex<Option<mpsc::Receiver<ShareMsg>>>,
     metrics: ConsentMetrics,
     /// Keys of the person references in records and the share ledger.
     refs: Arc<crate::pseudonym::PersonRefKeys>,
 }
-
-type Share4 = (String, String, String, String);
 
 struct ConsentMetrics {
     hits: metrics::Counter,
@@ -194,18 +193,12 @@ impl Consents {
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(16_384);
         Arc::new(Consents {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(config.cache_entries)
-                .time_to_live(Duration::from_secs(config.cache_ttl_s.max(1)))
-                .build(),
+            cache: HeadCache::new(config.cache_entries, config.cache_ttl_s),
             blocking: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(1))
                 .build(),
-            shares_seen: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
+            shares_seen: SeenSet::new(1_000_000, 600),
             epoch: AtomicU64::new(0),
             store,
             clock,
@@ -267,7 +260,8 @@ impl Consents {
         &self.config
     }
 
-    /// The heads (one per purpose) of (tenant, person, vertical), from the cache or the store.
+    /// The heads (one per purpose) of (tenant, person, vertical) as enforcement reads them,
+    /// from the cache or the store.
     ///
     /// Errors: the store is unreachable on a miss (the caller denies: fail closed).
     pub async fn heads(
@@ -275,24 +269,26 @@ impl Consents {
         tenant: &str,
         person: &str,
         vertical: &str,
-    ) -> Result<Arc<Vec<Head>>, ConsentStoreError> {
-        let key = (tenant.to_owned(), person.to_owned(), vertical.to_owned());
-        if let Some(v) = self.cache.get(&key) {
+    ) -> Result<Heads, ConsentStoreError> {
+        if let Some(v) = self.cache.get(tenant, vertical, person) {
             self.metrics.hits.increment(1);
             return Ok(v);
         }
         self.metrics.misses.increment(1);
         let before = self.epoch.load(Ordering::Acquire);
-        let heads = Arc::new(
+        let heads = heads_of(
             self.store
                 .consent_head_summaries(tenant, person, vertical)
-                .await?,
+                .await?
+                .into_iter()
+                .map(HeadState::from)
+                .collect(),
         );
         if self.epoch.load(Ordering::Acquire) == before {
-            self.cache.insert(key.clone(), heads.clone());
+            self.cache.insert(tenant, vertical, person, heads.clone());
             // An invalidation between the check and the insert bumped the epoch first: undo.
             if self.epoch.load(Ordering::Acquire) != before {
-                self.cache.invalidate(&key);
+                self.cache.remove(tenant, vertical, person);
             }
         }
         Ok(heads)
@@ -308,11 +304,7 @@ impl Consents {
     ) -> Result<(), ConsentStoreError> {
         let missing: Vec<&str> = persons
             .iter()
-            .filter(|p| {
-                !self
-                    .cache
-                    .contains_key(&(tenant.to_owned(), (*p).clone(), vertical.to_owned()))
-            })
+            .filter(|p| !self.cache.contains(tenant, vertical, p))
             .map(String::as_str)
             .collect();
         if missing.is_empty() {
@@ -326,25 +318,24 @@ impl Consents {
         if self.epoch.load(Ordering::Acquire) != before {
             return Ok(());
         }
-        let mut by_person: std::collections::HashMap<&str, Vec<Head>> =
+        let mut by_person: std::collections::HashMap<&str, Vec<HeadState>> =
             missing.iter().map(|p| (*p, Vec::new())).collect();
         for (p, h) in rows {
             if let Some(v) = by_person.get_mut(p.as_str()) {
-                v.push(h);
+                v.push(HeadState::from(h));
             }
         }
-        let keys: Vec<Key> = by_person
+        let filled: Vec<&str> = by_person
             .into_iter()
             .map(|(p, heads)| {
-                let key = (tenant.to_owned(), p.to_owned(), vertical.to_owned());
-                self.cache.insert(key.clone(), Arc::new(heads));
-                key
+                self.cache.insert(tenant, vertical, p, heads_of(heads));
+                p
             })
             .collect();
-        self.metrics.misses.increment(keys.len() as u64);
+        self.metrics.misses.increment(filled.len() as u64);
         if self.epoch.load(Ordering::Acquire) != before {
-            for k in &keys {
-                self.cache.invalidate(k);
+            for p in filled {
+                self.cache.remove(tenant, vertical, p);
             }
         }
         Ok(())
@@ -353,8 +344,7 @@ impl Consents {
     /// Drops the cached entry of (tenant, person, vertical) on this replica at once.
     pub fn invalidate(&self, tenant: &str, person: &str, vertical: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache
-            .invalidate(&(tenant.to_owned(), person.to_owned(), vertical.to_owned()));
+        self.cache.remove(tenant, vertical, person);
         self.blocking
             .invalidate(&(tenant.to_owned(), vertical.to_owned()));
         self.metrics.invalidations.increment(1);
@@ -363,15 +353,14 @@ impl Consents {
     /// Drops every cached entry (the change feed lost track).
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.blocking.invalidate_all();
         self.metrics.invalidations.increment(1);
     }
 
     /// Entries in the cache (approximate; for metrics and tests).
     pub fn cached_entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len()
     }
 
     /// The effective consent of one person for one vertical and optional purpose at `now_ms`, and
@@ -380,19 +369,19 @@ impl Consents {
     /// Purpose rule: a withdrawn (or past-grace) vertical-wide consent blocks every purpose; else a
     /// purpose-specific consent decides its purpose; else the vertical-wide consent covers every
     /// purpose.
-    pub fn decide<'h>(
-        heads: &'h [Head],
+    pub fn decide<'h, H: HeadView>(
+        heads: &'h [H],
         purpose: Option<&str>,
         now_ms: i64,
-    ) -> (Effective, Option<&'h Head>) {
-        let general = heads.iter().find(|v| v.purpose.is_empty());
-        let g = general.map(|v| (v.effective(now_ms), v));
+    ) -> (Effective, Option<&'h H>) {
+        let general = heads.iter().find(|v| v.purpose().is_empty());
+        let g = general.map(|v| (v.effective_at(now_ms), v));
         if let Some(p) = purpose.filter(|p| !p.is_empty()) {
             if let Some((Effective::Withdrawn, v)) = g {
                 return (Effective::Withdrawn, Some(v));
             }
-            if let Some(v) = heads.iter().find(|v| v.purpose == p) {
-                return (v.effective(now_ms), Some(v));
+            if let Some(v) = heads.iter().find(|v| v.purpose() == p) {
+                return (v.effective_at(now_ms), Some(v));
             }
         }
         match g {
@@ -481,10 +470,13 @@ impl Consents {
                         return denial(DenyCode::ConsentWithdrawn, what);
                     }
                 }
-                if let Some(allowed) = version.and_then(|v| v.fields.as_ref()) {
+                if let Some(allowed) = version.and_then(|v| v.fields.as_deref()) {
                     fields = Some(match fields {
-                        None => allowed.clone(),
-                        Some(prev) => prev.into_iter().filter(|f| allowed.contains(f)).collect(),
+                        None => allowed.iter().map(|f| f.to_string()).collect(),
+                        Some(prev) => prev
+                            .into_iter()
+                            .filter(|f| allowed.iter().any(|a| **a == **f))
+                            .collect(),
                     });
                 }
             }
@@ -556,44 +548,34 @@ impl Consents {
         Ok(())
     }
 
-    /// Notes that `integration` received data of `persons` in `verticals` (an allowed request):
-    /// the share ledger behind frozen-share events (INT-4.3-3). Never blocks; a full queue drops
-    /// the note and counts `scp_pep_consent_shares_dropped_total`.
-    pub fn record_shares(
-        &self,
-        tenant: &str,
-        integration: &str,
-        persons: &[String],
-        verticals: &[String],
-    ) {
+    /// Notes that `integration` received data of the persons of `checks` (the stage-7 checks of
+    /// an allowed request: one per person and vertical, with its keyed `person_ref`; aggregate
+    /// checks, `*`, are skipped): the share ledger behind frozen-share events (INT-4.3-3). Reuses
+    /// the checks' references (no second HMAC) and allocates only for a share not written in the
+    /// last 10 minutes. Never blocks; a full queue drops the note and counts
+    /// `scp_pep_consent_shares_dropped_total`.
+    pub fn record_shares(&self, tenant: &str, integration: &str, checks: &[ConsentCheck]) {
         let now = self.clock.now_ms();
-        for p in persons {
-            let pref = self.refs.person_ref(tenant, p);
-            for v in verticals {
-                let k = (
-                    tenant.to_owned(),
-                    pref.clone(),
-                    v.clone(),
-                    integration.to_owned(),
-                );
-                if self.shares_seen.contains_key(&k) {
-                    continue;
-                }
-                self.shares_seen.insert(k.clone(), ());
-                if self
-                    .shares_tx
-                    .try_send(ShareMsg::Share((
-                        k.0.clone(),
-                        k.1.clone(),
-                        k.2.clone(),
-                        k.3.clone(),
-                        now,
-                    )))
-                    .is_err()
-                {
-                    self.shares_seen.invalidate(&k);
-                    self.metrics.shares_dropped.increment(1);
-                }
+        for c in checks.iter().filter(|c| c.person_ref != "*") {
+            let parts = [
+                tenant,
+                c.person_ref.as_str(),
+                c.vertical.as_str(),
+                integration,
+            ];
+            if !self.shares_seen.insert(&parts) {
+                continue;
+            }
+            let share = (
+                tenant.to_owned(),
+                c.person_ref.clone(),
+                c.vertical.clone(),
+                integration.to_owned(),
+                now,
+            );
+            if self.shares_tx.try_send(ShareMsg::Share(share)).is_err() {
+                self.shares_seen.remove(&parts);
+                self.metrics.shares_dropped.increment(1);
             }
         }
     }
@@ -637,12 +619,12 @@ impl Consents {
                         if attempt == 2 {
                             self.metrics.shares_dropped.increment(batch.len() as u64);
                             for (t, p, v, i, _) in &batch {
-                                self.shares_seen.invalidate(&(
-                                    t.clone(),
-                                    p.clone(),
-                                    v.clone(),
-                                    i.clone(),
-                                ));
+                                self.shares_seen.remove(&[
+                                    t.as_str(),
+                                    p.as_str(),
+                                    v.as_str(),
+                                    i.as_str(),
+                                ]);
                             }
                         } else {
                             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -237,8 +237,8 @@ impl ConsentVersion {
     }
 }
 
-/// What enforcement needs of a head version: the cache entry of (tenant, person, vertical), one
-/// per purpose (≈ 200 bytes instead of a whole [`ConsentVersion`]).
+/// A head version as the store's summary read returns it: one per purpose of (tenant, person,
+/// vertical). The consent cache keeps the smaller [`HeadState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub consent_id: String,
@@ -264,6 +264,69 @@ impl Head {
             self.grace_until_ms,
             now_ms,
         )
+    }
+}
+
+/// A consent head as [`crate::consent::Consents::decide`] reads it: its purpose and its
+/// effective status at a given time.
+pub trait HeadView {
+    /// `""`: the whole vertical.
+    fn purpose(&self) -> &str;
+    /// The effective status at `now_ms` (Unix ms).
+    fn effective_at(&self, now_ms: i64) -> Effective;
+}
+
+impl HeadView for Head {
+    fn purpose(&self) -> &str {
+        &self.purpose
+    }
+    fn effective_at(&self, now_ms: i64) -> Effective {
+        self.effective(now_ms)
+    }
+}
+
+/// The part of a [`Head`] that enforcement reads, as the consent cache keeps it (88 bytes inline,
+/// plus the purpose and field names when present). No consent id, version or change time: the
+/// cache only ever answers "may this pass", never "which consent".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadState {
+    /// `""`: the whole vertical (an empty `Box<str>` allocates nothing).
+    pub purpose: Box<str>,
+    pub status: Recorded,
+    pub active_from_ms: i64,
+    pub active_until_ms: Option<i64>,
+    pub grace_until_ms: Option<i64>,
+    /// Field-level consent (INT-4.3-5).
+    pub fields: Option<Box<[Box<str>]>>,
+}
+
+impl HeadView for HeadState {
+    fn purpose(&self) -> &str {
+        &self.purpose
+    }
+    fn effective_at(&self, now_ms: i64) -> Effective {
+        effective(
+            self.status,
+            self.active_from_ms,
+            self.active_until_ms,
+            self.grace_until_ms,
+            now_ms,
+        )
+    }
+}
+
+impl From<Head> for HeadState {
+    fn from(h: Head) -> HeadState {
+        HeadState {
+            purpose: h.purpose.into_boxed_str(),
+            status: h.status,
+            active_from_ms: h.active_from_ms,
+            active_until_ms: h.active_until_ms,
+            grace_until_ms: h.grace_until_ms,
+            fields: h
+                .fields
+                .map(|f| f.into_iter().map(String::into_boxed_str).collect()),
+        }
     }
 }
 
