@@ -349,27 +349,9 @@ impl CompiledPacks {
         let packs = self
             .by_key
             .get(&(req.tenant.to_owned(), req.vertical.to_owned()))?;
-        let mut out: Option<PackDecision> = None;
-        let built = cedar_parts(req).and_then(|p| Some((p, cedar_context(req)?)));
-        for p in packs.iter().filter(|p| p.in_window(req.now_ms)) {
-            let d = match &built {
-                Some((prep, ctx)) => evaluate_pack(p, req.action, prep, ctx.clone()),
-                None => deny(p, vec![EVALUATION_ERROR.into()]),
-            };
-            if !d.allowed {
-                return Some(d);
-            }
-            match &mut out {
-                Some(o) => {
-                    o.reasons.extend(d.reasons);
-                    o.masked_fields.extend(d.masked_fields);
-                    o.masked_fields.sort();
-                    o.masked_fields.dedup();
-                }
-                None => out = Some(d),
-            }
-        }
-        out
+        let prep = cedar_parts(req);
+        let ctx = cedar_context(req);
+        decide_packs(packs, req.now_ms, req.action, prep.as_ref(), ctx.as_ref())
     }
 
     /// Stage 6 for partner traffic: the packs of every vertical `route` touches, for
@@ -462,26 +444,13 @@ impl CompiledPacks {
                 }
                 Some(ctx)
             });
-            let with_ctx = req;
-            let mut out: Option<PackDecision> = None;
-            for p in packs.iter().filter(|p| p.in_window(now_ms)) {
-                let d = match (&prep, &cedar_ctx) {
-                    (Some(prep), Some(c)) => evaluate_pack(p, with_ctx.action, prep, c.clone()),
-                    _ => deny(p, vec![EVALUATION_ERROR.into()]),
-                };
-                if !d.allowed {
-                    out = Some(d);
-                    break;
-                }
-                match &mut out {
-                    Some(o) => {
-                        o.reasons.extend(d.reasons);
-                        o.masked_fields.extend(d.masked_fields);
-                    }
-                    None => out = Some(d),
-                }
-            }
-            if let Some(d) = out {
+            if let Some(d) = decide_packs(
+                packs,
+                now_ms,
+                req.action,
+                prep.as_deref(),
+                cedar_ctx.as_ref(),
+            ) {
                 if !d.allowed {
                     return Err(format!(
                         "policy pack `{}` (vertical `{v}`) denies this request: {}",
@@ -496,6 +465,39 @@ impl CompiledPacks {
         masks.dedup();
         Ok(masks)
     }
+}
+
+/// The answer of the `packs` of one (tenant, vertical) whose window holds `now_ms` to the request
+/// made of `prep` and `context` (either missing: every pack denies with `EVALUATION_ERROR`).
+/// The first denial wins; allows merge their reasons and masks (sorted, deduplicated). `None`:
+/// no pack is in its window.
+fn decide_packs(
+    packs: &[Arc<CompiledPack>],
+    now_ms: i64,
+    action: &str,
+    prep: Option<&Prepared>,
+    context: Option<&Context>,
+) -> Option<PackDecision> {
+    let mut out: Option<PackDecision> = None;
+    for p in packs.iter().filter(|p| p.in_window(now_ms)) {
+        let d = match (prep, context) {
+            (Some(prep), Some(c)) => evaluate_pack(p, action, prep, c.clone()),
+            _ => deny(p, vec![EVALUATION_ERROR.into()]),
+        };
+        if !d.allowed {
+            return Some(d);
+        }
+        match &mut out {
+            Some(o) => {
+                o.reasons.extend(d.reasons);
+                o.masked_fields.extend(d.masked_fields);
+                o.masked_fields.sort();
+                o.masked_fields.dedup();
+            }
+            None => out = Some(d),
+        }
+    }
+    out
 }
 
 fn kind_str(route: &Route) -> &'static str {
