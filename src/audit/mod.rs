@@ -195,7 +195,7 @@ impl AuditLog {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(w.run(rx, stop_rx, true)),
+                    Ok(rt) => rt.block_on(w.run(rx, stop_rx)),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start the audit writer runtime; every audited decision is denied");
                     }
@@ -206,7 +206,7 @@ impl AuditLog {
             tracing::warn!(error = %e, "cannot start the audit-writer thread; running the writer on the server runtime");
             if let Some((w, rx, stop_rx, done_tx)) = slot.lock().ok().and_then(|mut g| g.take()) {
                 tokio::spawn(async move {
-                    w.run(rx, stop_rx, false).await;
+                    w.run(rx, stop_rx).await;
                     let _ = done_tx.send(());
                 });
             }

@@ -57,48 +57,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Longest a durable batch waits for more records before its commit (see [`gather`]).
-const GATHER_MAX: Duration = Duration::from_micros(200);
-/// Step of the gathering wait (a thread sleep; Linux adds its ~50 µs timer slack).
-const GATHER_STEP: Duration = Duration::from_micros(25);
-/// Smallest last batch, records, that makes the next one wait for company.
-const GATHER_MIN_LAST: usize = 8;
-
-/// Adaptive group-commit gathering for durable mode, after PostgreSQL's `commit_delay`: when
-/// the last commit carried at least [`GATHER_MIN_LAST`] records (the load is high enough that
-/// records arrive in waves) and `batch` holds fewer than half as many (`n`), waits up to
-/// [`GATHER_MAX`] for more, stopping once it reaches the last batch's size or `max_batch`. One
-/// fsync then serves the whole wave instead of the wave's first few arrivals, each decision
-/// waits for about one commit instead of two, and at low load (batches of one or two) nothing
-/// ever waits. Blocks the calling thread: only for a writer on its own thread. Returns the
-/// records now in `batch`.
-fn gather(
-    rx: &mut mpsc::Receiver<Entry>,
-    batch: &mut Vec<Entry>,
-    mut n: usize,
-    last_n: usize,
-    max_batch: usize,
-) -> usize {
-    let want = last_n.min(max_batch);
-    if want < GATHER_MIN_LAST || n * 2 >= want {
-        return n;
-    }
-    let deadline = Instant::now() + GATHER_MAX;
-    while n < want && Instant::now() < deadline {
-        std::thread::sleep(GATHER_STEP);
-        while n < max_batch {
-            match rx.try_recv() {
-                Ok(e) => {
-                    n += e.items.len();
-                    batch.push(e);
-                }
-                Err(_) => break,
-            }
-        }
-    }
-    n
-}
-
 impl Writer {
     pub(super) fn new(
         store: Store,
@@ -143,14 +101,10 @@ impl Writer {
         }
     }
 
-    /// Writes what `rx` delivers until `stop`. `own_thread`: the writer has an OS thread to
-    /// itself, so it may block it for the short gathering waits of durable mode (see
-    /// [`gather`]); on a shared runtime it never does.
     pub(super) async fn run(
         mut self,
         mut rx: mpsc::Receiver<Entry>,
         mut stop: watch::Receiver<bool>,
-        own_thread: bool,
     ) {
         let tick_every = self
             .settings
@@ -166,8 +120,6 @@ impl Writer {
         ));
         let mut batch: Vec<Entry> = Vec::new();
         let mut backoff = Duration::from_millis(100);
-        // Records of the last committed batch: the gathering wait's target.
-        let mut last_n = 0usize;
         loop {
             // A retried batch (buffered mode) takes no new entries: what is in flight stays at
             // most `max_batch`, what is queued at most `queue_capacity`.
@@ -197,14 +149,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !retrying && own_thread && self.settings.mode == AuditMode::Durable {
-                n = gather(&mut rx, &mut batch, n, last_n, self.settings.max_batch);
-            }
             self.metrics.queue_depth.set(rx.len() as f64);
             match self.write(&batch).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
-                    last_n = n;
                     for e in batch.drain(..) {
                         if let Some(a) = e.ack {
                             let _ = a.send(Ok(()));
