@@ -56,36 +56,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::ext_authz::v3::CheckResponseExt;
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse,
-};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use scp_pep::audit::AuditMode;
 use scp_pep::check::build_request;
-use support::{AuditCounters, Bench, Options, audit_name, pct};
+use support::{AuditCounters, Bench, Options, audit_name, pct, start_noop};
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IN_FLIGHT_OPEN_LOOP: u64 = 20_000;
-
-/// A no-op ext_authz server. `None`: answers `CheckResponse::with_status(OK)` (the baseline of
-/// target (b)); `Some(r)`: answers a clone of `r` (a real scp-pep allow response, to separate the
-/// cost of the response's size from the cost of deciding).
-struct Noop(Option<Arc<CheckResponse>>);
-
-#[tonic::async_trait]
-impl Authorization for Noop {
-    async fn check(
-        &self,
-        _request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(match &self.0 {
-            None => CheckResponse::with_status(Status::ok("")),
-            Some(r) => (**r).clone(),
-        }))
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -279,24 +259,6 @@ struct Phases {
     warmup: Duration,
     duration: Duration,
     rate: u64,
-}
-
-async fn start_noop(
-    canned: Option<CheckResponse>,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(Noop(canned.map(Arc::new))))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    (addr, tx)
 }
 
 async fn connect(addr: SocketAddr, n: usize) -> Vec<AuthorizationClient<Channel>> {

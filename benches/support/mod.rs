@@ -475,3 +475,46 @@ pub fn rss_kb() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A no-op ext_authz server. `None`: answers `CheckResponse::with_status(OK)` (the baseline the
+/// load and Envoy benches compare with); `Some(r)`: answers a clone of `r` (a real scp-pep allow
+/// response, to separate the cost of the response's size from the cost of deciding).
+struct Noop(Option<Arc<envoy_types::ext_authz::v3::pb::CheckResponse>>);
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for Noop {
+    async fn check(
+        &self,
+        _request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::CheckResponseExt;
+        Ok(tonic::Response::new(match &self.0 {
+            None => {
+                envoy_types::ext_authz::v3::pb::CheckResponse::with_status(tonic::Status::ok(""))
+            }
+            Some(r) => (**r).clone(),
+        }))
+    }
+}
+
+/// Starts a no-op ext_authz server (see [`Noop`]) on a loopback port of the current runtime;
+/// sending on the returned channel stops it.
+pub async fn start_noop(
+    canned: Option<envoy_types::ext_authz::v3::pb::CheckResponse>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                Noop(canned.map(Arc::new)),
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (addr, tx)
+}
