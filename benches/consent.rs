@@ -1260,7 +1260,10 @@ fn rss_child(sqlite_rows: u64) {
         self_verify_s: None,
         store_url: Some(format!("sqlite:{}", db.display())),
         routes_without_person_id: false,
-        consent_cache_entries: None,
+        // Diagnostic: BENCH_RSS_CACHE overrides the consent cache capacity (0 = no cache).
+        consent_cache_entries: std::env::var("BENCH_RSS_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     }));
     let template = Arc::new(build_request(&b.check_input()));
     let addr = b.running.grpc_addr;
@@ -1316,6 +1319,21 @@ fn rss_child(sqlite_rows: u64) {
     let secs = t.elapsed().as_secs_f64();
     let cached = b.running.consents.cached_entries();
     let rss_after = support::rss_kb();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let split: Vec<&str> = status
+        .lines()
+        .filter(|l| {
+            l.starts_with("RssAnon") || l.starts_with("RssFile") || l.starts_with("RssShmem")
+        })
+        .collect();
+    println!(
+        "RSS split: {}",
+        split
+            .join("; ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "RESULT rss default configuration (durable SQLite audit, decision log on, consent cache {} entries): \
          RSS {rss_idle} kB after start; {rss_after} kB ({:.1} MB) after {persons} distinct persons \

@@ -229,18 +229,21 @@ fn main() {
         }
         benches.push(rt.block_on(Bench::start_with(o)));
     }
-    let token = benches
+    // Each scp-pep instance has its own issuer keys: every target gets its own token (the no-op
+    // server allows any bearer).
+    let noop_token = benches
         .first()
         .map_or_else(String::new, |b| b.token.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut targets = vec![(
         "noop".to_owned(),
         Envoy::start(&bin, noop_addr, dir.path(), "noop"),
+        noop_token,
     )];
     for b in &benches {
         let name = format!("pep-{}", audit_name(b.options.audit));
         let e = Envoy::start(&bin, b.running.grpc_addr, dir.path(), &name);
-        targets.push((name, e));
+        targets.push((name, e, b.token.clone()));
     }
     println!(
         "envoy bench: {} ({}), wrk -t1 -c{conc} -d{secs}s, {rounds} rounds; store {:?}; decision log {}",
@@ -258,16 +261,16 @@ fn main() {
             .first()
             .is_some_and(|b| b.options.decision_log.is_some())
     );
-    for (name, e) in &targets {
-        let (r, bad, _) = wrk(e.listener, &token, conc, 2);
+    for (name, e, token) in &targets {
+        let (r, bad, _) = wrk(e.listener, token, conc, 2);
         println!("warm-up {name}: {r:.0} req/s, non-2xx {bad}");
     }
     let mut rates = vec![Vec::new(); targets.len()];
     for r in 0..rounds {
         for j in 0..targets.len() {
             let i = (j + r) % targets.len();
-            let (name, e) = &targets[i];
-            let (rate, bad, p99) = wrk(e.listener, &token, conc, secs);
+            let (name, e, token) = &targets[i];
+            let (rate, bad, p99) = wrk(e.listener, token, conc, secs);
             println!(
                 "round {} {name}: {rate:.0} req/s, p99 {p99:.2} ms, non-2xx {bad}",
                 r + 1
@@ -278,7 +281,7 @@ fn main() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let base = mean(&rates[0]);
-    for (i, (name, _)) in targets.iter().enumerate() {
+    for (i, (name, _, _)) in targets.iter().enumerate() {
         let per_round: Vec<String> = rates[i]
             .iter()
             .zip(&rates[0])

@@ -75,7 +75,7 @@ impl Clock for ManualClock {
 #[serde(default, deny_unknown_fields)]
 pub struct ConsentConfig {
     /// Capacity of the consent cache, entries (one entry per (tenant, person, vertical)); bounds
-    /// its memory (≈ 1.1 KB per entry with one consent, measured in BENCHMARKS.md).
+    /// its memory (≈ 320 B per entry, measured in BENCHMARKS.md).
     pub cache_entries: u64,
     /// Longest an entry lives, seconds (a safety net; writes and the change feed invalidate).
     pub cache_ttl_s: u64,
