@@ -244,6 +244,22 @@ impl Harness {
         .claims()
     }
 
+    /// A staff token for the admin, consent and audit REST APIs: issued by `tenant`'s realm,
+    /// audience `aud` (`scp-pep-admin` for most surfaces), subject `sub`, realm roles `roles`,
+    /// valid for 600 s, signed with the tenant's RS256 key.
+    pub fn staff_token(&self, tenant: &str, sub: &str, roles: &[&str], aud: &str) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": self.idp.issuer(tenant),
+            "aud": aud,
+            "sub": sub,
+            "iat": now,
+            "exp": now + 600,
+            "realm_access": {"roles": roles},
+        });
+        self.sign(&format!("{tenant}-rs256"), &claims)
+    }
+
     pub fn sign(&self, key: &str, claims: &Value) -> String {
         self.idp.keys.get(key).sign(claims)
     }
@@ -601,4 +617,42 @@ pub async fn count_audit_events(store: &scp_pep::store::Store, kind: &str, actio
             .await
             .unwrap(),
     }
+}
+
+/// Runs each named `async fn name(url: String)` twice, as the tests `name::sqlite` (a fresh
+/// SQLite file) and `name::postgres` (a fresh PostgreSQL database). With `optional:` the
+/// function takes `Option<String>` and gets `None` (the harness's own SQLite store) instead.
+macro_rules! on_both_stores {
+    (optional: $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(None).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(Some($crate::common::fresh_pg_database().await)).await;
+                }
+            }
+        )*
+    };
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite:{}", dir.path().join("store.db").display());
+                    super::$name(url).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::common::fresh_pg_database().await).await;
+                }
+            }
+        )*
+    };
 }

@@ -6,7 +6,7 @@
 //! PostgreSQL is taken down through a TCP proxy (connections closed, new ones refused or
 //! black-holed); SQLite by another connection holding the database's write lock.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //!
 //! Requirement tags: SEC-09, INT-5.3-1, CON-18, INT-8-1, INT-8-2.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::Mutex;

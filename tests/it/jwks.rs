@@ -1,7 +1,7 @@
 //! JWKS behaviour through the real server and a real HTTP JWKS endpoint: rotation, single-flight
 //! rate-limited refetch on unknown `kid`, outage tolerance, revocation, fail-closed start.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,34 +1,13 @@
 //! Policy store tests: every body runs against SQLite and against PostgreSQL (a fresh database on
 //! the local server; the test fails, never skips, when PostgreSQL is unreachable).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::Harness;
 use scp_pep::policy::{IntegrationState, PolicySet};
 use scp_pep::store::{DocChange, DocKind, Expect, Source, Store, WriteError};
-
-/// Runs `$body(url)` once on a fresh SQLite file and once on a fresh PostgreSQL database.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite:{}", dir.path().join("store.db").display());
-                    super::$name(url).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::common::fresh_pg_database().await).await;
-                }
-            }
-        )*
-    };
-}
 
 on_both_stores!(
     apply_is_atomic_idempotent_and_versioned,

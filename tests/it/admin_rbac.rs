@@ -1,7 +1,7 @@
 //! Permissions, roles, groups, role assignments, deny rules and authz/evaluate over real HTTP
 //! and real gRPC, on SQLite and PostgreSQL (`spec/004_*`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -13,16 +13,7 @@ const KE_RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";
 const ADMIN: &[&str] = &["scp-tenant-admin"];
 
 fn token(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": "scp-pep-admin",
-        "sub": sub,
-        "iat": now,
-        "exp": now + 600,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, sub, roles, "scp-pep-admin")
 }
 
 struct Resp {

@@ -2,7 +2,7 @@
 //!
 //! Requirement tags: CON-7, CON-18, CON-27, CON-33, CON-35.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

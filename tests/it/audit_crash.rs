@@ -4,7 +4,7 @@
 //! verifies against the pinned checkpoint key (library and `scp-pep audit verify`). Runs on
 //! SQLite and on PostgreSQL (a fresh database on the local server).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -20,27 +20,6 @@ use scp_pep::audit::checkpoint::TrustedKeys;
 use scp_pep::check::{CheckInput, build_request, response_json};
 use scp_pep::store::Store;
 use serde_json::Value;
-
-/// Runs `$body(url)` once on a fresh SQLite file and once on a fresh PostgreSQL database.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite:{}", dir.path().join("store.db").display());
-                    super::$name(url).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::common::fresh_pg_database().await).await;
-                }
-            }
-        )*
-    };
-}
 
 on_both_stores!(
     kill_9_under_load_loses_no_allowed_decision,

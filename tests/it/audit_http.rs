@@ -3,7 +3,7 @@
 //! Requirement tags: EXT-4.1-1 (export via a secure download link), EXT-6-1 (audit readable only
 //! by admin roles), EXT-6-3 (time-limited, permission-scoped URLs), INT-8-2 (tamper evidence).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -16,16 +16,7 @@ use common::Harness;
 const KE_RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";
 
 fn admin_token(h: &Harness, tenant: &str, roles: &[&str], aud: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": aud,
-        "sub": format!("officer-{tenant}"),
-        "iat": now,
-        "exp": now + 300,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, &format!("officer-{tenant}"), roles, aud)
 }
 
 async fn post(h: &Harness, token: Option<&str>, body: Value) -> (u16, Value) {

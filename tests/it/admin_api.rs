@@ -3,46 +3,20 @@
 //! settings (the umbrella authority's grace period, CON-27) go through the audited write path.
 //! Real HTTP against a real server, on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::Harness;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(None).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(Some(super::common::fresh_pg_database().await)).await;
-                }
-            }
-        )*
-    };
-}
-
 on_both_stores!(
+    optional:
     every_operation_needs_a_token_and_a_role,
     tenant_consent_settings
 );
 
 fn admin_token(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": "scp-pep-admin",
-        "sub": sub,
-        "iat": now,
-        "exp": now + 300,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, sub, roles, "scp-pep-admin")
 }
 
 async fn call(

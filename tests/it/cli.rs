@@ -1,7 +1,7 @@
 //! The `scp-pep` binary as an operator uses it: `policy validate|apply`, `serve` configured by file
 //! and environment, `check`, `demo --once`, and the ops endpoints.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! invalidated on change), ADM-6 (policy packs and changes with their lifecycles), ADM-7
 //! (reason text for OTHER), ADM-8 (conflicting updates and partial application).
 
-mod common;
+use crate::common;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -34,16 +34,7 @@ const OWNER: &str = "scp-vertical-owner";
 const ADMIN: &str = "scp-tenant-admin";
 
 fn admin_token(h: &Harness, tenant: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": "scp-pep-admin",
-        "sub": format!("officer-{tenant}-{}", roles.join("+")),
-        "iat": now,
-        "exp": now + 300,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, &format!("officer-{tenant}-{}", roles.join("+")), roles, "scp-pep-admin")
 }
 
 struct Resp {

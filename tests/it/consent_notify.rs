@@ -3,7 +3,7 @@
 //! database on the local server; the test fails, never skips, when PostgreSQL is unreachable).
 //! Time is a `ManualClock` moved across each boundary at the millisecond.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -22,27 +22,6 @@ use scp_pep::policy::Tenant;
 use scp_pep::policy::snapshot::TenantEntry;
 use scp_pep::store::Store;
 use serde_json::Value;
-
-/// Runs `$body(url)` once on a fresh SQLite file and once on a fresh PostgreSQL database.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite:{}", dir.path().join("store.db").display());
-                    super::$name(url).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::common::fresh_pg_database().await).await;
-                }
-            }
-        )*
-    };
-}
 
 on_both_stores!(
     default_schedule_boundaries,

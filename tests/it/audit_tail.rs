@@ -1,7 +1,7 @@
 //! The live decision-log tail (`scp.pep.v1.DecisionLog/Tail`, `scp-pep audit tail`) against the
 //! real server: admin authorization, filters, audit of every tail, slow consumers, the CLI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -18,16 +18,7 @@ const KE_ENROLMENT: &str = "/v1/tenants/ke/education/students/p-1/enrolment";
 
 /// An admin token of `tenant`'s issuer, signed with the tenant's published key.
 fn admin_token(h: &Harness, tenant: &str, sub: &str, roles: &[&str], aud: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": aud,
-        "sub": sub,
-        "iat": now,
-        "exp": now + 300,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, sub, roles, aud)
 }
 
 fn auditor(h: &Harness) -> String {

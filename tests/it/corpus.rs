@@ -5,7 +5,7 @@
 //! After the corpus, the decision log is checked: one JSON line per decision with the documented
 //! fields, and no token, API key or certificate anywhere in it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

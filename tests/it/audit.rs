@@ -4,7 +4,7 @@
 //! Requirement tags: INT-8-1 (a record per decision), INT-8-2 (append-only, tamper-evident,
 //! retained, exportable), ADM-2 / CON-19 / CON-37 / ONB-AUD-1 (events), EXT-4.1-1 (export formats).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -20,27 +20,6 @@ use scp_pep::store::Store;
 use sqlx::Row;
 
 use common::Harness;
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let url = format!("sqlite:{}", dir.path().join("audit.db").display());
-                    super::$name(url).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let url = super::common::fresh_pg_database().await;
-                    super::$name(url).await;
-                }
-            }
-        )*
-    };
-}
 
 on_both_stores!(
     every_decision_and_event_is_chained_and_verifies,
