@@ -34,7 +34,12 @@ const OWNER: &str = "scp-vertical-owner";
 const ADMIN: &str = "scp-tenant-admin";
 
 fn admin_token(h: &Harness, tenant: &str, roles: &[&str]) -> String {
-    h.staff_token(tenant, &format!("officer-{tenant}-{}", roles.join("+")), roles, "scp-pep-admin")
+    h.staff_token(
+        tenant,
+        &format!("officer-{tenant}-{}", roles.join("+")),
+        roles,
+        "scp-pep-admin",
+    )
 }
 
 struct Resp {

@@ -9,7 +9,7 @@ use common::Harness;
 use scp_pep::check::{build_request, response_json};
 use scp_pep::proto::scp::pep::v1::decision_log_client::DecisionLogClient;
 use scp_pep::proto::scp::pep::v1::{TailEvent, TailRequest};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::{Code, Status, Streaming};
 
 const KE_RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";

@@ -3,8 +3,6 @@
 //! database on the local server; the test fails, never skips, when PostgreSQL is unreachable).
 //! Time is a `ManualClock` moved across each boundary at the millisecond.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
