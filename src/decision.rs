@@ -3,7 +3,8 @@
 //! A denial is data, not an error: every stage that refuses a request produces a [`Denial`] with one
 //! [`DenyCode`]; the code alone decides the HTTP status, whether the client may retry, and the
 //! `www-authenticate` challenge (INT-4.6-3, EXT-7-1). The mapping lives here, in one place, so that
-//! the gRPC adapter, the `check` CLI and the README can never disagree.
+//! the gRPC adapter, the `check` CLI and the error-code table (`docs/error-codes.md`) can never
+//! disagree.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -97,7 +98,7 @@ pub enum DenyCode {
     AuditUnavailable,
 }
 
-/// Every code, in catalogue order (used by tests and the README table).
+/// Every code, in catalogue order (used by tests and the table in `docs/error-codes.md`).
 pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::TokenMissing,
     DenyCode::TokenMalformed,
@@ -305,8 +306,8 @@ impl Denial {
     }
 }
 
-/// The pipeline stages of DESIGN.md, in execution order. Every stage that ran is recorded in the
-/// decision so the audit record says exactly what was checked (INT-8-1).
+/// The pipeline stages (`docs/architecture.md`), in execution order. Every stage that ran is
+/// recorded in the decision so the audit record says exactly what was checked (INT-8-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -322,7 +323,7 @@ pub enum Stage {
     TenantVertical,
     /// 5: scope granted by contract and token.
     Scope,
-    /// 6: deny rules (policy packs come with the admin API).
+    /// 6: deny rules, then the policy packs (Cedar) of every vertical the route touches.
     DenyRules,
     /// 7: consent of every person the request touches, for every vertical of the route; for
     /// aggregate routes, withdrawals against the aggregate's refresh epoch.
@@ -516,13 +517,14 @@ mod tests {
         }
     }
 
-    /// INT-4.6-3: the README's code table lists every code with its status (the README stays true).
+    /// INT-4.6-3: the code table in `docs/error-codes.md` lists every code with its status (the
+    /// documentation stays true).
     #[test]
-    fn readme_documents_every_code() {
-        let readme = include_str!("../README.md");
+    fn error_codes_doc_documents_every_code() {
+        let doc = include_str!("../docs/error-codes.md");
         for c in ALL_CODES {
             let row = format!("| `{}` | {} |", c.as_str(), c.http_status());
-            assert!(readme.contains(&row), "README lacks the row {row}");
+            assert!(doc.contains(&row), "docs/error-codes.md lacks the row {row}");
         }
     }
 
