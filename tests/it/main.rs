@@ -1,5 +1,10 @@
-//! All integration tests in one binary, so the crate is linked once (`cargo nextest run` runs
-//! each test in its own process; `cargo test` runs them as threads of this one).
+//! All integration tests in one binary, so the crate is linked once.
+//!
+//! Run them with `cargo nextest run` (what `scripts/test` does): nextest gives every test its own
+//! process. Some tests read process-wide state — the Prometheus counters of `/metrics` (e.g. the
+//! JWKS fetch count in `oidc_e2e`) and the captured process log in `pii` — and count exactly;
+//! under plain `cargo test` all tests share one process and those counts can include other
+//! tests' work.
 
 #[path = "../common/mod.rs"]
 #[macro_use]
