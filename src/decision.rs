@@ -524,7 +524,10 @@ mod tests {
         let doc = include_str!("../docs/error-codes.md");
         for c in ALL_CODES {
             let row = format!("| `{}` | {} |", c.as_str(), c.http_status());
-            assert!(doc.contains(&row), "docs/error-codes.md lacks the row {row}");
+            assert!(
+                doc.contains(&row),
+                "docs/error-codes.md lacks the row {row}"
+            );
         }
     }
 

@@ -386,6 +386,20 @@ impl Caller {
         )))
     }
 
+    /// Holds `permission` in some scope (or is ROOT)? Checked before a handler reads its body or
+    /// looks a resource up, so a caller without the permission learns neither the body's field
+    /// names nor which ids exist; [`Caller::require`] then checks the precise target.
+    ///
+    /// Errors: 403 `FORBIDDEN` naming the permission (ADM-1).
+    pub fn require_some(&self, permission: &str) -> Result<(), ApiError> {
+        if self.principal.root || self.grants.iter().any(|g| g.permission == permission) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "this needs the permission `{permission}`"
+        )))
+    }
+
     /// Whether [`Caller::require`] would allow (no error built).
     pub fn may(&self, permission: &str, target: &Target) -> bool {
         self.require(permission, target).is_ok()

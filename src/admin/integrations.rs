@@ -336,6 +336,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.create")?;
     let b: CreateBody = parse(body)?;
     let tenant = caller.tenant_for(b.tenant.as_deref())?.to_owned();
     let via = caller.require(
@@ -468,6 +469,7 @@ async fn get_one(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
     let cur = load(&s, &caller, &id).await?;
     caller.require("integrations.read", &cur.target())?;
     Ok(with_etag(
@@ -484,6 +486,7 @@ async fn history(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
     let cur = load(&s, &caller, &id).await?;
     caller.require("integrations.read", &cur.target())?;
     let versions = s
@@ -536,6 +539,7 @@ async fn patch(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.create")?;
     let cur = load(&s, &caller, &id).await?;
     let via = caller.require("integrations.create", &cur.target())?;
     let b: PatchBody = parse(body)?;
@@ -951,6 +955,7 @@ async fn provision(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.provision")?;
     let cur = load(&s, &caller, &id).await?;
     let via = caller.require("integrations.provision", &cur.target())?;
     let b: CredentialBody = parse(body)?;
@@ -1033,6 +1038,7 @@ async fn rotate(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.credentials")?;
     let cur = load(&s, &caller, &id).await?;
     let via = caller.require("integrations.credentials", &cur.target())?;
     let b: CredentialBody = parse(body)?;
@@ -1095,6 +1101,7 @@ async fn credentials(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
     let cur = load(&s, &caller, &id).await?;
     caller.require("integrations.read", &cur.target())?;
     let docs = s
@@ -1134,6 +1141,7 @@ async fn issue_api_key(
     use base64::Engine as _;
     use rand_core::RngCore;
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.credentials")?;
     let cur = load(&s, &caller, &id).await?;
     let via = caller.require("integrations.credentials", &cur.target())?;
     let b: CredentialBody = parse(body)?;
@@ -1182,6 +1190,7 @@ async fn revoke_api_key(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.credentials")?;
     let cur = load(&s, &caller, &id).await?;
     let via = caller.require("integrations.credentials", &cur.target())?;
     let b: CredentialBody = parse(body)?;
@@ -1241,6 +1250,7 @@ async fn health(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
     let cur = load(&s, &caller, &id).await?;
     caller.require("integrations.read", &cur.target())?;
     let a = s

@@ -641,6 +641,7 @@ struct RoleCreate {
 
 async fn create_role(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.write")?;
     let b: RoleCreate = parse(body)?;
     let tenant = caller.tenant_for(b.tenant_id.as_deref())?.to_owned();
     let via = caller.require("roles.write", &Target::tenant(&tenant))?;
@@ -717,6 +718,7 @@ async fn patch_role(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.write")?;
     let (mut role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     let via = caller.require("roles.write", &Target::tenant(&role.tenant_id))?;
     let b: RolePatch = parse(body)?;
@@ -854,12 +856,13 @@ async fn role_step(
     step: Step,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
-    let (mut role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     let perm = match step {
         Step::RequestReview => "roles.write",
         Step::Review => "roles.review",
         _ => "roles.approve",
     };
+    caller.require_some(perm)?;
+    let (mut role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     let via = caller.require(perm, &Target::tenant(&role.tenant_id))?;
     let now = now_ms();
     let actor = caller.principal.subject.clone();
@@ -996,6 +999,7 @@ async fn get_role(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let (role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
     Ok(ok_json(
@@ -1011,6 +1015,7 @@ async fn role_versions(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let (role, _): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
     caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
     let versions = h
@@ -1035,6 +1040,7 @@ async fn role_versions(
 
 async fn list_roles(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let q = query(q, &["status", "tenant_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("roles.read", &Target::tenant(tenant))?;
@@ -1102,6 +1108,7 @@ struct GroupCreate {
 
 async fn create_group(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("groups.write")?;
     let b: GroupCreate = parse(body)?;
     let tenant = caller.tenant_for(b.tenant_id.as_deref())?.to_owned();
     let via = caller.require("groups.write", &Target::tenant(&tenant))?;
@@ -1173,6 +1180,7 @@ async fn patch_group(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("groups.write")?;
     let (mut g, stored): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &id).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: GroupPatch = parse(body)?;
@@ -1227,6 +1235,7 @@ async fn get_group(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let (g, stored): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &id).await?;
     caller.require("roles.read", &Target::tenant(&g.tenant_id))?;
     let now = now_ms();
@@ -1248,6 +1257,7 @@ async fn get_group(
 
 async fn list_groups(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let q = query(q, &["tenant_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("roles.read", &Target::tenant(tenant))?;
@@ -1281,6 +1291,7 @@ async fn add_member(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("groups.write")?;
     let (g, _): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &gid).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: MemberAdd = parse(body)?;
@@ -1361,6 +1372,7 @@ async fn end_member(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("groups.write")?;
     let (g, _): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &gid).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: MemberEnd = parse(body)?;
@@ -1493,6 +1505,7 @@ async fn assign(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("assignments.write")?;
     let b: AssignBody = parse(body)?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     let via = caller.require("assignments.write", &Target::tenant(&tenant))?;
@@ -1613,6 +1626,7 @@ async fn revoke_assignment(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("assignments.write")?;
     let (mut a, stored): (AssignmentDoc, _) =
         load(&h, &caller, DocKind::RoleAssignment, &id).await?;
     let via = caller.require("assignments.write", &Target::tenant(&a.tenant_id))?;
@@ -1663,6 +1677,7 @@ async fn get_assignment(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let (a, stored): (AssignmentDoc, _) = load(&h, &caller, DocKind::RoleAssignment, &id).await?;
     caller.require("roles.read", &Target::tenant(&a.tenant_id))?;
     Ok(ok_json(
@@ -1674,6 +1689,7 @@ async fn get_assignment(
 
 async fn list_assignments(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("roles.read")?;
     let q = query(
         q,
         &[
@@ -1742,6 +1758,7 @@ struct DenyCreate {
 
 async fn create_deny(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.write")?;
     let b: DenyCreate = parse(body)?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     let via = caller.require("deny_rules.write", &Target::tenant(&tenant))?;
@@ -1867,6 +1884,7 @@ async fn revoke_deny(
     body: Body,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.write")?;
     let (mut d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
     let via = caller.require("deny_rules.write", &Target::tenant(&d.tenant))?;
     let b: ReasonBody = parse(body)?;
@@ -1921,6 +1939,7 @@ async fn get_deny(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.read")?;
     let (d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
     caller.require("deny_rules.read", &Target::tenant(&d.tenant))?;
     Ok(ok_json(
@@ -1932,6 +1951,7 @@ async fn get_deny(
 
 async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.read")?;
     let q = query(q, &["tenant_id", "status", "subject_type", "subject_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("deny_rules.read", &Target::tenant(tenant))?;
@@ -1970,6 +1990,7 @@ struct EvaluateBody {
 
 async fn evaluate(State(h): State<AdminHttp>, headers: HeaderMap, body: Body) -> ApiResult {
     let caller = h.caller(&headers).await?;
+    caller.require_some("authz.evaluate")?;
     let b: EvaluateBody = parse(body)?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     caller.require("authz.evaluate", &Target::tenant(&tenant))?;

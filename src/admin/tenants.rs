@@ -73,6 +73,7 @@ async fn get_tenant(
     headers: HeaderMap,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
     let (doc, t) = load(&s, &caller, &id).await?;
     caller.require("integrations.read", &Target::tenant(&t.id))?;
     Ok(with_etag(StatusCode::OK, doc.version, view(&doc, &t)))
@@ -100,6 +101,7 @@ async fn patch_consent_settings(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
+    caller.require_some("tenants.consent_settings")?;
     let req: ConsentSettingsReq = parse(body)?;
     let (doc, mut t) = load(&s, &caller, &id).await?;
     let via = caller.require("tenants.consent_settings", &Target::tenant(&t.id))?;

@@ -1393,3 +1393,83 @@ async fn openapi_lists_the_rbac_routes() {
     }
     assert!(doc["paths"]["/v1/roles"]["post"]["requestBody"].is_object());
 }
+
+/// ADM-1 (permission before anything else): a caller without the permission gets 403
+/// `FORBIDDEN` whatever the body or id — never 400 naming a field nor 404 telling which ids
+/// exist — while a caller with it gets the validation error and the 404.
+#[tokio::test]
+async fn permission_is_checked_before_body_and_existence() {
+    let h = sqlite().await;
+    let nobody = token(&h, "ke", "clerk-1", &["scp-unmapped-role"]);
+    let admin = token(&h, "ke", "admin-1", ADMIN);
+    let cases: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/v1/roles", Some(json!([]))),
+        (Method::POST, "/v1/roles", Some(json!({"no_such_field": 1}))),
+        (Method::GET, "/v1/roles/role-does-not-exist", None),
+        (
+            Method::PATCH,
+            "/v1/roles/role-does-not-exist",
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/roles/role-does-not-exist/approve",
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/groups",
+            Some(json!({"no_such_field": 1})),
+        ),
+        (Method::GET, "/v1/groups/grp-does-not-exist", None),
+        (
+            Method::POST,
+            "/v1/deny-rules",
+            Some(json!({"no_such_field": 1})),
+        ),
+        (Method::GET, "/v1/deny-rules/deny-does-not-exist", None),
+        (Method::GET, "/v1/role-assignments?no_such_param=1", None),
+        (
+            Method::POST,
+            "/v1/integrations",
+            Some(json!({"no_such_field": 1})),
+        ),
+        (Method::GET, "/v1/integrations/int-does-not-exist", None),
+        (
+            Method::PATCH,
+            "/v1/integrations/int-does-not-exist",
+            Some(json!({})),
+        ),
+    ];
+    for (method, path, body) in &cases {
+        let r = call(&h, method.clone(), path, Some(&nobody), body.clone(), None).await;
+        assert_eq!(
+            r.status, 403,
+            "{method} {path} without permission: {}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["code"], "FORBIDDEN",
+            "{method} {path}: {}",
+            r.body
+        );
+        let text = r.body.to_string();
+        assert!(
+            !text.contains("no_such") && !text.contains("does-not-exist"),
+            "{method} {path}: the refusal echoes the request: {text}"
+        );
+    }
+    // The same requests from the tenant admin reach validation and lookup.
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/roles",
+        Some(&admin),
+        Some(json!({"no_such_field": 1})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = get(&h, "/v1/roles/role-does-not-exist", &admin).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
