@@ -314,7 +314,7 @@ impl Engine {
             Some(t) => t,
             None => {
                 let msg = if facts.headers.contains_key(&self.settings.api_key_header) {
-                    "bearer token required; an API key is never accepted alone (INT-4.2-5)"
+                    "bearer token required; an API key is never accepted alone"
                 } else {
                     "bearer token required"
                 };

@@ -309,8 +309,41 @@ fn compare(case: &Case, v: &Value) -> Vec<String> {
                 "denial body does not have the documented shape: {body}"
             ));
         }
+        // INT-4.6-3: the message is for the partner; internal requirement ids stay out of it.
+        let msg = body["message"].as_str().unwrap_or_default();
+        if internal_id(msg) {
+            errs.push(format!("denial message carries an internal id: {msg}"));
+        }
     }
     errs
+}
+
+/// Whether `s` holds something shaped like an internal requirement id (`INT-4.2-5`, `CON-27`,
+/// `ONB-SEC-01`): two to four capitals, a hyphen, then a digit or more capitals and a digit.
+fn internal_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    (0..b.len()).any(|i| {
+        let caps = b[i..].iter().take_while(|c| c.is_ascii_uppercase()).count();
+        (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && (2..=4).contains(&caps)
+            && b.get(i + caps) == Some(&b'-')
+            && b[i + caps + 1..]
+                .iter()
+                .find(|c| !c.is_ascii_uppercase() && **c != b'-')
+                .is_some_and(u8::is_ascii_digit)
+    })
+}
+
+#[test]
+fn internal_id_shape() {
+    assert!(internal_id("never accepted alone (INT-4.2-5)"));
+    assert!(internal_id("CON-27 applies"));
+    assert!(internal_id("see ONB-SEC-01"));
+    assert!(!internal_id(
+        "bearer token required; an API key is never accepted alone"
+    ));
+    assert!(!internal_id("x-scp-tenant is set by scp-pep"));
+    assert!(!internal_id("HTTP-based"));
 }
 
 /// Every case of the corpus: INT-4.1-1, INT-4.1-3, INT-4.2-1, INT-4.2-3, INT-4.2-4, INT-4.2-5,
