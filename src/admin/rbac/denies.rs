@@ -1,0 +1,259 @@
+//! Deny rules: create, revoke, read.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Deny rules
+// ---------------------------------------------------------------------------------------------
+
+pub(super) fn deny_view(d: &DenyRule, stored: &StoredDoc) -> Value {
+    json!({
+        "deny_id": d.id, "version_id": stored.version, "tenant_id": d.tenant,
+        "subject_type": d.subject_type.map(|s| s.as_str()).or(d.integration.as_ref().map(|_| "integration")),
+        "subject_id": d.subject_id.as_ref().or(d.integration.as_ref()),
+        "action": d.action.as_deref().unwrap_or("*"), "resource": d.resource.as_deref().unwrap_or("*"),
+        "scope": {"tenant_id": d.tenant, "geo_id": d.geo, "vertical_id": d.vertical, "program_id": d.program},
+        "oauth_scope": d.scope,
+        "active_from": d.active_from, "active_until": d.active_until,
+        "status": d.status.as_str(), "reason_code": d.reason_code, "reason": d.reason,
+        "created_at": stored.created_at, "updated_at": stored.updated_at, "source": stored.source,
+        "revoked_at": d.revoked_at, "revoke_reason_code": d.revoke_reason_code,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DenyCreate {
+    subject_type: DenySubject,
+    subject_id: String,
+    action: String,
+    resource: String,
+    scope: Scope,
+    active_from: String,
+    #[serde(default)]
+    active_until: Option<String>,
+    reason_code: String,
+    #[serde(default)]
+    reason_text: Option<String>,
+}
+
+pub(super) async fn create_deny(
+    State(h): State<AdminHttp>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.write")?;
+    let b: DenyCreate = parse(body)?;
+    let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
+    let via = caller.require("deny_rules.write", &Target::tenant(&tenant))?;
+    let subject_id = check_name("subject_id", &b.subject_id)?;
+    let action = check_name("action", &b.action)?;
+    let resource = check_name("resource", &b.resource)?;
+    if b.subject_type == DenySubject::Integration
+        && !matches!(action.as_str(), "read" | "write" | "*")
+    {
+        return Err(ApiError::invalid(
+            "action",
+            "partner traffic rules take read, write or *",
+        ));
+    }
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
+    let (from, until) = crate::api::window(&b.active_from, b.active_until.as_deref())?;
+    match b.subject_type {
+        DenySubject::Integration => {
+            let known = h
+                .engine
+                .snapshot()
+                .load_full()
+                .as_ref()
+                .as_ref()
+                .and_then(|s| {
+                    s.integrations
+                        .get(&subject_id)
+                        .map(|i| i.integration.tenant == tenant)
+                });
+            if known != Some(true) {
+                return Err(ApiError::invalid(
+                    "subject_id",
+                    "no such integration in this tenant",
+                ));
+            }
+        }
+        DenySubject::Group => {
+            let g = h
+                .store
+                .document(DocKind::Group, &subject_id)
+                .await
+                .map_err(store_err)?;
+            if g.is_none_or(|g| g.tenant.as_deref() != Some(tenant.as_str())) {
+                return Err(ApiError::invalid(
+                    "subject_id",
+                    "no such group in this tenant",
+                ));
+            }
+        }
+        DenySubject::User | DenySubject::Role => {}
+    }
+    let star = |s: String| (s != "*").then_some(s);
+    let reason = b
+        .reason_text
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| b.reason_code.clone());
+    let rule = DenyRule {
+        id: new_id("deny"),
+        tenant: tenant.clone(),
+        integration: (b.subject_type == DenySubject::Integration).then(|| subject_id.clone()),
+        action: star(action),
+        resource: star(resource),
+        scope: None,
+        vertical: b.scope.vertical_id.clone(),
+        reason,
+        subject_type: Some(b.subject_type),
+        subject_id: Some(subject_id),
+        geo: b.scope.geo_id.clone(),
+        program: b.scope.program_id.clone(),
+        active_from: rfc3339(from).as_str().map(str::to_owned),
+        active_until: until
+            .map(rfc3339)
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        status: DenyStatus::Active,
+        reason_code: Some(b.reason_code.clone()),
+        revoked_at: None,
+        revoke_reason_code: None,
+        revoke_reason_text: None,
+    };
+    h.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "deny_rule.create",
+            &tenant,
+            &rule.id,
+            json!({"subject_type": b.subject_type.as_str(), "subject_id": rule.subject_id,
+                   "action": rule.action, "resource": rule.resource,
+                   "reason_code": b.reason_code, "reason_text": b.reason_text}),
+        ),
+        vec![
+            DocChange::put(DocKind::DenyRule, &rule.id, Some(&tenant), text(&rule))
+                .status("active")
+                .expect(Expect::Absent),
+        ],
+    )
+    .await?;
+    let stored = h
+        .store
+        .document(DocKind::DenyRule, &rule.id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
+    Ok(ok_json(
+        StatusCode::CREATED,
+        stored.version,
+        deny_view(&rule, &stored),
+    ))
+}
+
+pub(super) async fn revoke_deny(
+    State(h): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.write")?;
+    let (mut d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
+    let via = caller.require("deny_rules.write", &Target::tenant(&d.tenant))?;
+    let b: ReasonBody = parse(body)?;
+    check_reason(
+        "reason_code",
+        &b.reason_code,
+        "reason_text",
+        b.reason_text.as_deref(),
+    )?;
+    precondition(&headers, stored.version, &format!("deny rule {id}"))?;
+    if d.status != DenyStatus::Active {
+        return Err(invalid_transition(format!(
+            "deny rule `{id}` is already revoked"
+        )));
+    }
+    d.status = DenyStatus::Revoked;
+    d.revoked_at = rfc3339(now_ms()).as_str().map(str::to_owned);
+    d.revoke_reason_code = Some(b.reason_code.clone());
+    d.revoke_reason_text = b.reason_text.clone();
+    h.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "deny_rule.revoke",
+            &d.tenant,
+            &id,
+            json!({"reason_code": b.reason_code, "reason_text": b.reason_text}),
+        ),
+        vec![
+            DocChange::put(DocKind::DenyRule, &id, Some(&d.tenant), text(&d))
+                .status("revoked")
+                .expect(Expect::Version(stored.version)),
+        ],
+    )
+    .await?;
+    let stored = h
+        .store
+        .document(DocKind::DenyRule, &id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        deny_view(&d, &stored),
+    ))
+}
+
+pub(super) async fn get_deny(
+    State(h): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.read")?;
+    let (d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
+    caller.require("deny_rules.read", &Target::tenant(&d.tenant))?;
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        deny_view(&d, &stored),
+    ))
+}
+
+pub(super) async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
+    let caller = h.caller(&headers).await?;
+    caller.require_some("deny_rules.read")?;
+    let q = query(q, &["tenant_id", "status", "subject_type", "subject_id"])?;
+    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
+    caller.require("deny_rules.read", &Target::tenant(tenant))?;
+    let list: Vec<Value> = h
+        .store
+        .documents(DocKind::DenyRule, Some(tenant))
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .filter_map(|s| {
+            let d: DenyRule = serde_json::from_str(&s.doc).ok()?;
+            let v = deny_view(&d, &s);
+            let keep = ["status", "subject_type", "subject_id"]
+                .iter()
+                .all(|k| q.get(*k).is_none_or(|x| v[*k].as_str() == Some(x.as_str())));
+            keep.then_some(v)
+        })
+        .collect();
+    Ok(axum::Json(json!({ "deny_rules": list })).into_response())
+}
