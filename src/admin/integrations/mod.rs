@@ -1,0 +1,662 @@
+//! Partner integrations through the admin API, from draft to active (INT-6.*, INT-4.5-2, ONB-*).
+//!
+//! An integration is the ENFORCED `integration` document ([`Integration`]); every change goes
+//! through [`AdminHttp::commit`] (audited first, all-or-nothing, `If-Match` → 412).
+//!
+//! - `POST /v1/integrations` creates a `draft` (ONB-1, ONB-2); `PATCH` edits it while draft.
+//! - `POST /v1/integrations/{id}/{action}`: the lifecycle (INT-6.1-1, INT-6.2-*): `submit`
+//!   (draft → requested), `review` (vertical owner of every vertical → reviewed), `legal-review`
+//!   (recorded; required before approval), `approve` (a `legal_document_id` is required, ONB-3,
+//!   ONB-AUD-3; cross-tenant needs the umbrella authority, INT-4.5-2; the approver is not the
+//!   creator), `activate`, `restrict`, `suspend`, `deprecate`, `archive` (immutable afterwards).
+//!   A transition not allowed from the current state is 409 `INVALID_TRANSITION`.
+//! - `POST /v1/integrations/{id}/provision` creates the Keycloak client through the
+//!   [`Provisioner`] and shows the secret once (ONB-4, `credential_issued`, ONB-AUD-1); only its
+//!   SHA-256 and creation time are stored, in a `credential` document (age tracking, ONB-AUD-2).
+//! - Credentials: rotate the client secret, list credentials with their age, issue and revoke
+//!   the API key (second factor only, INT-4.2-5).
+//! - Webhook subscriptions and schema mappings per integration (ONB-5).
+//! - Handshake (ONB-6, ONB-7): an approved, provisioned integration may call handshake routes
+//!   only (pipeline stage 2/3); [`Activity`] marks it `active` after its first allowed handshake
+//!   (a document write by actor `handshake`, audited) and keeps "last successful sync"
+//!   (ONB-AUD-4), coalesced in memory and written at most once per second per integration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{AdminHttp, Caller, ChangeRecord, Target, check_reason};
+use super::keycloak::{ClientSpec, ProvisionError, Secret, realm_of_issuer};
+use crate::api::{ApiError, ApiResult, opt_time, parse, precondition, rfc3339, with_etag};
+use crate::audit::AuditLog;
+use crate::audit::record::{AuditEvent, RecordKind};
+use crate::pipeline::{ActivityObserver, Engine};
+use crate::policy::{
+    Contact, FieldPolicy, Integration, IntegrationState, Onboarding, Quota, RateLimit,
+};
+use crate::store::{DocChange, DocKind, Expect, Source, Store, StoredDoc};
+
+mod activity;
+mod credentials;
+mod lifecycle;
+mod openapi;
+mod subresources;
+
+use IntegrationState as S;
+pub use activity::*;
+use credentials::*;
+use lifecycle::*;
+pub use openapi::openapi_paths;
+use subresources::*;
+
+/// Days after which a secret or key is due for rotation (ONB-AUD-2).
+pub const ROTATION_DAYS: i64 = 90;
+
+/// The integrations routes.
+pub fn routes() -> Router<AdminHttp> {
+    Router::new()
+        .route("/v1/integrations", post(create).get(list))
+        .route("/v1/integrations/{id}", get(get_one).patch(patch))
+        .route("/v1/integrations/{id}/history", get(history))
+        .route("/v1/integrations/{id}/health", get(health))
+        .route("/v1/integrations/{id}/provision", post(provision))
+        .route("/v1/integrations/{id}/credentials", get(credentials))
+        .route("/v1/integrations/{id}/credentials/rotate", post(rotate))
+        .route(
+            "/v1/integrations/{id}/api-key",
+            post(issue_api_key).delete(revoke_api_key),
+        )
+        .route(
+            "/v1/integrations/{id}/webhooks",
+            post(sub_create::<Webhook>).get(sub_list::<Webhook>),
+        )
+        .route(
+            "/v1/integrations/{id}/webhooks/{sub}",
+            get(sub_get::<Webhook>)
+                .put(sub_put::<Webhook>)
+                .delete(sub_delete::<Webhook>),
+        )
+        .route(
+            "/v1/integrations/{id}/schema-mappings",
+            post(sub_create::<Mapping>).get(sub_list::<Mapping>),
+        )
+        .route(
+            "/v1/integrations/{id}/schema-mappings/{sub}",
+            get(sub_get::<Mapping>)
+                .put(sub_put::<Mapping>)
+                .delete(sub_delete::<Mapping>),
+        )
+        .route("/v1/integrations/{id}/{action}", post(transition))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and views
+
+/// A stored integration with its version.
+struct Current {
+    integ: Integration,
+    version: i64,
+    doc: StoredDoc,
+}
+
+impl Current {
+    fn target(&self) -> Target<'_> {
+        Target::verticals(&self.integ.tenant, &self.integ.verticals)
+    }
+}
+
+/// The integration `id` as `caller` may see it: 404 when absent or of another tenant (non-root).
+async fn load(s: &AdminHttp, caller: &Caller, id: &str) -> Result<Current, ApiError> {
+    let doc = s
+        .store
+        .document(DocKind::Integration, id)
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?
+        .ok_or_else(|| ApiError::not_found(format!("no integration `{id}`")))?;
+    if doc.tenant.as_deref() != Some(caller.tenant()) && !caller.principal.root {
+        return Err(ApiError::not_found(format!("no integration `{id}`")));
+    }
+    let integ: Integration = serde_json::from_str(&doc.doc)
+        .map_err(|e| ApiError::unavailable("policy store (unreadable integration)", &e))?;
+    Ok(Current {
+        integ,
+        version: doc.version,
+        doc,
+    })
+}
+
+/// The JSON view of an integration (never a secret; the API key only as its digest's presence).
+fn view(i: &Integration, version: i64, doc: Option<&StoredDoc>) -> Value {
+    let mut v = serde_json::to_value(i).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        let has_key = m.remove("api_key_sha256").is_some();
+        m.insert("api_key".into(), json!(has_key));
+        m.insert("version".into(), json!(version));
+        m.insert("cross_tenant".into(), json!(!i.partner_tenants.is_empty()));
+        if let Some(d) = doc {
+            m.insert("created_at".into(), json!(d.created_at));
+            m.insert("updated_at".into(), json!(d.updated_at));
+        }
+    }
+    v
+}
+
+fn put_integration(i: &Integration, expect: Expect) -> DocChange {
+    DocChange::put(
+        DocKind::Integration,
+        &i.id,
+        Some(&i.tenant),
+        serde_json::to_string(i).unwrap_or_default(),
+    )
+    .status(i.state.as_str())
+    .expect(expect)
+}
+
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn archived(i: &Integration) -> Result<(), ApiError> {
+    if i.state == IntegrationState::Archived {
+        return Err(ApiError::conflict(
+            "ARCHIVED",
+            format!("integration `{}` is archived and accepts no change", i.id),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+fn is_slug(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+/// A least-privilege scope (ONB-2): 2–4 `:`-separated lower-case segments, no wildcard, e.g.
+/// `beneficiary:read:anonymous`.
+pub fn valid_scope(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    (2..=4).contains(&parts.len())
+        && s.len() <= 128
+        && parts.iter().all(|p| {
+            p.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+                && p.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+        })
+}
+
+fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && s.len() <= 254
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn non_blank(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.trim().is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if v.chars().count() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what the admin API adds to the store's own validation (ONB-1, ONB-2, INT-4.5-2).
+fn validate(s: &AdminHttp, i: &Integration) -> Result<(), ApiError> {
+    non_blank("partner_name", &i.partner_name, 200)?;
+    non_blank("legal_basis", &i.legal_basis, 2000)?;
+    if i.technical_contacts.is_empty() || i.technical_contacts.len() > 20 {
+        return Err(ApiError::invalid(
+            "technical_contacts",
+            "one to 20 technical contacts (ONB-1)",
+        ));
+    }
+    for (k, c) in i.technical_contacts.iter().enumerate() {
+        non_blank(&format!("technical_contacts[{k}].name"), &c.name, 200)?;
+        non_blank(&format!("technical_contacts[{k}].role"), &c.role, 64)?;
+        if !valid_email(&c.email) {
+            return Err(ApiError::invalid(
+                format!("technical_contacts[{k}].email"),
+                "must be an e-mail address",
+            ));
+        }
+    }
+    if i.verticals.is_empty() || i.verticals.len() > 32 {
+        return Err(ApiError::invalid("verticals", "one to 32 verticals"));
+    }
+    for (k, v) in i.verticals.iter().enumerate() {
+        if !is_slug(v, 64) || i.verticals[..k].contains(v) {
+            return Err(ApiError::invalid(
+                format!("verticals[{k}]"),
+                "a lower-case vertical id, once",
+            ));
+        }
+    }
+    if i.scopes.is_empty() || i.scopes.len() > 64 {
+        return Err(ApiError::invalid("scopes", "one to 64 scopes (ONB-2)"));
+    }
+    for (k, sc) in i.scopes.iter().enumerate() {
+        if !valid_scope(sc) || i.scopes[..k].contains(sc) {
+            return Err(ApiError::invalid(
+                format!("scopes[{k}]"),
+                "a least-privilege scope such as `beneficiary:read:anonymous` (no wildcard), once",
+            ));
+        }
+    }
+    if let Some(h) = &i.mtls_cert_sha256
+        && !(h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(ApiError::invalid(
+            "mtls_cert_sha256",
+            "64 lower-case hex digits: SHA-256 of the client certificate (DER)",
+        ));
+    }
+    if let Some(rl) = i.rate_limit
+        && (rl.per_second == 0 || rl.burst == 0)
+    {
+        return Err(ApiError::invalid("rate_limit", "per_second and burst ≥ 1"));
+    }
+    if i.quota.is_some_and(|q| q.per_day == 0) {
+        return Err(ApiError::invalid("quota.per_day", "must be at least 1"));
+    }
+    if i.ip_allowlist.len() > 256 {
+        return Err(ApiError::invalid("ip_allowlist", "at most 256 networks"));
+    }
+    let snap = s.engine.snapshot().load_full();
+    let tenants = snap.as_ref().as_ref().map(|s| &s.tenants);
+    let known = |t: &str| tenants.is_some_and(|m| m.contains_key(t));
+    if !known(&i.tenant) {
+        return Err(ApiError::invalid("tenant", "unknown tenant"));
+    }
+    for (k, t) in i.partner_tenants.iter().enumerate() {
+        if *t == i.tenant || !known(t) || i.partner_tenants[..k].contains(t) {
+            return Err(ApiError::invalid(
+                format!("partner_tenants[{k}]"),
+                "another known tenant, once (INT-4.5-2)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create, read, edit
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    /// Optional id (else generated).
+    #[serde(default)]
+    id: Option<String>,
+    /// Root only: another tenant.
+    #[serde(default)]
+    tenant: Option<String>,
+    partner_name: String,
+    legal_basis: String,
+    technical_contacts: Vec<Contact>,
+    verticals: Vec<String>,
+    scopes: Vec<String>,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+    #[serde(default)]
+    field_policy: FieldPolicy,
+    #[serde(default)]
+    rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    quota: Option<Quota>,
+    #[serde(default)]
+    ip_allowlist: Vec<IpNet>,
+    #[serde(default)]
+    mtls_cert_sha256: Option<String>,
+    #[serde(default)]
+    partner_tenants: Vec<String>,
+}
+
+/// `POST /v1/integrations` (`integrations.create`): a `draft` integration (ONB-1, ONB-2,
+/// INT-6.2-1). 201 with the integration and `ETag`.
+async fn create(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.create")?;
+    let b: CreateBody = parse(body)?;
+    let tenant = caller.tenant_for(b.tenant.as_deref())?.to_owned();
+    let via = caller.require(
+        "integrations.create",
+        &Target::verticals(&tenant, &b.verticals),
+    )?;
+    let id = match b.id {
+        Some(id) => {
+            if !is_slug(&id, 64) || id.len() < 3 {
+                return Err(ApiError::invalid(
+                    "id",
+                    "3–64 characters: lower-case letters, digits, `-`, `_`",
+                ));
+            }
+            id
+        }
+        None => format!(
+            "int-{tenant}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ),
+    };
+    let integ = Integration {
+        id,
+        tenant,
+        partner_name: b.partner_name,
+        legal_basis: b.legal_basis,
+        state: IntegrationState::Draft,
+        verticals: b.verticals,
+        scopes: b.scopes,
+        routes: b.routes,
+        client_id: None,
+        field_policy: b.field_policy,
+        rate_limit: b.rate_limit,
+        quota: b.quota,
+        api_key_sha256: None,
+        mtls_cert_sha256: b.mtls_cert_sha256,
+        ip_allowlist: b.ip_allowlist,
+        technical_contacts: b.technical_contacts,
+        partner_tenants: b.partner_tenants,
+        onboarding: Some(Onboarding {
+            created_by: caller.principal.subject.clone(),
+            ..Onboarding::default()
+        }),
+    };
+    validate(&s, &integ)?;
+    let w = s
+        .commit(
+            &caller,
+            &via,
+            ChangeRecord::admin(
+                "integration.create",
+                &integ.tenant,
+                &integ.id,
+                json!({"state": "draft", "cross_tenant": !integ.partner_tenants.is_empty()}),
+            ),
+            vec![put_integration(&integ, Expect::Absent)],
+        )
+        .await?;
+    let v = w.versions[0];
+    let doc = s
+        .store
+        .document(DocKind::Integration, &integ.id)
+        .await
+        .ok()
+        .flatten();
+    Ok(with_etag(
+        StatusCode::CREATED,
+        v,
+        view(&integ, v, doc.as_ref()),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    tenant: Option<String>,
+}
+
+/// `GET /v1/integrations?state=&tenant=` (`integrations.read`): the integrations the caller may
+/// read (a vertical-scoped reader sees only those within its vertical).
+async fn list(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let tenant = caller.tenant_for(q.tenant.as_deref())?.to_owned();
+    if !caller.principal.root
+        && !caller
+            .grants
+            .iter()
+            .any(|g| g.permission == "integrations.read")
+    {
+        return Err(ApiError::forbidden(
+            "this needs the permission `integrations.read`",
+        ));
+    }
+    if let Some(st) = &q.state
+        && serde_json::from_value::<IntegrationState>(json!(st)).is_err()
+    {
+        return Err(ApiError::invalid("state", "not an integration state"));
+    }
+    let docs = s
+        .store
+        .documents(DocKind::Integration, Some(&tenant))
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?;
+    let mut out = Vec::new();
+    for d in &docs {
+        let Ok(i) = serde_json::from_str::<Integration>(&d.doc) else {
+            continue;
+        };
+        if q.state.as_deref().is_some_and(|st| st != i.state.as_str()) {
+            continue;
+        }
+        if caller.may(
+            "integrations.read",
+            &Target::verticals(&i.tenant, &i.verticals),
+        ) {
+            out.push(view(&i, d.version, Some(d)));
+        }
+    }
+    Ok(axum::Json(json!({"integrations": out})).into_response())
+}
+
+/// `GET /v1/integrations/{id}` (`integrations.read`).
+async fn get_one(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
+    let cur = load(&s, &caller, &id).await?;
+    caller.require("integrations.read", &cur.target())?;
+    Ok(with_etag(
+        StatusCode::OK,
+        cur.version,
+        view(&cur.integ, cur.version, Some(&cur.doc)),
+    ))
+}
+
+/// `GET /v1/integrations/{id}/history` (`integrations.read`): every stored version, oldest first.
+async fn history(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.read")?;
+    let cur = load(&s, &caller, &id).await?;
+    caller.require("integrations.read", &cur.target())?;
+    let versions = s
+        .store
+        .document_versions(DocKind::Integration, &id)
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?;
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let doc = v
+                .doc
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<Integration>(d).ok())
+                .map(|i| view(&i, v.version, None));
+            json!({"version": v.version, "state": v.status, "source": v.source,
+                   "actor": v.actor, "time": v.time, "integration": doc})
+        })
+        .collect();
+    Ok(with_etag(
+        StatusCode::OK,
+        cur.version,
+        json!({"integration_id": id, "versions": versions}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    partner_name: Option<String>,
+    legal_basis: Option<String>,
+    technical_contacts: Option<Vec<Contact>>,
+    verticals: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
+    routes: Option<Vec<String>>,
+    field_policy: Option<FieldPolicy>,
+    rate_limit: Option<RateLimit>,
+    quota: Option<Quota>,
+    ip_allowlist: Option<Vec<IpNet>>,
+    mtls_cert_sha256: Option<String>,
+    partner_tenants: Option<Vec<String>>,
+}
+
+/// `PATCH /v1/integrations/{id}` (`integrations.create`, `If-Match`): edits a draft; any
+/// other state is 409 `INVALID_TRANSITION` (archived: 409 `ARCHIVED`).
+async fn patch(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    caller.require_some("integrations.create")?;
+    let cur = load(&s, &caller, &id).await?;
+    let via = caller.require("integrations.create", &cur.target())?;
+    let b: PatchBody = parse(body)?;
+    precondition(&headers, cur.version, &format!("integration {id}"))?;
+    archived(&cur.integ)?;
+    if cur.integ.state != IntegrationState::Draft {
+        return Err(ApiError::conflict(
+            "INVALID_TRANSITION",
+            format!(
+                "integration `{id}` is {}; only drafts are edited",
+                cur.integ.state.as_str()
+            ),
+        ));
+    }
+    let mut i = cur.integ.clone();
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = b.$f { i.$f = v; } )* };
+    }
+    set!(
+        partner_name,
+        legal_basis,
+        technical_contacts,
+        verticals,
+        scopes,
+        field_policy,
+        ip_allowlist,
+        partner_tenants
+    );
+    if let Some(r) = b.routes {
+        i.routes = Some(r);
+    }
+    if let Some(r) = b.rate_limit {
+        i.rate_limit = Some(r);
+    }
+    if let Some(q) = b.quota {
+        i.quota = Some(q);
+    }
+    if let Some(m) = b.mtls_cert_sha256 {
+        i.mtls_cert_sha256 = Some(m);
+    }
+    validate(&s, &i)?;
+    // The caller must also hold the permission for the new verticals.
+    caller.require(
+        "integrations.create",
+        &Target::verticals(&i.tenant, &i.verticals),
+    )?;
+    let w = s
+        .commit(
+            &caller,
+            &via,
+            ChangeRecord::admin("integration.update", &i.tenant, &i.id, json!({})),
+            vec![put_integration(&i, Expect::Version(cur.version))],
+        )
+        .await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        w.versions[0],
+        view(&i, w.versions[0], None),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ONB-2
+    #[test]
+    fn scopes_are_least_privilege_syntax() {
+        assert!(valid_scope("beneficiary:read:anonymous"));
+        assert!(valid_scope("payment:status:update"));
+        assert!(valid_scope("health:person:read"));
+        assert!(!valid_scope("health:*"));
+        assert!(!valid_scope("admin"));
+        assert!(!valid_scope("Health:read"));
+        assert!(!valid_scope("a:b:c:d:e"));
+        assert!(!valid_scope("health::read"));
+    }
+
+    // INT-6.2-1, INT-6.2-5
+    #[test]
+    fn nothing_leaves_archived_and_every_state_is_reachable() {
+        for r in RULES {
+            assert!(!r.from.contains(&S::Archived), "{}", r.action);
+        }
+        for s in [
+            S::Requested,
+            S::Reviewed,
+            S::Approved,
+            S::Active,
+            S::Restricted,
+            S::Suspended,
+            S::Deprecated,
+            S::Archived,
+        ] {
+            assert!(RULES.iter().any(|r| r.to == s), "{s:?}");
+        }
+    }
+
+    // ONB-1
+    #[test]
+    fn emails() {
+        assert!(valid_email("ops@partner.example"));
+        assert!(!valid_email("ops@partner"));
+        assert!(!valid_email("ops partner@x.example"));
+        assert!(!valid_email("@x.example"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Webhook subscriptions and schema mappings of an integration (ONB-5).
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks and schema mappings (ONB-5)
+
+/// A resource kept per integration: a webhook subscription or a schema mapping.
+pub(super) trait Sub: Send + Sync + 'static {
+    const KIND: DocKind;
+    /// Permission to change it.
+    const PERMISSION: &'static str;
+    /// Id prefix and the name in messages and audit actions.
+    const PREFIX: &'static str;
+    const NAME: &'static str;
+    /// Validates a body into the stored fields (without ids).
+    fn build(s: &AdminHttp, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError>;
+}
+
+pub(super) struct Webhook;
+pub(super) struct Mapping;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebhookBody {
+    url: String,
+    events: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl Sub for Webhook {
+    const KIND: DocKind = DocKind::Webhook;
+    const PERMISSION: &'static str = "integrations.webhooks";
+    const PREFIX: &'static str = "wh";
+    const NAME: &'static str = "webhook";
+    fn build(s: &AdminHttp, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+        let b: WebhookBody = parse(body)?;
+        let u = reqwest::Url::parse(&b.url)
+            .map_err(|_| ApiError::invalid("url", "must be an absolute URL"))?;
+        let loopback = match u.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        let ok_scheme = u.scheme() == "https"
+            || (u.scheme() == "http" && loopback && s.auth.config().webhook_allow_http_loopback);
+        if !ok_scheme || u.host_str().is_none() {
+            return Err(ApiError::invalid(
+                "url",
+                "webhooks are delivered over https only",
+            ));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(ApiError::invalid(
+                "url",
+                "must not carry credentials (user info)",
+            ));
+        }
+        if b.url.len() > 2048 {
+            return Err(ApiError::invalid("url", "at most 2048 characters"));
+        }
+        if b.events.is_empty() || b.events.len() > 32 {
+            return Err(ApiError::invalid("events", "one to 32 events"));
+        }
+        for (k, e) in b.events.iter().enumerate() {
+            let ok =
+                e.split('.').count() >= 2 && e.len() <= 64 && e.split('.').all(|p| is_slug(p, 64));
+            if !ok || b.events[..k].contains(e) {
+                return Err(ApiError::invalid(
+                    format!("events[{k}]"),
+                    "an event name such as `consent.revoked`, once",
+                ));
+            }
+        }
+        if let Some(d) = &b.description {
+            non_blank("description", d, 500)?;
+        }
+        Ok(json!({"url": u.as_str(), "events": b.events, "description": b.description}))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MappingBody {
+    name: String,
+    /// `inbound` (partner → SCP) or `outbound`.
+    direction: String,
+    fields: Vec<FieldPair>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FieldPair {
+    source: String,
+    target: String,
+}
+
+impl Sub for Mapping {
+    const KIND: DocKind = DocKind::SchemaMapping;
+    const PERMISSION: &'static str = "integrations.mappings";
+    const PREFIX: &'static str = "sm";
+    const NAME: &'static str = "schema_mapping";
+    fn build(_: &AdminHttp, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+        let b: MappingBody = parse(body)?;
+        non_blank("name", &b.name, 200)?;
+        if !matches!(b.direction.as_str(), "inbound" | "outbound") {
+            return Err(ApiError::invalid("direction", "`inbound` or `outbound`"));
+        }
+        if b.fields.is_empty() || b.fields.len() > 500 {
+            return Err(ApiError::invalid("fields", "one to 500 field pairs"));
+        }
+        for (k, f) in b.fields.iter().enumerate() {
+            non_blank(&format!("fields[{k}].source"), &f.source, 256)?;
+            non_blank(&format!("fields[{k}].target"), &f.target, 256)?;
+            if b.fields[..k].iter().any(|g| g.target == f.target) {
+                return Err(ApiError::invalid(
+                    format!("fields[{k}].target"),
+                    "each target field is mapped once",
+                ));
+            }
+        }
+        Ok(json!({"name": b.name, "direction": b.direction, "fields": b.fields}))
+    }
+}
+
+pub(super) fn sub_view(d: &StoredDoc) -> Value {
+    let mut v: Value = serde_json::from_str(&d.doc).unwrap_or(Value::Null);
+    v["version"] = json!(d.version);
+    v["created_at"] = json!(d.created_at);
+    v["updated_at"] = json!(d.updated_at);
+    v
+}
+
+/// The sub-resource `sub` of integration `cur`, or 404.
+pub(super) async fn load_sub<T: Sub>(
+    s: &AdminHttp,
+    cur: &Current,
+    sub: &str,
+) -> Result<StoredDoc, ApiError> {
+    let d = s
+        .store
+        .document(T::KIND, sub)
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?
+        .filter(|d| {
+            serde_json::from_str::<Value>(&d.doc)
+                .is_ok_and(|v| v["integration_id"] == json!(cur.integ.id))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("no {} `{sub}`", T::NAME)))?;
+    Ok(d)
+}
+
+/// `POST /v1/integrations/{id}/webhooks|schema-mappings`: creates one (201, `ETag`).
+pub(super) async fn sub_create<T: Sub>(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let cur = load(&s, &caller, &id).await?;
+    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let mut doc = T::build(&s, body)?;
+    archived(&cur.integ)?;
+    let sub = format!("{}-{}", T::PREFIX, uuid::Uuid::now_v7().simple());
+    doc["id"] = json!(sub);
+    doc["integration_id"] = json!(id);
+    doc["tenant"] = json!(cur.integ.tenant);
+    let w = s
+        .commit(
+            &caller,
+            &via,
+            ChangeRecord::admin(
+                format!("{}.create", T::NAME),
+                &cur.integ.tenant,
+                &sub,
+                json!({"integration_id": id}),
+            ),
+            vec![
+                DocChange::put(T::KIND, &sub, Some(&cur.integ.tenant), doc.to_string())
+                    .status("active")
+                    .expect(Expect::Absent),
+            ],
+        )
+        .await?;
+    doc["version"] = json!(w.versions[0]);
+    Ok(with_etag(StatusCode::CREATED, w.versions[0], doc))
+}
+
+/// `GET /v1/integrations/{id}/webhooks|schema-mappings` (`integrations.read`).
+pub(super) async fn sub_list<T: Sub>(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let cur = load(&s, &caller, &id).await?;
+    caller.require("integrations.read", &cur.target())?;
+    let docs = s
+        .store
+        .documents(T::KIND, Some(&cur.integ.tenant))
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?;
+    let items: Vec<Value> = docs
+        .iter()
+        .map(sub_view)
+        .filter(|v| v["integration_id"] == json!(id))
+        .collect();
+    Ok(axum::Json(json!({"integration_id": id, "items": items})).into_response())
+}
+
+/// `GET /v1/integrations/{id}/webhooks|schema-mappings/{sub}` (`integrations.read`).
+pub(super) async fn sub_get<T: Sub>(
+    State(s): State<AdminHttp>,
+    Path((id, sub)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let cur = load(&s, &caller, &id).await?;
+    caller.require("integrations.read", &cur.target())?;
+    let d = load_sub::<T>(&s, &cur, &sub).await?;
+    Ok(with_etag(StatusCode::OK, d.version, sub_view(&d)))
+}
+
+/// `PUT /v1/integrations/{id}/webhooks|schema-mappings/{sub}` (`If-Match`): replaces it.
+pub(super) async fn sub_put<T: Sub>(
+    State(s): State<AdminHttp>,
+    Path((id, sub)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let cur = load(&s, &caller, &id).await?;
+    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let d = load_sub::<T>(&s, &cur, &sub).await?;
+    let mut doc = T::build(&s, body)?;
+    precondition(&headers, d.version, &format!("{} {sub}", T::NAME))?;
+    archived(&cur.integ)?;
+    doc["id"] = json!(sub);
+    doc["integration_id"] = json!(id);
+    doc["tenant"] = json!(cur.integ.tenant);
+    let w = s
+        .commit(
+            &caller,
+            &via,
+            ChangeRecord::admin(
+                format!("{}.update", T::NAME),
+                &cur.integ.tenant,
+                &sub,
+                json!({"integration_id": id}),
+            ),
+            vec![
+                DocChange::put(T::KIND, &sub, Some(&cur.integ.tenant), doc.to_string())
+                    .status("active")
+                    .expect(Expect::Version(d.version)),
+            ],
+        )
+        .await?;
+    doc["version"] = json!(w.versions[0]);
+    Ok(with_etag(StatusCode::OK, w.versions[0], doc))
+}
+
+/// `DELETE /v1/integrations/{id}/webhooks|schema-mappings/{sub}` (`If-Match`): 204.
+pub(super) async fn sub_delete<T: Sub>(
+    State(s): State<AdminHttp>,
+    Path((id, sub)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let cur = load(&s, &caller, &id).await?;
+    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let d = load_sub::<T>(&s, &cur, &sub).await?;
+    precondition(&headers, d.version, &format!("{} {sub}", T::NAME))?;
+    archived(&cur.integ)?;
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            format!("{}.delete", T::NAME),
+            &cur.integ.tenant,
+            &sub,
+            json!({"integration_id": id}),
+        ),
+        vec![DocChange::delete(T::KIND, &sub).expect(Expect::Version(d.version))],
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
