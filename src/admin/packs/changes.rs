@@ -1,0 +1,210 @@
+//! Policy changes: list, read, create and move through review and approval.
+
+use super::*;
+
+pub(super) async fn list_changes(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    holds_any(&caller, "policy_packs.read")?;
+    let q = query_map(query, &["policy_pack_id", "status", "tenant_id"])?;
+    let tenant = caller
+        .tenant_for(q.get("tenant_id").map(String::as_str))?
+        .to_owned();
+    let status = match q.get("status") {
+        Some(st) => {
+            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
+        }
+        None => None,
+    };
+    let mut items = Vec::new();
+    for doc in s
+        .store
+        .documents(DocKind::PolicyChange, Some(&tenant))
+        .await
+        .map_err(store_err)?
+    {
+        let Ok(c) = serde_json::from_str::<PolicyChange>(&doc.doc) else {
+            continue;
+        };
+        if q.get("policy_pack_id")
+            .is_some_and(|p| *p != c.policy_pack_id)
+            || status.is_some_and(|st| st != c.status)
+            || require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical).is_err()
+        {
+            continue;
+        }
+        items.push(change_view(&doc, &c));
+    }
+    Ok(axum::Json(json!({ "items": items })).into_response())
+}
+
+pub(super) async fn get_change(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let (doc, c) = load_change(&s, &caller, &id).await?;
+    require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical)?;
+    Ok(with_etag(
+        StatusCode::OK,
+        doc.version,
+        change_view(&doc, &c),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateChange {
+    #[serde(default)]
+    policy_change_id: Option<String>,
+    policy_pack_id: String,
+    change_summary: String,
+    policy_rules: String,
+    active_from: String,
+    #[serde(default)]
+    active_until: Option<String>,
+}
+
+pub(super) async fn create_change(
+    State(s): State<AdminHttp>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let caller = s.caller(&headers).await?;
+    let req: CreateChange = parse(body)?;
+    let (_, pack) = load_pack(&s, &caller, &req.policy_pack_id)
+        .await
+        .map_err(|e| ApiError {
+            field: Some("policy_pack_id".into()),
+            ..e
+        })?;
+    let via = require_on(&caller, "policy_packs.write", &pack.tenant, &pack.vertical)?;
+    if pack.status == Archived {
+        return Err(ApiError::conflict(
+            "ARCHIVED",
+            format!(
+                "policy pack `{}` is archived and accepts no change",
+                pack.id
+            ),
+        ));
+    }
+    let id = req
+        .policy_change_id
+        .clone()
+        .unwrap_or_else(|| format!("pc-{}", uuid::Uuid::now_v7()));
+    check_id("policy_change_id", &id)?;
+    let summary = req.change_summary.trim();
+    if summary.is_empty() || summary.chars().count() > 2000 {
+        return Err(ApiError::invalid(
+            "change_summary",
+            "1 to 2000 characters of text",
+        ));
+    }
+    let (from, until) = norm_window(&req.active_from, req.active_until.as_deref())?;
+    check_rules(&req.policy_rules)?;
+    let c = PolicyChange {
+        id: id.clone(),
+        tenant: pack.tenant.clone(),
+        policy_pack_id: pack.id.clone(),
+        vertical: pack.vertical.clone(),
+        change_summary: summary.to_owned(),
+        policies: req.policy_rules,
+        active_from: from,
+        active_until: until,
+        status: Draft,
+        applied_pack_version: None,
+    };
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "policy_change.create",
+            &c.tenant,
+            &id,
+            json!({"policy_pack_id": c.policy_pack_id, "status": "draft"}),
+        ),
+        vec![
+            DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
+                .status(status_str(Draft))
+                .expect(Expect::Absent),
+        ],
+    )
+    .await?;
+    respond_change(&s, &caller, &id, StatusCode::CREATED, None).await
+}
+
+pub(super) async fn change_transition(
+    State(s): State<AdminHttp>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = find(CHANGE_TRANSITIONS, &action)?;
+    let caller = s.caller(&headers).await?;
+    let (doc, mut c) = load_change(&s, &caller, &id).await?;
+    let via = require_on(&caller, t.permission, &c.tenant, &c.vertical)?;
+    let mut detail = transition_input(t.input, body)?;
+    precondition(&headers, doc.version, &format!("policy change {id}"))?;
+    check_from(t, c.status, &format!("policy change `{id}`"))?;
+    let from = c.status;
+    let mut changes = Vec::new();
+    if t.to == Active {
+        // ADM-8: the pack's new version and the change's activation in one transaction.
+        let (pdoc, mut pack) = load_pack(&s, &caller, &c.policy_pack_id).await?;
+        if pack.status == Archived {
+            return Err(ApiError::conflict(
+                "ARCHIVED",
+                format!(
+                    "policy pack `{}` is archived and accepts no change",
+                    pack.id
+                ),
+            ));
+        }
+        pack.policies = c.policies.clone();
+        pack.active_from = Some(c.active_from.clone());
+        pack.active_until = c.active_until.clone();
+        c.applied_pack_version = Some(pdoc.version + 1);
+        changes.push(
+            DocChange::put(
+                DocKind::PolicyPack,
+                &pack.id,
+                Some(&pack.tenant),
+                to_json(&pack),
+            )
+            .status(status_str(pack.status))
+            .expect(Expect::Version(pdoc.version)),
+        );
+        if let Value::Object(m) = &mut detail {
+            m.insert("pack_version".into(), json!(pdoc.version + 1));
+        }
+    }
+    c.status = t.to;
+    changes.insert(
+        0,
+        DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
+            .status(status_str(t.to))
+            .expect(Expect::Version(doc.version)),
+    );
+    if let Value::Object(m) = &mut detail {
+        m.insert("from".into(), json!(from.as_str()));
+        m.insert("status".into(), json!(t.to.as_str()));
+        m.insert("policy_pack_id".into(), json!(c.policy_pack_id));
+    }
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            format!("policy_change.{}", t.action.replace('-', "_")),
+            &c.tenant,
+            &id,
+            detail,
+        ),
+        changes,
+    )
+    .await?;
+    respond_change(&s, &caller, &id, StatusCode::OK, Some(t.stamp)).await
+}
