@@ -213,6 +213,7 @@ pub async fn start_with_clock(
         algorithms_for_admin,
         config.auth.leeway_s,
     );
+    let access = crate::admin::access::Access::new(admin.clone(), store.clone(), engine.clone());
     let audience = config.auth.audience.clone();
     match reload(&store, &engine, &audience).await {
         Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
@@ -242,7 +243,7 @@ pub async fn start_with_clock(
     let svc = ExtAuthz::new(engine.clone()).into_server();
     // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
     let tail_svc = audit.as_ref().map(|a| {
-        crate::tail::DecisionLogService::new(a.clone(), admin.clone())
+        crate::tail::DecisionLogService::new(a.clone(), access.clone())
             .with_shutdown(rx.clone())
             .into_server()
     });
@@ -274,7 +275,7 @@ pub async fn start_with_clock(
             crate::audit::http::AuditHttp::new(
                 store.clone(),
                 a.clone(),
-                admin.clone(),
+                access.clone(),
                 config.audit.link_key.as_deref(),
                 config.audit.link_ttl_s,
             )
@@ -285,7 +286,7 @@ pub async fn start_with_clock(
         crate::consent::http::ConsentHttp::new(
             consents.clone(),
             audit.clone(),
-            admin.clone(),
+            access.clone(),
             engine.snapshot().clone(),
         )
         .router(),
@@ -294,7 +295,7 @@ pub async fn start_with_clock(
         crate::admin::http::AdminHttp {
             store: store.clone(),
             audit: audit.clone(),
-            auth: admin.clone(),
+            access,
             engine: engine.clone(),
             audience: config.auth.audience.clone(),
             provisioner,

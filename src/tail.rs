@@ -11,8 +11,10 @@
 //!   marker [`TailEvent`] whose `dropped` is the number of records lost;
 //! - the forwarding task ends as soon as the client goes away.
 //!
-//! Authorization (EXT-6-1): an admin bearer token ([`AdminAuth`]). Auditors tail their own tenant;
-//! root tails any tenant or all of them, recorded as a `root_bypass` event; every tail opened is
+//! Authorization (EXT-6-1): an admin bearer token checked by [`Access`], the same check as every
+//! REST surface. A caller holding `audit.read` for a tenant (the audit roles' claim mapping or a
+//! role assignment) tails that tenant; root tails any tenant or all of them, recorded as a
+//! `root_bypass` event; every tail opened is
 //! recorded as an `audit_access` event first, and a tail whose access cannot be recorded is
 //! refused (`UNAVAILABLE`). Both events go to the chain of the tailed tenant (of the caller's own
 //! tenant for an all-tenant root tail), actor = the token's subject, detail = the filters.
@@ -29,7 +31,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::admin::{AdminAuth, AdminAuthError, AdminPrincipal};
+use crate::admin::access::{Access, Caller, Target, Via};
+use crate::api::ApiError;
 use crate::audit::{AuditEvent, AuditLog, RecordKind, TailItem};
 use crate::proto::scp::pep::v1::decision_log_client::DecisionLogClient;
 use crate::proto::scp::pep::v1::decision_log_server::{DecisionLog, DecisionLogServer};
@@ -50,26 +53,26 @@ const MAX_FILTER_LEN: usize = 256;
 #[derive(Clone)]
 pub struct DecisionLogService {
     audit: Arc<AuditLog>,
-    auth: AdminAuth,
+    access: Access,
     dropped: metrics::Counter,
     shutdown: Option<watch::Receiver<bool>>,
 }
 
-/// The live-tail gRPC service over `audit`, authorizing callers with `auth` (EXT-6-1, INT-8-1).
+/// The live-tail gRPC service over `audit`, authorizing callers with `access` (EXT-6-1, INT-8-1).
 ///
-/// Input: the audit log whose committed records are streamed, and the admin token verifier.
+/// Input: the audit log whose committed records are streamed, and the admin-token check.
 /// Output: a tonic server to add to the gRPC listener
 /// (`Server::builder().add_service(..)`). Records reach the tail only after their commit.
-pub fn service(audit: Arc<AuditLog>, auth: AdminAuth) -> DecisionLogServer<DecisionLogService> {
-    DecisionLogServer::new(DecisionLogService::new(audit, auth))
+pub fn service(audit: Arc<AuditLog>, access: Access) -> DecisionLogServer<DecisionLogService> {
+    DecisionLogServer::new(DecisionLogService::new(audit, access))
 }
 
 impl DecisionLogService {
-    /// The service over `audit` with admin authentication `auth`.
-    pub fn new(audit: Arc<AuditLog>, auth: AdminAuth) -> Self {
+    /// The service over `audit`, authorizing callers with `access`.
+    pub fn new(audit: Arc<AuditLog>, access: Access) -> Self {
         DecisionLogService {
             audit,
-            auth,
+            access,
             dropped: metrics::counter!("scp_pep_audit_tail_dropped_total"),
             shutdown: None,
         }
@@ -88,14 +91,13 @@ impl DecisionLogService {
     }
 }
 
-/// The gRPC status of a refused admin token. The message never contains the token.
-fn auth_status(e: AdminAuthError) -> Status {
-    match e {
-        AdminAuthError::Missing | AdminAuthError::Invalid(_) => {
-            Status::unauthenticated(e.to_string())
-        }
-        AdminAuthError::Forbidden => Status::permission_denied(e.to_string()),
-        AdminAuthError::Unavailable => Status::unavailable(e.to_string()),
+/// The gRPC status of a refused admin call (401 → `UNAUTHENTICATED`, 403 → `PERMISSION_DENIED`,
+/// else `UNAVAILABLE`). The message never contains the token.
+fn api_status(e: ApiError) -> Status {
+    match e.status.as_u16() {
+        401 => Status::unauthenticated(e.message),
+        403 => Status::permission_denied(e.message),
+        _ => Status::unavailable(e.message),
     }
 }
 
@@ -108,13 +110,19 @@ struct Filter {
     outcome: Option<&'static str>,
     codes: Vec<String>,
     include_events: bool,
+    /// Allowed by the ROOT role only (all tenants, or a tenant the caller holds no
+    /// `audit.read` for): recorded as `root_bypass`.
+    root_bypass: bool,
 }
 
 impl Filter {
-    /// Checks `req` and decides the tenant `p` may tail. Errors: `INVALID_ARGUMENT` (unknown
-    /// outcome, oversized filter), `PERMISSION_DENIED` (no audit role; another tenant without
-    /// root).
-    fn authorize(req: TailRequest, p: &AdminPrincipal) -> Result<Filter, Status> {
+    /// Checks `req` and decides the tenant `caller` may tail. Errors: `PERMISSION_DENIED` (no
+    /// `audit.read` anywhere, checked first; a tenant without `audit.read` for it and no root),
+    /// `INVALID_ARGUMENT` (unknown outcome, oversized filter).
+    fn authorize(req: TailRequest, caller: &Caller) -> Result<Filter, Status> {
+        caller.require_some("audit.read").map_err(|_| {
+            Status::permission_denied("the caller does not hold `audit.read` (EXT-6-1)")
+        })?;
         let outcome = match req.outcome.trim().to_ascii_lowercase().as_str() {
             "" => None,
             "allow" => Some("allow"),
@@ -133,19 +141,18 @@ impl Filter {
         {
             return Err(Status::invalid_argument("filter too large"));
         }
-        if !p.root && !p.auditor {
-            return Err(Status::permission_denied(
-                "the caller has no audit role (EXT-6-1)",
-            ));
-        }
-        let tenant = match req.tenant_id.as_str() {
-            "" if p.root => None,
-            "" => Some(p.tenant_id.clone()),
-            t if p.may_read_audit(t) => Some(t.to_owned()),
-            _ => {
-                return Err(Status::permission_denied(
-                    "the caller may tail only its own tenant (EXT-6-1)",
-                ));
+        let (tenant, root_bypass) = match req.tenant_id.as_str() {
+            "" if caller.principal.root => (None, true),
+            t => {
+                let t = if t.is_empty() { caller.tenant() } else { t };
+                match caller.require("audit.read", &Target::tenant(t)) {
+                    Ok(via) => (Some(t.to_owned()), via == Via::Root),
+                    Err(_) => {
+                        return Err(Status::permission_denied(
+                            "the caller does not hold `audit.read` for this tenant (EXT-6-1)",
+                        ));
+                    }
+                }
             }
         };
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
@@ -155,13 +162,8 @@ impl Filter {
             outcome,
             codes: req.codes.into_iter().filter(|c| !c.is_empty()).collect(),
             include_events: req.include_events,
+            root_bypass,
         })
-    }
-
-    /// Whether the tail needs the root role: all tenants, or a tenant the caller audits not as an
-    /// auditor of its own tenant.
-    fn is_root_bypass(&self, p: &AdminPrincipal) -> bool {
-        p.root && !(p.auditor && self.tenant.as_deref() == Some(p.tenant_id.as_str()))
     }
 
     /// The filters as recorded in the `audit_access` event.
@@ -306,15 +308,16 @@ impl DecisionLog for DecisionLogService {
         &self,
         request: Request<TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
-        let header =
-            match request.metadata().get("authorization") {
-                None => None,
-                Some(v) => Some(v.to_str().map_err(|_| {
-                    auth_status(AdminAuthError::Invalid("authorization is not ASCII"))
-                })?),
-            };
-        let principal = self.auth.authenticate(header).await.map_err(auth_status)?;
-        let filter = Filter::authorize(request.into_inner(), &principal)?;
+        let header = match request.metadata().get("authorization") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| Status::unauthenticated("authorization is not ASCII"))?,
+            ),
+        };
+        let caller = self.access.caller(header).await.map_err(api_status)?;
+        let principal = &caller.principal;
+        let filter = Filter::authorize(request.into_inner(), &caller)?;
         // Subscribe before the access is recorded: nothing committed after the grant is missed.
         let feed = self.audit.subscribe();
         let audited_tenant = filter
@@ -322,7 +325,7 @@ impl DecisionLog for DecisionLogService {
             .clone()
             .unwrap_or_else(|| principal.tenant_id.clone());
         let subject = filter.tenant.clone().unwrap_or_else(|| "*".into());
-        if filter.is_root_bypass(&principal) {
+        if filter.root_bypass {
             let ev = AuditEvent::new(
                 RecordKind::RootBypass,
                 Some(&audited_tenant),
@@ -642,13 +645,29 @@ pub async fn run_cli(args: TailArgs) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn principal(tenant: &str, auditor: bool, root: bool) -> AdminPrincipal {
-        AdminPrincipal {
-            subject: "alice".into(),
-            tenant_id: tenant.into(),
-            roles: vec![],
-            root,
-            auditor,
+    /// A caller of `tenant`; an auditor holds `audit.read` there (the audit roles' claim mapping).
+    fn caller(tenant: &str, auditor: bool, root: bool) -> Caller {
+        let grants = if auditor {
+            vec![crate::admin::access::Grant {
+                permission: "audit.read".into(),
+                scope: crate::admin::access::Scope {
+                    tenant_id: Some(tenant.into()),
+                    ..Default::default()
+                },
+                via: "claim:scp-auditor".into(),
+            }]
+        } else {
+            vec![]
+        };
+        Caller {
+            principal: crate::admin::AdminPrincipal {
+                subject: "alice".into(),
+                tenant_id: tenant.into(),
+                roles: vec![],
+                root,
+            },
+            grants,
+            denies: vec![],
         }
     }
 
@@ -677,10 +696,10 @@ mod tests {
     /// EXT-6-1: an auditor is confined to its tenant; root is not, and that is a bypass.
     #[test]
     fn authorize_confines_auditors_to_their_tenant() {
-        let aud = principal("ke", true, false);
+        let aud = caller("ke", true, false);
         let f = Filter::authorize(TailRequest::default(), &aud).unwrap();
         assert_eq!(f.tenant.as_deref(), Some("ke"));
-        assert!(!f.is_root_bypass(&aud));
+        assert!(!f.root_bypass);
         let other = TailRequest {
             tenant_id: "ug".into(),
             ..Default::default()
@@ -689,22 +708,26 @@ mod tests {
             Filter::authorize(other.clone(), &aud).unwrap_err().code(),
             Code::PermissionDenied
         );
-        let nobody = principal("ke", false, false);
+        let nobody = caller("ke", false, false);
         assert_eq!(
             Filter::authorize(TailRequest::default(), &nobody)
                 .unwrap_err()
                 .code(),
             Code::PermissionDenied
         );
-        let root = principal("ke", false, true);
+        let root = caller("ke", false, true);
         let f = Filter::authorize(TailRequest::default(), &root).unwrap();
         assert_eq!(f.tenant, None);
-        assert!(f.is_root_bypass(&root));
-        assert!(
-            Filter::authorize(other, &root)
-                .unwrap()
-                .is_root_bypass(&root)
-        );
+        assert!(f.root_bypass);
+        assert!(Filter::authorize(other.clone(), &root).unwrap().root_bypass);
+        // A root who audits its own tenant tails it as an auditor, not as root.
+        let root_auditor = caller("ke", true, true);
+        let own = TailRequest {
+            tenant_id: "ke".into(),
+            ..Default::default()
+        };
+        assert!(!Filter::authorize(own, &root_auditor).unwrap().root_bypass);
+        assert!(Filter::authorize(other, &root_auditor).unwrap().root_bypass);
         let bad = TailRequest {
             outcome: "maybe".into(),
             ..Default::default()
@@ -724,6 +747,7 @@ mod tests {
             outcome: Some("deny"),
             codes: vec![],
             include_events: false,
+            root_bypass: false,
         };
         assert!(f.matches(&item("ke", RecordKind::Decision, "int-a", "deny")));
         assert!(!f.matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
@@ -753,6 +777,7 @@ mod tests {
             outcome: None,
             codes: vec![],
             include_events: false,
+            root_bypass: true,
         };
         let task = tokio::spawn(forward(feed_rx, tx, f, metrics::Counter::noop(), None));
         let total = 1000u64;

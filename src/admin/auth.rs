@@ -6,8 +6,9 @@
 //! bootstrap mapping of ADM role assignments, least privilege by default: a token without one of
 //! the configured roles may do nothing.
 //!
-//! - `admin.audit_roles` (default `scp-auditor`, `scp-security`): read the audit log of the
-//!   token's own tenant (export, tail).
+//! - `admin.audit_roles` (default `scp-auditor`, `scp-security`): these roles hold the
+//!   `audit.read` permission in the token's own tenant (export, tail, unmasked consent reads);
+//!   role assignments in the store can grant `audit.read` too, and deny rules can take it away.
 //! - `admin.root_role` (default `scp-root`): break-glass, every tenant; every use is recorded as a
 //!   `root_bypass` audit event by the caller.
 
@@ -28,7 +29,7 @@ pub struct AdminConfig {
     pub audience: String,
     /// Dotted path of the roles claim (an array of strings).
     pub roles_claim: String,
-    /// Roles that may read their own tenant's audit log.
+    /// Roles that hold `audit.read` (read their own tenant's audit log) through the claim mapping.
     pub audit_roles: Vec<String>,
     /// Break-glass role: every tenant, always audited.
     pub root_role: String,
@@ -136,12 +137,18 @@ fn default_claim_permissions() -> std::collections::BTreeMap<String, Vec<String>
 }
 
 impl AdminConfig {
-    /// Permissions the bootstrap mapping gives token role `role` (empty when unmapped).
+    /// Permissions the bootstrap mapping gives token role `role` (empty when unmapped); a role
+    /// listed in `audit_roles` also holds `audit.read` (EXT-6-1).
     pub fn claim_permissions(&self, role: &str) -> Vec<String> {
-        self.claim_permissions
+        let mut perms = self
+            .claim_permissions
             .get(role)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.audit_roles.iter().any(|r| r == role) && !perms.iter().any(|p| p == "audit.read") {
+            perms.push("audit.read".to_owned());
+        }
+        perms
     }
 }
 
@@ -169,15 +176,6 @@ pub struct AdminPrincipal {
     pub roles: Vec<String>,
     /// Holds the root role.
     pub root: bool,
-    /// Holds one of the audit roles.
-    pub auditor: bool,
-}
-
-impl AdminPrincipal {
-    /// May read `tenant`'s audit log: an auditor of that tenant, or root.
-    pub fn may_read_audit(&self, tenant: &str) -> bool {
-        self.root || (self.auditor && self.tenant_id == tenant)
-    }
 }
 
 /// Why an admin call was refused. `code()` is the machine code of the JSON error body.
@@ -259,8 +257,8 @@ impl AdminAuth {
     /// Verifies an `authorization` header value (`Bearer <jwt>`), returning the caller.
     ///
     /// Errors: [`AdminAuthError::Missing`] / [`AdminAuthError::Invalid`] (401),
-    /// [`AdminAuthError::Unavailable`] (503). Role checks are the caller's
-    /// ([`AdminPrincipal::may_read_audit`]).
+    /// [`AdminAuthError::Unavailable`] (503). What the caller may do is
+    /// [`super::access::Access::caller`]'s business.
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
@@ -334,13 +332,11 @@ impl AdminAuth {
             })
             .unwrap_or_default();
         let root = roles.iter().any(|r| *r == self.config.root_role);
-        let auditor = roles.iter().any(|r| self.config.audit_roles.contains(r));
         Ok(AdminPrincipal {
             subject,
             tenant_id,
             roles,
             root,
-            auditor,
         })
     }
 }

@@ -1,10 +1,11 @@
-//! Audit export over HTTP: readable only by audit roles, answered with a signed, time-limited
+//! Audit export over HTTP: readable only with `audit.read`, answered with a signed, time-limited
 //! download link (EXT-4.1-1, EXT-6-1, EXT-6-3, INT-8-2).
 //!
 //! - `POST /v1/audit/exports` with `authorization: Bearer <admin token>` and a JSON body
 //!   `{"tenant": "ke", "from": "2026-11-01", "to": "2026-11-22T00:00:00Z", "format": "jsonl"|"csv"}`
-//!   (`from`/`to` optional: RFC 3339 or `YYYY-MM-DD`). The caller must hold an audit role of that
-//!   tenant (or root; a root request is also recorded as `root_bypass`). Answer `201`:
+//!   (`from`/`to` optional: RFC 3339 or `YYYY-MM-DD`). The caller must hold `audit.read` for that
+//!   tenant (an audit role's claim mapping or a role assignment; or root, which is also recorded
+//!   as `root_bypass`). Answer `201`:
 //!   `{"url": "/v1/audit/exports/download?…&sig=…", "expires_at": "…", "expires_in_s": 300}`.
 //! - `GET /v1/audit/exports/download?…` streams the export. The link is the credential: its
 //!   parameters are covered by an HMAC-SHA-256 (`audit.link_key`), compared in constant time, and it
@@ -35,7 +36,7 @@ use super::AuditLog;
 use super::cmd::parse_instant;
 use super::export::{ExportRequest, ExportSink, Format};
 use super::record::{AuditEvent, RecordKind};
-use crate::admin::AdminAuth;
+use crate::admin::access::{Access, Target, Via};
 use crate::store::Store;
 
 /// State of the audit HTTP routes.
@@ -43,7 +44,8 @@ use crate::store::Store;
 pub struct AuditHttp {
     pub store: Store,
     pub audit: Arc<AuditLog>,
-    pub admin: AdminAuth,
+    /// The admin-token check (`audit.read`).
+    pub access: Access,
     link_key: Arc<hmac::Key>,
     link_ttl_s: u64,
 }
@@ -54,7 +56,7 @@ impl AuditHttp {
     pub fn new(
         store: Store,
         audit: Arc<AuditLog>,
-        admin: AdminAuth,
+        access: Access,
         link_key: Option<&str>,
         link_ttl_s: u64,
     ) -> Self {
@@ -71,7 +73,7 @@ impl AuditHttp {
         AuditHttp {
             store,
             audit,
-            admin,
+            access,
             link_key: Arc::new(key),
             link_ttl_s,
         }
@@ -148,16 +150,15 @@ async fn create_link(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let who = match s.admin.authenticate(authz).await {
-        Ok(p) => p,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            return error(status, e.code(), &e.to_string(), None);
-        }
+    let caller = match s.access.caller_from(&headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
+    // Permission before the body: a caller without `audit.read` learns nothing about the input.
+    if let Err(e) = caller.require_some("audit.read") {
+        return e.into_response();
+    }
+    let who = &caller.principal;
     let req: LinkRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -172,14 +173,14 @@ async fn create_link(
             );
         }
     };
-    if !who.may_read_audit(&req.tenant) {
+    let Ok(via) = caller.require("audit.read", &Target::tenant(&req.tenant)) else {
         return error(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
-            "reading this tenant's audit log needs one of its audit roles",
+            "reading this tenant's audit log needs the permission `audit.read` for it",
             Some("tenant"),
         );
-    }
+    };
     let from_ms = match req.from.as_deref().map(parse_instant).transpose() {
         Ok(v) => v.unwrap_or(0),
         Err(m) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &m, Some("from")),
@@ -209,7 +210,7 @@ async fn create_link(
         "action": "export_link_issued", "tenant": params.tenant, "from_ms": from_ms,
         "to_ms": to_ms, "format": params.format, "expires": params.exp,
     });
-    if who.root && who.tenant_id != req.tenant {
+    if via == Via::Root {
         let ev = AuditEvent::new(RecordKind::RootBypass, Some(&req.tenant), detail.clone())
             .actor(who.subject.clone());
         if s.audit.record_event(&ev).await.is_err() {

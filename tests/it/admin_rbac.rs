@@ -1473,3 +1473,84 @@ async fn permission_is_checked_before_body_and_existence() {
     let r = get(&h, "/v1/roles/role-does-not-exist", &admin).await;
     assert_eq!(r.status, 404, "{}", r.body);
 }
+
+// --------------------------------------------------------------------------------------------
+
+/// `POST /v1/audit/exports` as `token`; returns the status and the error code (if any).
+async fn export_link(h: &Harness, token: &str, body: Value) -> (u16, Option<String>) {
+    let r = post(h, "/v1/audit/exports", token, body).await;
+    let code = r.body["error"]["code"].as_str().map(str::to_owned);
+    (r.status, code)
+}
+
+/// EXT-6-1, ADM-1, ADM-3: reading the audit log is the catalog permission `audit.read`, checked by
+/// the same admin-token check as every other admin route: a role assignment grants it to a user
+/// without an audit role, a deny rule takes it from an auditor, and a caller without it is refused
+/// before its body is read.
+async fn audit_read_is_a_permission(h: Harness) {
+    let root = token(&h, "ke", "rita", &["scp-root"]);
+    let sec = token(&h, "ke", "sam", &["scp-security"]);
+    let carol = token(&h, "ke", "carol", &[]);
+    let dave = token(&h, "ke", "dave", &["scp-auditor"]);
+
+    // No audit.read: refused before the body (a JSON array) is looked at.
+    assert_eq!(
+        export_link(&h, &carol, json!([])).await,
+        (403, Some("FORBIDDEN".into()))
+    );
+    assert_eq!(
+        export_link(&h, &carol, json!({"tenant": "ke"})).await,
+        (403, Some("FORBIDDEN".into()))
+    );
+    // An audit role holds it for its own tenant only.
+    assert_eq!(export_link(&h, &dave, json!({"tenant": "ke"})).await.0, 201);
+    assert_eq!(
+        export_link(&h, &dave, json!({"tenant": "ug"})).await,
+        (403, Some("FORBIDDEN".into()))
+    );
+
+    // Root (who alone may grant audit.read here) assigns a role holding it to carol.
+    let role = active_role(&h, &root, &["audit.read"]).await;
+    let r = post(
+        &h,
+        "/v1/users/carol/roles",
+        &root,
+        json!({"role_id": role, "scope": {"tenant_id": "ke"}, "effective_from": past()}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        export_link(&h, &carol, json!({"tenant": "ke"})).await.0,
+        201
+    );
+
+    // A deny rule against dave takes audit.read away at once, on this route too.
+    let r = post(
+        &h,
+        "/v1/deny-rules",
+        &sec,
+        json!({"subject_type": "user", "subject_id": "dave", "action": "read", "resource": "audit",
+               "scope": {}, "active_from": past(), "reason_code": "SECURITY_INCIDENT"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        export_link(&h, &dave, json!({"tenant": "ke"})).await,
+        (403, Some("FORBIDDEN".into()))
+    );
+    // carol keeps hers.
+    assert_eq!(
+        export_link(&h, &carol, json!({"tenant": "ke"})).await.0,
+        201
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_read_is_a_permission_sqlite() {
+    audit_read_is_a_permission(sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_read_is_a_permission_postgres() {
+    audit_read_is_a_permission(pg().await).await;
+}

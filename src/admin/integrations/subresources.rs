@@ -47,7 +47,9 @@ impl Sub for Webhook {
             None => false,
         };
         let ok_scheme = u.scheme() == "https"
-            || (u.scheme() == "http" && loopback && s.auth.config().webhook_allow_http_loopback);
+            || (u.scheme() == "http"
+                && loopback
+                && s.access.auth().config().webhook_allow_http_loopback);
         if !ok_scheme || u.host_str().is_none() {
             return Err(ApiError::invalid(
                 "url",

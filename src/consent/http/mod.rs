@@ -1,9 +1,9 @@
 //! The consent REST API under `/v1/consents` (SEC-09, every `CON-*` line; INT-4.3-3, INT-4.3-4).
 //!
-//! Every route needs an admin bearer token (the audience and roles claim of [`AdminAuth`]); the
+//! Every route needs an admin bearer token, checked by [`Access`] (the one admin-token check); the
 //! tenant is always the caller's own. Roles map to a [`model::Actor`] through the role lists of
 //! `[consent]` (officer, field agent, evidence viewer, tenant admin, registrar) plus the admin
-//! root and audit roles. Time is the consent service's clock ([`Consents::now_ms`]).
+//! root role and `audit.read` (unmasked reads). Time is the consent service's clock ([`Consents::now_ms`]).
 //!
 //! | route | who | what |
 //! |---|---|---|
@@ -42,7 +42,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
@@ -54,7 +54,8 @@ use super::model::{
 };
 use super::store::OutboxRow;
 use super::{ConsentStoreError, Consents, PersonRecord};
-use crate::admin::{AdminAuth, AdminPrincipal};
+use crate::admin::AdminPrincipal;
+use crate::admin::access::{Access, Caller, Target, Via};
 use crate::api::{ApiError, ApiResult, if_match, opt_time, parse, rfc3339, window, with_etag};
 use crate::audit::AuditLog;
 use crate::audit::cmd::parse_instant;
@@ -86,7 +87,8 @@ pub struct ConsentHttp {
     pub consents: Arc<Consents>,
     /// The audit log; `None` when `audit.mode = "off"` (then no events are written).
     pub audit: Option<Arc<AuditLog>>,
-    pub admin: AdminAuth,
+    /// The admin-token check shared with the admin and audit routes.
+    pub access: Access,
     pub snapshot: SnapshotSlot,
 }
 
@@ -96,13 +98,13 @@ impl ConsentHttp {
     pub fn new(
         consents: Arc<Consents>,
         audit: Option<Arc<AuditLog>>,
-        admin: AdminAuth,
+        access: Access,
         snapshot: SnapshotSlot,
     ) -> Self {
         ConsentHttp {
             consents,
             audit,
-            admin,
+            access,
             snapshot,
         }
     }
@@ -133,8 +135,10 @@ impl ConsentHttp {
         self.consents.store()
     }
 
-    /// The caller's consent permissions.
-    fn actor(&self, p: &AdminPrincipal) -> Actor {
+    /// The caller's consent permissions: the consent role lists (`consent.*_roles`) and, for
+    /// unmasked reads, `audit.read` in the caller's own tenant (the same check as the audit API).
+    fn actor(&self, caller: &Caller) -> Actor {
+        let p = &caller.principal;
         let c = self.consents.config();
         let has = |list: &[String]| p.roles.iter().any(|r| list.contains(r));
         Actor {
@@ -142,19 +146,18 @@ impl ConsentHttp {
             officer: has(&c.officer_roles),
             field_agent: has(&c.field_agent_roles),
             evidence_viewer: has(&c.evidence_roles),
-            auditor: p.auditor,
+            auditor: caller
+                .require("audit.read", &Target::tenant(caller.tenant()))
+                .is_ok_and(|via| via != Via::Root),
             tenant_admin: has(&c.tenant_admin_roles),
             registrar: has(&c.registrar_roles),
         }
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<(AdminPrincipal, Actor), ApiError> {
-        let authz = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let p = self.admin.authenticate(authz).await?;
-        let a = self.actor(&p);
-        Ok((p, a))
+        let caller = self.access.caller_from(headers).await?;
+        let a = self.actor(&caller);
+        Ok((caller.principal, a))
     }
 
     /// The tenant's grace period, days (CON-26, CON-27).
