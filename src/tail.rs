@@ -94,7 +94,7 @@ impl DecisionLogService {
 /// The gRPC status of a refused admin call (401 → `UNAUTHENTICATED`, 403 → `PERMISSION_DENIED`,
 /// else `UNAVAILABLE`). The message never contains the token.
 fn api_status(e: ApiError) -> Status {
-    match e.status.as_u16() {
+    match e.status().as_u16() {
         401 => Status::unauthenticated(e.message),
         403 => Status::permission_denied(e.message),
         _ => Status::unavailable(e.message),

@@ -254,6 +254,7 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorCode;
     use axum::http::StatusCode;
 
     // ADM-1: tenant-scoped grants stay in their tenant; vertical-scoped grants cover only targets
@@ -299,7 +300,10 @@ mod tests {
         let e = c
             .require("integrations.review", &Target::verticals("ke", &he))
             .unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+        assert_eq!(
+            (e.status(), e.code),
+            (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
+        );
         assert!(c.tenant_for(Some("ug")).is_err());
         c.principal.root = true;
         assert_eq!(

@@ -13,17 +13,18 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::{Value, json};
 
 pub use super::access::{Access, Caller, Grant, Scope, Target, Via};
-use crate::api::ApiError;
+use crate::api::{ApiError, store_unavailable};
 use crate::audit::AuditLog;
 use crate::audit::record::{AuditEvent, RecordKind};
 use crate::pipeline::Engine;
-use crate::store::{DocChange, Expect, Source, Store, WriteError, Written};
+use crate::store::{DocChange, DocKind, Source, Store, StoredDoc, Written};
+use serde::de::DeserializeOwned;
 
 /// A permission of the catalog (`GET /v1/permissions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +304,29 @@ impl AdminHttp {
         self.access.caller_from(headers).await
     }
 
+    /// Loads document `kind`/`id` as `T` when it belongs to the caller's tenant (ROOT: any
+    /// tenant). The one loader of the admin resources.
+    ///
+    /// Errors: 404 `NOT_FOUND` (absent, or another tenant's: its existence is not revealed), 503
+    /// `DEPENDENCY_UNAVAILABLE` (store unreachable, or a stored document that does not parse).
+    pub async fn load<T: DeserializeOwned>(
+        &self,
+        caller: &Caller,
+        kind: DocKind,
+        id: &str,
+    ) -> Result<(T, StoredDoc), ApiError> {
+        let doc = self
+            .store
+            .document(kind, id)
+            .await
+            .map_err(store_unavailable)?
+            .filter(|d| caller.principal.root || d.tenant.as_deref() == Some(caller.tenant()))
+            .ok_or_else(|| ApiError::not_found(format!("no {} `{id}`", kind.as_str())))?;
+        let v = serde_json::from_str(&doc.doc)
+            .map_err(|e| ApiError::unavailable("policy store (unreadable document)", &e))?;
+        Ok((v, doc))
+    }
+
     /// Records `record` (and a `root_bypass` record when `via` is ROOT), then writes `changes`
     /// in one transaction as the caller. Enforced changes are installed in this replica's
     /// snapshot before returning (ADM-3, ADM-4).
@@ -352,7 +376,7 @@ impl AdminHttp {
             .store
             .write_documents(&changes, Source::Api, &actor, None)
             .await
-            .map_err(|e| write_error(e, &changes))?;
+            .map_err(|e| crate::api::write_error(e, &changes))?;
         if changes.iter().any(|c| c.kind.enforced()) {
             // This replica enforces the change before the API answers (ADM-3).
             if let Err(e) = crate::server::reload(&self.store, &self.engine, &self.audience).await {
@@ -429,45 +453,6 @@ pub fn check_reason(
         return Err(ApiError::invalid(text_field, "at most 1000 characters"));
     }
     Ok(())
-}
-
-/// Maps a store write failure to the API error of [`AdminHttp::commit`].
-fn write_error(e: WriteError, changes: &[DocChange]) -> ApiError {
-    match e {
-        WriteError::Conflict { kind, id, current } => {
-            let expected = changes
-                .iter()
-                .find(|c| c.kind == kind && c.id == id)
-                .map(|c| c.expect);
-            match (expected, current) {
-                (Some(Expect::Absent), Some(_)) => ApiError::conflict(
-                    "ALREADY_EXISTS",
-                    format!("{} `{id}` already exists", kind.as_str()),
-                ),
-                (_, None) => ApiError::not_found(format!("no {} `{id}`", kind.as_str())),
-                (_, Some(v)) => ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    "PRECONDITION_FAILED",
-                    format!(
-                        "{} `{id}` changed meanwhile (now version {v}); read it again",
-                        kind.as_str()
-                    ),
-                ),
-            }
-        }
-        WriteError::Archived { kind, id } => ApiError::conflict(
-            "ARCHIVED",
-            format!("{} `{id}` is archived and accepts no change", kind.as_str()),
-        ),
-        WriteError::Invalid(errs) => {
-            let first = errs.0.first();
-            ApiError {
-                field: first.map(|e| format!("{} {}", e.entry, e.field)),
-                ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", errs.to_string())
-            }
-        }
-        WriteError::Store(e) => ApiError::unavailable("policy store", &e),
-    }
 }
 
 async fn openapi() -> impl IntoResponse {

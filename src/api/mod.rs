@@ -4,89 +4,91 @@
 //! Errors are `{"error": {"code", "message", "field"?}}`; 503 answers carry `retry-after: 1`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use std::collections::HashMap;
+
+use axum::extract::Query;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::admin::AdminAuthError;
+mod error;
+pub use error::{ErrorCode, store_unavailable, write_error};
 
 /// Largest request body of the admin and consent APIs, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// An API failure: status, machine code, message (no personal data) and the input at fault.
+/// An API failure: machine code (which decides the status, [`ErrorCode::status`]), message (no
+/// personal data) and the input at fault.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
             field: None,
         }
     }
+    /// 400 `INVALID_REQUEST` naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError {
             field: Some(field.into()),
-            ..Self::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+            ..Self::new(ErrorCode::InvalidRequest, message)
         }
     }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    /// This error naming `field` as the input at fault.
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
     }
     /// 404 `NOT_FOUND` (also for resources of another tenant: their existence is not revealed).
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+        Self::new(ErrorCode::NotFound, message)
     }
-    /// 503 `DEPENDENCY_UNAVAILABLE` (the store); the cause is logged, not returned.
+    /// 503 `DEPENDENCY_UNAVAILABLE` (`what`: "policy store", "consent store"…); the cause is
+    /// logged, not returned.
     pub fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %e, "{what} unavailable");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DEPENDENCY_UNAVAILABLE",
+            ErrorCode::DependencyUnavailable,
             format!("the {what} is unavailable"),
         )
     }
     pub fn audit_unavailable() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "AUDIT_UNAVAILABLE",
+            ErrorCode::AuditUnavailable,
             "this action could not be recorded in the audit log; nothing was done",
         )
+    }
+    /// The HTTP status of the answer (from the code).
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut e = json!({"code": self.code, "message": self.message});
+        let status = self.status();
+        let mut e = json!({"code": self.code.as_str(), "message": self.message});
         if let Some(f) = self.field {
             e["field"] = Value::String(f);
         }
-        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
-        let mut r = (self.status, axum::Json(json!({ "error": e }))).into_response();
-        if retry {
+        let mut r = (status, axum::Json(json!({ "error": e }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
-    }
-}
-
-impl From<AdminAuthError> for ApiError {
-    fn from(e: AdminAuthError) -> Self {
-        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        ApiError::new(status, e.code(), e.to_string())
     }
 }
 
@@ -98,8 +100,7 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode::PayloadTooLarge,
                 format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
             )
         } else {
@@ -130,6 +131,26 @@ pub fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
         let message = inner.split(" at line ").next().unwrap_or("").to_owned();
         ApiError::invalid(field, message)
     })
+}
+
+/// A query string (the axum extractor's result).
+pub type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// The query parameters, when every one is in `allowed`.
+///
+/// Errors: 400 `INVALID_REQUEST` naming the first unknown parameter (or `query` when the string
+/// does not decode).
+pub fn query_params(q: QueryParams, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let Ok(Query(q)) = q else {
+        return Err(ApiError::invalid("query", "malformed query string"));
+    };
+    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            k.clone(),
+            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+        ));
+    }
+    Ok(q)
 }
 
 /// The version an `If-Match` header asks for (`"3"`, `W/"3"`; `*` or absent: any).
@@ -191,8 +212,7 @@ pub fn with_etag(status: StatusCode, version: i64, body: Value) -> Response {
 pub fn precondition(headers: &HeaderMap, current: i64, what: &str) -> Result<(), ApiError> {
     match if_match(headers)? {
         Some(v) if v != current => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "PRECONDITION_FAILED",
+            ErrorCode::PreconditionFailed,
             format!("{what} is at version {current}, not {v}; read it again"),
         )),
         _ => Ok(()),

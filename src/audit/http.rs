@@ -37,6 +37,7 @@ use super::cmd::parse_instant;
 use super::export::{ExportRequest, ExportSink, Format};
 use super::record::{AuditEvent, RecordKind};
 use crate::admin::access::{Access, Target, Via};
+use crate::api::{ApiError, ErrorCode};
 use crate::store::Store;
 
 /// State of the audit HTTP routes.
@@ -88,12 +89,13 @@ impl AuditHttp {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    let mut e = serde_json::json!({"code": code, "message": message});
-    if let Some(f) = field {
-        e["field"] = serde_json::Value::String(f.to_owned());
+/// The JSON error answer of `code` ([`ErrorCode::status`]) naming `field`.
+fn error(code: ErrorCode, message: &str, field: Option<&str>) -> Response {
+    ApiError {
+        field: field.map(str::to_owned),
+        ..ApiError::new(code, message)
     }
-    (status, axum::Json(serde_json::json!({ "error": e }))).into_response()
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,8 +168,7 @@ async fn create_link(
                 .into_iter()
                 .find(|f| e.to_string().contains(&format!("`{f}`")));
             return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST",
+                ErrorCode::InvalidRequest,
                 "body must be {\"tenant\", \"from\"?, \"to\"?, \"format\"?: \"jsonl\"|\"csv\"}",
                 field,
             );
@@ -175,24 +176,22 @@ async fn create_link(
     };
     let Ok(via) = caller.require("audit.read", &Target::tenant(&req.tenant)) else {
         return error(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
+            ErrorCode::Forbidden,
             "reading this tenant's audit log needs the permission `audit.read` for it",
             Some("tenant"),
         );
     };
     let from_ms = match req.from.as_deref().map(parse_instant).transpose() {
         Ok(v) => v.unwrap_or(0),
-        Err(m) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &m, Some("from")),
+        Err(m) => return error(ErrorCode::InvalidRequest, &m, Some("from")),
     };
     let to_ms = match req.to.as_deref().map(parse_instant).transpose() {
         Ok(v) => v.unwrap_or(i64::MAX),
-        Err(m) => return error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", &m, Some("to")),
+        Err(m) => return error(ErrorCode::InvalidRequest, &m, Some("to")),
     };
     if from_ms >= to_ms {
         return error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
+            ErrorCode::InvalidRequest,
             "`from` must be before `to`",
             Some("to"),
         );
@@ -226,12 +225,7 @@ async fn create_link(
     let query = match serde_urlencoded_pairs(&params, &B64URL.encode(tag.as_ref())) {
         Some(q) => q,
         None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST",
-                "tenant",
-                Some("tenant"),
-            );
+            return error(ErrorCode::InvalidRequest, "tenant", Some("tenant"));
         }
     };
     let expires_at = chrono::DateTime::from_timestamp(params.exp, 0).unwrap_or(now);
@@ -265,15 +259,12 @@ fn serde_urlencoded_pairs(p: &LinkParams, sig: &str) -> Option<String> {
 }
 
 fn audit_unavailable() -> Response {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "AUDIT_UNAVAILABLE",
+    // 503: `retry-after: 1` is set by the error answer.
+    error(
+        ErrorCode::AuditUnavailable,
         "this access could not be recorded in the audit log",
         None,
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    r
+    )
 }
 
 async fn download(
@@ -281,17 +272,11 @@ async fn download(
     q: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "LINK_INVALID",
-            "malformed download link",
-            None,
-        );
+        return error(ErrorCode::LinkInvalid, "malformed download link", None);
     };
     let Ok(tag) = B64URL.decode(q.sig.as_bytes()) else {
         return error(
-            StatusCode::FORBIDDEN,
-            "LINK_INVALID",
+            ErrorCode::LinkInvalid,
             "malformed download link",
             Some("sig"),
         );
@@ -306,16 +291,14 @@ async fn download(
     };
     if hmac::verify(&s.link_key, params.message().as_bytes(), &tag).is_err() {
         return error(
-            StatusCode::FORBIDDEN,
-            "LINK_INVALID",
+            ErrorCode::LinkInvalid,
             "the link's signature does not verify",
             Some("sig"),
         );
     }
     if chrono::Utc::now().timestamp() >= params.exp {
         return error(
-            StatusCode::GONE,
-            "LINK_EXPIRED",
+            ErrorCode::LinkExpired,
             "the download link has expired",
             Some("exp"),
         );
@@ -366,12 +349,5 @@ async fn download(
             ),
         )
         .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                "response",
-                None,
-            )
-        })
+        .unwrap_or_else(|_| error(ErrorCode::Internal, "response", None))
 }

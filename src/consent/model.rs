@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ErrorCode;
+
 /// Milliseconds per day.
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -412,36 +414,24 @@ pub struct Actor {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct RuleError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub field: Option<&'static str>,
     pub message: String,
-    /// HTTP status the API answers with.
-    pub status: u16,
 }
 
 impl RuleError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         RuleError {
-            code: "INVALID_REQUEST",
+            code: ErrorCode::InvalidRequest,
             field: Some(field),
             message: message.into(),
-            status: 400,
-        }
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        RuleError {
-            code,
-            field: None,
-            message: message.into(),
-            status: 409,
         }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
         RuleError {
-            code: "FORBIDDEN",
+            code: ErrorCode::Forbidden,
             field: None,
             message: message.into(),
-            status: 403,
         }
     }
 }

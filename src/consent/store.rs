@@ -1,7 +1,7 @@
 //! Consent tables on the policy store (SQLite or PostgreSQL; `migrations/*/0003_consent.sql`).
 //!
 //! Writes of a new version, its head and its change-feed row happen in one transaction: all of it
-//! or nothing (a stale or concurrent change is [`ConsentStoreError::Conflict`], nothing written).
+//! or nothing (a stale or concurrent change is [`ConsentStoreError::VersionConflict`], nothing written).
 //! On PostgreSQL the transaction also sends `pg_notify('scp_pep_consent', …)` so other replicas
 //! drop their cached entry at once; the `consent_changes` sequence is the reliable feed beside it.
 
@@ -18,9 +18,12 @@ pub const CONSENT_CHANNEL: &str = "scp_pep_consent";
 /// Consent store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsentStoreError {
-    /// A concurrent or stale change: `code` is the API's machine code.
-    #[error("{1}")]
-    Conflict(&'static str, String),
+    /// A capture while the key already has a pending or active consent (`CONSENT_EXISTS`).
+    #[error("{0}")]
+    Exists(String),
+    /// A concurrent or stale change; nothing written (`VERSION_CONFLICT`).
+    #[error("{0}")]
+    VersionConflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -419,16 +422,14 @@ impl Store {
                     && *cid != v.consent_id
                     && head_is_live(status, *grace, *until, now_ms)
                 {
-                    return Err(ConsentStoreError::Conflict(
-                        "CONSENT_EXISTS",
+                    return Err(ConsentStoreError::Exists(
                         format!("consent {cid} is already pending or active for this person, vertical and purpose; renew or withdraw it"),
                     ));
                 }
             } else {
                 let ok = head.as_ref().is_some_and(|(cid, ver, ..)| *cid == v.consent_id && *ver == v.version - 1);
                 if !ok {
-                    return Err(ConsentStoreError::Conflict(
-                        "VERSION_CONFLICT",
+                    return Err(ConsentStoreError::VersionConflict(
                         "the consent changed since it was read; read it again".into(),
                     ));
                 }
@@ -451,8 +452,7 @@ impl Store {
             .bind(&v.changed_by).bind(v.changed_at_ms)
             .execute(&mut *tx).await?;
             if inserted.rows_affected() != 1 {
-                return Err(ConsentStoreError::Conflict(
-                    "VERSION_CONFLICT",
+                return Err(ConsentStoreError::VersionConflict(
                     "this version was already written by a concurrent change".into(),
                 ));
             }

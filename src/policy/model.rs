@@ -99,10 +99,12 @@ impl From<JwksSource> for JwksSourceDoc {
     }
 }
 
-/// Integration lifecycle states (INT-6.2-1).
+/// The one lifecycle of the admin resources: integrations (INT-6.2-1), policy packs and policy
+/// changes (ADM-6). Each resource kind allows its own transitions between these states (its
+/// transition table); the states and their names are shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum IntegrationState {
+pub enum Lifecycle {
     Draft,
     Requested,
     Reviewed,
@@ -114,23 +116,43 @@ pub enum IntegrationState {
     Archived,
 }
 
-impl IntegrationState {
-    /// The lower-case name used in files and messages.
+impl Lifecycle {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Lifecycle; 9] = [
+        Lifecycle::Draft,
+        Lifecycle::Requested,
+        Lifecycle::Reviewed,
+        Lifecycle::Approved,
+        Lifecycle::Active,
+        Lifecycle::Restricted,
+        Lifecycle::Suspended,
+        Lifecycle::Deprecated,
+        Lifecycle::Archived,
+    ];
+
+    /// The lower-case name used in files, the API and messages.
     pub fn as_str(self) -> &'static str {
-        use IntegrationState::*;
         match self {
-            Draft => "draft",
-            Requested => "requested",
-            Reviewed => "reviewed",
-            Approved => "approved",
-            Active => "active",
-            Restricted => "restricted",
-            Suspended => "suspended",
-            Deprecated => "deprecated",
-            Archived => "archived",
+            Lifecycle::Draft => "draft",
+            Lifecycle::Requested => "requested",
+            Lifecycle::Reviewed => "reviewed",
+            Lifecycle::Approved => "approved",
+            Lifecycle::Active => "active",
+            Lifecycle::Restricted => "restricted",
+            Lifecycle::Suspended => "suspended",
+            Lifecycle::Deprecated => "deprecated",
+            Lifecycle::Archived => "archived",
         }
     }
+
+    /// The state named `s` (as [`Lifecycle::as_str`] spells it).
+    pub fn parse(s: &str) -> Option<Lifecycle> {
+        Lifecycle::ALL.into_iter().find(|l| l.as_str() == s)
+    }
 }
+
+/// Integration lifecycle states (INT-6.2-1): the shared [`Lifecycle`].
+pub type IntegrationState = Lifecycle;
 
 /// A partner integration: the contract scp-pep enforces (INT-4.1-2, INT-4.4-1, ONB-1, ONB-2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,37 +471,8 @@ impl DenyStatus {
     }
 }
 
-/// Lifecycle of policy packs, policy changes and roles (ADM-6, `spec/004_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PackStatus {
-    Draft,
-    Requested,
-    Reviewed,
-    Approved,
-    Active,
-    Restricted,
-    Suspended,
-    Deprecated,
-    Archived,
-}
-
-impl PackStatus {
-    pub fn as_str(self) -> &'static str {
-        use PackStatus::*;
-        match self {
-            Draft => "draft",
-            Requested => "requested",
-            Reviewed => "reviewed",
-            Approved => "approved",
-            Active => "active",
-            Restricted => "restricted",
-            Suspended => "suspended",
-            Deprecated => "deprecated",
-            Archived => "archived",
-        }
-    }
-}
+/// Lifecycle of policy packs and policy changes (ADM-6): the shared [`Lifecycle`].
+pub type PackStatus = Lifecycle;
 
 /// A vertical's policy pack: a Cedar policy set evaluated in pipeline stage 6 (`forbid` wins).
 /// Only `active` packs inside their window are enforced.

@@ -111,10 +111,7 @@ async fn tables(url: String) {
     assert!(
         matches!(
             stale,
-            Err(scp_pep::consent::ConsentStoreError::Conflict(
-                "VERSION_CONFLICT",
-                _
-            ))
+            Err(scp_pep::consent::ConsentStoreError::VersionConflict(_))
         ),
         "{stale:?}"
     );

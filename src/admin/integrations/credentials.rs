@@ -5,34 +5,12 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Provisioning and credentials
 
-pub(super) fn provision_error(e: ProvisionError) -> ApiError {
-    match e {
-        ProvisionError::Exists(c) => ApiError::conflict(
-            "CLIENT_EXISTS",
-            format!("the identity provider already has a client `{c}`"),
-        ),
-        ProvisionError::NotFound(c) => ApiError::conflict(
-            "CLIENT_MISSING",
-            format!("the identity provider has no client `{c}`"),
-        ),
-        ProvisionError::Unavailable(m) => {
-            tracing::warn!(error = %m, "provisioner unavailable");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PROVISIONER_UNAVAILABLE",
-                "the identity provider could not be reached; nothing was changed",
-            )
-        }
-    }
-}
-
 pub(super) fn provisioner(
     s: &AdminHttp,
 ) -> Result<&Arc<dyn crate::admin::keycloak::Provisioner>, ApiError> {
     s.provisioner.as_ref().ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "PROVISIONER_UNAVAILABLE",
+            ErrorCode::ProvisionerUnavailable,
             "no identity provider admin API is configured (`admin.keycloak`)",
         )
     })
@@ -50,8 +28,8 @@ pub(super) fn realm_and_audience(
         .and_then(|sn| sn.tenants.get(tenant).cloned())
         .ok_or_else(|| ApiError::invalid("tenant", "unknown tenant"))?;
     let realm = realm_of_issuer(&t.tenant.issuer).ok_or_else(|| {
-        ApiError::conflict(
-            "REALM_UNKNOWN",
+        ApiError::new(
+            ErrorCode::RealmUnknown,
             "the tenant's issuer is not a Keycloak realm URL (`…/realms/<realm>`)",
         )
     })?;
@@ -125,8 +103,8 @@ pub(super) async fn provision(
     precondition(&headers, cur.version, &format!("integration {id}"))?;
     archived(&cur.integ)?;
     if cur.integ.state != S::Approved {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "only approved integrations are provisioned; `{id}` is {}",
                 cur.integ.state.as_str()
@@ -134,8 +112,8 @@ pub(super) async fn provision(
         ));
     }
     if cur.integ.client_id.is_some() {
-        return Err(ApiError::conflict(
-            "ALREADY_PROVISIONED",
+        return Err(ApiError::new(
+            ErrorCode::AlreadyProvisioned,
             "the integration has its client; rotate its secret instead",
         ));
     }
@@ -150,7 +128,7 @@ pub(super) async fn provision(
         audience,
         name: cur.integ.partner_name.clone(),
     };
-    let created = p.create_client(&spec).await.map_err(provision_error)?;
+    let created = p.create_client(&spec).await.map_err(ApiError::from)?;
     let now = crate::api::now_ms();
     let mut i = cur.integ.clone();
     i.client_id = Some(spec.client_id.clone());
@@ -207,8 +185,8 @@ pub(super) async fn rotate(
     b.check()?;
     archived(&cur.integ)?;
     let Some(client_id) = cur.integ.client_id.clone() else {
-        return Err(ApiError::conflict(
-            "NOT_PROVISIONED",
+        return Err(ApiError::new(
+            ErrorCode::NotProvisioned,
             "the integration has no client yet",
         ));
     };
@@ -217,7 +195,7 @@ pub(super) async fn rotate(
     let secret = p
         .rotate_secret(&realm, &client_id)
         .await
-        .map_err(provision_error)?;
+        .map_err(ApiError::from)?;
     let now = crate::api::now_ms();
     let record = ChangeRecord {
         kind: RecordKind::CredentialRotated,

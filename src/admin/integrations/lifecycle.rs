@@ -161,8 +161,8 @@ pub(super) async fn transition(
     archived(&cur.integ)?;
     let from = cur.integ.state;
     if !rule.from.contains(&from) {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "`{action}` is not allowed from {} (allowed from {})",
                 from.as_str(),
@@ -188,15 +188,14 @@ pub(super) async fn transition(
         }
         "approve" => {
             if ob.legal_reviewed_by.is_none() {
-                return Err(ApiError::conflict(
-                    "LEGAL_REVIEW_REQUIRED",
+                return Err(ApiError::new(
+                    ErrorCode::LegalReviewRequired,
                     "the legal and consent review comes before approval (INT-6.1-1)",
                 ));
             }
             if ob.created_by == me {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "SEPARATION_OF_DUTIES",
+                    ErrorCode::SeparationOfDuties,
                     "the creator of an integration does not approve it",
                 ));
             }
@@ -206,8 +205,8 @@ pub(super) async fn transition(
         }
         "activate" => {
             if from == S::Approved && !provisioned {
-                return Err(ApiError::conflict(
-                    "NOT_PROVISIONED",
+                return Err(ApiError::new(
+                    ErrorCode::NotProvisioned,
                     "provision the integration's client before activating it (ONB-4)",
                 ));
             }

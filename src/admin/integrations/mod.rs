@@ -37,8 +37,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{AdminHttp, Caller, ChangeRecord, Target, check_reason};
-use super::keycloak::{ClientSpec, ProvisionError, Secret, realm_of_issuer};
-use crate::api::{ApiError, ApiResult, opt_time, parse, precondition, rfc3339, with_etag};
+use super::keycloak::{ClientSpec, Secret, realm_of_issuer};
+use crate::api::{
+    ApiError, ApiResult, ErrorCode, opt_time, parse, precondition, rfc3339, with_etag,
+};
 use crate::audit::AuditLog;
 use crate::audit::record::{AuditEvent, RecordKind};
 use crate::pipeline::{ActivityObserver, Engine};
@@ -118,17 +120,7 @@ impl Current {
 
 /// The integration `id` as `caller` may see it: 404 when absent or of another tenant (non-root).
 async fn load(s: &AdminHttp, caller: &Caller, id: &str) -> Result<Current, ApiError> {
-    let doc = s
-        .store
-        .document(DocKind::Integration, id)
-        .await
-        .map_err(|e| ApiError::unavailable("policy store", &e))?
-        .ok_or_else(|| ApiError::not_found(format!("no integration `{id}`")))?;
-    if doc.tenant.as_deref() != Some(caller.tenant()) && !caller.principal.root {
-        return Err(ApiError::not_found(format!("no integration `{id}`")));
-    }
-    let integ: Integration = serde_json::from_str(&doc.doc)
-        .map_err(|e| ApiError::unavailable("policy store (unreadable integration)", &e))?;
+    let (integ, doc): (Integration, StoredDoc) = s.load(caller, DocKind::Integration, id).await?;
     Ok(Current {
         integ,
         version: doc.version,
@@ -171,8 +163,8 @@ fn no_store(mut r: Response) -> Response {
 
 fn archived(i: &Integration) -> Result<(), ApiError> {
     if i.state == IntegrationState::Archived {
-        return Err(ApiError::conflict(
-            "ARCHIVED",
+        return Err(ApiError::new(
+            ErrorCode::Archived,
             format!("integration `{}` is archived and accepts no change", i.id),
         ));
     }
@@ -559,8 +551,8 @@ async fn patch(
     precondition(&headers, cur.version, &format!("integration {id}"))?;
     archived(&cur.integ)?;
     if cur.integ.state != IntegrationState::Draft {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "integration `{id}` is {}; only drafts are edited",
                 cur.integ.state.as_str()

@@ -9,7 +9,7 @@ pub(super) async fn list_changes(
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
     holds_any(&caller, "policy_packs.read")?;
-    let q = query_map(query, &["policy_pack_id", "status", "tenant_id"])?;
+    let q = crate::api::query_params(query, &["policy_pack_id", "status", "tenant_id"])?;
     let tenant = caller
         .tenant_for(q.get("tenant_id").map(String::as_str))?
         .to_owned();
@@ -24,7 +24,7 @@ pub(super) async fn list_changes(
         .store
         .documents(DocKind::PolicyChange, Some(&tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
     {
         let Ok(c) = serde_json::from_str::<PolicyChange>(&doc.doc) else {
             continue;
@@ -84,8 +84,8 @@ pub(super) async fn create_change(
         })?;
     let via = require_on(&caller, "policy_packs.write", &pack.tenant, &pack.vertical)?;
     if pack.status == Archived {
-        return Err(ApiError::conflict(
-            "ARCHIVED",
+        return Err(ApiError::new(
+            ErrorCode::Archived,
             format!(
                 "policy pack `{}` is archived and accepts no change",
                 pack.id
@@ -156,8 +156,8 @@ pub(super) async fn change_transition(
         // ADM-8: the pack's new version and the change's activation in one transaction.
         let (pdoc, mut pack) = load_pack(&s, &caller, &c.policy_pack_id).await?;
         if pack.status == Archived {
-            return Err(ApiError::conflict(
-                "ARCHIVED",
+            return Err(ApiError::new(
+                ErrorCode::Archived,
                 format!(
                     "policy pack `{}` is archived and accepts no change",
                     pack.id

@@ -48,7 +48,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{AdminHttp, Caller, ChangeRecord, Target, Via, check_reason};
-use crate::api::{ApiError, ApiResult, now_ms, parse, precondition, rfc3339, window, with_etag};
+use crate::api::{
+    ApiError, ApiResult, ErrorCode, now_ms, parse, precondition, rfc3339, store_unavailable,
+    window, with_etag,
+};
 use crate::policy::cedar;
 use crate::policy::model::{PackStatus, PolicyPack};
 use crate::store::{DocChange, DocKind, Expect, StoredDoc};
@@ -120,7 +123,7 @@ struct Transition {
     stamp: &'static str,
 }
 
-use PackStatus::*;
+use crate::policy::model::Lifecycle::*;
 
 const REASON: Input = Input::Reason("reason_code", "reason_text");
 
@@ -241,7 +244,7 @@ fn status_str(s: PackStatus) -> &'static str {
 }
 
 fn parse_status(s: &str) -> Option<PackStatus> {
-    serde_json::from_value(Value::String(s.to_owned())).ok()
+    PackStatus::parse(s)
 }
 
 /// 400 `POLICY_INVALID` naming `policy_rules` when the Cedar text does not parse or validate.
@@ -250,7 +253,7 @@ fn check_rules(text: &str) -> Result<(), ApiError> {
         .map(|_| ())
         .map_err(|m| ApiError {
             field: Some("policy_rules".into()),
-            ..ApiError::new(StatusCode::BAD_REQUEST, "POLICY_INVALID", m)
+            ..ApiError::new(ErrorCode::PolicyInvalid, m)
         })
 }
 
@@ -292,27 +295,13 @@ fn require_on(
     caller.require(permission, &Target::verticals(tenant, &vs))
 }
 
-fn store_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("policy store", &e)
-}
-
 /// Loads a pack the caller's tenant may see (404 otherwise).
 async fn load_pack(
     s: &AdminHttp,
     caller: &Caller,
     id: &str,
 ) -> Result<(StoredDoc, PolicyPack), ApiError> {
-    let doc = s
-        .store
-        .document(DocKind::PolicyPack, id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| ApiError::not_found(format!("no policy pack `{id}`")))?;
-    let pack: PolicyPack = serde_json::from_str(&doc.doc)
-        .map_err(|e| ApiError::unavailable("policy store (unreadable pack)", &e))?;
-    if pack.tenant != caller.tenant() && !caller.principal.root {
-        return Err(ApiError::not_found(format!("no policy pack `{id}`")));
-    }
+    let (pack, doc) = s.load(caller, DocKind::PolicyPack, id).await?;
     Ok((doc, pack))
 }
 
@@ -321,18 +310,8 @@ async fn load_change(
     caller: &Caller,
     id: &str,
 ) -> Result<(StoredDoc, PolicyChange), ApiError> {
-    let doc = s
-        .store
-        .document(DocKind::PolicyChange, id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| ApiError::not_found(format!("no policy change `{id}`")))?;
-    let ch: PolicyChange = serde_json::from_str(&doc.doc)
-        .map_err(|e| ApiError::unavailable("policy store (unreadable change)", &e))?;
-    if ch.tenant != caller.tenant() && !caller.principal.root {
-        return Err(ApiError::not_found(format!("no policy change `{id}`")));
-    }
-    Ok((doc, ch))
+    let (change, doc) = s.load(caller, DocKind::PolicyChange, id).await?;
+    Ok((doc, change))
 }
 
 fn pack_view(doc: &StoredDoc, p: &PolicyPack) -> Value {
@@ -418,19 +397,6 @@ async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
     .into_response())
 }
 
-fn query_map(
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-    allowed: &[&str],
-) -> Result<HashMap<String, String>, ApiError> {
-    let Ok(Query(q)) = q else {
-        return Err(ApiError::invalid("query", "malformed query"));
-    };
-    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(k.clone(), "unknown query parameter"));
-    }
-    Ok(q)
-}
-
 async fn list_packs(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -438,7 +404,7 @@ async fn list_packs(
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
     holds_any(&caller, "policy_packs.read")?;
-    let q = query_map(query, &["vertical_id", "status", "tenant_id"])?;
+    let q = crate::api::query_params(query, &["vertical_id", "status", "tenant_id"])?;
     let tenant = caller
         .tenant_for(q.get("tenant_id").map(String::as_str))?
         .to_owned();
@@ -453,7 +419,7 @@ async fn list_packs(
         .store
         .documents(DocKind::PolicyPack, Some(&tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
     {
         let Ok(p) = serde_json::from_str::<PolicyPack>(&doc.doc) else {
             continue;
@@ -585,7 +551,7 @@ async fn pack_versions(
         .store
         .document_versions(DocKind::PolicyPack, &id)
         .await
-        .map_err(store_err)?;
+        .map_err(store_unavailable)?;
     let items: Vec<Value> = versions
         .into_iter()
         .map(|v| {
@@ -630,8 +596,8 @@ async fn patch_pack(
     let via = require_on(&caller, "policy_packs.write", &p.tenant, &p.vertical)?;
     precondition(&headers, doc.version, &format!("policy pack {id}"))?;
     if p.status != Draft {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "only draft packs can be edited (this one is {}); propose a policy change instead",
                 p.status.as_str()
@@ -721,8 +687,8 @@ fn check_from(t: &Transition, cur: PackStatus, what: &str) -> Result<(), ApiErro
     if t.from.contains(&cur) {
         Ok(())
     } else {
-        Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "{what} is {}; `{}` needs one of: {}",
                 cur.as_str(),
@@ -765,7 +731,7 @@ async fn pack_transition(
             .store
             .documents(DocKind::PolicyPack, Some(&p.tenant))
             .await
-            .map_err(store_err)?
+            .map_err(store_unavailable)?
         {
             let Ok(mut o) = serde_json::from_str::<PolicyPack>(&other.doc) else {
                 continue;

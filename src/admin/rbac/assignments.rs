@@ -69,7 +69,7 @@ pub(super) async fn assign(
             .store
             .document(DocKind::Group, &subject_id)
             .await
-            .map_err(store_err)?;
+            .map_err(store_unavailable)?;
         if g.is_none_or(|g| g.tenant.as_deref() != Some(tenant.as_str())) {
             return Err(ApiError::not_found(format!("no group `{subject_id}`")));
         }
@@ -78,7 +78,7 @@ pub(super) async fn assign(
         .store
         .document(DocKind::Role, &b.role_id)
         .await
-        .map_err(store_err)?;
+        .map_err(store_unavailable)?;
     let role: RoleDoc = match role {
         Some(d) if d.tenant.as_deref() == Some(tenant.as_str()) => {
             serde_json::from_str(&d.doc).map_err(|e| ApiError::unavailable("policy store", &e))?
@@ -88,8 +88,8 @@ pub(super) async fn assign(
     if role.status != "active" {
         return Err(ApiError {
             field: Some("role_id".into()),
-            ..ApiError::conflict(
-                "ROLE_NOT_ACTIVE",
+            ..ApiError::new(
+                ErrorCode::RoleNotActive,
                 format!("role `{}` is {}", role.role_id, role.status),
             )
         });
@@ -181,8 +181,7 @@ pub(super) async fn revoke_assignment(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("assignments.write")?;
-    let (mut a, stored): (AssignmentDoc, _) =
-        load(&h, &caller, DocKind::RoleAssignment, &id).await?;
+    let (mut a, stored): (AssignmentDoc, _) = h.load(&caller, DocKind::RoleAssignment, &id).await?;
     let via = caller.require("assignments.write", &Target::tenant(&a.tenant_id))?;
     let b: ReasonBody = parse(body)?;
     check_reason(
@@ -232,7 +231,7 @@ pub(super) async fn get_assignment(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let (a, stored): (AssignmentDoc, _) = load(&h, &caller, DocKind::RoleAssignment, &id).await?;
+    let (a, stored): (AssignmentDoc, _) = h.load(&caller, DocKind::RoleAssignment, &id).await?;
     caller.require("roles.read", &Target::tenant(&a.tenant_id))?;
     Ok(ok_json(
         StatusCode::OK,
@@ -248,7 +247,7 @@ pub(super) async fn list_assignments(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let q = query(
+    let q = crate::api::query_params(
         q,
         &[
             "tenant_id",
@@ -265,7 +264,7 @@ pub(super) async fn list_assignments(
         .store
         .documents(DocKind::RoleAssignment, Some(tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|d| {
             let a: AssignmentDoc = serde_json::from_str(&d.doc).ok()?;

@@ -90,7 +90,7 @@ pub(super) async fn create_deny(
                 .store
                 .document(DocKind::Group, &subject_id)
                 .await
-                .map_err(store_err)?;
+                .map_err(store_unavailable)?;
             if g.is_none_or(|g| g.tenant.as_deref() != Some(tenant.as_str())) {
                 return Err(ApiError::invalid(
                     "subject_id",
@@ -153,7 +153,7 @@ pub(super) async fn create_deny(
         .store
         .document(DocKind::DenyRule, &rule.id)
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
     Ok(ok_json(
         StatusCode::CREATED,
@@ -170,7 +170,7 @@ pub(super) async fn revoke_deny(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("deny_rules.write")?;
-    let (mut d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
+    let (mut d, stored): (DenyRule, _) = h.load(&caller, DocKind::DenyRule, &id).await?;
     let via = caller.require("deny_rules.write", &Target::tenant(&d.tenant))?;
     let b: ReasonBody = parse(body)?;
     check_reason(
@@ -209,7 +209,7 @@ pub(super) async fn revoke_deny(
         .store
         .document(DocKind::DenyRule, &id)
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
     Ok(ok_json(
         StatusCode::OK,
@@ -225,7 +225,7 @@ pub(super) async fn get_deny(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("deny_rules.read")?;
-    let (d, stored): (DenyRule, _) = load(&h, &caller, DocKind::DenyRule, &id).await?;
+    let (d, stored): (DenyRule, _) = h.load(&caller, DocKind::DenyRule, &id).await?;
     caller.require("deny_rules.read", &Target::tenant(&d.tenant))?;
     Ok(ok_json(
         StatusCode::OK,
@@ -237,14 +237,14 @@ pub(super) async fn get_deny(
 pub(super) async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("deny_rules.read")?;
-    let q = query(q, &["tenant_id", "status", "subject_type", "subject_id"])?;
+    let q = crate::api::query_params(q, &["tenant_id", "status", "subject_type", "subject_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("deny_rules.read", &Target::tenant(tenant))?;
     let list: Vec<Value> = h
         .store
         .documents(DocKind::DenyRule, Some(tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|s| {
             let d: DenyRule = serde_json::from_str(&s.doc).ok()?;

@@ -36,7 +36,7 @@ pub(super) async fn evaluate(
     let now = now_ms();
     let facts = subject_facts(&h.store, &tenant, &subject, &[], now)
         .await
-        .map_err(store_err)?;
+        .map_err(store_unavailable)?;
     let verticals: Vec<String> = b.scope.vertical_id.iter().cloned().collect();
     let target = Target {
         tenant: &tenant,

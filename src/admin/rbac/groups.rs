@@ -127,7 +127,7 @@ pub(super) async fn patch_group(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("groups.write")?;
-    let (mut g, stored): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &id).await?;
+    let (mut g, stored): (GroupDoc, _) = h.load(&caller, DocKind::Group, &id).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: GroupPatch = parse(body)?;
     precondition(&headers, stored.version, &format!("group {id}"))?;
@@ -182,14 +182,14 @@ pub(super) async fn get_group(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let (g, stored): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &id).await?;
+    let (g, stored): (GroupDoc, _) = h.load(&caller, DocKind::Group, &id).await?;
     caller.require("roles.read", &Target::tenant(&g.tenant_id))?;
     let now = now_ms();
     let members: Vec<Value> = h
         .store
         .documents(DocKind::GroupMember, Some(&g.tenant_id))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|d| {
             let m: MemberDoc = serde_json::from_str(&d.doc).ok()?;
@@ -204,14 +204,14 @@ pub(super) async fn get_group(
 pub(super) async fn list_groups(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let q = query(q, &["tenant_id"])?;
+    let q = crate::api::query_params(q, &["tenant_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("roles.read", &Target::tenant(tenant))?;
     let list: Vec<Value> = h
         .store
         .documents(DocKind::Group, Some(tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|d| {
             let g: GroupDoc = serde_json::from_str(&d.doc).ok()?;
@@ -238,7 +238,7 @@ pub(super) async fn add_member(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("groups.write")?;
-    let (g, _): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &gid).await?;
+    let (g, _): (GroupDoc, _) = h.load(&caller, DocKind::Group, &gid).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: MemberAdd = parse(body)?;
     let user_id = check_name("user_id", &b.user_id)?;
@@ -251,15 +251,15 @@ pub(super) async fn add_member(
     let now = now_ms();
     let existing: Vec<MemberDoc> = docs(&h.store, DocKind::GroupMember, &g.tenant_id)
         .await
-        .map_err(store_err)?;
+        .map_err(store_unavailable)?;
     if existing.iter().any(|m| {
         m.group_id == gid
             && m.user_id == user_id
             && m.status == "active"
             && m.effective_until.is_none_or(|u| u > now)
     }) {
-        return Err(ApiError::conflict(
-            "ALREADY_EXISTS",
+        return Err(ApiError::new(
+            ErrorCode::AlreadyExists,
             "the user already has a current membership of this group; end it first",
         ));
     }
@@ -319,7 +319,7 @@ pub(super) async fn end_member(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("groups.write")?;
-    let (g, _): (GroupDoc, _) = load(&h, &caller, DocKind::Group, &gid).await?;
+    let (g, _): (GroupDoc, _) = h.load(&caller, DocKind::Group, &gid).await?;
     let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
     let b: MemberEnd = parse(body)?;
     check_reason(
@@ -334,7 +334,7 @@ pub(super) async fn end_member(
         .store
         .documents(DocKind::GroupMember, Some(&g.tenant_id))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|d| {
             let m: MemberDoc = serde_json::from_str(&d.doc).ok()?;

@@ -60,8 +60,8 @@ use std::collections::{HashMap, HashSet};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -71,9 +71,12 @@ use serde_json::{Value, json};
 
 use super::auth::AdminPrincipal;
 use super::http::{
-    AdminHttp, Caller, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason, permission,
+    AdminHttp, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason, permission,
 };
-use crate::api::{ApiError, ApiResult, instant, now_ms, opt_time, parse, precondition, rfc3339};
+use crate::api::{
+    ApiError, ApiResult, ErrorCode, instant, now_ms, opt_time, parse, precondition, rfc3339,
+    store_unavailable,
+};
 use crate::pipeline::Engine;
 use crate::policy::{DenyRule, DenyStatus, DenySubject};
 use crate::store::{DocChange, DocKind, Expect, Store, StoredDoc};
@@ -93,7 +96,7 @@ pub use openapi::openapi_paths;
 use roles::*;
 
 type Body = Result<Bytes, BytesRejection>;
-type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
+type Q = crate::api::QueryParams;
 
 const SCOPE_TYPES: &[&str] = &["tenant", "geo", "vertical", "program"];
 const MAX_NAME: usize = 200;
@@ -464,10 +467,6 @@ fn deny_matches(
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
 
-fn store_err(e: sqlx::Error) -> ApiError {
-    ApiError::unavailable("policy store", &e)
-}
-
 fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7())
 }
@@ -477,44 +476,11 @@ fn text<T: Serialize>(v: &T) -> String {
 }
 
 fn invalid_transition(msg: impl Into<String>) -> ApiError {
-    ApiError::conflict("INVALID_TRANSITION", msg)
-}
-
-/// Loads `kind`/`id` visible to `caller` (404 for another tenant's document unless ROOT).
-async fn load<T: DeserializeOwned>(
-    h: &AdminHttp,
-    caller: &Caller,
-    kind: DocKind,
-    id: &str,
-) -> Result<(T, StoredDoc), ApiError> {
-    let doc = h
-        .store
-        .document(kind, id)
-        .await
-        .map_err(store_err)?
-        .filter(|d| caller.principal.root || d.tenant.as_deref() == Some(caller.tenant()))
-        .ok_or_else(|| ApiError::not_found(format!("no {} `{id}`", kind.as_str())))?;
-    let v =
-        serde_json::from_str(&doc.doc).map_err(|e| ApiError::unavailable("policy store", &e))?;
-    Ok((v, doc))
+    ApiError::new(ErrorCode::InvalidTransition, msg)
 }
 
 fn ok_json(status: StatusCode, version: i64, body: Value) -> Response {
     crate::api::with_etag(status, version, body)
-}
-
-/// Rejects unknown query parameters (400 naming the parameter).
-fn query(q: Q, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
-    let Ok(Query(q)) = q else {
-        return Err(ApiError::invalid("query", "unreadable query string"));
-    };
-    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            k.clone(),
-            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
-        ));
-    }
-    Ok(q)
 }
 
 fn check_name(field: &str, v: &str) -> Result<String, ApiError> {

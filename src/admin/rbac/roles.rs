@@ -13,7 +13,7 @@ pub(super) async fn list_permissions(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require("roles.read", &Target::tenant(caller.tenant()))?;
-    let q = query(q, &["scope_type", "status"])?;
+    let q = crate::api::query_params(q, &["scope_type", "status"])?;
     if let Some(s) = q.get("scope_type")
         && !SCOPE_TYPES.contains(&s.as_str())
     {
@@ -168,13 +168,13 @@ pub(super) async fn patch_role(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.write")?;
-    let (mut role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
+    let (mut role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
     let via = caller.require("roles.write", &Target::tenant(&role.tenant_id))?;
     let b: RolePatch = parse(body)?;
     precondition(&headers, stored.version, &format!("role {id}"))?;
     if role.status == "archived" {
-        return Err(ApiError::conflict(
-            "ARCHIVED",
+        return Err(ApiError::new(
+            ErrorCode::Archived,
             format!("role `{id}` is archived and accepts no change"),
         ));
     }
@@ -291,7 +291,7 @@ pub(super) async fn role_step(
         _ => "roles.approve",
     };
     caller.require_some(perm)?;
-    let (mut role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
+    let (mut role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
     let via = caller.require(perm, &Target::tenant(&role.tenant_id))?;
     let now = now_ms();
     let actor = caller.principal.subject.clone();
@@ -396,8 +396,7 @@ pub(super) async fn role_step(
         && (actor == role.created_by || actor == role.updated_by)
     {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "SEPARATION_OF_DUTIES",
+            ErrorCode::SeparationOfDuties,
             "the author or last editor of a role may not approve it (four eyes)",
         ));
     }
@@ -429,7 +428,7 @@ pub(super) async fn get_role(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let (role, stored): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
+    let (role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
     caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
     Ok(ok_json(
         StatusCode::OK,
@@ -445,13 +444,13 @@ pub(super) async fn role_versions(
 ) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let (role, _): (RoleDoc, _) = load(&h, &caller, DocKind::Role, &id).await?;
+    let (role, _): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
     caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
     let versions = h
         .store
         .document_versions(DocKind::Role, &id)
         .await
-        .map_err(store_err)?;
+        .map_err(store_unavailable)?;
     let list: Vec<Value> = versions
         .iter()
         .map(|v| {
@@ -470,14 +469,14 @@ pub(super) async fn role_versions(
 pub(super) async fn list_roles(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
-    let q = query(q, &["status", "tenant_id"])?;
+    let q = crate::api::query_params(q, &["status", "tenant_id"])?;
     let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
     caller.require("roles.read", &Target::tenant(tenant))?;
     let list: Vec<Value> = h
         .store
         .documents(DocKind::Role, Some(tenant))
         .await
-        .map_err(store_err)?
+        .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|d| {
             let r: RoleDoc = serde_json::from_str(&d.doc).ok()?;

@@ -110,18 +110,17 @@ pub(super) async fn capture(
         .store()
         .consent_person(&p.tenant_id, &req.person_id)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::from)?
     {
         None => {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "PERSON_UNKNOWN",
+                ErrorCode::PersonUnknown,
                 "the person registry has not reported this person",
             ));
         }
         Some(r) if r.verification != "verified" => {
-            return Err(ApiError::conflict(
-                "PERSON_PROVISIONAL",
+            return Err(ApiError::new(
+                ErrorCode::PersonProvisional,
                 "consent cannot be captured for a provisional person (CON-3, CON-11)",
             ));
         }
@@ -169,18 +168,18 @@ pub(super) fn expect_status(
     now: i64,
 ) -> Result<(), ApiError> {
     if !allowed.contains(&cur.status) {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!("not allowed while the consent is {}", cur.status.as_str()),
         ));
     }
     match cur.effective(now) {
-        Effective::Grace => Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        Effective::Grace => Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             "the consent is expired and read-only during its grace period (CON-29)",
         )),
-        Effective::Withdrawn => Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        Effective::Withdrawn => Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             "the consent is expired past its grace period, which counts as withdrawn (CON-28)",
         )),
         _ => Ok(()),
@@ -274,8 +273,8 @@ pub(super) async fn verify(
     let now = s.consents.now_ms();
     expect_status(&cur, &[Recorded::Pending], now)?;
     if cur.evidence_attachment_ids.is_empty() {
-        return Err(ApiError::conflict(
-            "EVIDENCE_REQUIRED",
+        return Err(ApiError::new(
+            ErrorCode::EvidenceRequired,
             "consent evidence (signature, photo or recording) must be attached first (CON-15)",
         ));
     }
@@ -283,8 +282,8 @@ pub(super) async fn verify(
         && (cur.identity_verification.is_none()
             || cur.verification_document_attachment_id.is_none())
     {
-        return Err(ApiError::conflict(
-            "EVIDENCE_REQUIRED",
+        return Err(ApiError::new(
+            ErrorCode::EvidenceRequired,
             "offline capture needs the identity verification and the document's photo or scan (CON-14)",
         ));
     }
@@ -367,8 +366,8 @@ pub(super) async fn withdraw(
         Recorded::Rejected | Recorded::Withdrawn => false,
     };
     if !allowed {
-        return Err(ApiError::conflict(
-            "INVALID_TRANSITION",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
             format!(
                 "a consent that is {} cannot be withdrawn",
                 cur.effective(now).as_str()
@@ -467,20 +466,20 @@ pub(super) async fn renew(
     let now = s.consents.now_ms();
     match (cur.status, cur.effective(now)) {
         (Recorded::Rejected, _) => {
-            return Err(ApiError::conflict(
-                "RENEW_NOT_ALLOWED",
+            return Err(ApiError::new(
+                ErrorCode::RenewNotAllowed,
                 "rejected consent is re-captured as a new record, never renewed (CON-21)",
             ));
         }
         (Recorded::Withdrawn, _) | (Recorded::Active, Effective::Withdrawn) => {
-            return Err(ApiError::conflict(
-                "RENEW_NOT_ALLOWED",
+            return Err(ApiError::new(
+                ErrorCode::RenewNotAllowed,
                 "withdrawn consent (or expired past grace, CON-28) is re-captured as a new record",
             ));
         }
         (Recorded::Pending, _) => {
-            return Err(ApiError::conflict(
-                "INVALID_TRANSITION",
+            return Err(ApiError::new(
+                ErrorCode::InvalidTransition,
                 "a pending consent is completed with evidence and verification, not renewed",
             ));
         }

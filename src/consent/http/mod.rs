@@ -50,13 +50,15 @@ use serde_json::{Value, json};
 
 use super::model::{
     self, Actor, CaptureMode, Change, ConsentVersion, Effective, IdentityVerification, Recorded,
-    RuleError, check_attachment_ids, check_reason, check_token,
+    check_attachment_ids, check_reason, check_token,
 };
 use super::store::OutboxRow;
-use super::{ConsentStoreError, Consents, PersonRecord};
+use super::{Consents, PersonRecord};
 use crate::admin::AdminPrincipal;
 use crate::admin::access::{Access, Caller, Target, Via};
-use crate::api::{ApiError, ApiResult, if_match, opt_time, parse, rfc3339, window, with_etag};
+use crate::api::{
+    ApiError, ApiResult, ErrorCode, if_match, opt_time, parse, rfc3339, window, with_etag,
+};
 use crate::audit::AuditLog;
 use crate::audit::cmd::parse_instant;
 use crate::audit::record::{AuditEvent, RecordKind};
@@ -184,13 +186,14 @@ impl ConsentHttp {
     /// The newest version of consent `id` of `tenant` (404 when unknown or of another tenant).
     async fn load(&self, tenant: &str, id: &str) -> Result<ConsentVersion, ApiError> {
         check_token("consent_id", id)?;
-        match self.store().consent_latest(id).await.map_err(store_error)? {
+        match self
+            .store()
+            .consent_latest(id)
+            .await
+            .map_err(ApiError::from)?
+        {
             Some(v) if v.tenant_id == tenant => Ok(v),
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "no such consent",
-            )),
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such consent")),
         }
     }
 
@@ -219,7 +222,7 @@ impl ConsentHttp {
         // Invalidate even on failure: a conflict means someone else changed the key.
         self.consents
             .invalidate(&next.tenant_id, &next.person_id, &next.vertical_id);
-        res.map(|_| ()).map_err(store_error)
+        res.map(|_| ()).map_err(ApiError::from)
     }
 
     /// The next version of `cur`: same consent, `version + 1`, fresh id, by `p` now.
@@ -244,31 +247,6 @@ impl ConsentHttp {
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-impl From<RuleError> for ApiError {
-    fn from(e: RuleError) -> Self {
-        ApiError {
-            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            code: e.code,
-            message: e.message,
-            field: e.field.map(str::to_owned),
-        }
-    }
-}
-
-fn store_error(e: ConsentStoreError) -> ApiError {
-    match e {
-        ConsentStoreError::Conflict(code, message) => ApiError::conflict(code, message),
-        ConsentStoreError::Store(e) => {
-            tracing::warn!(error = %e, "consent store unavailable");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DEPENDENCY_UNAVAILABLE",
-                "the consent store is unavailable",
-            )
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request helpers
 
@@ -276,8 +254,7 @@ fn store_error(e: ConsentStoreError) -> ApiError {
 fn precondition(headers: &HeaderMap, cur: &ConsentVersion) -> Result<(), ApiError> {
     match if_match(headers)? {
         Some(v) if v != cur.version => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "PRECONDITION_FAILED",
+            ErrorCode::PreconditionFailed,
             format!(
                 "the consent is at version {}, not {v}; read it again",
                 cur.version

@@ -80,7 +80,7 @@ pub(super) async fn put_person(
     s.store()
         .consent_put_person(&rec)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok((StatusCode::OK, axum::Json(person_view(&rec))).into_response())
 }
 
@@ -121,6 +121,6 @@ pub(super) async fn set_epoch(
     s.store()
         .consent_set_aggregate_epoch(&p.tenant_id, &route_id, epoch, &p.subject, now)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(axum::Json(json!({"route_id": route_id, "epoch": rfc3339(epoch)})).into_response())
 }

@@ -95,7 +95,7 @@ pub(super) async fn history(
         .store()
         .consent_history(&cur.consent_id)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     let versions: Vec<Value> = versions.iter().map(|v| view(v, now)).collect();
     Ok(with_etag(
         StatusCode::OK,
@@ -117,12 +117,7 @@ pub(super) async fn list(
             "listing consents needs the officer or tenant admin role",
         ));
     }
-    let Ok(Query(q)) = query else {
-        return Err(ApiError::invalid("person_id", "malformed query"));
-    };
-    if let Some(k) = q.keys().find(|k| *k != "person_id") {
-        return Err(ApiError::invalid(k.clone(), "unknown query parameter"));
-    }
+    let q = crate::api::query_params(query, &["person_id"])?;
     let person = q
         .get("person_id")
         .ok_or_else(|| ApiError::invalid("person_id", "required"))?;
@@ -132,7 +127,7 @@ pub(super) async fn list(
         .store()
         .consent_heads_of_person(&p.tenant_id, person)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     let views: Vec<Value> = heads.iter().map(|v| view(v, now)).collect();
     Ok(axum::Json(json!({"consents": views})).into_response())
 }

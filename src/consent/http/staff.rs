@@ -67,7 +67,7 @@ pub(super) async fn evaluate(
         .store()
         .consent_head_summaries(&p.tenant_id, &req.person_id, &req.vertical_id)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     let now = s.consents.now_ms();
     let (status, version) = Consents::decide(&heads, purpose.as_deref(), now);
     let (mut allow, mut reason) = staff_decision(status, req.action);
