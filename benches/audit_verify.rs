@@ -59,6 +59,7 @@ fn decision(i: u64) -> Decision {
         chrono::Utc::now(),
     );
     d.tenant_id = Some(TENANT.into());
+    d.outcome = scp_pep::decision::Outcome::Allow;
     d.integration_id = Some("int-ke-moh".into());
     d.client_id = Some("ke-moh-connector".into());
     d.route_id = Some("ke-health-person-record".into());

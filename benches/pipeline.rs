@@ -155,12 +155,28 @@ fn main() {
     let now_ms = chrono::Utc::now().timestamp_millis();
     assert!(
         packs
-            .check_partner(&pack_integ, &pack_route, &pack_scopes, 1, "GET", now_ms)
+            .check_partner(
+                &pack_integ,
+                &pack_route,
+                &pack_scopes,
+                1,
+                "GET",
+                now_ms,
+                &mut Vec::new()
+            )
             .is_ok()
     );
     c.bench_function("packs/check_partner", |b| {
         b.iter(|| {
-            black_box(packs.check_partner(&pack_integ, &pack_route, &pack_scopes, 1, "GET", now_ms))
+            black_box(packs.check_partner(
+                &pack_integ,
+                &pack_route,
+                &pack_scopes,
+                1,
+                "GET",
+                now_ms,
+                &mut Vec::new(),
+            ))
         })
     });
     c.bench_function("authorize/stages_2_8", |b| {
@@ -229,7 +245,15 @@ fn main() {
                 .map(|a| minimize(a.integration, a.route, None, &mut d))
                 .is_ok()
                 && packs
-                    .check_partner(&pack_integ, &pack_route, &d.scopes, 1, "GET", now_ms)
+                    .check_partner(
+                        &pack_integ,
+                        &pack_route,
+                        &d.scopes,
+                        1,
+                        "GET",
+                        now_ms,
+                        &mut Vec::new(),
+                    )
                     .is_ok();
             v.push(t.elapsed().as_nanos() as u64);
             assert!(ok, "stages 2-8 allow");

@@ -417,6 +417,10 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
     pub incidents: Vec<Incident>,
+    /// Why, where a policy says: the determining policies of the policy packs (stage 6) as
+    /// `<pack id>/<policy id>` (the `@id` annotation, else Cedar's id), for allows and denials.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
     /// Wall time spent deciding, µs.
     pub latency_us: u64,
     /// Request headers Envoy must remove before forwarding (client `x-scp-*`, API key,
@@ -426,13 +430,19 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// A fresh decision for `method` at `time`, with nothing decided yet; `path` is the path as
-    /// it is to be recorded (the pipeline starts with `""` and sets it once it knows the route).
+    /// A fresh decision for `method` at `time`, with nothing decided yet: it starts as a denial
+    /// ([`Decision::UNDECIDED`], fail closed) and only the pipeline's last stage makes it an
+    /// allow. `path` is the path as it is to be recorded (the pipeline starts with `""` and sets
+    /// it once it knows the route).
     pub fn new(method: &str, path: &str, time: DateTime<Utc>) -> Self {
         Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
             time,
-            outcome: Outcome::Allow,
+            outcome: Outcome::Deny(Denial::retry_after(
+                DenyCode::DependencyUnavailable,
+                Self::UNDECIDED,
+                1,
+            )),
             tenant_id: None,
             integration_id: None,
             client_id: None,
@@ -455,10 +465,14 @@ impl Decision {
             consent_checks: Vec::new(),
             purpose: None,
             incidents: Vec::new(),
+            reasons: Vec::new(),
             latency_us: 0,
             headers_to_remove: Vec::new(),
         }
     }
+
+    /// The message of a decision no stage finished (a bug): it stays denied.
+    pub const UNDECIDED: &'static str = "no decision was reached; denied";
 
     /// True when the outcome is allow.
     pub fn allowed(&self) -> bool {
@@ -540,10 +554,19 @@ mod tests {
         assert_eq!(v["error"]["code"], "SCOPE_VIOLATION");
         assert_eq!(v["error"]["retryable"], false);
         assert_eq!(v["error"]["decision_id"], d.decision_id.as_str());
-        assert!(
-            Decision::new("GET", "/", Utc::now())
-                .denial_body()
-                .is_none()
-        );
+        let mut allowed = Decision::new("GET", "/", Utc::now());
+        allowed.outcome = Outcome::Allow;
+        assert!(allowed.denial_body().is_none());
+    }
+
+    /// Default deny: a decision no stage finished is a retryable denial, never an allow.
+    #[test]
+    fn a_fresh_decision_is_denied() {
+        let d = Decision::new("GET", "/", Utc::now());
+        assert!(!d.allowed());
+        let den = d.denial().unwrap();
+        assert_eq!(den.code, DenyCode::DependencyUnavailable);
+        assert_eq!(den.message, Decision::UNDECIDED);
+        assert_eq!(den.retry_after_s, Some(1));
     }
 }

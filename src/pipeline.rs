@@ -685,6 +685,7 @@ pub fn authorize<'s>(
             persons.len(),
             &facts.method,
             d.time.timestamp_millis(),
+            &mut d.reasons,
         )
         .map_err(|m| Denial::new(DenyCode::PolicyDenied, m))?;
 

@@ -366,9 +366,11 @@ mod tests {
                     result: "active".into(),
                     vertical: "health".into(),
                 }];
-                if !allow {
-                    d.outcome = Outcome::Deny(Denial::new(DenyCode::ScopeViolation, msg));
-                }
+                d.outcome = if allow {
+                    Outcome::Allow
+                } else {
+                    Outcome::Deny(Denial::new(DenyCode::ScopeViolation, msg))
+                };
                 d
             })
     }

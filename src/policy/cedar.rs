@@ -351,14 +351,23 @@ impl CompiledPacks {
             .get(&(req.tenant.to_owned(), req.vertical.to_owned()))?;
         let prep = cedar_parts(req);
         let ctx = cedar_context(req);
-        decide_packs(packs, req.now_ms, req.action, prep.as_ref(), ctx.as_ref())
+        decide_packs(
+            packs,
+            req.now_ms,
+            req.action,
+            prep.as_ref(),
+            ctx.as_ref(),
+            false,
+        )
     }
 
     /// Stage 6 for partner traffic: the packs of every vertical `route` touches, for
     /// `integration` with the request's effective `scopes`, `persons` count and `method`.
     ///
     /// Returns the fields the determining permits mask (sorted, deduplicated), or the denial
-    /// message naming the pack and the determining policy ids (`POLICY_DENIED`).
+    /// message naming the pack and the determining policy ids (`POLICY_DENIED`). Either way the
+    /// determining policies are appended to `reasons` as `<pack id>/<policy id>`.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_partner(
         &self,
         integration: &Integration,
@@ -367,6 +376,7 @@ impl CompiledPacks {
         persons: usize,
         method: &str,
         now_ms: i64,
+        reasons: &mut Vec<String>,
     ) -> Result<Vec<String>, String> {
         if self.is_empty() {
             return Ok(Vec::new());
@@ -450,12 +460,20 @@ impl CompiledPacks {
                 req.action,
                 prep.as_deref(),
                 cedar_ctx.as_ref(),
+                true,
             ) {
+                reasons.extend(d.reasons.iter().cloned());
                 if !d.allowed {
+                    let prefix = format!("{}/", d.pack_id);
+                    let ids: Vec<&str> = d
+                        .reasons
+                        .iter()
+                        .map(|r| r.strip_prefix(&prefix).unwrap_or(r))
+                        .collect();
                     return Err(format!(
                         "policy pack `{}` (vertical `{v}`) denies this request: {}",
                         d.pack_id,
-                        d.reasons.join(", ")
+                        ids.join(", ")
                     ));
                 }
                 masks.extend(d.masked_fields);
@@ -469,21 +487,28 @@ impl CompiledPacks {
 
 /// The answer of the `packs` of one (tenant, vertical) whose window holds `now_ms` to the request
 /// made of `prep` and `context` (either missing: every pack denies with `EVALUATION_ERROR`).
-/// The first denial wins; allows merge their reasons and masks (sorted, deduplicated). `None`:
-/// no pack is in its window.
+/// The first denial wins; allows merge their reasons and masks (sorted, deduplicated). With
+/// `qualify`, each reason names its pack (`<pack id>/<policy id>`). `None`: no pack is in its
+/// window.
 fn decide_packs(
     packs: &[Arc<CompiledPack>],
     now_ms: i64,
     action: &str,
     prep: Option<&Prepared>,
     context: Option<&Context>,
+    qualify: bool,
 ) -> Option<PackDecision> {
     let mut out: Option<PackDecision> = None;
     for p in packs.iter().filter(|p| p.in_window(now_ms)) {
-        let d = match (prep, context) {
+        let mut d = match (prep, context) {
             (Some(prep), Some(c)) => evaluate_pack(p, action, prep, c.clone()),
             _ => deny(p, vec![EVALUATION_ERROR.into()]),
         };
+        if qualify {
+            for r in &mut d.reasons {
+                *r = format!("{}/{r}", p.id);
+            }
+        }
         if !d.allowed {
             return Some(d);
         }
@@ -754,6 +779,7 @@ mod tests {
             1,
             "GET",
             NOW,
+            &mut Vec::new(),
         )
     }
 
@@ -774,7 +800,7 @@ mod tests {
         let other: Vec<String> = vec!["health:other".into()];
         let allows = |scopes: &[String], persons: usize, method: &str| {
             packs
-                .check_partner(&integ(), &r, scopes, persons, method, NOW)
+                .check_partner(&integ(), &r, scopes, persons, method, NOW, &mut Vec::new())
                 .is_ok()
         };
         // Twice: the second round is served from the reused entities and contexts.
@@ -945,5 +971,41 @@ mod tests {
         );
         req.vertical = "education";
         assert!(packs.evaluate(&req).is_none());
+    }
+
+    /// ADM-6: stage 6 reports the determining policies as reasons, `<pack id>/<policy id>`, for
+    /// an allow and for a denial; the denial message names the pack and the bare policy ids.
+    #[test]
+    fn check_partner_reports_determining_policies() {
+        let r = route(&["health"], Action::Read);
+        let scopes: Vec<String> = vec!["health:person:read".into()];
+        let allow = CompiledPacks::compile(&[pack(
+            "hp",
+            "health",
+            r#"@id("readers") permit(principal, action, resource);"#,
+        )]);
+        let mut reasons = Vec::new();
+        assert!(
+            allow
+                .check_partner(&integ(), &r, &scopes, 1, "GET", NOW, &mut reasons)
+                .is_ok()
+        );
+        assert_eq!(reasons, vec!["hp/readers".to_string()]);
+
+        let deny = CompiledPacks::compile(&[pack(
+            "hp",
+            "health",
+            r#"@id("readers") permit(principal, action, resource);
+               @id("no-bulk") forbid(principal, action, resource) when { context.persons > 0 };"#,
+        )]);
+        let mut reasons = Vec::new();
+        let m = deny
+            .check_partner(&integ(), &r, &scopes, 1, "GET", NOW, &mut reasons)
+            .unwrap_err();
+        assert_eq!(reasons, vec!["hp/no-bulk".to_string()]);
+        assert!(
+            m.contains("policy pack `hp`") && m.ends_with(": no-bulk"),
+            "{m}"
+        );
     }
 }

@@ -50,6 +50,7 @@ fn decision(i: usize, tenant: Option<&str>, time: chrono::DateTime<Utc>) -> Deci
         &format!("/v1/tenants/ke/health/persons/p-{i}/record"),
         time,
     );
+    d.outcome = Outcome::Allow;
     d.tenant_id = tenant.map(str::to_owned);
     d.integration_id = tenant.map(|t| format!("int-{t}"));
     d.verticals = vec!["health".into()];
