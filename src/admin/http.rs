@@ -468,6 +468,7 @@ pub fn openapi_document() -> Value {
         .chain(super::packs::openapi_paths())
         .chain(super::integrations::openapi_paths())
         .chain(super::tenants::openapi_paths())
+        .chain(crate::audit::http::openapi_paths())
     {
         paths.insert(path, item);
     }
@@ -492,7 +493,8 @@ pub fn openapi_document() -> Value {
             "type": "object",
             "required": ["error"],
             "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}
+                "code": {"type": "string", "enum": crate::api::ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()},
+                "message": {"type": "string"}, "field": {"type": "string"}
             }}}
         }),
     );

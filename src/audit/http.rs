@@ -89,6 +89,66 @@ impl AuditHttp {
     }
 }
 
+/// The OpenAPI 3.0 path items of the audit export routes (merged into `GET /openapi.json`).
+pub fn openapi_paths() -> Vec<(String, serde_json::Value)> {
+    use serde_json::json;
+    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let q = |name: &str, ty: &str| json!({"name": name, "in": "query", "required": true, "schema": {"type": ty}});
+    vec![
+        (
+            "/v1/audit/exports".into(),
+            json!({"post": {
+                "summary": "Issue a signed, time-limited download link for a tenant's audit export (`audit.read`)",
+                "tags": ["audit"],
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": false, "required": ["tenant"],
+                    "properties": {
+                        "tenant": {"type": "string"},
+                        "from": {"type": "string", "description": "RFC 3339 or YYYY-MM-DD (inclusive)"},
+                        "to": {"type": "string", "description": "RFC 3339 or YYYY-MM-DD (exclusive)"},
+                        "format": {"type": "string", "enum": ["jsonl", "csv"]}
+                    }
+                }}}},
+                "responses": {
+                    "201": {"description": "the link", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["url", "expires_at", "expires_in_s"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "expires_at": {"type": "string", "format": "date-time"},
+                            "expires_in_s": {"type": "integer"}
+                        }
+                    }}}},
+                    "400": err("INVALID_REQUEST"),
+                    "401": err("UNAUTHENTICATED"),
+                    "403": err("FORBIDDEN"),
+                    "503": err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE")
+                }
+            }}),
+        ),
+        (
+            "/v1/audit/exports/download".into(),
+            json!({"get": {
+                "summary": "Download an export through a link from POST /v1/audit/exports (the link is the credential)",
+                "tags": ["audit"],
+                "security": [],
+                "parameters": [
+                    q("tenant", "string"), q("from_ms", "integer"), q("to_ms", "integer"),
+                    {"name": "format", "in": "query", "required": true, "schema": {"type": "string", "enum": ["jsonl", "csv"]}},
+                    q("exp", "integer"), q("sub", "string"), q("sig", "string")
+                ],
+                "responses": {
+                    "200": {"description": "the export (JSON lines or CSV), verifiable offline with `scp-pep audit verify`",
+                        "content": {"application/x-ndjson": {}, "text/csv": {}}},
+                    "403": err("LINK_INVALID"),
+                    "410": err("LINK_EXPIRED"),
+                    "503": err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE")
+                }
+            }}),
+        ),
+    ]
+}
+
 /// The JSON error answer of `code` ([`ErrorCode::status`]) naming `field`.
 fn error(code: ErrorCode, message: &str, field: Option<&str>) -> Response {
     ApiError {

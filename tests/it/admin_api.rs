@@ -78,9 +78,15 @@ async fn every_operation_needs_a_token_and_a_role(store: Option<String>) {
             })
             .collect::<Vec<_>>()
             .join("/");
-        for (verb, _) in item.as_object().unwrap() {
+        for (verb, op) in item.as_object().unwrap() {
             // Path items may also hold `parameters`, `summary`…: only operations are walked.
             if !["get", "put", "post", "delete", "patch"].contains(&verb.as_str()) {
+                continue;
+            }
+            // A public operation (`security: []`): the audit download, whose signed link is
+            // its credential (tests/it/audit_http.rs).
+            if op["security"] == json!([]) {
+                assert_eq!(path, "/v1/audit/exports/download");
                 continue;
             }
             let method: Method = verb.to_uppercase().parse().unwrap();
@@ -101,8 +107,8 @@ async fn every_operation_needs_a_token_and_a_role(store: Option<String>) {
         }
     }
     assert!(
-        operations >= 3,
-        "the document lists the admin operations ({operations})"
+        operations >= 95,
+        "the document lists every admin, consent and audit operation ({operations})"
     );
     h.running.shutdown().await;
 }
@@ -257,4 +263,42 @@ async fn tenant_consent_settings(store: Option<String>) {
     let n = common::count_audit_events(store, "admin_change", "tenant.consent_settings").await;
     assert_eq!(n, 1, "one admin_change record for the one applied change");
     h.running.shutdown().await;
+}
+
+/// The served document is valid OpenAPI 3.0 (checked by `openapi-spec-validator`, which
+/// `scripts/test` installs from PyPI), lists the audit export routes, and its error schema names
+/// every REST error code.
+#[test]
+fn openapi_document_is_valid_openapi_3_0() {
+    let doc = scp_pep::admin::http::openapi_document();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/audit/exports"));
+    assert!(paths.contains_key("/v1/audit/exports/download"));
+    let codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(codes, scp_pep::api::ErrorCode::ALL.len());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import OpenAPIV30SpecValidator\n\
+             errs = list(OpenAPIV30SpecValidator(json.load(open(sys.argv[1]))).iter_errors())\n\
+             [print(list(e.path), e.message[:300]) for e in errs]\n\
+             sys.exit(1 if errs else 0)",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("python3 runs (scripts/test installs openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "/openapi.json is not valid OpenAPI 3.0 (or openapi-spec-validator is missing: \
+         `python3 -m pip install openapi-spec-validator`):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

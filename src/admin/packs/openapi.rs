@@ -25,9 +25,13 @@ pub fn openapi_paths() -> Vec<(String, Value)> {
     let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
     let if_match = json!({"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "\"<version>\": 412 when stale"});
     let body = |props: Value, required: &[&str]| {
-        json!({"required": true, "content": {"application/json": {"schema": {
-            "type": "object", "additionalProperties": false, "properties": props, "required": required
-        }}}})
+        let mut schema =
+            json!({"type": "object", "additionalProperties": false, "properties": props});
+        // OpenAPI 3.0: `required` must not be empty.
+        if !required.is_empty() {
+            schema["required"] = json!(required);
+        }
+        json!({"required": true, "content": {"application/json": {"schema": schema}}})
     };
     let reason_body = |c: &str, t: &str| {
         body(
