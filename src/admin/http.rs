@@ -280,6 +280,23 @@ impl ChangeRecord {
     }
 }
 
+/// A stored admin resource: its document kind and what its permissions are checked against.
+pub trait Resource: DeserializeOwned + serde::Serialize {
+    /// The document kind it is stored as.
+    const KIND: DocKind;
+    /// The tenant (and verticals) a permission on this resource must cover.
+    fn target(&self) -> Target<'_>;
+}
+
+/// One resource opened for an action by [`AdminHttp::open`]: who, how it was allowed, the
+/// resource and its stored row (id, version).
+pub struct Opened<T> {
+    pub caller: Caller,
+    pub via: Via,
+    pub doc: T,
+    pub stored: StoredDoc,
+}
+
 /// State of the admin routes.
 #[derive(Clone)]
 pub struct AdminHttp {
@@ -325,6 +342,52 @@ impl AdminHttp {
         let v = serde_json::from_str(&doc.doc)
             .map_err(|e| ApiError::unavailable("policy store (unreadable document)", &e))?;
         Ok((v, doc))
+    }
+
+    /// The start of every action on one stored resource, in the order the API promises:
+    /// authenticate; `permission` in some scope (before anything is looked up, so a caller
+    /// without it learns nothing); load `id` ([`AdminHttp::load`]); `permission` on the
+    /// resource's target.
+    ///
+    /// Errors: 401 `UNAUTHENTICATED`, 403 `FORBIDDEN`, 404 `NOT_FOUND`, 503.
+    pub async fn open<T: Resource>(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+        permission: &str,
+    ) -> Result<Opened<T>, ApiError> {
+        let caller = self.caller(headers).await?;
+        caller.require_some(permission)?;
+        let (doc, stored): (T, StoredDoc) = self.load(&caller, T::KIND, id).await?;
+        let via = caller.require(permission, &doc.target())?;
+        Ok(Opened {
+            caller,
+            via,
+            doc,
+            stored,
+        })
+    }
+
+    /// Writes `o.doc` back with document status `status`, guarded by the version it was opened
+    /// at, as one audited change ([`AdminHttp::commit`]). Returns the new version.
+    ///
+    /// Errors: as [`AdminHttp::commit`].
+    pub async fn put<T: Resource>(
+        &self,
+        o: &Opened<T>,
+        status: &str,
+        record: ChangeRecord,
+    ) -> Result<i64, ApiError> {
+        let change = DocChange::put(
+            T::KIND,
+            &o.stored.id,
+            Some(o.doc.target().tenant),
+            serde_json::to_string(&o.doc).unwrap_or_default(),
+        )
+        .status(status)
+        .expect(crate::store::Expect::Version(o.stored.version));
+        let w = self.commit(&o.caller, &o.via, record, vec![change]).await?;
+        Ok(w.versions[0])
     }
 
     /// Records `record` (and a `root_bypass` record when `via` is ROOT), then writes `changes`

@@ -179,10 +179,14 @@ pub(super) async fn revoke_assignment(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("assignments.write")?;
-    let (mut a, stored): (AssignmentDoc, _) = h.load(&caller, DocKind::RoleAssignment, &id).await?;
-    let via = caller.require("assignments.write", &Target::tenant(&a.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: mut a,
+        stored,
+    } = h
+        .open::<AssignmentDoc>(&headers, &id, "assignments.write")
+        .await?;
     let b: ReasonBody = parse(body)?;
     check_reason(
         "reason_code",
@@ -229,10 +233,8 @@ pub(super) async fn get_assignment(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let (a, stored): (AssignmentDoc, _) = h.load(&caller, DocKind::RoleAssignment, &id).await?;
-    caller.require("roles.read", &Target::tenant(&a.tenant_id))?;
+    let Opened { doc: a, stored, .. } =
+        h.open::<AssignmentDoc>(&headers, &id, "roles.read").await?;
     Ok(ok_json(
         StatusCode::OK,
         stored.version,

@@ -168,10 +168,14 @@ pub(super) async fn revoke_deny(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("deny_rules.write")?;
-    let (mut d, stored): (DenyRule, _) = h.load(&caller, DocKind::DenyRule, &id).await?;
-    let via = caller.require("deny_rules.write", &Target::tenant(&d.tenant))?;
+    let Opened {
+        caller,
+        via,
+        doc: mut d,
+        stored,
+    } = h
+        .open::<DenyRule>(&headers, &id, "deny_rules.write")
+        .await?;
     let b: ReasonBody = parse(body)?;
     check_reason(
         "reason_code",
@@ -223,10 +227,8 @@ pub(super) async fn get_deny(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("deny_rules.read")?;
-    let (d, stored): (DenyRule, _) = h.load(&caller, DocKind::DenyRule, &id).await?;
-    caller.require("deny_rules.read", &Target::tenant(&d.tenant))?;
+    let Opened { doc: d, stored, .. } =
+        h.open::<DenyRule>(&headers, &id, "deny_rules.read").await?;
     Ok(ok_json(
         StatusCode::OK,
         stored.version,

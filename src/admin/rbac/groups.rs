@@ -125,10 +125,12 @@ pub(super) async fn patch_group(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("groups.write")?;
-    let (mut g, stored): (GroupDoc, _) = h.load(&caller, DocKind::Group, &id).await?;
-    let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: mut g,
+        stored,
+    } = h.open::<GroupDoc>(&headers, &id, "groups.write").await?;
     let b: GroupPatch = parse(body)?;
     precondition(&headers, stored.version, &format!("group {id}"))?;
     if b.group_name.is_none()
@@ -180,10 +182,7 @@ pub(super) async fn get_group(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let (g, stored): (GroupDoc, _) = h.load(&caller, DocKind::Group, &id).await?;
-    caller.require("roles.read", &Target::tenant(&g.tenant_id))?;
+    let Opened { doc: g, stored, .. } = h.open::<GroupDoc>(&headers, &id, "roles.read").await?;
     let now = now_ms();
     let members: Vec<Value> = h
         .store
@@ -236,10 +235,12 @@ pub(super) async fn add_member(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("groups.write")?;
-    let (g, _): (GroupDoc, _) = h.load(&caller, DocKind::Group, &gid).await?;
-    let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: g,
+        ..
+    } = h.open::<GroupDoc>(&headers, &gid, "groups.write").await?;
     let b: MemberAdd = parse(body)?;
     let user_id = check_name("user_id", &b.user_id)?;
     let (from, until) = window_of(
@@ -317,10 +318,12 @@ pub(super) async fn end_member(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("groups.write")?;
-    let (g, _): (GroupDoc, _) = h.load(&caller, DocKind::Group, &gid).await?;
-    let via = caller.require("groups.write", &Target::tenant(&g.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: g,
+        ..
+    } = h.open::<GroupDoc>(&headers, &gid, "groups.write").await?;
     let b: MemberEnd = parse(body)?;
     check_reason(
         "reason_code",

@@ -71,7 +71,8 @@ use serde_json::{Value, json};
 
 use super::auth::AdminPrincipal;
 use super::http::{
-    AdminHttp, ChangeRecord, Grant, PERMISSIONS, Scope, Target, check_reason, permission,
+    AdminHttp, ChangeRecord, Grant, Opened, PERMISSIONS, Resource, Scope, Target, check_reason,
+    permission,
 };
 use crate::api::{
     ApiError, ApiResult, ErrorCode, instant, now_ms, opt_time, parse, precondition, rfc3339,
@@ -461,6 +462,34 @@ fn deny_matches(
         && d.program
             .as_deref()
             .is_none_or(|p| target.program.is_none_or(|t| t == p))
+}
+
+impl Resource for RoleDoc {
+    const KIND: DocKind = DocKind::Role;
+    fn target(&self) -> Target<'_> {
+        Target::tenant(&self.tenant_id)
+    }
+}
+
+impl Resource for GroupDoc {
+    const KIND: DocKind = DocKind::Group;
+    fn target(&self) -> Target<'_> {
+        Target::tenant(&self.tenant_id)
+    }
+}
+
+impl Resource for AssignmentDoc {
+    const KIND: DocKind = DocKind::RoleAssignment;
+    fn target(&self) -> Target<'_> {
+        Target::tenant(&self.tenant_id)
+    }
+}
+
+impl Resource for DenyRule {
+    const KIND: DocKind = DocKind::DenyRule;
+    fn target(&self) -> Target<'_> {
+        Target::tenant(&self.tenant)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

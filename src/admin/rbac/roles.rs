@@ -166,10 +166,12 @@ pub(super) async fn patch_role(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.write")?;
-    let (mut role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
-    let via = caller.require("roles.write", &Target::tenant(&role.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: mut role,
+        stored,
+    } = h.open::<RoleDoc>(&headers, &id, "roles.write").await?;
     let b: RolePatch = parse(body)?;
     precondition(&headers, stored.version, &format!("role {id}"))?;
     if role.status == "archived" {
@@ -284,15 +286,17 @@ pub(super) async fn role_step(
     body: Body,
     step: Step,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
     let perm = match step {
         Step::RequestReview => "roles.write",
         Step::Review => "roles.review",
         _ => "roles.approve",
     };
-    caller.require_some(perm)?;
-    let (mut role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
-    let via = caller.require(perm, &Target::tenant(&role.tenant_id))?;
+    let Opened {
+        caller,
+        via,
+        doc: mut role,
+        stored,
+    } = h.open::<RoleDoc>(&headers, &id, perm).await?;
     let now = now_ms();
     let actor = caller.principal.subject.clone();
     let mut stamp = |k: &str, v: Value| {
@@ -426,10 +430,9 @@ pub(super) async fn get_role(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let (role, stored): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
-    caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
+    let Opened {
+        doc: role, stored, ..
+    } = h.open::<RoleDoc>(&headers, &id, "roles.read").await?;
     Ok(ok_json(
         StatusCode::OK,
         stored.version,
@@ -442,10 +445,7 @@ pub(super) async fn role_versions(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let (role, _): (RoleDoc, _) = h.load(&caller, DocKind::Role, &id).await?;
-    caller.require("roles.read", &Target::tenant(&role.tenant_id))?;
+    let Opened { .. } = h.open::<RoleDoc>(&headers, &id, "roles.read").await?;
     let versions = h
         .store
         .document_versions(DocKind::Role, &id)
