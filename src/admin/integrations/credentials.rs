@@ -94,10 +94,7 @@ pub(super) async fn provision(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.provision")?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require("integrations.provision", &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.provision").await?;
     let b: CredentialBody = parse(body)?;
     b.check()?;
     precondition(&headers, cur.version, &format!("integration {id}"))?;
@@ -177,10 +174,7 @@ pub(super) async fn rotate(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.credentials")?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require("integrations.credentials", &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.credentials").await?;
     let b: CredentialBody = parse(body)?;
     b.check()?;
     archived(&cur.integ)?;
@@ -240,10 +234,7 @@ pub(super) async fn credentials(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.read")?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     let docs = s
         .store
         .documents(DocKind::Credential, Some(&cur.integ.tenant))
@@ -280,10 +271,7 @@ pub(super) async fn issue_api_key(
 ) -> ApiResult {
     use base64::Engine as _;
     use rand_core::RngCore;
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.credentials")?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require("integrations.credentials", &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.credentials").await?;
     let b: CredentialBody = parse(body)?;
     b.check()?;
     precondition(&headers, cur.version, &format!("integration {id}"))?;
@@ -329,10 +317,7 @@ pub(super) async fn revoke_api_key(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.credentials")?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require("integrations.credentials", &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.credentials").await?;
     let b: CredentialBody = parse(body)?;
     b.check()?;
     precondition(&headers, cur.version, &format!("integration {id}"))?;
@@ -389,10 +374,7 @@ pub(super) async fn health(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.read")?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     let a = s
         .store
         .integration_activity(&id)

@@ -36,7 +36,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Target, check_reason};
+use super::http::{AdminHttp, Caller, ChangeRecord, Resource, Target, Via, check_reason};
 use super::keycloak::{ClientSpec, Secret, realm_of_issuer};
 use crate::api::{
     ApiError, ApiResult, ErrorCode, opt_time, parse, precondition, rfc3339, with_etag,
@@ -114,8 +114,36 @@ struct Current {
 
 impl Current {
     fn target(&self) -> Target<'_> {
-        Target::verticals(&self.integ.tenant, &self.integ.verticals)
+        self.integ.target()
     }
+}
+
+impl Resource for Integration {
+    const KIND: DocKind = DocKind::Integration;
+    /// Its tenant and every vertical it declares.
+    fn target(&self) -> Target<'_> {
+        Target::verticals(&self.tenant, &self.verticals)
+    }
+}
+
+/// [`AdminHttp::open`] for integration `id`: the caller, how `permission` was allowed, and the
+/// integration.
+async fn open(
+    s: &AdminHttp,
+    headers: &HeaderMap,
+    id: &str,
+    permission: &str,
+) -> Result<(Caller, Via, Current), ApiError> {
+    let o = s.open::<Integration>(headers, id, permission).await?;
+    Ok((
+        o.caller,
+        o.via,
+        Current {
+            integ: o.doc,
+            version: o.stored.version,
+            doc: o.stored,
+        },
+    ))
 }
 
 /// The integration `id` as `caller` may see it: 404 when absent or of another tenant (non-root).
@@ -473,10 +501,7 @@ async fn get_one(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.read")?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     Ok(with_etag(
         StatusCode::OK,
         cur.version,
@@ -490,10 +515,7 @@ async fn history(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.read")?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     let versions = s
         .store
         .document_versions(DocKind::Integration, &id)
@@ -543,10 +565,7 @@ async fn patch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("integrations.create")?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require("integrations.create", &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.create").await?;
     let b: PatchBody = parse(body)?;
     precondition(&headers, cur.version, &format!("integration {id}"))?;
     archived(&cur.integ)?;

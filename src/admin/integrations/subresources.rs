@@ -163,9 +163,7 @@ pub(super) async fn sub_create<T: Sub>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, T::PERMISSION).await?;
     let mut doc = T::build(&s, body)?;
     archived(&cur.integ)?;
     let sub = format!("{}-{}", T::PREFIX, uuid::Uuid::now_v7().simple());
@@ -199,9 +197,7 @@ pub(super) async fn sub_list<T: Sub>(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     let docs = s
         .store
         .documents(T::KIND, Some(&cur.integ.tenant))
@@ -221,9 +217,7 @@ pub(super) async fn sub_get<T: Sub>(
     Path((id, sub)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
-    caller.require("integrations.read", &cur.target())?;
+    let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     let d = load_sub::<T>(&s, &cur, &sub).await?;
     Ok(with_etag(StatusCode::OK, d.version, sub_view(&d)))
 }
@@ -235,9 +229,7 @@ pub(super) async fn sub_put<T: Sub>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, T::PERMISSION).await?;
     let d = load_sub::<T>(&s, &cur, &sub).await?;
     let mut doc = T::build(&s, body)?;
     precondition(&headers, d.version, &format!("{} {sub}", T::NAME))?;
@@ -272,9 +264,7 @@ pub(super) async fn sub_delete<T: Sub>(
     Path((id, sub)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
-    let via = caller.require(T::PERMISSION, &cur.target())?;
+    let (caller, via, cur) = open(&s, &headers, &id, T::PERMISSION).await?;
     let d = load_sub::<T>(&s, &cur, &sub).await?;
     precondition(&headers, d.version, &format!("{} {sub}", T::NAME))?;
     archived(&cur.integ)?;

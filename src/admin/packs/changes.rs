@@ -8,7 +8,7 @@ pub(super) async fn list_changes(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
-    holds_any(&caller, "policy_packs.read")?;
+    caller.require_some("policy_packs.read")?;
     let q = crate::api::query_params(query, &["policy_pack_id", "status", "tenant_id"])?;
     let tenant = caller
         .tenant_for(q.get("tenant_id").map(String::as_str))?
@@ -46,9 +46,13 @@ pub(super) async fn get_change(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let (doc, c) = load_change(&s, &caller, &id).await?;
-    require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical)?;
+    let Opened {
+        doc: c,
+        stored: doc,
+        ..
+    } = s
+        .open::<PolicyChange>(&headers, &id, "policy_packs.read")
+        .await?;
     Ok(with_etag(
         StatusCode::OK,
         doc.version,
@@ -144,9 +148,13 @@ pub(super) async fn change_transition(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let t = find(CHANGE_TRANSITIONS, &action)?;
-    let caller = s.caller(&headers).await?;
-    let (doc, mut c) = load_change(&s, &caller, &id).await?;
-    let via = require_on(&caller, t.permission, &c.tenant, &c.vertical)?;
+    let Opened {
+        caller,
+        via,
+        doc: mut c,
+        stored: doc,
+        ..
+    } = s.open::<PolicyChange>(&headers, &id, t.permission).await?;
     let mut detail = transition_input(t.input, body)?;
     precondition(&headers, doc.version, &format!("policy change {id}"))?;
     check_from(t, c.status, &format!("policy change `{id}`"))?;

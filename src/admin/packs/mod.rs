@@ -47,7 +47,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Target, Via, check_reason};
+use super::http::{AdminHttp, Caller, ChangeRecord, Opened, Resource, Target, Via, check_reason};
 use crate::api::{
     ApiError, ApiResult, ErrorCode, now_ms, parse, precondition, rfc3339, store_unavailable,
     window, with_etag,
@@ -274,17 +274,6 @@ fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Holds any grant of `permission` (any scope), or is ROOT.
-fn holds_any(caller: &Caller, permission: &str) -> Result<(), ApiError> {
-    if caller.principal.root || caller.grants.iter().any(|g| g.permission == permission) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "this needs the permission `{permission}`"
-        )))
-    }
-}
-
 fn require_on(
     caller: &Caller,
     permission: &str,
@@ -293,6 +282,22 @@ fn require_on(
 ) -> Result<Via, ApiError> {
     let vs = [vertical.to_owned()];
     caller.require(permission, &Target::verticals(tenant, &vs))
+}
+
+impl Resource for PolicyPack {
+    const KIND: DocKind = DocKind::PolicyPack;
+    /// Its tenant and vertical.
+    fn target(&self) -> Target<'_> {
+        Target::verticals(&self.tenant, std::slice::from_ref(&self.vertical))
+    }
+}
+
+impl Resource for PolicyChange {
+    const KIND: DocKind = DocKind::PolicyChange;
+    /// Its tenant and vertical.
+    fn target(&self) -> Target<'_> {
+        Target::verticals(&self.tenant, std::slice::from_ref(&self.vertical))
+    }
 }
 
 /// Loads a pack the caller's tenant may see (404 otherwise).
@@ -386,7 +391,7 @@ fn check_vertical(s: &AdminHttp, vertical: &str) -> Result<(), ApiError> {
 
 async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
     let caller = s.caller(&headers).await?;
-    holds_any(&caller, "policy_packs.read")?;
+    caller.require_some("policy_packs.read")?;
     Ok(axum::Json(json!({
         "namespace": "Scp",
         "format": "cedarschema",
@@ -403,7 +408,7 @@ async fn list_packs(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
     let caller = s.caller(&headers).await?;
-    holds_any(&caller, "policy_packs.read")?;
+    caller.require_some("policy_packs.read")?;
     let q = crate::api::query_params(query, &["vertical_id", "status", "tenant_id"])?;
     let tenant = caller
         .tenant_for(q.get("tenant_id").map(String::as_str))?
@@ -533,9 +538,13 @@ async fn get_pack(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let (doc, p) = load_pack(&s, &caller, &id).await?;
-    require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical)?;
+    let Opened {
+        doc: p,
+        stored: doc,
+        ..
+    } = s
+        .open::<PolicyPack>(&headers, &id, "policy_packs.read")
+        .await?;
     Ok(with_etag(StatusCode::OK, doc.version, pack_view(&doc, &p)))
 }
 
@@ -544,9 +553,7 @@ async fn pack_versions(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let (_, p) = load_pack(&s, &caller, &id).await?;
-    require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical)?;
+    let _: Opened<PolicyPack> = s.open(&headers, &id, "policy_packs.read").await?;
     let versions = s
         .store
         .document_versions(DocKind::PolicyPack, &id)
@@ -590,10 +597,16 @@ async fn patch_pack(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
+    let Opened {
+        caller,
+        via,
+        doc: mut p,
+        stored: doc,
+        ..
+    } = s
+        .open::<PolicyPack>(&headers, &id, "policy_packs.write")
+        .await?;
     let req: PatchPack = parse(body)?;
-    let (doc, mut p) = load_pack(&s, &caller, &id).await?;
-    let via = require_on(&caller, "policy_packs.write", &p.tenant, &p.vertical)?;
     precondition(&headers, doc.version, &format!("policy pack {id}"))?;
     if p.status != Draft {
         return Err(ApiError::new(
@@ -710,9 +723,13 @@ async fn pack_transition(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let t = find(PACK_TRANSITIONS, &action)?;
-    let caller = s.caller(&headers).await?;
-    let (doc, mut p) = load_pack(&s, &caller, &id).await?;
-    let via = require_on(&caller, t.permission, &p.tenant, &p.vertical)?;
+    let Opened {
+        caller,
+        via,
+        doc: mut p,
+        stored: doc,
+        ..
+    } = s.open::<PolicyPack>(&headers, &id, t.permission).await?;
     let mut detail = transition_input(t.input, body)?;
     precondition(&headers, doc.version, &format!("policy pack {id}"))?;
     check_from(t, p.status, &format!("policy pack `{id}`"))?;
