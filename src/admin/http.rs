@@ -368,25 +368,29 @@ impl AdminHttp {
         })
     }
 
-    /// Writes `o.doc` back with document status `status`, guarded by the version it was opened
-    /// at, as one audited change ([`AdminHttp::commit`]). Returns the new version.
+    /// Writes `doc` back (as opened: `stored` is its row) with document status `status`,
+    /// guarded by the version it was read at, as one audited change ([`AdminHttp::commit`]).
+    /// Returns the new version.
     ///
-    /// Errors: as [`AdminHttp::commit`].
+    /// Errors: as [`AdminHttp::commit`] (412 when it changed meanwhile).
     pub async fn put<T: Resource>(
         &self,
-        o: &Opened<T>,
+        caller: &Caller,
+        via: &Via,
+        doc: &T,
+        stored: &StoredDoc,
         status: &str,
         record: ChangeRecord,
     ) -> Result<i64, ApiError> {
         let change = DocChange::put(
             T::KIND,
-            &o.stored.id,
-            Some(o.doc.target().tenant),
-            serde_json::to_string(&o.doc).unwrap_or_default(),
+            &stored.id,
+            Some(doc.target().tenant),
+            serde_json::to_string(doc).unwrap_or_default(),
         )
         .status(status)
-        .expect(crate::store::Expect::Version(o.stored.version));
-        let w = self.commit(&o.caller, &o.via, record, vec![change]).await?;
+        .expect(crate::store::Expect::Version(stored.version));
+        let w = self.commit(caller, via, record, vec![change]).await?;
         Ok(w.versions[0])
     }
 

@@ -207,24 +207,21 @@ pub(super) async fn revoke_assignment(
     a.revoked_by = Some(caller.principal.subject.clone());
     a.revoke_reason_code = Some(b.reason_code.clone());
     a.revoke_reason_text = b.reason_text.clone();
-    let w = h
-        .commit(
+    let v = h
+        .put(
             &caller,
             &via,
+            &a,
+            &stored,
+            "revoked",
             ChangeRecord::admin(
                 "role_assignment.revoke",
                 &a.tenant_id,
                 &id,
                 json!({"reason_code": b.reason_code, "reason_text": b.reason_text}),
             ),
-            vec![
-                DocChange::put(DocKind::RoleAssignment, &id, Some(&a.tenant_id), text(&a))
-                    .status("revoked")
-                    .expect(Expect::Version(stored.version)),
-            ],
         )
         .await?;
-    let v = w.versions[0];
     Ok(ok_json(StatusCode::OK, v, assignment_view(&a, v)))
 }
 

@@ -156,24 +156,21 @@ pub(super) async fn patch_group(
         g.active_until = u;
     }
     g.updated_at = now_ms();
-    let w = h
-        .commit(
+    let v = h
+        .put(
             &caller,
             &via,
+            &g,
+            &stored,
+            &g.status,
             ChangeRecord::admin(
                 "group.update",
                 &g.tenant_id,
                 &id,
                 json!({"dynamic_rule": g.dynamic_rule}),
             ),
-            vec![
-                DocChange::put(DocKind::Group, &id, Some(&g.tenant_id), text(&g))
-                    .status(g.status.clone())
-                    .expect(Expect::Version(stored.version)),
-            ],
         )
         .await?;
-    let v = w.versions[0];
     Ok(ok_json(StatusCode::OK, v, group_view(&g, v)))
 }
 

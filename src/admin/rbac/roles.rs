@@ -226,24 +226,21 @@ pub(super) async fn patch_role(
     let now = now_ms();
     role.updated_by = caller.principal.subject.clone();
     role.updated_at = now;
-    let w = h
-        .commit(
+    let v = h
+        .put(
             &caller,
             &via,
+            &role,
+            &stored,
+            &role.status,
             ChangeRecord::admin(
                 "role.update",
                 &role.tenant_id,
                 &id,
                 json!({"status": role.status, "permission_ids": role.permission_ids}),
             ),
-            vec![
-                DocChange::put(DocKind::Role, &id, Some(&role.tenant_id), text(&role))
-                    .status(role.status.clone())
-                    .expect(Expect::Version(stored.version)),
-            ],
         )
         .await?;
-    let v = w.versions[0];
     Ok(ok_json(StatusCode::OK, v, role_view(&role, v)))
 }
 
@@ -409,19 +406,16 @@ pub(super) async fn role_step(
     let mut detail = detail;
     detail["status"] = json!(role.status);
     detail["approval_state"] = json!(role.approval_state);
-    let w = h
-        .commit(
+    let v = h
+        .put(
             &caller,
             &via,
+            &role,
+            &stored,
+            &role.status,
             ChangeRecord::admin(action, &role.tenant_id, &id, detail),
-            vec![
-                DocChange::put(DocKind::Role, &id, Some(&role.tenant_id), text(&role))
-                    .status(role.status.clone())
-                    .expect(Expect::Version(stored.version)),
-            ],
         )
         .await?;
-    let v = w.versions[0];
     Ok(ok_json(StatusCode::OK, v, role_view(&role, v)))
 }
 
