@@ -18,7 +18,8 @@
 //!   export, verification, retention); [`tail`]: its live gRPC tail; [`admin`]: admin callers.
 //! - [`proto`]: generated code of scp-pep's own gRPC services (`proto/`).
 //! - [`grpc`]: the Envoy ext_authz adapter.
-//! - [`server`]: wiring, HTTP ops endpoints, change feed.
+//! - [`feed`]: the policy change feed (store → engine).
+//! - [`server`]: wiring, HTTP ops endpoints.
 //! - [`config`], [`cli`], [`check`], [`demo`], [`signer`]: configuration and the command line.
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod consent;
 pub mod decision;
 pub mod demo;
+pub mod feed;
 pub mod grpc;
 pub mod limits;
 pub mod path;
@@ -44,3 +46,4 @@ pub mod signer;
 pub mod sink;
 pub mod store;
 pub mod tail;
+pub mod time;

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::consent::{Clock, Consents, SystemClock};
 use crate::grpc::ExtAuthz;
 use crate::pipeline::{Engine, PipelineSettings, SnapshotSlot};
-use crate::policy::{PolicySet, PolicySnapshot};
+use crate::policy::PolicySet;
 use crate::sink::{DecisionSink, FanoutSink, JsonLogSink};
 use crate::store::Store;
 
@@ -215,7 +215,7 @@ pub async fn start_with_clock(
     );
     let access = crate::admin::access::Access::new(admin.clone(), store.clone(), engine.clone());
     let audience = config.auth.audience.clone();
-    match reload(&store, &engine, &audience).await {
+    match crate::feed::reload(&store, &engine, &audience).await {
         Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
         Ok(None) => tracing::warn!(
             "policy store is empty: every request is denied until `scp-pep policy apply`"
@@ -315,7 +315,7 @@ pub async fn start_with_clock(
     }));
 
     // Change feed.
-    tasks.push(tokio::spawn(change_feed(
+    tasks.push(tokio::spawn(crate::feed::change_feed(
         store.clone(),
         engine.clone(),
         audience,
@@ -475,7 +475,10 @@ pub(crate) fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Opti
     tracing::info!(verifier_key = %signer.verifier_key(), mode = ?c.mode, "audit log");
     let settings = AuditSettings {
         mode: c.mode,
-        writer: c.writer.clone().unwrap_or_else(default_writer),
+        writer: c
+            .writer
+            .clone()
+            .unwrap_or_else(crate::audit::default_writer),
         queue_capacity: c.queue_capacity,
         max_batch: c.max_batch,
         write_timeout: Duration::from_millis(c.write_timeout_ms.max(1)),
@@ -486,65 +489,6 @@ pub(crate) fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Opti
         tail_capacity: c.tail_capacity,
     };
     Ok(Some(AuditLog::start(store.clone(), signer, settings)))
-}
-
-/// The host name, else `scp-pep`.
-pub fn default_writer() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "scp-pep".into())
-}
-
-/// Loads the store's policy when its version differs from the installed snapshot's.
-/// Returns the installed version, `None` for an empty store.
-pub(crate) async fn reload(
-    store: &Store,
-    engine: &Engine,
-    audience: &str,
-) -> anyhow::Result<Option<i64>> {
-    let current = engine
-        .snapshot()
-        .load()
-        .as_ref()
-        .as_ref()
-        .map(|s| s.version);
-    let version = store.version().await?;
-    if version == 0 {
-        return Ok(None);
-    }
-    if current == Some(version) {
-        return Ok(current);
-    }
-    let (version, set) = store.load().await?;
-    let snap = PolicySnapshot::compile(set, version, audience);
-    engine.install(Arc::new(snap));
-    metrics::gauge!("scp_pep_policy_version").set(version as f64);
-    Ok(Some(version))
-}
-
-/// Follows the policy version: LISTEN/NOTIFY on PostgreSQL plus polling on every backend.
-async fn change_feed(
-    store: Store,
-    engine: Arc<Engine>,
-    audience: String,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let notify = Arc::new(tokio::sync::Notify::new());
-    store.spawn_listener(crate::store::NOTIFY_CHANNEL, notify.clone(), stop.clone());
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = notify.notified() => {}
-            _ = stop.wait_for(|v| *v) => return,
-        }
-        if let Err(e) = reload(&store, &engine, &audience).await {
-            tracing::warn!(error = %e, "policy reload failed; keeping the current snapshot");
-        }
-    }
 }
 
 #[derive(Clone)]

@@ -446,7 +446,7 @@ impl AdminHttp {
             .map_err(|e| crate::api::write_error(e, &changes))?;
         if changes.iter().any(|c| c.kind.enforced()) {
             // This replica enforces the change before the API answers (ADM-3).
-            if let Err(e) = crate::server::reload(&self.store, &self.engine, &self.audience).await {
+            if let Err(e) = crate::feed::reload(&self.store, &self.engine, &self.audience).await {
                 tracing::error!(error = %e, "policy reload after an admin change failed; the change feed retries");
             }
         }

@@ -116,20 +116,7 @@ async fn connect(args: &StoreArgs) -> Result<(Config, Store), ExitCode> {
     }
 }
 
-/// Parses `--from`/`--to`: RFC 3339, or a `YYYY-MM-DD` date (midnight UTC). Unix milliseconds.
-pub fn parse_instant(s: &str) -> Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_millis());
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        && let Some(t) = d.and_hms_opt(0, 0, 0)
-    {
-        return Ok(t.and_utc().timestamp_millis());
-    }
-    Err(format!(
-        "`{s}` is neither an RFC 3339 time nor a YYYY-MM-DD date"
-    ))
-}
+use crate::time::parse_instant;
 
 /// The configured signing key, if any (`audit.signing_key`, else `audit.signing_key_file`).
 pub fn configured_signer(cfg: &Config) -> Result<Option<CheckpointSigner>, String> {
@@ -384,7 +371,7 @@ pub async fn purge(a: PurgeArgs) -> ExitCode {
     };
     let settings = super::AuditSettings {
         mode: super::AuditMode::Durable,
-        writer: format!("{}-purge", crate::server::default_writer()),
+        writer: format!("{}-purge", crate::audit::default_writer()),
         ..Default::default()
     };
     let audit = super::AuditLog::start(store.clone(), signer, settings);

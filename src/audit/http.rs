@@ -33,12 +33,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
 
 use super::AuditLog;
-use super::cmd::parse_instant;
 use super::export::{ExportRequest, ExportSink, Format};
 use super::record::{AuditEvent, RecordKind};
 use crate::admin::access::{Access, Target, Via};
 use crate::api::{ApiError, ErrorCode};
 use crate::store::Store;
+use crate::time::parse_instant;
 
 /// State of the audit HTTP routes.
 #[derive(Clone)]

@@ -343,3 +343,13 @@ impl DecisionSink for AuditLog {
         Box::pin(self.enqueue(tenant, items, tail))
     }
 }
+
+/// The default writer id of audit records (`audit.writer`): the host name, else `scp-pep`.
+pub fn default_writer() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "scp-pep".into())
+}

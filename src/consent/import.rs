@@ -98,7 +98,7 @@ pub enum ImportError {
 }
 
 fn parse_time(s: &str) -> Option<i64> {
-    crate::audit::cmd::parse_instant(s).ok()
+    crate::time::parse_instant(s).ok()
 }
 
 struct Prepared {

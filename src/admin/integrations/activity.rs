@@ -106,7 +106,7 @@ impl Activity {
                 }
             }
         }
-        if activated && let Err(e) = crate::server::reload(store, engine, audience).await {
+        if activated && let Err(e) = crate::feed::reload(store, engine, audience).await {
             tracing::error!(error = %e, "policy reload after a handshake activation failed");
         }
     }

@@ -60,10 +60,10 @@ use crate::api::{
     ApiError, ApiResult, ErrorCode, if_match, opt_time, parse, rfc3339, window, with_etag,
 };
 use crate::audit::AuditLog;
-use crate::audit::cmd::parse_instant;
 use crate::audit::record::{AuditEvent, RecordKind};
 use crate::pipeline::SnapshotSlot;
 use crate::store::Store;
+use crate::time::parse_instant;
 
 pub use crate::api::MAX_BODY_BYTES;
 
