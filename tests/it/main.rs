@@ -26,6 +26,7 @@ mod consent_notify;
 mod consent_store;
 mod corpus;
 mod envoy_e2e;
+mod fuzz_api;
 mod jwks;
 mod oidc_e2e;
 mod pii;
