@@ -14,8 +14,8 @@ use common::Harness;
 /// Runs schemathesis against `h` as a caller with `roles`; panics with its report on a failure.
 async fn fuzz_as(h: &Harness, roles: &[&str], examples: u32) {
     let token = h.staff_token("ke", "fuzzer", roles, "scp-pep-admin");
-    let out = tokio::process::Command::new("schemathesis")
-        .args(["run", &h.ops_url("/openapi.json")])
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "schemathesis.cli", "run", &h.ops_url("/openapi.json")])
         .args(["--checks", "not_a_server_error"])
         .args(["--max-examples", &examples.to_string()])
         .args(["--seed", "20261205", "--workers", "2", "--no-color"])
