@@ -32,7 +32,7 @@ pub(super) async fn list_changes(
         if q.get("policy_pack_id")
             .is_some_and(|p| *p != c.policy_pack_id)
             || status.is_some_and(|st| st != c.status)
-            || require_on(&caller, "policy_packs.read", &c.tenant, &c.vertical).is_err()
+            || !caller.may("policy_packs.read", &c.target())
         {
             continue;
         }
@@ -82,11 +82,8 @@ pub(super) async fn create_change(
     let req: CreateChange = parse(body)?;
     let (_, pack) = load_pack(&s, &caller, &req.policy_pack_id)
         .await
-        .map_err(|e| ApiError {
-            field: Some("policy_pack_id".into()),
-            ..e
-        })?;
-    let via = require_on(&caller, "policy_packs.write", &pack.tenant, &pack.vertical)?;
+        .map_err(|e| e.at("policy_pack_id"))?;
+    let via = caller.require("policy_packs.write", &pack.target())?;
     if pack.status == Archived {
         return Err(ApiError::new(
             ErrorCode::Archived,

@@ -47,7 +47,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Opened, Resource, Target, Via, check_reason};
+use super::http::{AdminHttp, Caller, ChangeRecord, Opened, Resource, Target, check_reason};
 use crate::api::{
     ApiError, ApiResult, ErrorCode, now_ms, parse, precondition, rfc3339, store_unavailable,
     window, with_etag,
@@ -251,10 +251,7 @@ fn parse_status(s: &str) -> Option<PackStatus> {
 fn check_rules(text: &str) -> Result<(), ApiError> {
     cedar::check_policies(text)
         .map(|_| ())
-        .map_err(|m| ApiError {
-            field: Some("policy_rules".into()),
-            ..ApiError::new(ErrorCode::PolicyInvalid, m)
-        })
+        .map_err(|m| ApiError::new(ErrorCode::PolicyInvalid, m).at("policy_rules"))
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128.
@@ -272,16 +269,6 @@ fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
             "must match [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)",
         ))
     }
-}
-
-fn require_on(
-    caller: &Caller,
-    permission: &str,
-    tenant: &str,
-    vertical: &str,
-) -> Result<Via, ApiError> {
-    let vs = [vertical.to_owned()];
-    caller.require(permission, &Target::verticals(tenant, &vs))
 }
 
 impl Resource for PolicyPack {
@@ -431,7 +418,7 @@ async fn list_packs(
         };
         if q.get("vertical_id").is_some_and(|v| *v != p.vertical)
             || status.is_some_and(|st| st != p.status)
-            || require_on(&caller, "policy_packs.read", &p.tenant, &p.vertical).is_err()
+            || !caller.may("policy_packs.read", &p.target())
         {
             continue;
         }
@@ -466,7 +453,10 @@ async fn create_pack(
     let caller = s.caller(&headers).await?;
     let req: CreatePack = parse(body)?;
     let tenant = caller.tenant_for(req.tenant_id.as_deref())?.to_owned();
-    let via = require_on(&caller, "policy_packs.write", &tenant, &req.vertical_id)?;
+    let via = caller.require(
+        "policy_packs.write",
+        &Target::verticals(&tenant, std::slice::from_ref(&req.vertical_id)),
+    )?;
     let id = req
         .policy_pack_id
         .clone()

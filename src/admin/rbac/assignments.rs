@@ -86,13 +86,11 @@ pub(super) async fn assign(
         _ => return Err(ApiError::invalid("role_id", "no such role in this tenant")),
     };
     if role.status != "active" {
-        return Err(ApiError {
-            field: Some("role_id".into()),
-            ..ApiError::new(
-                ErrorCode::RoleNotActive,
-                format!("role `{}` is {}", role.role_id, role.status),
-            )
-        });
+        return Err(ApiError::new(
+            ErrorCode::RoleNotActive,
+            format!("role `{}` is {}", role.role_id, role.status),
+        )
+        .at("role_id"));
     }
     let scope = Scope {
         tenant_id: Some(tenant.clone()),
