@@ -19,6 +19,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 pub use super::access::{Access, Caller, Grant, Scope, Target, Via};
+use crate::api::openapi::ApiRouter;
 use crate::api::{ApiError, store_unavailable};
 use crate::audit::AuditLog;
 use crate::audit::record::{AuditEvent, RecordKind};
@@ -468,15 +469,21 @@ impl AdminHttp {
     pub fn router(self) -> Router {
         Router::new()
             .route("/openapi.json", get(openapi))
-            .merge(super::rbac::routes())
-            .merge(super::packs::routes())
-            .merge(super::integrations::routes())
-            .merge(super::tenants::routes())
+            .merge(routes())
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::api::MAX_BODY_BYTES,
             ))
             .with_state(self)
     }
+}
+
+/// The admin routes with their OpenAPI operations (one table for both).
+fn routes() -> ApiRouter<AdminHttp> {
+    ApiRouter::new()
+        .merge(ApiRouter::from(super::rbac::routes()))
+        .merge(ApiRouter::from(super::packs::routes()))
+        .merge(ApiRouter::from(super::integrations::routes()))
+        .merge(super::tenants::routes())
 }
 
 /// Reason codes of admin changes (ADM-7); `OTHER` needs a text.
@@ -523,58 +530,45 @@ pub fn check_reason(
 }
 
 async fn openapi() -> impl IntoResponse {
-    axum::Json(openapi_document())
+    static DOC: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(|| serde_json::to_vec(&openapi_document()).unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.as_slice(),
+    )
 }
 
-/// The OpenAPI 3.0 document of every admin and consent route (`GET /openapi.json`, public),
-/// built from the route modules' fragments.
-pub fn openapi_document() -> Value {
-    let mut paths = serde_json::Map::new();
+/// The OpenAPI 3.1 document of every admin, consent and audit route (`GET /openapi.json`,
+/// public), generated from the same route tables that build the routers
+/// ([`crate::api::openapi`]).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().into_openapi();
+    doc.merge(crate::consent::http::routes().into_openapi());
+    doc.merge(crate::audit::http::routes().into_openapi());
+    let mut legacy = serde_json::Map::new();
     for (path, item) in super::rbac::openapi_paths()
         .into_iter()
         .chain(super::packs::openapi_paths())
         .chain(super::integrations::openapi_paths())
-        .chain(super::tenants::openapi_paths())
-        .chain(crate::audit::http::openapi_paths())
     {
-        paths.insert(path, item);
+        legacy.insert(path, item);
     }
-    paths.insert(
-        "/openapi.json".into(),
-        json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}}),
-    );
-    // The consent API is part of the same document.
     let consent = crate::consent::http::openapi_document();
     if let Some(p) = consent["paths"].as_object() {
-        for (k, v) in p {
-            paths.insert(k.clone(), v.clone());
+        legacy.extend(p.clone());
+    }
+    let legacy: utoipa::openapi::Paths =
+        serde_json::from_value(Value::Object(legacy)).unwrap_or_default();
+    doc.paths.paths.extend(legacy.paths);
+    if let Some(s) = consent["components"]["schemas"].as_object() {
+        let schemas = &mut doc.components.get_or_insert_with(Default::default).schemas;
+        for (k, v) in s {
+            if let Ok(v) = serde_json::from_value(v.clone()) {
+                schemas.insert(k.clone(), v);
+            }
         }
     }
-    let mut schemas = serde_json::Map::new();
-    if let Some(s) = consent["components"]["schemas"].as_object() {
-        schemas.extend(s.clone());
-    }
-    schemas.insert(
-        "Error".into(),
-        json!({
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": crate::api::ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()},
-                "message": {"type": "string"}, "field": {"type": "string"}
-            }}}
-        }),
-    );
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "scp-pep admin, security and consent API", "version": env!("CARGO_PKG_VERSION")},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": schemas,
-        },
-        "security": [{"bearer": []}],
-        "paths": paths,
-    })
+    crate::api::openapi::finish(doc)
 }
 
 #[cfg(test)]

@@ -9,28 +9,26 @@
 //! A change is one audited [`AdminHttp::commit`] of the (enforced) tenant document, guarded by
 //! `If-Match`; the document then belongs to the API (policy files no longer override it).
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, patch};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::http::{AdminHttp, ChangeRecord, Target, check_reason};
+use crate::api::openapi::ApiRouter;
 use crate::api::{ApiError, ApiResult, parse, precondition, with_etag};
 use crate::policy::Tenant;
 use crate::store::{DocChange, DocKind, Expect, StoredDoc};
 
 /// The tenant routes.
-pub fn routes() -> Router<AdminHttp> {
-    Router::new()
-        .route("/v1/tenants/{tenant_id}", get(get_tenant))
-        .route(
-            "/v1/tenants/{tenant_id}/consent-settings",
-            patch(patch_consent_settings),
-        )
+pub fn routes() -> ApiRouter<AdminHttp> {
+    ApiRouter::new()
+        .routes(routes!(get_tenant))
+        .routes(routes!(patch_consent_settings))
 }
 
 /// Loads tenant `id` (404 when unknown, or another tenant's for a non-root caller).
@@ -67,6 +65,12 @@ fn view(doc: &StoredDoc, t: &Tenant) -> Value {
     })
 }
 
+/// `GET /v1/tenants/{tenant_id}`: the tenant document.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants",
+    summary = "A tenant's settings (issuer, residency, consent and retention settings)",
+    params(("tenant_id" = String, Path)),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "The tenant; ETag = version", body = Object)))]
 async fn get_tenant(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -79,11 +83,12 @@ async fn get_tenant(
     Ok(with_etag(StatusCode::OK, doc.version, view(&doc, &t)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConsentSettingsReq {
     /// Days of read-only grace after a consent expires (≤ 90; `null` = the server default).
     #[serde(default)]
+    #[schema(maximum = 90)]
     consent_grace_days: Option<u32>,
     /// Days before expiry reminders go out, each 1..=365.
     #[serde(default)]
@@ -94,6 +99,12 @@ struct ConsentSettingsReq {
 }
 
 /// `PATCH /v1/tenants/{id}/consent-settings` (CON-27, CON-33): umbrella authority only.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/consent-settings", tag = "tenants",
+    summary = "Consent grace period and reminder schedule (umbrella authority; CON-27, CON-33)",
+    params(("tenant_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = ConsentSettingsReq,
+    security(("bearer" = ["tenants.consent_settings"])),
+    responses((status = 200, description = "The tenant; ETag = version", body = Object)))]
 async fn patch_consent_settings(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -160,38 +171,4 @@ async fn patch_consent_settings(
         ..doc
     };
     Ok(with_etag(StatusCode::OK, version, view(&doc, &t)))
-}
-
-/// OpenAPI path items of [`routes`].
-pub fn openapi_paths() -> Vec<(String, Value)> {
-    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let id =
-        json!({"name": "tenant_id", "in": "path", "required": true, "schema": {"type": "string"}});
-    vec![
-        (
-            "/v1/tenants/{tenant_id}".into(),
-            json!({"get": {
-                "summary": "A tenant's settings (integrations.read)",
-                "parameters": [id],
-                "responses": {"200": {"description": "tenant"}, "401": err("UNAUTHENTICATED"), "403": err("FORBIDDEN"), "404": err("NOT_FOUND")}
-            }}),
-        ),
-        (
-            "/v1/tenants/{tenant_id}/consent-settings".into(),
-            json!({"patch": {
-                "summary": "Consent grace period and reminder schedule: umbrella authority (tenants.consent_settings; CON-27, CON-33)",
-                "parameters": [id, {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["reason_code"], "additionalProperties": false,
-                    "properties": {
-                        "consent_grace_days": {"type": "integer", "minimum": 0, "maximum": 90, "nullable": true},
-                        "consent_reminder_days": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 365}, "nullable": true},
-                        "reason_code": {"type": "string"}, "reason_text": {"type": "string"}
-                    }
-                }}}},
-                "responses": {"200": {"description": "tenant"}, "400": err("INVALID_REQUEST"), "401": err("UNAUTHENTICATED"), "403": err("FORBIDDEN"),
-                    "404": err("NOT_FOUND"), "412": err("PRECONDITION_FAILED"), "503": err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE")}
-            }}),
-        ),
-    ]
 }

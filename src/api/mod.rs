@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 mod error;
+pub mod openapi;
 pub use error::{ErrorCode, store_unavailable, write_error};
 
 /// Largest request body of the admin and consent APIs, bytes.

@@ -27,15 +27,17 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::AuditLog;
 use super::export::{ExportRequest, ExportSink, Format};
 use super::record::{AuditEvent, RecordKind};
 use crate::admin::access::{Access, Target, Via};
+use crate::api::openapi::ApiRouter;
 use crate::api::{ApiError, ErrorCode};
 use crate::store::Store;
 use crate::time::parse_instant;
@@ -82,71 +84,15 @@ impl AuditHttp {
 
     /// The routes, to merge into the HTTP listener's router.
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/v1/audit/exports", post(create_link))
-            .route("/v1/audit/exports/download", get(download))
-            .with_state(self)
+        routes().with_state(self).into()
     }
 }
 
-/// The OpenAPI 3.0 path items of the audit export routes (merged into `GET /openapi.json`).
-pub fn openapi_paths() -> Vec<(String, serde_json::Value)> {
-    use serde_json::json;
-    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let q = |name: &str, ty: &str| json!({"name": name, "in": "query", "required": true, "schema": {"type": ty}});
-    vec![
-        (
-            "/v1/audit/exports".into(),
-            json!({"post": {
-                "summary": "Issue a signed, time-limited download link for a tenant's audit export (`audit.read`)",
-                "tags": ["audit"],
-                "security": [{"bearer": []}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "additionalProperties": false, "required": ["tenant"],
-                    "properties": {
-                        "tenant": {"type": "string"},
-                        "from": {"type": "string", "description": "RFC 3339 or YYYY-MM-DD (inclusive)"},
-                        "to": {"type": "string", "description": "RFC 3339 or YYYY-MM-DD (exclusive)"},
-                        "format": {"type": "string", "enum": ["jsonl", "csv"]}
-                    }
-                }}}},
-                "responses": {
-                    "201": {"description": "the link", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["url", "expires_at", "expires_in_s"],
-                        "properties": {
-                            "url": {"type": "string"},
-                            "expires_at": {"type": "string", "format": "date-time"},
-                            "expires_in_s": {"type": "integer"}
-                        }
-                    }}}},
-                    "400": err("INVALID_REQUEST"),
-                    "401": err("UNAUTHENTICATED"),
-                    "403": err("FORBIDDEN"),
-                    "503": err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE")
-                }
-            }}),
-        ),
-        (
-            "/v1/audit/exports/download".into(),
-            json!({"get": {
-                "summary": "Download an export through a link from POST /v1/audit/exports (the link is the credential)",
-                "tags": ["audit"],
-                "security": [],
-                "parameters": [
-                    q("tenant", "string"), q("from_ms", "integer"), q("to_ms", "integer"),
-                    {"name": "format", "in": "query", "required": true, "schema": {"type": "string", "enum": ["jsonl", "csv"]}},
-                    q("exp", "integer"), q("sub", "string"), q("sig", "string")
-                ],
-                "responses": {
-                    "200": {"description": "the export (JSON lines or CSV), verifiable offline with `scp-pep audit verify`",
-                        "content": {"application/x-ndjson": {}, "text/csv": {}}},
-                    "403": err("LINK_INVALID"),
-                    "410": err("LINK_EXPIRED"),
-                    "503": err("AUDIT_UNAVAILABLE or DEPENDENCY_UNAVAILABLE")
-                }
-            }}),
-        ),
-    ]
+/// The audit export routes with their OpenAPI operations.
+pub fn routes() -> ApiRouter<AuditHttp> {
+    ApiRouter::new()
+        .routes(routes!(create_link))
+        .routes(routes!(download))
 }
 
 /// The JSON error answer of `code` ([`ErrorCode::status`]) naming `field`.
@@ -158,12 +104,14 @@ fn error(code: ErrorCode, message: &str, field: Option<&str>) -> Response {
     .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LinkRequest {
     tenant: String,
+    /// RFC 3339 or `YYYY-MM-DD` (inclusive; default: the beginning).
     #[serde(default)]
     from: Option<String>,
+    /// RFC 3339 or `YYYY-MM-DD` (exclusive; default: now).
     #[serde(default)]
     to: Option<String>,
     #[serde(default)]
@@ -196,7 +144,9 @@ impl LinkParams {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The signed link's parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DownloadQuery {
     tenant: String,
     from_ms: i64,
@@ -207,6 +157,22 @@ struct DownloadQuery {
     sig: String,
 }
 
+/// The answer of `POST /v1/audit/exports`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Link {
+    /// The download path with its signed parameters.
+    url: String,
+    expires_at: String,
+    /// Seconds until the link expires.
+    expires_in_s: u64,
+}
+
+#[utoipa::path(post, path = "/v1/audit/exports", tag = "audit",
+    summary = "Issue a signed, time-limited download link for a tenant's audit export",
+    request_body = LinkRequest,
+    security(("bearer" = ["audit.read"])),
+    responses((status = 201, description = "The link", body = Link)))]
 async fn create_link(
     State(s): State<AuditHttp>,
     headers: HeaderMap,
@@ -327,6 +293,15 @@ fn audit_unavailable() -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/v1/audit/exports/download", tag = "audit",
+    summary = "Download an export through a link from POST /v1/audit/exports (the link is the credential)",
+    params(DownloadQuery),
+    security(()),
+    responses(
+        (status = 200, description = "The export (JSON lines or CSV), verifiable offline with `scp-pep audit verify`",
+            content(("application/x-ndjson"), ("text/csv"))),
+        (status = 403, description = "LINK_INVALID", body = crate::api::openapi::ErrorBody),
+        (status = 410, description = "LINK_EXPIRED", body = crate::api::openapi::ErrorBody)))]
 async fn download(
     State(s): State<AuditHttp>,
     q: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,

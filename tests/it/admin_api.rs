@@ -55,7 +55,7 @@ async fn every_operation_needs_a_token_and_a_role(store: Option<String>) {
     let h = Harness::start(store).await;
     let (status, doc, _) = call(&h, Method::GET, "/openapi.json", None, &[], None).await;
     assert_eq!(status, 200, "the OpenAPI document is public");
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
     assert!(
         paths.contains_key("/v1/consents"),
@@ -265,17 +265,20 @@ async fn tenant_consent_settings(store: Option<String>) {
     h.running.shutdown().await;
 }
 
-/// The served document is valid OpenAPI 3.0 (checked by `openapi-spec-validator`, which
+/// The served document is valid OpenAPI 3.1 (checked by `openapi-spec-validator`, which
 /// `scripts/test` installs from PyPI), lists the audit export routes, and its error schema names
 /// every REST error code.
 #[test]
-fn openapi_document_is_valid_openapi_3_0() {
-    let doc = scp_pep::admin::http::openapi_document();
+fn openapi_document_is_valid_openapi_3_1() {
+    let doc = serde_json::to_value(scp_pep::admin::http::openapi_document()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/audit/exports"));
     assert!(paths.contains_key("/v1/audit/exports/download"));
-    let codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
-        ["enum"]
+    assert_eq!(
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    let codes = doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()
         .len();
@@ -286,8 +289,8 @@ fn openapi_document_is_valid_openapi_3_0() {
         .args([
             "-c",
             "import json, sys\n\
-             from openapi_spec_validator import OpenAPIV30SpecValidator\n\
-             errs = list(OpenAPIV30SpecValidator(json.load(open(sys.argv[1]))).iter_errors())\n\
+             from openapi_spec_validator import OpenAPIV31SpecValidator\n\
+             errs = list(OpenAPIV31SpecValidator(json.load(open(sys.argv[1]))).iter_errors())\n\
              [print(list(e.path), e.message[:300]) for e in errs]\n\
              sys.exit(1 if errs else 0)",
         ])
@@ -296,7 +299,7 @@ fn openapi_document_is_valid_openapi_3_0() {
         .expect("python3 runs (scripts/test installs openapi-spec-validator)");
     assert!(
         out.status.success(),
-        "/openapi.json is not valid OpenAPI 3.0 (or openapi-spec-validator is missing: \
+        "/openapi.json is not valid OpenAPI 3.1 (or openapi-spec-validator is missing: \
          `python3 -m pip install openapi-spec-validator`):\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

@@ -56,6 +56,7 @@ use super::store::OutboxRow;
 use super::{Consents, PersonRecord};
 use crate::admin::AdminPrincipal;
 use crate::admin::access::{Access, Caller, Target, Via};
+use crate::api::openapi::ApiRouter;
 use crate::api::{
     ApiError, ApiResult, ErrorCode, if_match, opt_time, parse, rfc3339, window, with_etag,
 };
@@ -94,6 +95,28 @@ pub struct ConsentHttp {
     pub snapshot: SnapshotSlot,
 }
 
+/// The consent routes with their OpenAPI operations.
+pub fn routes() -> ApiRouter<ConsentHttp> {
+    ApiRouter::from(
+        Router::new()
+            .route("/v1/consents", post(capture).get(list))
+            .route("/v1/consents/openapi.json", get(openapi))
+            .route("/v1/consents/evaluate", post(evaluate))
+            .route("/v1/consents/persons/{person_id}", put(put_person))
+            .route("/v1/consents/aggregates/{route_id}/epoch", put(set_epoch))
+            .route("/v1/consents/{id}", get(get_consent))
+            .route(
+                "/v1/consents/{id}/evidence",
+                get(get_evidence).post(add_evidence),
+            )
+            .route("/v1/consents/{id}/verify", post(verify))
+            .route("/v1/consents/{id}/reject", post(reject))
+            .route("/v1/consents/{id}/withdraw", post(withdraw))
+            .route("/v1/consents/{id}/renew", post(renew))
+            .route("/v1/consents/{id}/history", get(history)),
+    )
+}
+
 impl ConsentHttp {
     /// The API over `consents`, recording to `audit`, authenticating with `admin`, reading tenant
     /// settings (grace days, CON-27) from `snapshot`.
@@ -113,22 +136,7 @@ impl ConsentHttp {
 
     /// The routes, to merge into the HTTP listener's router (bodies limited to 64 KiB).
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/v1/consents", post(capture).get(list))
-            .route("/v1/consents/openapi.json", get(openapi))
-            .route("/v1/consents/evaluate", post(evaluate))
-            .route("/v1/consents/persons/{person_id}", put(put_person))
-            .route("/v1/consents/aggregates/{route_id}/epoch", put(set_epoch))
-            .route("/v1/consents/{id}", get(get_consent))
-            .route(
-                "/v1/consents/{id}/evidence",
-                get(get_evidence).post(add_evidence),
-            )
-            .route("/v1/consents/{id}/verify", post(verify))
-            .route("/v1/consents/{id}/reject", post(reject))
-            .route("/v1/consents/{id}/withdraw", post(withdraw))
-            .route("/v1/consents/{id}/renew", post(renew))
-            .route("/v1/consents/{id}/history", get(history))
+        Router::from(routes())
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
