@@ -302,6 +302,9 @@ pub async fn start_with_clock(
         }
         .router(),
     );
+    // Unknown routes answer the REST error shape, not an empty body.
+    app =
+        app.fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() });
     let mut http_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, app)

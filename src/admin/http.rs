@@ -480,8 +480,8 @@ impl AdminHttp {
 /// The admin routes with their OpenAPI operations (one table for both).
 fn routes() -> ApiRouter<AdminHttp> {
     ApiRouter::new()
-        .merge(ApiRouter::from(super::rbac::routes()))
-        .merge(ApiRouter::from(super::packs::routes()))
+        .merge(super::rbac::routes())
+        .merge(super::packs::routes())
         .merge(ApiRouter::from(super::integrations::routes()))
         .merge(super::tenants::routes())
 }
@@ -498,6 +498,49 @@ pub const REASON_CODES: &[&str] = &[
     "ERROR_CORRECTION",
     "OTHER",
 ];
+
+/// The body of a lifecycle step that needs a reason (ADM-7): reject, archive, revoke, restrict,
+/// suspend, deprecate.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// One of [`REASON_CODES`].
+    pub reason_code: String,
+    /// Required when the code is `OTHER`; at most 1000 characters.
+    #[serde(default)]
+    pub reason_text: Option<String>,
+}
+
+/// The body of a request for review (ADM-7 reason pair).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    pub request_reason_code: String,
+    #[serde(default)]
+    pub request_reason_text: Option<String>,
+}
+
+/// The body of a review: optional notes (at most 2000 characters).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    #[serde(default)]
+    pub review_notes: Option<String>,
+}
+
+/// The body of an approval (ADM-7 reason pair).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    pub approval_reason_code: String,
+    #[serde(default)]
+    pub approval_reason_text: Option<String>,
+}
+
+/// The body of a step that takes no input: `{}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
 
 /// Checks a reason pair (ADM-7): `code` must be one of [`REASON_CODES`]; `OTHER` needs a
 /// non-blank `text` (≤ 1000 characters). `code_field`/`text_field` name the inputs in errors,
@@ -546,11 +589,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::consent::http::routes().into_openapi());
     doc.merge(crate::audit::http::routes().into_openapi());
     let mut legacy = serde_json::Map::new();
-    for (path, item) in super::rbac::openapi_paths()
-        .into_iter()
-        .chain(super::packs::openapi_paths())
-        .chain(super::integrations::openapi_paths())
-    {
+    for (path, item) in super::integrations::openapi_paths() {
         legacy.insert(path, item);
     }
     let consent = crate::consent::http::openapi_document();

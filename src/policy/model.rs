@@ -430,7 +430,7 @@ impl DenyRule {
 }
 
 /// Subject types of deny rules (`spec/004_*` Deny Rules, plus `integration`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DenySubject {
     User,

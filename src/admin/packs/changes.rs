@@ -2,6 +2,13 @@
 
 use super::*;
 
+#[utoipa::path(get,
+    path = "/v1/policies/changes",
+    tag = "policy changes",
+    summary = "List policy changes",
+    params(("policy_pack_id" = Option<String>, Query), ("status" = Option<String>, Query), ("tenant_id" = Option<String>, Query)),
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "The changes", body = Object)))]
 pub(super) async fn list_changes(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -41,6 +48,13 @@ pub(super) async fn list_changes(
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/policies/changes/{policy_change_id}",
+    tag = "policy changes",
+    summary = "One policy change",
+    params(("policy_change_id" = String, Path)),
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "The change; ETag = version", body = Object)))]
 pub(super) async fn get_change(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -60,7 +74,7 @@ pub(super) async fn get_change(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateChange {
     #[serde(default)]
@@ -73,6 +87,13 @@ pub(super) struct CreateChange {
     active_until: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/policies/changes",
+    tag = "policy changes",
+    summary = "Propose new rules for a pack (draft)",
+    request_body = CreateChange,
+    security(("bearer" = ["policy_packs.write"])),
+    responses((status = 201, description = "The draft change; ETag = version", body = Object)))]
 pub(super) async fn create_change(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -139,12 +160,13 @@ pub(super) async fn create_change(
 }
 
 pub(super) async fn change_transition(
-    State(s): State<AdminHttp>,
-    Path((id, action)): Path<(String, String)>,
+    s: AdminHttp,
+    id: String,
+    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let t = find(CHANGE_TRANSITIONS, &action)?;
+    let t = find(CHANGE_TRANSITIONS, action)?;
     let Opened {
         caller,
         via,

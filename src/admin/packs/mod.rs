@@ -37,17 +37,21 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Opened, Resource, Target, check_reason};
+use super::http::{
+    AdminHttp, ApproveBody, Caller, ChangeRecord, EmptyBody, Opened, ReasonBody, RequestBody,
+    Resource, ReviewBody, Target, check_reason,
+};
+use crate::api::openapi::ApiRouter;
 use crate::api::{
     ApiError, ApiResult, ErrorCode, now_ms, parse, precondition, rfc3339, store_unavailable,
     window, with_etag,
@@ -57,29 +61,198 @@ use crate::policy::model::{PackStatus, PolicyPack};
 use crate::store::{DocChange, DocKind, Expect, StoredDoc};
 
 mod changes;
-mod openapi;
 
 use changes::*;
-pub use openapi::openapi_paths;
 
-/// The packs routes.
-pub fn routes() -> Router<AdminHttp> {
-    Router::new()
-        .route("/v1/policies/schema", get(schema))
-        .route("/v1/policies/packs", get(list_packs).post(create_pack))
-        .route("/v1/policies/packs/{id}", get(get_pack).patch(patch_pack))
-        .route("/v1/policies/packs/{id}/versions", get(pack_versions))
-        .route("/v1/policies/packs/{id}/{action}", post(pack_transition))
-        .route(
-            "/v1/policies/changes",
-            get(list_changes).post(create_change),
-        )
-        .route("/v1/policies/changes/{id}", get(get_change))
-        .route(
-            "/v1/policies/changes/{id}/{action}",
-            post(change_transition),
-        )
+/// The packs and changes routes, with their OpenAPI operations (one per lifecycle action).
+pub fn routes() -> ApiRouter<AdminHttp> {
+    ApiRouter::new()
+        .routes(routes!(schema))
+        .routes(routes!(list_packs, create_pack))
+        .routes(routes!(get_pack, patch_pack))
+        .routes(routes!(pack_versions))
+        .routes(routes!(pack_request_review))
+        .routes(routes!(pack_review))
+        .routes(routes!(pack_approve))
+        .routes(routes!(pack_activate))
+        .routes(routes!(pack_restrict))
+        .routes(routes!(pack_suspend))
+        .routes(routes!(pack_deprecate))
+        .routes(routes!(pack_archive))
+        .routes(routes!(list_changes, create_change))
+        .routes(routes!(get_change))
+        .routes(routes!(change_request_review))
+        .routes(routes!(change_review))
+        .routes(routes!(change_approve))
+        .routes(routes!(change_activate))
+        .routes(routes!(change_archive))
 }
+
+/// One annotated handler per lifecycle action of a pack (`$run`: `pack_transition` or
+/// `change_transition`); the action's permission and input are in [`PACK_TRANSITIONS`] /
+/// [`CHANGE_TRANSITIONS`], which the handler enforces.
+macro_rules! transition_handler {
+    ($name:ident, $run:ident, $tag:tt, $path:tt, $param:tt, $action:tt, $perm:tt, $body:ident, $summary:tt) => {
+        #[utoipa::path(post, path = $path, tag = $tag, summary = $summary,
+            params(($param = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            request_body = $body,
+            security(("bearer" = [$perm])),
+            responses((status = 200, description = "The document in its new state; ETag = version", body = Object)))]
+        async fn $name(
+            State(s): State<AdminHttp>,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> ApiResult {
+            $run(s, id, $action, headers, body).await
+        }
+    };
+}
+
+transition_handler!(
+    pack_request_review,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/request-review",
+    "policy_pack_id",
+    "request-review",
+    "policy_packs.write",
+    RequestBody,
+    "Request review (draft → requested)"
+);
+transition_handler!(
+    pack_review,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/review",
+    "policy_pack_id",
+    "review",
+    "policy_packs.review",
+    ReviewBody,
+    "Review (requested → reviewed)"
+);
+transition_handler!(
+    pack_approve,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/approve",
+    "policy_pack_id",
+    "approve",
+    "policy_packs.approve",
+    ApproveBody,
+    "Approve (reviewed → approved; four eyes)"
+);
+transition_handler!(
+    pack_activate,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/activate",
+    "policy_pack_id",
+    "activate",
+    "policy_packs.approve",
+    EmptyBody,
+    "Activate (approved, restricted or suspended → active; enforced before the answer)"
+);
+transition_handler!(
+    pack_restrict,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/restrict",
+    "policy_pack_id",
+    "restrict",
+    "policy_packs.operate",
+    ReasonBody,
+    "Restrict (active → restricted: writes denied)"
+);
+transition_handler!(
+    pack_suspend,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/suspend",
+    "policy_pack_id",
+    "suspend",
+    "policy_packs.operate",
+    ReasonBody,
+    "Suspend (active or restricted → suspended)"
+);
+transition_handler!(
+    pack_deprecate,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/deprecate",
+    "policy_pack_id",
+    "deprecate",
+    "policy_packs.operate",
+    ReasonBody,
+    "Deprecate"
+);
+transition_handler!(
+    pack_archive,
+    pack_transition,
+    "policy packs",
+    "/v1/policies/packs/{policy_pack_id}/archive",
+    "policy_pack_id",
+    "archive",
+    "policy_packs.operate",
+    ReasonBody,
+    "Archive (immutable afterwards)"
+);
+
+transition_handler!(
+    change_request_review,
+    change_transition,
+    "policy changes",
+    "/v1/policies/changes/{policy_change_id}/request-review",
+    "policy_change_id",
+    "request-review",
+    "policy_packs.write",
+    RequestBody,
+    "Request review (draft → requested)"
+);
+transition_handler!(
+    change_review,
+    change_transition,
+    "policy changes",
+    "/v1/policies/changes/{policy_change_id}/review",
+    "policy_change_id",
+    "review",
+    "policy_packs.review",
+    ReviewBody,
+    "Review (requested → reviewed)"
+);
+transition_handler!(
+    change_approve,
+    change_transition,
+    "policy changes",
+    "/v1/policies/changes/{policy_change_id}/approve",
+    "policy_change_id",
+    "approve",
+    "policy_packs.approve",
+    ApproveBody,
+    "Approve (reviewed → approved; four eyes)"
+);
+transition_handler!(
+    change_activate,
+    change_transition,
+    "policy changes",
+    "/v1/policies/changes/{policy_change_id}/activate",
+    "policy_change_id",
+    "activate",
+    "policy_packs.approve",
+    EmptyBody,
+    "Activate: the pack's new version and the change's activation in one transaction (ADM-8)"
+);
+transition_handler!(
+    change_archive,
+    change_transition,
+    "policy changes",
+    "/v1/policies/changes/{policy_change_id}/archive",
+    "policy_change_id",
+    "archive",
+    "policy_packs.operate",
+    ReasonBody,
+    "Archive (immutable afterwards)"
+);
 
 /// A stored policy change (admin-only document `policy_change`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,6 +549,12 @@ fn check_vertical(s: &AdminHttp, vertical: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(get,
+    path = "/v1/policies/schema",
+    tag = "policy packs",
+    summary = "The Cedar schema policy packs are validated against",
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "Schema text and semantics", body = Object)))]
 async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
     let caller = s.caller(&headers).await?;
     caller.require_some("policy_packs.read")?;
@@ -389,6 +568,13 @@ async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
     .into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/policies/packs",
+    tag = "policy packs",
+    summary = "List policy packs",
+    params(("vertical_id" = Option<String>, Query), ("status" = Option<String>, Query), ("tenant_id" = Option<String>, Query)),
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "The packs (without their rules)", body = Object)))]
 async fn list_packs(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -431,7 +617,7 @@ async fn list_packs(
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreatePack {
     #[serde(default)]
@@ -445,6 +631,13 @@ struct CreatePack {
     active_until: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/policies/packs",
+    tag = "policy packs",
+    summary = "Create a draft policy pack (Cedar validated against the schema)",
+    request_body = CreatePack,
+    security(("bearer" = ["policy_packs.write"])),
+    responses((status = 201, description = "The draft pack; ETag = version", body = Object)))]
 async fn create_pack(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -523,6 +716,13 @@ async fn respond_change(
     Ok(with_etag(status, doc.version, v))
 }
 
+#[utoipa::path(get,
+    path = "/v1/policies/packs/{policy_pack_id}",
+    tag = "policy packs",
+    summary = "One policy pack",
+    params(("policy_pack_id" = String, Path)),
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "The pack; ETag = version", body = Object)))]
 async fn get_pack(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -538,6 +738,13 @@ async fn get_pack(
     Ok(with_etag(StatusCode::OK, doc.version, pack_view(&doc, &p)))
 }
 
+#[utoipa::path(get,
+    path = "/v1/policies/packs/{policy_pack_id}/versions",
+    tag = "policy packs",
+    summary = "Every stored version of a pack",
+    params(("policy_pack_id" = String, Path)),
+    security(("bearer" = ["policy_packs.read"])),
+    responses((status = 200, description = "The versions", body = Object)))]
 async fn pack_versions(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -570,7 +777,7 @@ async fn pack_versions(
     Ok(axum::Json(json!({"policy_pack_id": id, "items": items})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchPack {
     #[serde(default)]
@@ -581,6 +788,14 @@ struct PatchPack {
     active_until: Option<String>,
 }
 
+#[utoipa::path(patch,
+    path = "/v1/policies/packs/{policy_pack_id}",
+    tag = "policy packs",
+    summary = "Edit a draft pack",
+    params(("policy_pack_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = PatchPack,
+    security(("bearer" = ["policy_packs.write"])),
+    responses((status = 200, description = "The pack; ETag = version", body = Object)))]
 async fn patch_pack(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -707,12 +922,13 @@ fn check_from(t: &Transition, cur: PackStatus, what: &str) -> Result<(), ApiErro
 }
 
 async fn pack_transition(
-    State(s): State<AdminHttp>,
-    Path((id, action)): Path<(String, String)>,
+    s: AdminHttp,
+    id: String,
+    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let t = find(PACK_TRANSITIONS, &action)?;
+    let t = find(PACK_TRANSITIONS, action)?;
     let Opened {
         caller,
         via,

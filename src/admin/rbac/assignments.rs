@@ -23,7 +23,7 @@ pub(super) fn assignment_view(a: &AssignmentDoc, version: i64) -> Value {
     v
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AssignBody {
     role_id: String,
@@ -33,6 +33,14 @@ pub(super) struct AssignBody {
     effective_until: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/users/{user_id}/roles",
+    tag = "role assignments",
+    summary = "Assign a role to a user",
+    params(("user_id" = String, Path)),
+    request_body = AssignBody,
+    security(("bearer" = ["assignments.write"])),
+    responses((status = 201, description = "The assignment; ETag = version_id", body = Object)))]
 pub(super) async fn assign_user(
     State(h): State<AdminHttp>,
     Path(uid): Path<String>,
@@ -42,6 +50,14 @@ pub(super) async fn assign_user(
     assign(h, "user", uid, headers, body).await
 }
 
+#[utoipa::path(post,
+    path = "/v1/groups/{group_id}/roles",
+    tag = "role assignments",
+    summary = "Assign a role to a group",
+    params(("group_id" = String, Path)),
+    request_body = AssignBody,
+    security(("bearer" = ["assignments.write"])),
+    responses((status = 201, description = "The assignment; ETag = version_id", body = Object)))]
 pub(super) async fn assign_group(
     State(h): State<AdminHttp>,
     Path(gid): Path<String>,
@@ -171,6 +187,14 @@ pub(super) async fn assign(
     Ok(ok_json(StatusCode::CREATED, v, assignment_view(&a, v)))
 }
 
+#[utoipa::path(post,
+    path = "/v1/role-assignments/{assignment_id}/revoke",
+    tag = "role assignments",
+    summary = "Revoke a role assignment",
+    params(("assignment_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = ReasonBody,
+    security(("bearer" = ["assignments.write"])),
+    responses((status = 200, description = "The assignment; ETag = version_id", body = Object)))]
 pub(super) async fn revoke_assignment(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -223,6 +247,13 @@ pub(super) async fn revoke_assignment(
     Ok(ok_json(StatusCode::OK, v, assignment_view(&a, v)))
 }
 
+#[utoipa::path(get,
+    path = "/v1/role-assignments/{assignment_id}",
+    tag = "role assignments",
+    summary = "One role assignment",
+    params(("assignment_id" = String, Path)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The assignment; ETag = version_id", body = Object)))]
 pub(super) async fn get_assignment(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -237,6 +268,13 @@ pub(super) async fn get_assignment(
     ))
 }
 
+#[utoipa::path(get,
+    path = "/v1/role-assignments",
+    tag = "role assignments",
+    summary = "List role assignments",
+    params(("tenant_id" = Option<String>, Query), ("subject_type" = Option<String>, Query), ("subject_id" = Option<String>, Query), ("role_id" = Option<String>, Query), ("status" = Option<String>, Query)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The assignments", body = Object)))]
 pub(super) async fn list_assignments(
     State(h): State<AdminHttp>,
     headers: HeaderMap,

@@ -21,7 +21,7 @@ pub(super) fn deny_view(d: &DenyRule, stored: &StoredDoc) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DenyCreate {
     subject_type: DenySubject,
@@ -37,6 +37,13 @@ pub(super) struct DenyCreate {
     reason_text: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/deny-rules",
+    tag = "deny rules",
+    summary = "Create a deny rule (enforced on this replica before the answer, ADM-3)",
+    request_body = DenyCreate,
+    security(("bearer" = ["deny_rules.write"])),
+    responses((status = 201, description = "The deny rule; ETag = version", body = Object)))]
 pub(super) async fn create_deny(
     State(h): State<AdminHttp>,
     headers: HeaderMap,
@@ -162,6 +169,14 @@ pub(super) async fn create_deny(
     ))
 }
 
+#[utoipa::path(post,
+    path = "/v1/deny-rules/{deny_id}/revoke",
+    tag = "deny rules",
+    summary = "Revoke a deny rule",
+    params(("deny_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = ReasonBody,
+    security(("bearer" = ["deny_rules.write"])),
+    responses((status = 200, description = "The deny rule; ETag = version", body = Object)))]
 pub(super) async fn revoke_deny(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -222,6 +237,13 @@ pub(super) async fn revoke_deny(
     ))
 }
 
+#[utoipa::path(get,
+    path = "/v1/deny-rules/{deny_id}",
+    tag = "deny rules",
+    summary = "One deny rule",
+    params(("deny_id" = String, Path)),
+    security(("bearer" = ["deny_rules.read"])),
+    responses((status = 200, description = "The deny rule; ETag = version", body = Object)))]
 pub(super) async fn get_deny(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -236,6 +258,13 @@ pub(super) async fn get_deny(
     ))
 }
 
+#[utoipa::path(get,
+    path = "/v1/deny-rules",
+    tag = "deny rules",
+    summary = "List deny rules",
+    params(("tenant_id" = Option<String>, Query), ("status" = Option<String>, Query), ("subject_type" = Option<String>, Query), ("subject_id" = Option<String>, Query)),
+    security(("bearer" = ["deny_rules.read"])),
+    responses((status = 200, description = "The deny rules", body = Object)))]
 pub(super) async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("deny_rules.read")?;

@@ -6,7 +6,7 @@ use super::*;
 // Evaluate
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EvaluateBody {
     subject_id: String,
@@ -17,6 +17,13 @@ pub(super) struct EvaluateBody {
     context: Option<Value>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/authz/evaluate",
+    tag = "authorization",
+    summary = "What a subject may do: decision, reasons, applied deny rules, masked fields",
+    request_body = EvaluateBody,
+    security(("bearer" = ["authz.evaluate"])),
+    responses((status = 200, description = "The decision", body = Object)))]
 pub(super) async fn evaluate(
     State(h): State<AdminHttp>,
     headers: HeaderMap,

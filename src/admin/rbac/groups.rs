@@ -33,7 +33,7 @@ pub(super) fn check_dynamic(d: &Option<DynamicRule>) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GroupCreate {
     group_name: String,
@@ -48,6 +48,13 @@ pub(super) struct GroupCreate {
     tenant_id: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/groups",
+    tag = "groups",
+    summary = "Create a group",
+    request_body = GroupCreate,
+    security(("bearer" = ["groups.write"])),
+    responses((status = 201, description = "The group; ETag = version_id", body = Object)))]
 pub(super) async fn create_group(
     State(h): State<AdminHttp>,
     headers: HeaderMap,
@@ -97,7 +104,7 @@ pub(super) async fn create_group(
     Ok(ok_json(StatusCode::CREATED, v, group_view(&g, v)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GroupPatch {
     #[serde(default)]
@@ -119,6 +126,14 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+#[utoipa::path(patch,
+    path = "/v1/groups/{group_id}",
+    tag = "groups",
+    summary = "Edit a group",
+    params(("group_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = GroupPatch,
+    security(("bearer" = ["groups.write"])),
+    responses((status = 200, description = "The group; ETag = version_id", body = Object)))]
 pub(super) async fn patch_group(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -174,6 +189,13 @@ pub(super) async fn patch_group(
     Ok(ok_json(StatusCode::OK, v, group_view(&g, v)))
 }
 
+#[utoipa::path(get,
+    path = "/v1/groups/{group_id}",
+    tag = "groups",
+    summary = "One group with its memberships",
+    params(("group_id" = String, Path)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The group; ETag = version_id", body = Object)))]
 pub(super) async fn get_group(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -197,6 +219,13 @@ pub(super) async fn get_group(
     Ok(ok_json(StatusCode::OK, stored.version, v))
 }
 
+#[utoipa::path(get,
+    path = "/v1/groups",
+    tag = "groups",
+    summary = "List groups",
+    params(("tenant_id" = Option<String>, Query)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The groups", body = Object)))]
 pub(super) async fn list_groups(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
@@ -217,7 +246,7 @@ pub(super) async fn list_groups(State(h): State<AdminHttp>, headers: HeaderMap, 
     Ok(axum::Json(json!({ "groups": list })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MemberAdd {
     user_id: String,
@@ -226,6 +255,14 @@ pub(super) struct MemberAdd {
     effective_until: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/groups/{group_id}/members",
+    tag = "groups",
+    summary = "Add a member",
+    params(("group_id" = String, Path)),
+    request_body = MemberAdd,
+    security(("bearer" = ["groups.write"])),
+    responses((status = 201, description = "The membership; ETag = version_id", body = Object)))]
 pub(super) async fn add_member(
     State(h): State<AdminHttp>,
     Path(gid): Path<String>,
@@ -300,7 +337,7 @@ pub(super) async fn add_member(
     Ok(ok_json(StatusCode::CREATED, v, member_view(&m, v, now)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MemberEnd {
     effective_until: String,
@@ -309,6 +346,14 @@ pub(super) struct MemberEnd {
     reason_text: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/groups/{group_id}/members/{user_id}/end",
+    tag = "groups",
+    summary = "End a membership",
+    params(("group_id" = String, Path), ("user_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = MemberEnd,
+    security(("bearer" = ["groups.write"])),
+    responses((status = 200, description = "The membership; ETag = version_id", body = Object)))]
 pub(super) async fn end_member(
     State(h): State<AdminHttp>,
     Path((gid, uid)): Path<(String, String)>,

@@ -58,22 +58,23 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::auth::AdminPrincipal;
 use super::http::{
-    AdminHttp, ChangeRecord, Grant, Opened, PERMISSIONS, Resource, Scope, Target, check_reason,
-    permission,
+    AdminHttp, ApproveBody, ChangeRecord, Grant, Opened, PERMISSIONS, ReasonBody, RequestBody,
+    Resource, ReviewBody, Scope, Target, check_reason, permission,
 };
+use crate::api::openapi::ApiRouter;
 use crate::api::{
     ApiError, ApiResult, ErrorCode, instant, now_ms, opt_time, parse, precondition, rfc3339,
     store_unavailable,
@@ -86,14 +87,12 @@ mod assignments;
 mod denies;
 mod evaluate;
 mod groups;
-mod openapi;
 mod roles;
 
 use assignments::*;
 use denies::*;
 use evaluate::*;
 use groups::*;
-pub use openapi::openapi_paths;
 use roles::*;
 
 type Body = Result<Bytes, BytesRejection>;
@@ -140,7 +139,7 @@ impl RoleDoc {
 }
 
 /// Dynamic membership: users whose admin token carries `token_role`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DynamicRule {
     token_role: String,
@@ -570,14 +569,6 @@ fn check_permission_ids(ids: &[String]) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason_code: String,
-    #[serde(default)]
-    reason_text: Option<String>,
-}
-
 /// A reason pair checked per ADM-7: `(code, text)`.
 fn reason_of<T: DeserializeOwned>(
     body: Body,
@@ -594,50 +585,32 @@ fn reason_of<T: DeserializeOwned>(
 // Router and OpenAPI
 // ---------------------------------------------------------------------------------------------
 
-/// The roles, groups, assignments, deny-rule and evaluate routes (see the module table).
-pub fn routes() -> Router<AdminHttp> {
-    macro_rules! step {
-        ($s:expr) => {
-            post(
-                |State(h): State<AdminHttp>,
-                 Path(id): Path<String>,
-                 headers: HeaderMap,
-                 body: Body| async move { role_step(h, id, headers, body, $s).await },
-            )
-        };
-    }
-    Router::new()
-        .route("/v1/permissions", get(list_permissions))
-        .route("/v1/roles", post(create_role).get(list_roles))
-        .route("/v1/roles/{role_id}", get(get_role).patch(patch_role))
-        .route("/v1/roles/{role_id}/versions", get(role_versions))
-        .route(
-            "/v1/roles/{role_id}/request-review",
-            step!(Step::RequestReview),
-        )
-        .route("/v1/roles/{role_id}/review", step!(Step::Review))
-        .route("/v1/roles/{role_id}/approve", step!(Step::Approve))
-        .route("/v1/roles/{role_id}/reject", step!(Step::Reject))
-        .route("/v1/roles/{role_id}/archive", step!(Step::Archive))
-        .route("/v1/groups", post(create_group).get(list_groups))
-        .route("/v1/groups/{group_id}", get(get_group).patch(patch_group))
-        .route("/v1/groups/{group_id}/members", post(add_member))
-        .route(
-            "/v1/groups/{group_id}/members/{user_id}/end",
-            post(end_member),
-        )
-        .route("/v1/groups/{group_id}/roles", post(assign_group))
-        .route("/v1/users/{user_id}/roles", post(assign_user))
-        .route("/v1/role-assignments", get(list_assignments))
-        .route("/v1/role-assignments/{assignment_id}", get(get_assignment))
-        .route(
-            "/v1/role-assignments/{assignment_id}/revoke",
-            post(revoke_assignment),
-        )
-        .route("/v1/deny-rules", post(create_deny).get(list_denies))
-        .route("/v1/deny-rules/{deny_id}", get(get_deny))
-        .route("/v1/deny-rules/{deny_id}/revoke", post(revoke_deny))
-        .route("/v1/authz/evaluate", post(evaluate))
+/// The roles, groups, assignments, deny-rule and evaluate routes (see the module table), with
+/// their OpenAPI operations.
+pub fn routes() -> ApiRouter<AdminHttp> {
+    ApiRouter::new()
+        .routes(routes!(list_permissions))
+        .routes(routes!(create_role, list_roles))
+        .routes(routes!(get_role, patch_role))
+        .routes(routes!(role_versions))
+        .routes(routes!(request_review_role))
+        .routes(routes!(review_role))
+        .routes(routes!(approve_role))
+        .routes(routes!(reject_role))
+        .routes(routes!(archive_role))
+        .routes(routes!(create_group, list_groups))
+        .routes(routes!(get_group, patch_group))
+        .routes(routes!(add_member))
+        .routes(routes!(end_member))
+        .routes(routes!(assign_group))
+        .routes(routes!(assign_user))
+        .routes(routes!(list_assignments))
+        .routes(routes!(get_assignment))
+        .routes(routes!(revoke_assignment))
+        .routes(routes!(create_deny, list_denies))
+        .routes(routes!(get_deny))
+        .routes(routes!(revoke_deny))
+        .routes(routes!(evaluate))
 }
 
 #[cfg(test)]
@@ -716,12 +689,12 @@ mod tests {
     // ADM-6
     #[test]
     fn openapi_has_every_route() {
-        let paths = openapi_paths();
-        assert_eq!(paths.len(), 22);
-        assert!(
-            paths
-                .iter()
-                .any(|(p, i)| p == "/v1/roles" && i["post"].is_object() && i["get"].is_object())
-        );
+        let doc = routes().into_openapi();
+        assert_eq!(doc.paths.paths.len(), 22);
+        let roles = &doc.paths.paths["/v1/roles"];
+        assert!(roles.post.is_some() && roles.get.is_some());
+        let body = serde_json::to_value(&roles.post.as_ref().unwrap().request_body).unwrap();
+        let schema = &body["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, "#/components/schemas/RoleCreate");
     }
 }

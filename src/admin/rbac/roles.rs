@@ -6,6 +6,13 @@ use super::*;
 // Permissions
 // ---------------------------------------------------------------------------------------------
 
+#[utoipa::path(get,
+    path = "/v1/permissions",
+    tag = "roles",
+    summary = "The permission catalog",
+    params(("scope_type" = Option<String>, Query), ("status" = Option<String>, Query)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The permissions", body = Object)))]
 pub(super) async fn list_permissions(
     State(h): State<AdminHttp>,
     headers: HeaderMap,
@@ -66,7 +73,7 @@ pub(super) fn role_view(r: &RoleDoc, version: i64) -> Value {
     v
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RoleCreate {
     role_name: String,
@@ -84,6 +91,13 @@ pub(super) struct RoleCreate {
     tenant_id: Option<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/roles",
+    tag = "roles",
+    summary = "Create a draft role",
+    request_body = RoleCreate,
+    security(("bearer" = ["roles.write"])),
+    responses((status = 201, description = "The draft role; ETag = version_id", body = Object)))]
 pub(super) async fn create_role(
     State(h): State<AdminHttp>,
     headers: HeaderMap,
@@ -145,7 +159,7 @@ pub(super) async fn create_role(
     Ok(ok_json(StatusCode::CREATED, v, role_view(&role, v)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RolePatch {
     #[serde(default)]
@@ -160,6 +174,14 @@ pub(super) struct RolePatch {
     active_until: Option<String>,
 }
 
+#[utoipa::path(patch,
+    path = "/v1/roles/{role_id}",
+    tag = "roles",
+    summary = "Edit a role",
+    params(("role_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = RolePatch,
+    security(("bearer" = ["roles.write"])),
+    responses((status = 200, description = "The role; ETag = version_id", body = Object)))]
 pub(super) async fn patch_role(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -253,28 +275,65 @@ pub(super) enum Step {
     Archive,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RequestBody {
-    request_reason_code: String,
-    #[serde(default)]
-    request_reason_text: Option<String>,
+/// One annotated handler per role lifecycle step (the OpenAPI document lists each).
+macro_rules! role_step_handler {
+    ($name:ident, $step:expr, $path:tt, $perm:tt, $body:ident, $summary:tt) => {
+        #[utoipa::path(post, path = $path, tag = "roles", summary = $summary,
+            params(("role_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            request_body = $body,
+            security(("bearer" = [$perm])),
+            responses((status = 200, description = "The role; ETag = version_id", body = Object)))]
+        pub(super) async fn $name(
+            State(h): State<AdminHttp>,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> ApiResult {
+            role_step(h, id, headers, body, $step).await
+        }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReviewBody {
-    #[serde(default)]
-    review_notes: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ApproveBody {
-    approval_reason_code: String,
-    #[serde(default)]
-    approval_reason_text: Option<String>,
-}
+role_step_handler!(
+    request_review_role,
+    Step::RequestReview,
+    "/v1/roles/{role_id}/request-review",
+    "roles.write",
+    RequestBody,
+    "Request review: approval_state pending"
+);
+role_step_handler!(
+    review_role,
+    Step::Review,
+    "/v1/roles/{role_id}/review",
+    "roles.review",
+    ReviewBody,
+    "Review: approval_state reviewed"
+);
+role_step_handler!(
+    approve_role,
+    Step::Approve,
+    "/v1/roles/{role_id}/approve",
+    "roles.approve",
+    ApproveBody,
+    "Approve: status active (four eyes)"
+);
+role_step_handler!(
+    reject_role,
+    Step::Reject,
+    "/v1/roles/{role_id}/reject",
+    "roles.approve",
+    ReasonBody,
+    "Reject"
+);
+role_step_handler!(
+    archive_role,
+    Step::Archive,
+    "/v1/roles/{role_id}/archive",
+    "roles.approve",
+    ReasonBody,
+    "Archive (immutable afterwards)"
+);
 
 pub(super) async fn role_step(
     h: AdminHttp,
@@ -419,6 +478,13 @@ pub(super) async fn role_step(
     Ok(ok_json(StatusCode::OK, v, role_view(&role, v)))
 }
 
+#[utoipa::path(get,
+    path = "/v1/roles/{role_id}",
+    tag = "roles",
+    summary = "One role",
+    params(("role_id" = String, Path)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The role; ETag = version_id", body = Object)))]
 pub(super) async fn get_role(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -434,6 +500,13 @@ pub(super) async fn get_role(
     ))
 }
 
+#[utoipa::path(get,
+    path = "/v1/roles/{role_id}/versions",
+    tag = "roles",
+    summary = "Every version of a role",
+    params(("role_id" = String, Path)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The versions", body = Object)))]
 pub(super) async fn role_versions(
     State(h): State<AdminHttp>,
     Path(id): Path<String>,
@@ -460,6 +533,13 @@ pub(super) async fn role_versions(
     Ok(axum::Json(json!({"role_id": id, "versions": list})).into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/roles",
+    tag = "roles",
+    summary = "List roles",
+    params(("status" = Option<String>, Query), ("tenant_id" = Option<String>, Query)),
+    security(("bearer" = ["roles.read"])),
+    responses((status = 200, description = "The roles", body = Object)))]
 pub(super) async fn list_roles(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
     let caller = h.caller(&headers).await?;
     caller.require_some("roles.read")?;
