@@ -108,6 +108,210 @@ pub async fn start(
     start_with_clock(config, extra_sink, Arc::new(SystemClock)).await
 }
 
+/// Everything scp-pep is made of, assembled but not listening: the store (migrated, policy files
+/// applied), the decision engine with its loaded snapshot, the audit log, the consent service
+/// and the admin-token check. [`App::http_router`] is the whole HTTP surface as an axum
+/// [`Router`], usable without a socket (`tower::ServiceExt::oneshot`); [`start`] binds the
+/// listeners and runs the background tasks.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub engine: Arc<Engine>,
+    /// `None` when `audit.mode = "off"`.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Admin token verification (audit export and tail, consent and admin APIs).
+    pub admin: AdminAuth,
+    /// The one admin-token check of every REST surface and the tail.
+    pub access: crate::admin::access::Access,
+    pub consents: Arc<Consents>,
+    /// Integration activity (last sync, handshake activations).
+    pub activity: Arc<crate::admin::integrations::Activity>,
+    provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>>,
+}
+
+impl App {
+    /// Assembles scp-pep from `config` without binding anything. `extra_sink` receives every
+    /// decision besides the configured log; `clock` is what consent evaluation reads "now" from.
+    ///
+    /// Errors: store unreachable, migrations, invalid policy directory or configuration.
+    pub async fn assemble(
+        config: Config,
+        extra_sink: Option<Arc<dyn DecisionSink>>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<App> {
+        let _ = prometheus();
+        let store = Store::connect(
+            &config.store.url,
+            config.store.max_connections,
+            Duration::from_secs(config.store.acquire_timeout_s),
+        )
+        .await
+        .context("connecting to the policy store")?;
+
+        if let Some(dir) = &config.policy.dir {
+            let set = PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = store.apply(&set).await.context("applying policy files")?;
+            tracing::info!(dir = %dir.display(), version = out.version, changed = out.changed, "policy files applied");
+            for s in &out.skipped {
+                tracing::warn!(entry = %s, "policy file entry skipped: the admin API owns this document");
+            }
+        }
+
+        crate::admin::http::check_claim_permissions(&config.admin)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let algorithms = config
+            .auth
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("auth.algorithms: {e}"))?;
+        let algorithms_for_admin = algorithms.clone();
+        let jwks = JwksCache::new(
+            Duration::from_secs(config.auth.jwks_ttl_s),
+            Duration::from_secs(config.auth.jwks_refetch_min_interval_s),
+            Duration::from_secs(config.auth.jwks_fetch_timeout_s),
+            algorithms.clone(),
+        );
+        let auth = Authenticator::new(
+            jwks.clone(),
+            AuthSettings {
+                leeway_s: config.auth.leeway_s,
+                algorithms,
+                token_cache_entries: config.auth.token_cache_entries,
+            },
+        );
+
+        let mut sinks: Vec<Arc<dyn DecisionSink>> = Vec::new();
+        if config.decision_log.enabled {
+            let s = if config.decision_log.output == "stdout" {
+                JsonLogSink::stdout()
+            } else {
+                JsonLogSink::file(std::path::Path::new(&config.decision_log.output))
+                    .context("opening decision_log.output")?
+            };
+            sinks.push(Arc::new(s));
+        }
+        if let Some(s) = extra_sink {
+            sinks.push(s);
+        }
+        let sink: Arc<dyn DecisionSink> = Arc::new(FanoutSink(sinks));
+
+        let audit = start_audit(&config, &store)?;
+        let slot: SnapshotSlot = Arc::new(ArcSwap::from_pointee(None));
+        let mut engine = Engine::new(
+            slot.clone(),
+            auth,
+            sink,
+            PipelineSettings {
+                api_key_header: config.auth.api_key_header.to_ascii_lowercase(),
+                trust_xfcc: config.auth.trust_xfcc,
+                max_body_bytes: config.consent.max_body_bytes,
+                max_persons: config.consent.max_persons,
+            },
+        );
+        if let Some(a) = &audit {
+            engine = engine.with_audit(a.clone());
+        }
+        if config.consent.default_grace_days > crate::consent::model::MAX_GRACE_DAYS {
+            anyhow::bail!("consent.default_grace_days must be at most 90 (CON-27)");
+        }
+        let refs = Arc::new(crate::pseudonym::resolve(&config.audit, &store).await?);
+        engine = engine.with_person_refs(refs.clone());
+        let consents = Consents::with_refs(store.clone(), config.consent.clone(), clock, refs);
+        engine = engine.with_consents(consents.clone());
+        let activity = crate::admin::integrations::Activity::new();
+        engine = engine.with_activity(activity.clone());
+        let engine = Arc::new(engine);
+        let provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>> =
+            match &config.admin.keycloak {
+                Some(k) => Some(Arc::new(
+                    crate::admin::keycloak::KeycloakAdmin::new(k.clone())
+                        .map_err(|e| anyhow::anyhow!("admin.keycloak: {e}"))?,
+                )),
+                None => None,
+            };
+        let admin = AdminAuth::new(
+            jwks.clone(),
+            slot,
+            config.admin.clone(),
+            algorithms_for_admin,
+            config.auth.leeway_s,
+        );
+        let access =
+            crate::admin::access::Access::new(admin.clone(), store.clone(), engine.clone());
+        let audience = config.auth.audience.clone();
+        match crate::feed::reload(&store, &engine, &audience).await {
+            Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
+            Ok(None) => tracing::warn!(
+                "policy store is empty: every request is denied until `scp-pep policy apply`"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot load policy; denying until it loads"),
+        }
+        if let Some(snap) = engine.snapshot().load().as_ref() {
+            for t in snap.tenants.values() {
+                if let Err(e) = jwks.prefetch(&t.tenant.jwks).await {
+                    tracing::warn!(tenant = %t.tenant.id, error = %e, "JWKS prefetch failed; will retry on demand");
+                }
+            }
+        }
+        Ok(App {
+            config,
+            store,
+            engine,
+            audit,
+            admin,
+            access,
+            consents,
+            activity,
+            provisioner,
+        })
+    }
+
+    /// The HTTP surface: health, readiness and metrics; the audit export (when the audit log is
+    /// on), consent and admin APIs and `/openapi.json`; unknown routes answer 404 `NOT_FOUND`
+    /// in the REST error shape.
+    pub fn http_router(&self) -> Router {
+        let mut app = ops_router(OpsState {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+        });
+        if let Some(a) = &self.audit {
+            app = app.merge(
+                crate::audit::http::AuditHttp::new(
+                    self.store.clone(),
+                    a.clone(),
+                    self.access.clone(),
+                    self.config.audit.link_key.as_deref(),
+                    self.config.audit.link_ttl_s,
+                )
+                .router(),
+            );
+        }
+        app = app.merge(
+            crate::consent::http::ConsentHttp::new(
+                self.consents.clone(),
+                self.audit.clone(),
+                self.access.clone(),
+                self.engine.snapshot().clone(),
+            )
+            .router(),
+        );
+        app = app.merge(
+            crate::admin::http::AdminHttp {
+                store: self.store.clone(),
+                audit: self.audit.clone(),
+                access: self.access.clone(),
+                engine: self.engine.clone(),
+                audience: self.config.auth.audience.clone(),
+                provisioner: self.provisioner.clone(),
+            }
+            .router(),
+        );
+        app.fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() })
+    }
+}
+
 /// [`start`] with the clock consent evaluation reads "now" from (tests cross consent time
 /// boundaries with a [`crate::consent::ManualClock`]).
 pub async fn start_with_clock(
@@ -115,121 +319,20 @@ pub async fn start_with_clock(
     extra_sink: Option<Arc<dyn DecisionSink>>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
-    let _ = prometheus();
-    let store = Store::connect(
-        &config.store.url,
-        config.store.max_connections,
-        Duration::from_secs(config.store.acquire_timeout_s),
-    )
-    .await
-    .context("connecting to the policy store")?;
-
-    if let Some(dir) = &config.policy.dir {
-        let set = PolicySet::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let out = store.apply(&set).await.context("applying policy files")?;
-        tracing::info!(dir = %dir.display(), version = out.version, changed = out.changed, "policy files applied");
-        for s in &out.skipped {
-            tracing::warn!(entry = %s, "policy file entry skipped: the admin API owns this document");
-        }
-    }
-
-    crate::admin::http::check_claim_permissions(&config.admin).map_err(|e| anyhow::anyhow!(e))?;
-    let algorithms = config
-        .auth
-        .algorithms
-        .iter()
-        .map(|a| parse_algorithm(a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("auth.algorithms: {e}"))?;
-    let algorithms_for_admin = algorithms.clone();
-    let jwks = JwksCache::new(
-        Duration::from_secs(config.auth.jwks_ttl_s),
-        Duration::from_secs(config.auth.jwks_refetch_min_interval_s),
-        Duration::from_secs(config.auth.jwks_fetch_timeout_s),
-        algorithms.clone(),
-    );
-    let auth = Authenticator::new(
-        jwks.clone(),
-        AuthSettings {
-            leeway_s: config.auth.leeway_s,
-            algorithms,
-            token_cache_entries: config.auth.token_cache_entries,
-        },
-    );
-
-    let mut sinks: Vec<Arc<dyn DecisionSink>> = Vec::new();
-    if config.decision_log.enabled {
-        let s = if config.decision_log.output == "stdout" {
-            JsonLogSink::stdout()
-        } else {
-            JsonLogSink::file(std::path::Path::new(&config.decision_log.output))
-                .context("opening decision_log.output")?
-        };
-        sinks.push(Arc::new(s));
-    }
-    if let Some(s) = extra_sink {
-        sinks.push(s);
-    }
-    let sink: Arc<dyn DecisionSink> = Arc::new(FanoutSink(sinks));
-
-    let audit = start_audit(&config, &store)?;
-    let slot: SnapshotSlot = Arc::new(ArcSwap::from_pointee(None));
-    let mut engine = Engine::new(
-        slot.clone(),
-        auth,
-        sink,
-        PipelineSettings {
-            api_key_header: config.auth.api_key_header.to_ascii_lowercase(),
-            trust_xfcc: config.auth.trust_xfcc,
-            max_body_bytes: config.consent.max_body_bytes,
-            max_persons: config.consent.max_persons,
-        },
-    );
-    if let Some(a) = &audit {
-        engine = engine.with_audit(a.clone());
-    }
-    if config.consent.default_grace_days > crate::consent::model::MAX_GRACE_DAYS {
-        anyhow::bail!("consent.default_grace_days must be at most 90 (CON-27)");
-    }
-    let refs = Arc::new(crate::pseudonym::resolve(&config.audit, &store).await?);
-    engine = engine.with_person_refs(refs.clone());
-    let consents = Consents::with_refs(store.clone(), config.consent.clone(), clock, refs);
-    engine = engine.with_consents(consents.clone());
-    let activity = crate::admin::integrations::Activity::new();
-    engine = engine.with_activity(activity.clone());
-    let engine = Arc::new(engine);
-    let provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>> =
-        match &config.admin.keycloak {
-            Some(k) => Some(Arc::new(
-                crate::admin::keycloak::KeycloakAdmin::new(k.clone())
-                    .map_err(|e| anyhow::anyhow!("admin.keycloak: {e}"))?,
-            )),
-            None => None,
-        };
-    let admin = AdminAuth::new(
-        jwks.clone(),
-        slot,
-        config.admin.clone(),
-        algorithms_for_admin,
-        config.auth.leeway_s,
-    );
-    let access = crate::admin::access::Access::new(admin.clone(), store.clone(), engine.clone());
+    let app = App::assemble(config, extra_sink, clock).await?;
+    let router = app.http_router();
+    let App {
+        config,
+        store,
+        engine,
+        audit,
+        admin,
+        access,
+        consents,
+        activity,
+        ..
+    } = app;
     let audience = config.auth.audience.clone();
-    match crate::feed::reload(&store, &engine, &audience).await {
-        Ok(Some(v)) => tracing::info!(version = v, "policy snapshot loaded"),
-        Ok(None) => tracing::warn!(
-            "policy store is empty: every request is denied until `scp-pep policy apply`"
-        ),
-        Err(e) => tracing::error!(error = %e, "cannot load policy; denying until it loads"),
-    }
-    if let Some(snap) = engine.snapshot().load().as_ref() {
-        for t in snap.tenants.values() {
-            if let Err(e) = jwks.prefetch(&t.tenant.jwks).await {
-                tracing::warn!(tenant = %t.tenant.id, error = %e, "JWKS prefetch failed; will retry on demand");
-            }
-        }
-    }
-
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -266,48 +369,9 @@ pub async fn start_with_clock(
         .await
         .with_context(|| format!("binding HTTP listener {}", config.server.http_listen))?;
     let http_addr = http_listener.local_addr()?;
-    let mut app = ops_router(OpsState {
-        engine: engine.clone(),
-        store: store.clone(),
-    });
-    if let Some(a) = &audit {
-        app = app.merge(
-            crate::audit::http::AuditHttp::new(
-                store.clone(),
-                a.clone(),
-                access.clone(),
-                config.audit.link_key.as_deref(),
-                config.audit.link_ttl_s,
-            )
-            .router(),
-        );
-    }
-    app = app.merge(
-        crate::consent::http::ConsentHttp::new(
-            consents.clone(),
-            audit.clone(),
-            access.clone(),
-            engine.snapshot().clone(),
-        )
-        .router(),
-    );
-    app = app.merge(
-        crate::admin::http::AdminHttp {
-            store: store.clone(),
-            audit: audit.clone(),
-            access,
-            engine: engine.clone(),
-            audience: config.auth.audience.clone(),
-            provisioner,
-        }
-        .router(),
-    );
-    // Unknown routes answer the REST error shape, not an empty body.
-    app =
-        app.fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() });
     let mut http_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
-        let res = axum::serve(http_listener, app)
+        let res = axum::serve(http_listener, router)
             .with_graceful_shutdown(async move {
                 let _ = http_rx.wait_for(|v| *v).await;
             })

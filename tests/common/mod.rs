@@ -167,6 +167,20 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
 }
 
+/// The configuration every test server starts from: loopback listeners on free ports, store
+/// `store_url`, policies from `policy_dir`, decision log to `log_path`, fast change-feed polling.
+pub fn test_config(store_url: &str, policy_dir: &Path, log_path: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.http_listen = "127.0.0.1:0".parse().unwrap();
+    config.store.url = store_url.to_owned();
+    config.store.poll_interval_ms = 100;
+    config.policy.dir = Some(policy_dir.to_owned());
+    config.decision_log.output = log_path.display().to_string();
+    config.auth.jwks_refetch_min_interval_s = 1;
+    config
+}
+
 impl Harness {
     /// Starts everything; `store_url` `None` = a fresh SQLite file.
     pub async fn start(store_url: Option<String>) -> Harness {
@@ -192,14 +206,7 @@ impl Harness {
         let log_path = dir.path().join("decisions.jsonl");
         let store_url =
             store_url.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("pep.db").display()));
-        let mut config = Config::default();
-        config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
-        config.server.http_listen = "127.0.0.1:0".parse().unwrap();
-        config.store.url = store_url.clone();
-        config.store.poll_interval_ms = 100;
-        config.policy.dir = Some(policy_dir.clone());
-        config.decision_log.output = log_path.display().to_string();
-        config.auth.jwks_refetch_min_interval_s = 1;
+        let mut config = test_config(&store_url, &policy_dir, &log_path);
         tweak(&mut config);
         let running = scp_pep::server::start_with_clock(config, None, clock)
             .await

@@ -27,6 +27,7 @@ mod consent_store;
 mod corpus;
 mod envoy_e2e;
 mod fuzz_api;
+mod http_app;
 mod jwks;
 mod oidc_e2e;
 mod pii;
