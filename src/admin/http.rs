@@ -298,6 +298,21 @@ pub struct Opened<T> {
     pub stored: StoredDoc,
 }
 
+/// A listing read by [`AdminHttp::list`]: the caller, the query parameters and the readable
+/// resources of the tenant with their stored rows.
+pub struct Listed<T> {
+    pub caller: Caller,
+    pub query: std::collections::HashMap<String, String>,
+    pub items: Vec<(T, StoredDoc)>,
+}
+
+impl<T> Listed<T> {
+    /// Whether query parameter `name` is absent or equals `value`.
+    pub fn matches(&self, name: &str, value: &str) -> bool {
+        self.query.get(name).is_none_or(|q| q == value)
+    }
+}
+
 /// State of the admin routes.
 #[derive(Clone)]
 pub struct AdminHttp {
@@ -366,6 +381,54 @@ impl AdminHttp {
             via,
             doc,
             stored,
+        })
+    }
+
+    /// The start of every list route, in the order the API promises: authenticate;
+    /// `permission` in some scope; the query (only `tenant_id` and `filters`, else 400 naming
+    /// the parameter); the tenant (`tenant_id`, another tenant's only for ROOT); `permission` on
+    /// that tenant when the permission is granted per tenant (a vertical-scoped permission such
+    /// as `policy_packs.read` instead filters the items by their verticals); then every stored
+    /// `T` of the tenant the caller may read, with its row.
+    ///
+    /// Errors: 401 `UNAUTHENTICATED`, 403 `FORBIDDEN`, 400 `INVALID_REQUEST`, 503.
+    pub async fn list<T: Resource>(
+        &self,
+        headers: &HeaderMap,
+        query: crate::api::QueryParams,
+        permission_id: &str,
+        filters: &[&str],
+    ) -> Result<Listed<T>, ApiError> {
+        let caller = self.caller(headers).await?;
+        caller.require_some(permission_id)?;
+        let mut allowed = vec!["tenant_id"];
+        allowed.extend_from_slice(filters);
+        let query = crate::api::query_params(query, &allowed)?;
+        let tenant = caller
+            .tenant_for(query.get("tenant_id").map(String::as_str))?
+            .to_owned();
+        if permission(permission_id).is_none_or(|p| p.scope_type == "tenant") {
+            caller.require(permission_id, &Target::tenant(&tenant))?;
+        }
+        let mut items = Vec::new();
+        for stored in self
+            .store
+            .documents(T::KIND, Some(&tenant))
+            .await
+            .map_err(store_unavailable)?
+        {
+            match serde_json::from_str::<T>(&stored.doc) {
+                Ok(doc) if caller.may(permission_id, &doc.target()) => items.push((doc, stored)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(kind = T::KIND.as_str(), id = %stored.id, error = %e, "unreadable admin document skipped");
+                }
+            }
+        }
+        Ok(Listed {
+            caller,
+            query,
+            items,
         })
     }
 

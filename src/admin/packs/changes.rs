@@ -12,39 +12,25 @@ use super::*;
 pub(super) async fn list_changes(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: crate::api::QueryParams,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("policy_packs.read")?;
-    let q = crate::api::query_params(query, &["policy_pack_id", "status", "tenant_id"])?;
-    let tenant = caller
-        .tenant_for(q.get("tenant_id").map(String::as_str))?
-        .to_owned();
-    let status = match q.get("status") {
-        Some(st) => {
-            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
-        }
-        None => None,
-    };
-    let mut items = Vec::new();
-    for doc in s
-        .store
-        .documents(DocKind::PolicyChange, Some(&tenant))
-        .await
-        .map_err(store_unavailable)?
-    {
-        let Ok(c) = serde_json::from_str::<PolicyChange>(&doc.doc) else {
-            continue;
-        };
-        if q.get("policy_pack_id")
-            .is_some_and(|p| *p != c.policy_pack_id)
-            || status.is_some_and(|st| st != c.status)
-            || !caller.may("policy_packs.read", &c.target())
-        {
-            continue;
-        }
-        items.push(change_view(&doc, &c));
-    }
+    let l = s
+        .list::<PolicyChange>(
+            &headers,
+            query,
+            "policy_packs.read",
+            &["policy_pack_id", "status"],
+        )
+        .await?;
+    let status = status_query(&l.query)?;
+    let items: Vec<Value> = l
+        .items
+        .iter()
+        .filter(|(c, _)| {
+            l.matches("policy_pack_id", &c.policy_pack_id) && status.is_none_or(|st| st == c.status)
+        })
+        .map(|(c, doc)| change_view(doc, c))
+        .collect();
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 

@@ -38,8 +38,8 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -578,43 +578,39 @@ async fn schema(State(s): State<AdminHttp>, headers: HeaderMap) -> ApiResult {
 async fn list_packs(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: crate::api::QueryParams,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    caller.require_some("policy_packs.read")?;
-    let q = crate::api::query_params(query, &["vertical_id", "status", "tenant_id"])?;
-    let tenant = caller
-        .tenant_for(q.get("tenant_id").map(String::as_str))?
-        .to_owned();
-    let status = match q.get("status") {
-        Some(st) => {
-            Some(parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status"))?)
-        }
-        None => None,
-    };
-    let mut items = Vec::new();
-    for doc in s
-        .store
-        .documents(DocKind::PolicyPack, Some(&tenant))
-        .await
-        .map_err(store_unavailable)?
-    {
-        let Ok(p) = serde_json::from_str::<PolicyPack>(&doc.doc) else {
-            continue;
-        };
-        if q.get("vertical_id").is_some_and(|v| *v != p.vertical)
-            || status.is_some_and(|st| st != p.status)
-            || !caller.may("policy_packs.read", &p.target())
-        {
-            continue;
-        }
-        let mut v = pack_view(&doc, &p);
-        if let Value::Object(m) = &mut v {
-            m.remove("policy_rules");
-        }
-        items.push(v);
-    }
+    let l = s
+        .list::<PolicyPack>(
+            &headers,
+            query,
+            "policy_packs.read",
+            &["vertical_id", "status"],
+        )
+        .await?;
+    let status = status_query(&l.query)?;
+    let items: Vec<Value> = l
+        .items
+        .iter()
+        .filter(|(p, _)| {
+            l.matches("vertical_id", &p.vertical) && status.is_none_or(|st| st == p.status)
+        })
+        .map(|(p, doc)| {
+            let mut v = pack_view(doc, p);
+            if let Value::Object(m) = &mut v {
+                m.remove("policy_rules");
+            }
+            v
+        })
+        .collect();
     Ok(axum::Json(json!({ "items": items })).into_response())
+}
+
+/// The `status` query parameter of a list, when given (400 naming it when unknown).
+fn status_query(q: &HashMap<String, String>) -> Result<Option<PackStatus>, ApiError> {
+    q.get("status")
+        .map(|st| parse_status(st).ok_or_else(|| ApiError::invalid("status", "unknown status")))
+        .transpose()
 }
 
 #[derive(Deserialize, ToSchema)]

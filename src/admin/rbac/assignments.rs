@@ -280,35 +280,24 @@ pub(super) async fn list_assignments(
     headers: HeaderMap,
     q: Q,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let q = crate::api::query_params(
-        q,
-        &[
-            "tenant_id",
-            "subject_type",
-            "subject_id",
-            "role_id",
-            "status",
-        ],
-    )?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
-    caller.require("roles.read", &Target::tenant(tenant))?;
-    let f = |k: &str, v: &str| q.get(k).is_none_or(|x| x == v);
-    let list: Vec<Value> = h
-        .store
-        .documents(DocKind::RoleAssignment, Some(tenant))
-        .await
-        .map_err(store_unavailable)?
-        .into_iter()
-        .filter_map(|d| {
-            let a: AssignmentDoc = serde_json::from_str(&d.doc).ok()?;
-            (f("subject_type", &a.subject_type)
-                && f("subject_id", &a.subject_id)
-                && f("role_id", &a.role_id)
-                && f("status", &a.status))
-            .then(|| assignment_view(&a, d.version))
+    let l = h
+        .list::<AssignmentDoc>(
+            &headers,
+            q,
+            "roles.read",
+            &["subject_type", "subject_id", "role_id", "status"],
+        )
+        .await?;
+    let list: Vec<Value> = l
+        .items
+        .iter()
+        .filter(|(a, _)| {
+            l.matches("subject_type", &a.subject_type)
+                && l.matches("subject_id", &a.subject_id)
+                && l.matches("role_id", &a.role_id)
+                && l.matches("status", &a.status)
         })
+        .map(|(a, d)| assignment_view(a, d.version))
         .collect();
     Ok(axum::Json(json!({ "role_assignments": list })).into_response())
 }

@@ -266,24 +266,18 @@ pub(super) async fn get_deny(
     security(("bearer" = ["deny_rules.read"])),
     responses((status = 200, description = "The deny rules", body = Object)))]
 pub(super) async fn list_denies(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("deny_rules.read")?;
-    let q = crate::api::query_params(q, &["tenant_id", "status", "subject_type", "subject_id"])?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
-    caller.require("deny_rules.read", &Target::tenant(tenant))?;
-    let list: Vec<Value> = h
-        .store
-        .documents(DocKind::DenyRule, Some(tenant))
-        .await
-        .map_err(store_unavailable)?
-        .into_iter()
-        .filter_map(|s| {
-            let d: DenyRule = serde_json::from_str(&s.doc).ok()?;
-            let v = deny_view(&d, &s);
-            let keep = ["status", "subject_type", "subject_id"]
+    const FILTERS: [&str; 3] = ["status", "subject_type", "subject_id"];
+    let l = h
+        .list::<DenyRule>(&headers, q, "deny_rules.read", &FILTERS)
+        .await?;
+    let list: Vec<Value> = l
+        .items
+        .iter()
+        .map(|(d, s)| deny_view(d, s))
+        .filter(|v| {
+            FILTERS
                 .iter()
-                .all(|k| q.get(*k).is_none_or(|x| v[*k].as_str() == Some(x.as_str())));
-            keep.then_some(v)
+                .all(|k| l.matches(k, v[*k].as_str().unwrap_or("")))
         })
         .collect();
     Ok(axum::Json(json!({ "deny_rules": list })).into_response())

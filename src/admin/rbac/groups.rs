@@ -227,21 +227,11 @@ pub(super) async fn get_group(
     security(("bearer" = ["roles.read"])),
     responses((status = 200, description = "The groups", body = Object)))]
 pub(super) async fn list_groups(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let q = crate::api::query_params(q, &["tenant_id"])?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
-    caller.require("roles.read", &Target::tenant(tenant))?;
-    let list: Vec<Value> = h
-        .store
-        .documents(DocKind::Group, Some(tenant))
-        .await
-        .map_err(store_unavailable)?
-        .into_iter()
-        .filter_map(|d| {
-            let g: GroupDoc = serde_json::from_str(&d.doc).ok()?;
-            Some(group_view(&g, d.version))
-        })
+    let l = h.list::<GroupDoc>(&headers, q, "roles.read", &[]).await?;
+    let list: Vec<Value> = l
+        .items
+        .iter()
+        .map(|(g, d)| group_view(g, d.version))
         .collect();
     Ok(axum::Json(json!({ "groups": list })).into_response())
 }

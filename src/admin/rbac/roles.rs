@@ -541,23 +541,14 @@ pub(super) async fn role_versions(
     security(("bearer" = ["roles.read"])),
     responses((status = 200, description = "The roles", body = Object)))]
 pub(super) async fn list_roles(State(h): State<AdminHttp>, headers: HeaderMap, q: Q) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.read")?;
-    let q = crate::api::query_params(q, &["status", "tenant_id"])?;
-    let tenant = caller.tenant_for(q.get("tenant_id").map(String::as_str))?;
-    caller.require("roles.read", &Target::tenant(tenant))?;
-    let list: Vec<Value> = h
-        .store
-        .documents(DocKind::Role, Some(tenant))
-        .await
-        .map_err(store_unavailable)?
-        .into_iter()
-        .filter_map(|d| {
-            let r: RoleDoc = serde_json::from_str(&d.doc).ok()?;
-            q.get("status")
-                .is_none_or(|s| *s == r.status)
-                .then(|| role_view(&r, d.version))
-        })
+    let l = h
+        .list::<RoleDoc>(&headers, q, "roles.read", &["status"])
+        .await?;
+    let list: Vec<Value> = l
+        .items
+        .iter()
+        .filter(|(r, _)| l.matches("status", &r.status))
+        .map(|(r, d)| role_view(r, d.version))
         .collect();
     Ok(axum::Json(json!({ "roles": list })).into_response())
 }
