@@ -384,6 +384,24 @@ impl AdminHttp {
         })
     }
 
+    /// The start of every route that creates or evaluates from a body, in the order the API
+    /// promises: authenticate; `permission` in some scope (before the body is read, so a caller
+    /// without it learns nothing about the input); then the body as `B`. The caller still
+    /// checks `permission` on the target the body names.
+    ///
+    /// Errors: 401 `UNAUTHENTICATED`, 403 `FORBIDDEN`, 400 `INVALID_REQUEST` (the field at
+    /// fault), 413, 503.
+    pub async fn begin<B: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+        permission: &str,
+    ) -> Result<(Caller, B), ApiError> {
+        let caller = self.caller(headers).await?;
+        caller.require_some(permission)?;
+        Ok((caller, crate::api::parse(body)?))
+    }
+
     /// The start of every list route, in the order the API promises: authenticate;
     /// `permission` in some scope; the query (only `tenant_id` and `filters`, else 400 naming
     /// the parameter); the tenant (`tenant_id`, another tenant's only for ROOT); `permission` on

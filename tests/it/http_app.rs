@@ -82,39 +82,62 @@ async fn unknown_route_is_a_json_404_and_the_document_is_served() {
     h.running.shutdown().await;
 }
 
-/// ADM-1: a caller without the permission gets 403 whatever the body (no field names leak);
-/// with it, the same body gets the validation error naming the field.
+/// ADM-1: a caller without the permission gets 403 whatever the body (no field names leak,
+/// no ids are confirmed); with it, the same body gets the validation error naming the field.
+/// Covers every create route (policy packs and changes read the body before the permission
+/// check until 0.1).
 #[tokio::test]
 async fn permission_is_checked_before_the_body() {
     let h = Harness::start(None).await;
     let router = app(&h).await;
     let nobody = h.staff_token("ke", "clerk-1", &["scp-unmapped-role"], "scp-pep-admin");
-    let admin = h.staff_token("ke", "admin-1", &["scp-tenant-admin"], "scp-pep-admin");
-    for body in [json!([]), json!({"no_such_field": 1})] {
-        let (status, err, _) = send(
-            &router,
-            Method::POST,
-            "/v1/roles",
-            Some(&nobody),
-            &[],
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
-        assert_eq!(err["error"]["code"], "FORBIDDEN");
-        assert!(err["error"]["field"].is_null(), "{err}");
-        let (status, err, _) = send(
-            &router,
-            Method::POST,
-            "/v1/roles",
-            Some(&admin),
-            &[],
-            Some(body),
-        )
-        .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
-        assert_eq!(err["error"]["code"], "INVALID_REQUEST");
+    // Root holds every permission: the body is then read and refused.
+    let admin = h.staff_token("ke", "root-1", &["scp-root"], "scp-pep-admin");
+    let creates = [
+        "/v1/roles",
+        "/v1/groups",
+        "/v1/deny-rules",
+        "/v1/users/u-1/roles",
+        "/v1/authz/evaluate",
+        "/v1/policies/packs",
+        "/v1/policies/changes",
+    ];
+    for path in creates {
+        for body in [json!([]), json!({"no_such_field": 1})] {
+            let (status, err, _) = send(
+                &router,
+                Method::POST,
+                path,
+                Some(&nobody),
+                &[],
+                Some(body.clone()),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {err}");
+            assert_eq!(err["error"]["code"], "FORBIDDEN");
+            assert!(err["error"]["field"].is_null(), "{path}: {err}");
+            let (status, err, _) =
+                send(&router, Method::POST, path, Some(&admin), &[], Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+            assert_eq!(err["error"]["code"], "INVALID_REQUEST");
+        }
     }
+    // A change for a pack that does not exist: 403 for the caller without the permission, not
+    // the 404 that would confirm the id is unknown.
+    let change = json!({
+        "policy_pack_id": "does-not-exist", "change_summary": "x", "policy_rules": "",
+        "active_from": "2026-01-01T00:00:00Z"
+    });
+    let (status, err, _) = send(
+        &router,
+        Method::POST,
+        "/v1/policies/changes",
+        Some(&nobody),
+        &[],
+        Some(change),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     h.running.shutdown().await;
 }
 

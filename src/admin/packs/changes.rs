@@ -85,8 +85,7 @@ pub(super) async fn create_change(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let req: CreateChange = parse(body)?;
+    let (caller, req): (_, CreateChange) = s.begin(&headers, body, "policy_packs.write").await?;
     let (_, pack) = load_pack(&s, &caller, &req.policy_pack_id)
         .await
         .map_err(|e| e.at("policy_pack_id"))?;

@@ -639,8 +639,7 @@ async fn create_pack(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let req: CreatePack = parse(body)?;
+    let (caller, req): (_, CreatePack) = s.begin(&headers, body, "policy_packs.write").await?;
     let tenant = caller.tenant_for(req.tenant_id.as_deref())?.to_owned();
     let via = caller.require(
         "policy_packs.write",

@@ -74,9 +74,7 @@ pub(super) async fn assign(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("assignments.write")?;
-    let b: AssignBody = parse(body)?;
+    let (caller, b): (_, AssignBody) = h.begin(&headers, body, "assignments.write").await?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     let via = caller.require("assignments.write", &Target::tenant(&tenant))?;
     let subject_id = check_name(&format!("{subject_type}_id"), &subject_id)?;

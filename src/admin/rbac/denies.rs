@@ -49,9 +49,7 @@ pub(super) async fn create_deny(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("deny_rules.write")?;
-    let b: DenyCreate = parse(body)?;
+    let (caller, b): (_, DenyCreate) = h.begin(&headers, body, "deny_rules.write").await?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     let via = caller.require("deny_rules.write", &Target::tenant(&tenant))?;
     let subject_id = check_name("subject_id", &b.subject_id)?;

@@ -29,9 +29,7 @@ pub(super) async fn evaluate(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("authz.evaluate")?;
-    let b: EvaluateBody = parse(body)?;
+    let (caller, b): (_, EvaluateBody) = h.begin(&headers, body, "authz.evaluate").await?;
     let tenant = caller.tenant_for(b.scope.tenant_id.as_deref())?.to_owned();
     caller.require("authz.evaluate", &Target::tenant(&tenant))?;
     let subject = check_name("subject_id", &b.subject_id)?;

@@ -60,9 +60,7 @@ pub(super) async fn create_group(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("groups.write")?;
-    let b: GroupCreate = parse(body)?;
+    let (caller, b): (_, GroupCreate) = h.begin(&headers, body, "groups.write").await?;
     let tenant = caller.tenant_for(b.tenant_id.as_deref())?.to_owned();
     let via = caller.require("groups.write", &Target::tenant(&tenant))?;
     let group_name = check_name("group_name", &b.group_name)?;

@@ -103,9 +103,7 @@ pub(super) async fn create_role(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let caller = h.caller(&headers).await?;
-    caller.require_some("roles.write")?;
-    let b: RoleCreate = parse(body)?;
+    let (caller, b): (_, RoleCreate) = h.begin(&headers, body, "roles.write").await?;
     let tenant = caller.tenant_for(b.tenant_id.as_deref())?.to_owned();
     let via = caller.require("roles.write", &Target::tenant(&tenant))?;
     let role_name = check_name("role_name", &b.role_name)?;
