@@ -285,6 +285,8 @@ impl ChangeRecord {
 pub trait Resource: DeserializeOwned + serde::Serialize {
     /// The document kind it is stored as.
     const KIND: DocKind;
+    /// What it is called in messages, e.g. `deny rule`.
+    const NOUN: &'static str;
     /// The tenant (and verticals) a permission on this resource must cover.
     fn target(&self) -> Target<'_>;
 }
@@ -450,6 +452,24 @@ impl AdminHttp {
         })
     }
 
+    /// [`AdminHttp::open`] for an edit: then the body as `B`, then the `If-Match` precondition
+    /// against the stored version (ADM-4).
+    ///
+    /// Errors: as [`AdminHttp::open`]; 400 `INVALID_REQUEST` (the body, with the field at
+    /// fault); 412 `PRECONDITION_FAILED`.
+    pub async fn open_edit<T: Resource, B: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+        permission: &str,
+        body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    ) -> Result<(Opened<T>, B), ApiError> {
+        let opened = self.open::<T>(headers, id, permission).await?;
+        let b: B = crate::api::parse(body)?;
+        crate::api::precondition(headers, opened.stored.version, &format!("{} {id}", T::NOUN))?;
+        Ok((opened, b))
+    }
+
     /// Writes `doc` back (as opened: `stored` is its row) with document status `status`,
     /// guarded by the version it was read at, as one audited change ([`AdminHttp::commit`]).
     /// Returns the new version.
@@ -590,6 +610,18 @@ pub struct ReasonBody {
     /// Required when the code is `OTHER`; at most 1000 characters.
     #[serde(default)]
     pub reason_text: Option<String>,
+}
+
+impl ReasonBody {
+    /// [`check_reason`] on this pair (`reason_code`, `reason_text`).
+    pub fn check(&self) -> Result<(), ApiError> {
+        check_reason(
+            "reason_code",
+            &self.reason_code,
+            "reason_text",
+            self.reason_text.as_deref(),
+        )
+    }
 }
 
 /// The body of a request for review (ADM-7 reason pair).

@@ -120,6 +120,7 @@ impl Current {
 
 impl Resource for Integration {
     const KIND: DocKind = DocKind::Integration;
+    const NOUN: &'static str = "integration";
     /// Its tenant and every vertical it declares.
     fn target(&self) -> Target<'_> {
         Target::verticals(&self.tenant, &self.verticals)

@@ -446,6 +446,7 @@ fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
 
 impl Resource for PolicyPack {
     const KIND: DocKind = DocKind::PolicyPack;
+    const NOUN: &'static str = "policy pack";
     /// Its tenant and vertical.
     fn target(&self) -> Target<'_> {
         Target::verticals(&self.tenant, std::slice::from_ref(&self.vertical))
@@ -454,6 +455,7 @@ impl Resource for PolicyPack {
 
 impl Resource for PolicyChange {
     const KIND: DocKind = DocKind::PolicyChange;
+    const NOUN: &'static str = "policy change";
     /// Its tenant and vertical.
     fn target(&self) -> Target<'_> {
         Target::verticals(&self.tenant, std::slice::from_ref(&self.vertical))
@@ -797,17 +799,17 @@ async fn patch_pack(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let Opened {
-        caller,
-        via,
-        doc: mut p,
-        stored: doc,
-        ..
-    } = s
-        .open::<PolicyPack>(&headers, &id, "policy_packs.write")
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut p,
+            stored: doc,
+        },
+        req,
+    ): (Opened<PolicyPack>, PatchPack) = s
+        .open_edit(&headers, &id, "policy_packs.write", body)
         .await?;
-    let req: PatchPack = parse(body)?;
-    precondition(&headers, doc.version, &format!("policy pack {id}"))?;
     if p.status != Draft {
         return Err(ApiError::new(
             ErrorCode::InvalidTransition,

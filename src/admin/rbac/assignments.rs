@@ -199,22 +199,18 @@ pub(super) async fn revoke_assignment(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let Opened {
-        caller,
-        via,
-        doc: mut a,
-        stored,
-    } = h
-        .open::<AssignmentDoc>(&headers, &id, "assignments.write")
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut a,
+            stored,
+        },
+        b,
+    ): (Opened<AssignmentDoc>, ReasonBody) = h
+        .open_edit(&headers, &id, "assignments.write", body)
         .await?;
-    let b: ReasonBody = parse(body)?;
-    check_reason(
-        "reason_code",
-        &b.reason_code,
-        "reason_text",
-        b.reason_text.as_deref(),
-    )?;
-    precondition(&headers, stored.version, &format!("role assignment {id}"))?;
+    b.check()?;
     if a.status != "active" {
         return Err(invalid_transition(format!(
             "role assignment `{id}` is {}",

@@ -181,22 +181,17 @@ pub(super) async fn revoke_deny(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let Opened {
-        caller,
-        via,
-        doc: mut d,
-        stored,
-    } = h
-        .open::<DenyRule>(&headers, &id, "deny_rules.write")
-        .await?;
-    let b: ReasonBody = parse(body)?;
-    check_reason(
-        "reason_code",
-        &b.reason_code,
-        "reason_text",
-        b.reason_text.as_deref(),
-    )?;
-    precondition(&headers, stored.version, &format!("deny rule {id}"))?;
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut d,
+            stored,
+        },
+        b,
+    ): (Opened<DenyRule>, ReasonBody) =
+        h.open_edit(&headers, &id, "deny_rules.write", body).await?;
+    b.check()?;
     if d.status != DenyStatus::Active {
         return Err(invalid_transition(format!(
             "deny rule `{id}` is already revoked"

@@ -138,14 +138,15 @@ pub(super) async fn patch_group(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let Opened {
-        caller,
-        via,
-        doc: mut g,
-        stored,
-    } = h.open::<GroupDoc>(&headers, &id, "groups.write").await?;
-    let b: GroupPatch = parse(body)?;
-    precondition(&headers, stored.version, &format!("group {id}"))?;
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut g,
+            stored,
+        },
+        b,
+    ): (Opened<GroupDoc>, GroupPatch) = h.open_edit(&headers, &id, "groups.write", body).await?;
     if b.group_name.is_none()
         && b.description.is_none()
         && b.dynamic_rule.is_none()

@@ -465,6 +465,7 @@ fn deny_matches(
 
 impl Resource for RoleDoc {
     const KIND: DocKind = DocKind::Role;
+    const NOUN: &'static str = "role";
     fn target(&self) -> Target<'_> {
         Target::tenant(&self.tenant_id)
     }
@@ -472,6 +473,7 @@ impl Resource for RoleDoc {
 
 impl Resource for GroupDoc {
     const KIND: DocKind = DocKind::Group;
+    const NOUN: &'static str = "group";
     fn target(&self) -> Target<'_> {
         Target::tenant(&self.tenant_id)
     }
@@ -479,6 +481,7 @@ impl Resource for GroupDoc {
 
 impl Resource for AssignmentDoc {
     const KIND: DocKind = DocKind::RoleAssignment;
+    const NOUN: &'static str = "role assignment";
     fn target(&self) -> Target<'_> {
         Target::tenant(&self.tenant_id)
     }
@@ -486,6 +489,7 @@ impl Resource for AssignmentDoc {
 
 impl Resource for DenyRule {
     const KIND: DocKind = DocKind::DenyRule;
+    const NOUN: &'static str = "deny rule";
     fn target(&self) -> Target<'_> {
         Target::tenant(&self.tenant)
     }

@@ -186,14 +186,15 @@ pub(super) async fn patch_role(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let Opened {
-        caller,
-        via,
-        doc: mut role,
-        stored,
-    } = h.open::<RoleDoc>(&headers, &id, "roles.write").await?;
-    let b: RolePatch = parse(body)?;
-    precondition(&headers, stored.version, &format!("role {id}"))?;
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut role,
+            stored,
+        },
+        b,
+    ): (Opened<RoleDoc>, RolePatch) = h.open_edit(&headers, &id, "roles.write", body).await?;
     if role.status == "archived" {
         return Err(ApiError::new(
             ErrorCode::Archived,
