@@ -583,7 +583,7 @@ fn routes() -> ApiRouter<AdminHttp> {
     ApiRouter::new()
         .merge(super::rbac::routes())
         .merge(super::packs::routes())
-        .merge(ApiRouter::from(super::integrations::routes()))
+        .merge(super::integrations::routes())
         .merge(super::tenants::routes())
 }
 
@@ -701,25 +701,6 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = routes().into_openapi();
     doc.merge(crate::consent::http::routes().into_openapi());
     doc.merge(crate::audit::http::routes().into_openapi());
-    let mut legacy = serde_json::Map::new();
-    for (path, item) in super::integrations::openapi_paths() {
-        legacy.insert(path, item);
-    }
-    let consent = crate::consent::http::openapi_document();
-    if let Some(p) = consent["paths"].as_object() {
-        legacy.extend(p.clone());
-    }
-    let legacy: utoipa::openapi::Paths =
-        serde_json::from_value(Value::Object(legacy)).unwrap_or_default();
-    doc.paths.paths.extend(legacy.paths);
-    if let Some(s) = consent["components"]["schemas"].as_object() {
-        let schemas = &mut doc.components.get_or_insert_with(Default::default).schemas;
-        for (k, v) in s {
-            if let Ok(v) = serde_json::from_value(v.clone()) {
-                schemas.insert(k.clone(), v);
-            }
-        }
-    }
     crate::api::openapi::finish(doc)
 }
 

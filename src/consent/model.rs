@@ -89,7 +89,7 @@ impl Effective {
 }
 
 /// How consent was captured (CON-35 `capture_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMode {
     Online,
@@ -171,7 +171,7 @@ impl Change {
 
 /// The field agent's record of how the person's identity was checked, for offline capture
 /// (CON-14). Only references: the document itself is an attachment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityVerification {
     /// Kind of document shown, e.g. `national_id`, `passport`, `birth_certificate`.

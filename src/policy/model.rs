@@ -204,7 +204,7 @@ pub struct Integration {
 }
 
 /// A technical contact of a partner (ONB-1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     pub name: String,
@@ -242,7 +242,7 @@ pub struct Onboarding {
 }
 
 /// Field-level filtering and masking per integration (INT-5.3-2).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldPolicy {
     /// When set, only these of a route's fields are visible; the rest are masked.
@@ -254,7 +254,7 @@ pub struct FieldPolicy {
 }
 
 /// GCRA limit for real-time routes (INT-4.6-1): `per_second` sustained, `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: u32,
@@ -262,7 +262,7 @@ pub struct RateLimit {
 }
 
 /// Daily quota for batch routes (INT-4.6-2); the day is the UTC calendar day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     pub per_day: u64,

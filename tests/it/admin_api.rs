@@ -274,6 +274,18 @@ fn openapi_document_is_valid_openapi_3_1() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/audit/exports"));
     assert!(paths.contains_key("/v1/audit/exports/download"));
+    // Every route is an operation of the document (one per lifecycle step).
+    let operations: usize = paths
+        .values()
+        .map(|item| {
+            ["get", "put", "post", "delete", "patch"]
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .count()
+        })
+        .sum();
+    eprintln!("operations: {operations}");
+    assert!(operations >= 96, "{operations} operations");
     assert_eq!(
         doc["components"]["schemas"]["Error"]["properties"]["error"]["$ref"],
         "#/components/schemas/ErrorDetail"

@@ -1741,10 +1741,25 @@ async fn unauthorized_everywhere(store_url: Option<String>) {
             assert_eq!(a.body["error"]["code"], "FORBIDDEN");
         }
         if path != "/v1/integrations" {
+            // Another tenant's caller gets 404, or 403 when it lacks the permission anywhere
+            // (checked first), and exactly what an unknown id gets: existence is not revealed.
             let a = e
                 .call(m, path, Some(&p.other_tenant), None, Some(body.clone()))
                 .await;
-            assert_eq!(a.status, 404, "{m} {path} from another tenant: {}", a.text);
+            assert!(
+                a.status == 404 || a.status == 403,
+                "{m} {path} from another tenant: {}",
+                a.text
+            );
+            let unknown = path.replace(id, "int-does-not-exist");
+            let b = e
+                .call(m, &unknown, Some(&p.other_tenant), None, Some(body.clone()))
+                .await;
+            assert_eq!(
+                (a.status, a.body["error"]["code"].clone()),
+                (b.status, b.body["error"]["code"].clone()),
+                "{m} {path} from another tenant answers like an unknown id"
+            );
         }
     }
     // The other tenant's list does not show it.

@@ -778,7 +778,7 @@ async fn scenario(url: Option<String>) {
     assert_eq!((a.status, a.field()), (400, Some("epoch")));
 
     let a = get(&h, "/v1/consents/openapi.json", &registrar).await;
-    assert_eq!(a.body["openapi"], "3.0.3");
+    assert_eq!(a.body["openapi"], "3.1.0");
     h.running.shutdown().await;
 }
 

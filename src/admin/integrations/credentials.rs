@@ -62,7 +62,7 @@ pub(super) fn credential_doc(
     DocChange::put(DocKind::Credential, &id, Some(&i.tenant), doc.to_string()).status(status)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CredentialBody {
     #[serde(default)]
@@ -88,6 +88,14 @@ impl CredentialBody {
 ///
 /// Errors: 409 `INVALID_TRANSITION` (not approved), `ALREADY_PROVISIONED`, `CLIENT_EXISTS`,
 /// `REALM_UNKNOWN`; 503 `PROVISIONER_UNAVAILABLE` (not configured or unreachable).
+#[utoipa::path(post,
+    path = "/v1/integrations/{id}/provision",
+    tag = "integrations",
+    summary = "Create the identity-provider client and issue its secret once (ONB-4)",
+    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = CredentialBody,
+    security(("bearer" = ["integrations.provision"])),
+    responses((status = 201, description = "The client id and the secret (shown once; cache-control: no-store)", body = Object)))]
 pub(super) async fn provision(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -168,6 +176,14 @@ pub(super) async fn provision(
 ///
 /// Errors: 409 `NOT_PROVISIONED` | `ARCHIVED` | `CLIENT_MISSING`; 503 `PROVISIONER_UNAVAILABLE`;
 /// 503 `AUDIT_UNAVAILABLE` after a rotation that could not be recorded (rotate again).
+#[utoipa::path(post,
+    path = "/v1/integrations/{id}/credentials/rotate",
+    tag = "integrations",
+    summary = "Rotate the client secret (shown once)",
+    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = CredentialBody,
+    security(("bearer" = ["integrations.credentials"])),
+    responses((status = 200, description = "The new secret (cache-control: no-store)", body = Object)))]
 pub(super) async fn rotate(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -229,6 +245,13 @@ pub(super) async fn rotate(
 
 /// `GET /v1/integrations/{id}/credentials` (`integrations.read`): the integration's credentials
 /// with `created_at`, `age_days` and `rotation_due` (≥ 90 days, ONB-AUD-2); never a secret.
+#[utoipa::path(get,
+    path = "/v1/integrations/{id}/credentials",
+    tag = "integrations",
+    summary = "Credential metadata (never a secret)",
+    params(("id" = String, Path, description = "The integration id")),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "Credential metadata", body = Object)))]
 pub(super) async fn credentials(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -263,6 +286,14 @@ pub(super) async fn credentials(
 /// (32 random bytes, base64url), shown once; the integration keeps its SHA-256 and every request
 /// must then carry it besides the token (second factor only, INT-4.2-5). Replaces a previous key.
 /// Audit `credential_issued`.
+#[utoipa::path(post,
+    path = "/v1/integrations/{id}/api-key",
+    tag = "integrations",
+    summary = "Issue an API key for handshake routes (shown once)",
+    params(("id" = String, Path, description = "The integration id")),
+    request_body = CredentialBody,
+    security(("bearer" = ["integrations.credentials"])),
+    responses((status = 201, description = "The key (cache-control: no-store)", body = Object)))]
 pub(super) async fn issue_api_key(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -311,6 +342,14 @@ pub(super) async fn issue_api_key(
 
 /// `DELETE /v1/integrations/{id}/api-key` (`integrations.credentials`, `If-Match`): revokes the
 /// API key (audit `credential_revoked`). 404 when the integration has none.
+#[utoipa::path(delete,
+    path = "/v1/integrations/{id}/api-key",
+    tag = "integrations",
+    summary = "Revoke the API key",
+    params(("id" = String, Path, description = "The integration id")),
+    request_body = CredentialBody,
+    security(("bearer" = ["integrations.credentials"])),
+    responses((status = 200, description = "Revoked", body = Object)))]
 pub(super) async fn revoke_api_key(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -369,6 +408,13 @@ pub(super) async fn revoke_api_key(
 
 /// `GET /v1/integrations/{id}/health` (`integrations.read`): state, health (`unknown` until the
 /// first handshake, then `healthy`), `last_successful_sync`, `last_handshake` (ONB-7, ONB-AUD-4).
+#[utoipa::path(get,
+    path = "/v1/integrations/{id}/health",
+    tag = "integrations",
+    summary = "State, health, last success, credential rotation due",
+    params(("id" = String, Path, description = "The integration id")),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "Health", body = Object)))]
 pub(super) async fn health(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,

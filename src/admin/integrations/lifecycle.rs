@@ -89,7 +89,7 @@ pub(super) const RULES: &[Rule] = &[
     },
 ];
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TransitionBody {
     #[serde(default)]
@@ -110,17 +110,20 @@ pub(super) struct TransitionBody {
 /// `INVALID_TRANSITION` | `ARCHIVED` | `LEGAL_REVIEW_REQUIRED` |
 /// `NOT_PROVISIONED`.
 pub(super) async fn transition(
-    State(s): State<AdminHttp>,
-    Path((id, action)): Path<(String, String)>,
+    s: AdminHttp,
+    id: String,
+    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let caller = s.caller(&headers).await?;
-    let cur = load(&s, &caller, &id).await?;
     let rule = RULES
         .iter()
         .find(|r| r.action == action)
         .ok_or_else(|| ApiError::not_found(format!("no integration action `{action}`")))?;
+    let caller = s.caller(&headers).await?;
+    // Permission first: a caller without it learns nothing about which ids exist.
+    caller.require_some(rule.permission)?;
+    let cur = load(&s, &caller, &id).await?;
     let mut via = caller.require(rule.permission, &cur.target())?;
     if rule.to == S::Approved && !cur.integ.partner_tenants.is_empty() {
         // Cross-tenant: the umbrella authority approves (INT-4.5-2).
@@ -179,7 +182,7 @@ pub(super) async fn transition(
     let mut i = cur.integ.clone();
     let provisioned = i.client_id.is_some();
     let ob = i.onboarding.get_or_insert_with(Onboarding::default);
-    match action.as_str() {
+    match action {
         "submit" => ob.submitted_by = Some(me.clone()),
         "review" => ob.reviewed_by = Some(me.clone()),
         "legal-review" => {
@@ -242,3 +245,87 @@ pub(super) async fn transition(
         view(&i, w.versions[0], None),
     ))
 }
+
+/// One annotated handler per lifecycle action (the OpenAPI document lists each); the action's
+/// permission, allowed-from states and reason rule are in [`RULES`].
+macro_rules! transition_handler {
+    ($name:ident, $action:tt, $path:tt, $perm:tt, $summary:tt) => {
+        #[utoipa::path(post, path = $path, tag = "integrations", summary = $summary,
+            params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            request_body = TransitionBody,
+            security(("bearer" = [$perm])),
+            responses((status = 200, description = "The integration in its new state; ETag = version", body = Object)))]
+        pub(super) async fn $name(
+            State(s): State<AdminHttp>,
+            Path(id): Path<String>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> ApiResult {
+            transition(s, id, $action, headers, body).await
+        }
+    };
+}
+
+transition_handler!(
+    submit,
+    "submit",
+    "/v1/integrations/{id}/submit",
+    "integrations.create",
+    "Submit a draft for review (draft → requested)"
+);
+transition_handler!(
+    review,
+    "review",
+    "/v1/integrations/{id}/review",
+    "integrations.review",
+    "Technical review by the vertical owner (requested → reviewed)"
+);
+transition_handler!(
+    legal_review,
+    "legal-review",
+    "/v1/integrations/{id}/legal-review",
+    "integrations.legal_review",
+    "Legal and consent review (recorded on a reviewed integration)"
+);
+transition_handler!(
+    approve,
+    "approve",
+    "/v1/integrations/{id}/approve",
+    "integrations.approve",
+    "Approve (reviewed → approved; legal_document_id required; cross-tenant needs integrations.approve_cross_tenant)"
+);
+transition_handler!(
+    activate,
+    "activate",
+    "/v1/integrations/{id}/activate",
+    "integrations.operate",
+    "Activate (needs provisioned credentials)"
+);
+transition_handler!(
+    restrict,
+    "restrict",
+    "/v1/integrations/{id}/restrict",
+    "integrations.operate",
+    "Restrict (reads only)"
+);
+transition_handler!(
+    suspend,
+    "suspend",
+    "/v1/integrations/{id}/suspend",
+    "integrations.operate",
+    "Suspend (every request denied)"
+);
+transition_handler!(
+    deprecate,
+    "deprecate",
+    "/v1/integrations/{id}/deprecate",
+    "integrations.operate",
+    "Deprecate"
+);
+transition_handler!(
+    archive,
+    "archive",
+    "/v1/integrations/{id}/archive",
+    "integrations.operate",
+    "Archive (immutable afterwards)"
+);

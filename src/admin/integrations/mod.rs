@@ -25,19 +25,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::http::{AdminHttp, Caller, ChangeRecord, Resource, Target, Via, check_reason};
 use super::keycloak::{ClientSpec, Secret, realm_of_issuer};
+use crate::api::openapi::ApiRouter;
 use crate::api::{
     ApiError, ApiResult, ErrorCode, opt_time, parse, precondition, rfc3339, with_etag,
 };
@@ -52,54 +53,41 @@ use crate::store::{DocChange, DocKind, Expect, Source, Store, StoredDoc};
 mod activity;
 mod credentials;
 mod lifecycle;
-mod openapi;
 mod subresources;
 
 use IntegrationState as S;
 pub use activity::*;
 use credentials::*;
 use lifecycle::*;
-pub use openapi::openapi_paths;
 use subresources::*;
 
 /// Days after which a secret or key is due for rotation (ONB-AUD-2).
 pub const ROTATION_DAYS: i64 = 90;
 
-/// The integrations routes.
-pub fn routes() -> Router<AdminHttp> {
-    Router::new()
-        .route("/v1/integrations", post(create).get(list))
-        .route("/v1/integrations/{id}", get(get_one).patch(patch))
-        .route("/v1/integrations/{id}/history", get(history))
-        .route("/v1/integrations/{id}/health", get(health))
-        .route("/v1/integrations/{id}/provision", post(provision))
-        .route("/v1/integrations/{id}/credentials", get(credentials))
-        .route("/v1/integrations/{id}/credentials/rotate", post(rotate))
-        .route(
-            "/v1/integrations/{id}/api-key",
-            post(issue_api_key).delete(revoke_api_key),
-        )
-        .route(
-            "/v1/integrations/{id}/webhooks",
-            post(sub_create::<Webhook>).get(sub_list::<Webhook>),
-        )
-        .route(
-            "/v1/integrations/{id}/webhooks/{sub}",
-            get(sub_get::<Webhook>)
-                .put(sub_put::<Webhook>)
-                .delete(sub_delete::<Webhook>),
-        )
-        .route(
-            "/v1/integrations/{id}/schema-mappings",
-            post(sub_create::<Mapping>).get(sub_list::<Mapping>),
-        )
-        .route(
-            "/v1/integrations/{id}/schema-mappings/{sub}",
-            get(sub_get::<Mapping>)
-                .put(sub_put::<Mapping>)
-                .delete(sub_delete::<Mapping>),
-        )
-        .route("/v1/integrations/{id}/{action}", post(transition))
+/// The integrations routes with their OpenAPI operations.
+pub fn routes() -> ApiRouter<AdminHttp> {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, patch))
+        .routes(routes!(history))
+        .routes(routes!(health))
+        .routes(routes!(provision))
+        .routes(routes!(credentials))
+        .routes(routes!(rotate))
+        .routes(routes!(issue_api_key, revoke_api_key))
+        .routes(routes!(webhook_create, webhook_list))
+        .routes(routes!(webhook_get, webhook_put, webhook_delete))
+        .routes(routes!(mapping_create, mapping_list))
+        .routes(routes!(mapping_get, mapping_put, mapping_delete))
+        .routes(routes!(submit))
+        .routes(routes!(review))
+        .routes(routes!(legal_review))
+        .routes(routes!(approve))
+        .routes(routes!(activate))
+        .routes(routes!(restrict))
+        .routes(routes!(suspend))
+        .routes(routes!(deprecate))
+        .routes(routes!(archive))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,7 +320,7 @@ fn validate(s: &AdminHttp, i: &Integration) -> Result<(), ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Create, read, edit
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     /// Optional id (else generated).
@@ -355,6 +343,7 @@ struct CreateBody {
     #[serde(default)]
     quota: Option<Quota>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     ip_allowlist: Vec<IpNet>,
     #[serde(default)]
     mtls_cert_sha256: Option<String>,
@@ -364,6 +353,14 @@ struct CreateBody {
 
 /// `POST /v1/integrations` (`integrations.create`): a `draft` integration (ONB-1, ONB-2,
 /// INT-6.2-1). 201 with the integration and `ETag`.
+#[utoipa::path(post,
+    path = "/v1/integrations",
+    operation_id = "create_integration",
+    tag = "integrations",
+    summary = "Create a draft integration (ONB-1, ONB-2)",
+    request_body = CreateBody,
+    security(("bearer" = ["integrations.create"])),
+    responses((status = 201, description = "The draft; ETag = version", body = Object)))]
 async fn create(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -443,7 +440,8 @@ async fn create(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     state: Option<String>,
     tenant: Option<String>,
@@ -451,6 +449,14 @@ struct ListQuery {
 
 /// `GET /v1/integrations?state=&tenant=` (`integrations.read`): the integrations the caller may
 /// read (a vertical-scoped reader sees only those within its vertical).
+#[utoipa::path(get,
+    path = "/v1/integrations",
+    operation_id = "list_integrations",
+    tag = "integrations",
+    summary = "List the integrations the caller may read",
+    params(ListQuery),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "The integrations", body = Object)))]
 async fn list(
     State(s): State<AdminHttp>,
     headers: HeaderMap,
@@ -497,6 +503,14 @@ async fn list(
 }
 
 /// `GET /v1/integrations/{id}` (`integrations.read`).
+#[utoipa::path(get,
+    path = "/v1/integrations/{id}",
+    operation_id = "get_integration",
+    tag = "integrations",
+    summary = "One integration",
+    params(("id" = String, Path, description = "The integration id")),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "The integration; ETag = version", body = Object)))]
 async fn get_one(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -511,6 +525,14 @@ async fn get_one(
 }
 
 /// `GET /v1/integrations/{id}/history` (`integrations.read`): every stored version, oldest first.
+#[utoipa::path(get,
+    path = "/v1/integrations/{id}/history",
+    operation_id = "integration_history",
+    tag = "integrations",
+    summary = "Every version of the integration",
+    params(("id" = String, Path, description = "The integration id")),
+    security(("bearer" = ["integrations.read"])),
+    responses((status = 200, description = "The versions", body = Object)))]
 async fn history(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,
@@ -541,7 +563,7 @@ async fn history(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     partner_name: Option<String>,
@@ -553,6 +575,7 @@ struct PatchBody {
     field_policy: Option<FieldPolicy>,
     rate_limit: Option<RateLimit>,
     quota: Option<Quota>,
+    #[schema(value_type = Option<Vec<String>>)]
     ip_allowlist: Option<Vec<IpNet>>,
     mtls_cert_sha256: Option<String>,
     partner_tenants: Option<Vec<String>>,
@@ -560,6 +583,15 @@ struct PatchBody {
 
 /// `PATCH /v1/integrations/{id}` (`integrations.create`, `If-Match`): edits a draft; any
 /// other state is 409 `INVALID_TRANSITION` (archived: 409 `ARCHIVED`).
+#[utoipa::path(patch,
+    path = "/v1/integrations/{id}",
+    operation_id = "patch_integration",
+    tag = "integrations",
+    summary = "Edit a draft",
+    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    request_body = PatchBody,
+    security(("bearer" = ["integrations.create"])),
+    responses((status = 200, description = "The integration; ETag = version", body = Object)))]
 async fn patch(
     State(s): State<AdminHttp>,
     Path(id): Path<String>,

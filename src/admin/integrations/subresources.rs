@@ -20,7 +20,7 @@ pub(super) trait Sub: Send + Sync + 'static {
 pub(super) struct Webhook;
 pub(super) struct Mapping;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WebhookBody {
     url: String,
@@ -85,7 +85,7 @@ impl Sub for Webhook {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MappingBody {
     name: String,
@@ -94,7 +94,7 @@ pub(super) struct MappingBody {
     fields: Vec<FieldPair>,
 }
 
-#[derive(Deserialize, serde::Serialize)]
+#[derive(Deserialize, serde::Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FieldPair {
     source: String,
@@ -282,3 +282,89 @@ pub(super) async fn sub_delete<T: Sub>(
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// The five annotated handlers of one sub-resource kind (the generic handlers above do the work).
+macro_rules! sub_handlers {
+    ($kind:ty, $body:ident, $perm:tt, $coll:tt, $item:tt,
+     $create:ident: $create_s:tt, $list:ident: $list_s:tt, $get:ident: $get_s:tt,
+     $put:ident: $put_s:tt, $delete:ident: $delete_s:tt) => {
+        #[utoipa::path(post, path = $coll, tag = "integrations", summary = $create_s,
+            params(("id" = String, Path)), request_body = $body,
+            security(("bearer" = [$perm])),
+            responses((status = 201, description = "Created; ETag = version", body = Object)))]
+        pub(super) async fn $create(
+            st: State<AdminHttp>,
+            id: Path<String>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> ApiResult {
+            sub_create::<$kind>(st, id, headers, body).await
+        }
+
+        #[utoipa::path(get, path = $coll, tag = "integrations", summary = $list_s,
+            params(("id" = String, Path)),
+            security(("bearer" = ["integrations.read"])),
+            responses((status = 200, description = "The list", body = Object)))]
+        pub(super) async fn $list(
+            st: State<AdminHttp>,
+            id: Path<String>,
+            headers: HeaderMap,
+        ) -> ApiResult {
+            sub_list::<$kind>(st, id, headers).await
+        }
+
+        #[utoipa::path(get, path = $item, tag = "integrations", summary = $get_s,
+            params(("id" = String, Path), ("sub" = String, Path)),
+            security(("bearer" = ["integrations.read"])),
+            responses((status = 200, description = "ETag = version", body = Object)))]
+        pub(super) async fn $get(
+            st: State<AdminHttp>,
+            ids: Path<(String, String)>,
+            headers: HeaderMap,
+        ) -> ApiResult {
+            sub_get::<$kind>(st, ids, headers).await
+        }
+
+        #[utoipa::path(put, path = $item, tag = "integrations", summary = $put_s,
+            params(("id" = String, Path), ("sub" = String, Path), ("If-Match" = Option<String>, Header)),
+            request_body = $body,
+            security(("bearer" = [$perm])),
+            responses((status = 200, description = "Replaced; ETag = version", body = Object)))]
+        pub(super) async fn $put(
+            st: State<AdminHttp>,
+            ids: Path<(String, String)>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> ApiResult {
+            sub_put::<$kind>(st, ids, headers, body).await
+        }
+
+        #[utoipa::path(delete, path = $item, tag = "integrations", summary = $delete_s,
+            params(("id" = String, Path), ("sub" = String, Path), ("If-Match" = Option<String>, Header)),
+            security(("bearer" = [$perm])),
+            responses((status = 204, description = "Deleted")))]
+        pub(super) async fn $delete(
+            st: State<AdminHttp>,
+            ids: Path<(String, String)>,
+            headers: HeaderMap,
+        ) -> ApiResult {
+            sub_delete::<$kind>(st, ids, headers).await
+        }
+    };
+}
+
+sub_handlers!(Webhook, WebhookBody, "integrations.webhooks",
+    "/v1/integrations/{id}/webhooks", "/v1/integrations/{id}/webhooks/{sub}",
+    webhook_create: "Create a webhook subscription (ONB-5)",
+    webhook_list: "List webhook subscriptions",
+    webhook_get: "One webhook subscription",
+    webhook_put: "Replace a webhook subscription",
+    webhook_delete: "Delete a webhook subscription");
+
+sub_handlers!(Mapping, MappingBody, "integrations.mappings",
+    "/v1/integrations/{id}/schema-mappings", "/v1/integrations/{id}/schema-mappings/{sub}",
+    mapping_create: "Create a schema mapping (ONB-5)",
+    mapping_list: "List schema mappings",
+    mapping_get: "One schema mapping",
+    mapping_put: "Replace a schema mapping",
+    mapping_delete: "Delete a schema mapping");

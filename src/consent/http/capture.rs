@@ -5,7 +5,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Capture and changes
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CaptureReq {
     person_id: String,
@@ -30,6 +30,12 @@ pub(super) struct CaptureReq {
 /// by officers (or root), offline capture by field agents only, with the agent's identity check
 /// and the document's photo or scan. The person must be known and verified. Without evidence, and
 /// for every offline capture until verified, the consent is pending. 201 with the view.
+#[utoipa::path(post,
+    path = "/v1/consents",
+    tag = "consent",
+    summary = "Capture consent (online: officer; offline: field agent)",
+    request_body = CaptureReq,
+    responses((status = 201, description = "The consent; ETag = version", body = Object)))]
 pub(super) async fn capture(
     State(s): State<ConsentHttp>,
     headers: HeaderMap,
@@ -186,7 +192,7 @@ pub(super) fn expect_status(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EvidenceReq {
     evidence_attachment_ids: Vec<String>,
@@ -198,6 +204,13 @@ pub(super) struct EvidenceReq {
 /// pending or active consent (CON-13, CON-15, CON-16). An online pending consent becomes active
 /// with evidence; an offline one stays pending until verified (CON-10). Officers, root, or field
 /// agents for offline pending consents.
+#[utoipa::path(post,
+    path = "/v1/consents/{id}/evidence",
+    tag = "consent",
+    summary = "Attach evidence",
+    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    request_body = EvidenceReq,
+    responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn add_evidence(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -247,7 +260,7 @@ pub(super) async fn add_evidence(
     Ok(with_etag(StatusCode::OK, next.version, view(&next, now)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Empty {}
 
@@ -255,6 +268,13 @@ pub(super) struct Empty {}
 /// when evidence is present and, for offline capture, the identity check and document too; this
 /// is the "verified on sync" step of offline capture (CON-10, CON-13, CON-14). Else 409
 /// `EVIDENCE_REQUIRED`.
+#[utoipa::path(post,
+    path = "/v1/consents/{id}/verify",
+    tag = "consent",
+    summary = "Verify a pending consent (officer)",
+    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    request_body = Empty,
+    responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn verify(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -293,7 +313,7 @@ pub(super) async fn verify(
     Ok(with_etag(StatusCode::OK, next.version, view(&next, now)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReasonReq {
     reason_code: String,
@@ -303,6 +323,13 @@ pub(super) struct ReasonReq {
 
 /// `POST /v1/consents/{id}/reject`: rejects a pending consent with a reason from the fixed list
 /// (`OTHER` needs text); it grants nothing and never enters grace (officer or root; CON-20).
+#[utoipa::path(post,
+    path = "/v1/consents/{id}/reject",
+    tag = "consent",
+    summary = "Reject a pending consent (officer)",
+    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    request_body = ReasonReq,
+    responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn reject(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -339,6 +366,13 @@ pub(super) async fn reject(
 /// (CON-24). Then every integration that received the person's data in the vertical gets a
 /// `frozen_share` audit event (INT-4.3-3) and a case suspension is queued for SCP core services
 /// (CON-36). The answer lists the integrations as `frozen_shares`.
+#[utoipa::path(post,
+    path = "/v1/consents/{id}/withdraw",
+    tag = "consent",
+    summary = "Withdraw (officer; never field agents); answers with frozen_shares",
+    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    request_body = ReasonReq,
+    responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn withdraw(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -434,7 +468,7 @@ pub(super) async fn withdraw(
     Ok(with_etag(StatusCode::OK, next.version, body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RenewReq {
     active_from: String,
@@ -446,6 +480,13 @@ pub(super) struct RenewReq {
 /// `POST /v1/consents/{id}/renew`: a new version of an active (or expired, in grace) consent with
 /// new dates and new evidence (officer or root; lifecycle step 9). Rejected consent must be
 /// captured anew (CON-21), as must withdrawn or past-grace consent: 409 `RENEW_NOT_ALLOWED`.
+#[utoipa::path(post,
+    path = "/v1/consents/{id}/renew",
+    tag = "consent",
+    summary = "Renew an active or in-grace consent (officer)",
+    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    request_body = RenewReq,
+    responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn renew(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,

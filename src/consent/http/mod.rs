@@ -20,7 +20,7 @@
 //! | `GET /v1/consents?person_id=` | officer, tenant admin, root | heads of a person |
 //! | `PUT /v1/consents/aggregates/{route_id}/epoch` | registrar, root | aggregate refresh epoch (INT-4.3-4) |
 //! | `POST /v1/consents/evaluate` | any consent role, root | staff access decision (CON-26, CON-29, CON-30, CON-32) |
-//! | `GET /v1/consents/openapi.json` | any admin token | this API as OpenAPI 3.0 |
+//! | `GET /v1/consents/openapi.json` | any admin token | this API as OpenAPI 3.1 (its part of `/openapi.json`) |
 //!
 //! Every change is validated in full, recorded as a `consent_change` audit event and then written
 //! as one new version by one [`Store::consent_append`] call (nothing half-written; when the event
@@ -44,9 +44,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use super::model::{
     self, Actor, CaptureMode, Change, ConsentVersion, Effective, IdentityVerification, Recorded,
@@ -69,14 +70,11 @@ use crate::time::parse_instant;
 pub use crate::api::MAX_BODY_BYTES;
 
 mod capture;
-mod openapi;
 mod persons;
 mod reads;
 mod staff;
 
 use capture::*;
-pub use openapi::openapi_document;
-use openapi::*;
 use persons::*;
 use reads::*;
 use staff::*;
@@ -95,26 +93,34 @@ pub struct ConsentHttp {
     pub snapshot: SnapshotSlot,
 }
 
-/// The consent routes with their OpenAPI operations.
+/// The consent routes with their OpenAPI operations. Who may call each is decided by the
+/// consent role lists (`consent.*_roles`), named in each operation's summary.
 pub fn routes() -> ApiRouter<ConsentHttp> {
-    ApiRouter::from(
-        Router::new()
-            .route("/v1/consents", post(capture).get(list))
-            .route("/v1/consents/openapi.json", get(openapi))
-            .route("/v1/consents/evaluate", post(evaluate))
-            .route("/v1/consents/persons/{person_id}", put(put_person))
-            .route("/v1/consents/aggregates/{route_id}/epoch", put(set_epoch))
-            .route("/v1/consents/{id}", get(get_consent))
-            .route(
-                "/v1/consents/{id}/evidence",
-                get(get_evidence).post(add_evidence),
-            )
-            .route("/v1/consents/{id}/verify", post(verify))
-            .route("/v1/consents/{id}/reject", post(reject))
-            .route("/v1/consents/{id}/withdraw", post(withdraw))
-            .route("/v1/consents/{id}/renew", post(renew))
-            .route("/v1/consents/{id}/history", get(history)),
-    )
+    ApiRouter::new()
+        .routes(routes!(capture, list))
+        .routes(routes!(evaluate))
+        .routes(routes!(put_person))
+        .routes(routes!(set_epoch))
+        .routes(routes!(get_consent))
+        .routes(routes!(get_evidence, add_evidence))
+        .routes(routes!(verify))
+        .routes(routes!(reject))
+        .routes(routes!(withdraw))
+        .routes(routes!(renew))
+        .routes(routes!(history))
+        .route("/v1/consents/openapi.json", axum::routing::get(openapi))
+}
+
+/// `GET /v1/consents/openapi.json` (any admin token): [`openapi_document`].
+async fn openapi(State(s): State<ConsentHttp>, headers: HeaderMap) -> ApiResult {
+    s.authenticate(&headers).await?;
+    Ok(axum::Json(openapi_document()).into_response())
+}
+
+/// The OpenAPI 3.1 document of the consent routes alone, generated from [`routes`] (the same
+/// operations are part of the service-wide `/openapi.json`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    crate::api::openapi::finish(routes().into_openapi())
 }
 
 impl ConsentHttp {
@@ -360,8 +366,15 @@ mod tests {
 
     #[test]
     fn openapi_is_an_openapi_document() {
-        let d = openapi_document();
-        assert_eq!(d["openapi"], "3.0.3");
-        assert_eq!(d["paths"].as_object().map(|p| p.len()), Some(12));
+        let d = serde_json::to_value(openapi_document()).unwrap();
+        assert_eq!(d["openapi"], "3.1.0");
+        let paths = d["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 11, "{:?}", paths.keys());
+        assert_eq!(
+            d["paths"]["/v1/consents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/CaptureReq"
+        );
+        assert!(d["components"]["schemas"]["CaptureMode"].is_object());
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Persons and aggregate epochs
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PersonReq {
     verification: String,
@@ -16,6 +16,13 @@ pub(super) struct PersonReq {
 
 /// `PUT /v1/consents/persons/{person_id}`: a person's verification and contact state, as SCP's
 /// person registry reports it (registrar or root; CON-3, CON-11, CON-34).
+#[utoipa::path(put,
+    path = "/v1/consents/persons/{person_id}",
+    tag = "consent",
+    summary = "Report a person's verification and contact state (registrar)",
+    params(("person_id" = String, Path)),
+    request_body = PersonReq,
+    responses((status = 200, description = "The person", body = Object)))]
 pub(super) async fn put_person(
     State(s): State<ConsentHttp>,
     Path(person_id): Path<String>,
@@ -84,7 +91,7 @@ pub(super) async fn put_person(
     Ok((StatusCode::OK, axum::Json(person_view(&rec))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EpochReq {
     epoch: String,
@@ -93,6 +100,13 @@ pub(super) struct EpochReq {
 /// `PUT /v1/consents/aggregates/{route_id}/epoch`: the refresh epoch of an aggregate route;
 /// withdrawals after it block the route until the producer declares a newer one (registrar or
 /// root; INT-4.3-4, CON-23).
+#[utoipa::path(put,
+    path = "/v1/consents/aggregates/{route_id}/epoch",
+    tag = "consent",
+    summary = "Declare an aggregate route's refresh epoch (registrar)",
+    params(("route_id" = String, Path)),
+    request_body = EpochReq,
+    responses((status = 200, description = "Stored", body = Object)))]
 pub(super) async fn set_epoch(
     State(s): State<ConsentHttp>,
     Path(route_id): Path<String>,

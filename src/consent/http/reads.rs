@@ -8,6 +8,12 @@ use super::*;
 /// `GET /v1/consents/{id}`: the current view (CON-35) with the computed status (CON-5, CON-28);
 /// evidence only as a count (CON-17). Officers, field agents, evidence viewers, tenant admins,
 /// root.
+#[utoipa::path(get,
+    path = "/v1/consents/{id}",
+    tag = "consent",
+    summary = "Current view (evidence as a count only)",
+    params(("id" = String, Path, description = "The consent id")),
+    responses((status = 200, description = "The consent; ETag = version", body = Object)))]
 pub(super) async fn get_consent(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -29,6 +35,12 @@ pub(super) async fn get_consent(
 /// audit-level permission or is root (evidence viewers or root; CON-16, CON-17). Every access is
 /// a `consent_evidence_access` audit event (CON-19; root also `root_bypass`); when it cannot be
 /// recorded: 503 `AUDIT_UNAVAILABLE` and nothing is shown.
+#[utoipa::path(get,
+    path = "/v1/consents/{id}/evidence",
+    tag = "consent",
+    summary = "Evidence attachment ids (evidence viewer; masked unless audit-level); every access is audited",
+    params(("id" = String, Path, description = "The consent id")),
+    responses((status = 200, description = "The evidence", body = Object)))]
 pub(super) async fn get_evidence(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -78,6 +90,13 @@ pub(super) async fn get_evidence(
 
 /// `GET /v1/consents/{id}/history`: every version, oldest first (tenant admins and root only;
 /// CON-7, CON-8, CON-37).
+#[utoipa::path(get,
+    path = "/v1/consents/{id}/history",
+    operation_id = "consent_history",
+    tag = "consent",
+    summary = "Every version (tenant admin, root)",
+    params(("id" = String, Path, description = "The consent id")),
+    responses((status = 200, description = "The versions, oldest first", body = Object)))]
 pub(super) async fn history(
     State(s): State<ConsentHttp>,
     Path(id): Path<String>,
@@ -106,6 +125,13 @@ pub(super) async fn history(
 
 /// `GET /v1/consents?person_id=…`: the current consents (one per vertical and purpose) of a
 /// person (officers, tenant admins, root).
+#[utoipa::path(get,
+    path = "/v1/consents",
+    operation_id = "list_consents",
+    tag = "consent",
+    summary = "Current consents of a person (officer, tenant admin)",
+    params(("person_id" = String, Query)),
+    responses((status = 200, description = "The consents", body = Object)))]
 pub(super) async fn list(
     State(s): State<ConsentHttp>,
     headers: HeaderMap,

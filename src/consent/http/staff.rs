@@ -5,7 +5,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Staff access decisions
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum StaffAction {
     Read,
@@ -13,7 +13,7 @@ pub(super) enum StaffAction {
     Export,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EvaluateReq {
     person_id: String,
@@ -42,6 +42,13 @@ pub(super) fn staff_decision(status: Effective, action: StaffAction) -> (bool, &
 /// `{decision: allow|deny, status, reason}` (CON-5, CON-26, CON-28, CON-29). Root bypasses every
 /// consent check, including exports during grace, and every bypass is a `root_bypass` audit event
 /// (CON-30, CON-32); no one else has a bypass. Any consent role may ask.
+#[utoipa::path(post,
+    path = "/v1/consents/evaluate",
+    operation_id = "consent_evaluate",
+    tag = "consent",
+    summary = "Staff access decision (root bypasses, audited)",
+    request_body = EvaluateReq,
+    responses((status = 200, description = "The decision", body = Object)))]
 pub(super) async fn evaluate(
     State(s): State<ConsentHttp>,
     headers: HeaderMap,
