@@ -1,0 +1,288 @@
+//! The pure stages: 2–6 ([`authorize`]: integration, second factors, route, tenant and
+//! vertical, scope, deny rules and policy packs) and 8 ([`minimize`], [`apply_pack_masks`]: data
+//! minimization). No I/O, no transport types.
+
+use super::*;
+
+/// The bearer token of the `authorization` header (scheme case-insensitive), if any.
+pub(super) fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
+    let v = headers.get("authorization")?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// What stages 2–6 established: the integration, the route and the ids of the persons the request
+/// touches (deduplicated, in request order; they never enter a log).
+pub struct Authorized<'s> {
+    pub integration: &'s IntegrationEntry,
+    pub route: &'s Route,
+    pub persons: Vec<String>,
+    /// Fields the policy packs' determining permits mask (`@mask`), for stage 8.
+    pub pack_masks: Vec<String>,
+}
+
+/// Stages 2–6, pure: integration, second factors, route (with the person ids it carries), tenant
+/// and vertical, scope, deny rules. Fills `d` (route, verticals, scopes, incidents, stages) as it
+/// goes. Stage 7 (consent, async) and 8 ([`minimize`]) follow.
+///
+/// Returns the integration, route and persons, or the first denial.
+pub fn authorize<'s>(
+    snap: &'s PolicySnapshot,
+    facts: &RequestFacts,
+    token: &VerifiedToken,
+    settings: &PipelineSettings,
+    d: &mut Decision,
+) -> Result<Authorized<'s>, Denial> {
+    // Stage 2: integration (INT-4.1-1, INT-4.1-2, INT-6.2-*).
+    d.stages.push(Stage::Integration);
+    let integ = snap
+        .integrations
+        .get(&token.integration_id)
+        .ok_or_else(|| Denial::new(DenyCode::IntegrationUnknown, "unknown integration"))?;
+    let i = &integ.integration;
+    if i.tenant != token.tenant_id {
+        d.incidents.push(Incident::CrossTenant);
+        return Err(Denial::new(
+            DenyCode::TenantMismatch,
+            "the integration belongs to another tenant than the token",
+        ));
+    }
+    if let Some(bound) = &i.client_id
+        && token.client_id.as_deref() != Some(bound.as_str())
+    {
+        return Err(Denial::new(
+            DenyCode::TokenClaimsInvalid,
+            "the token's client is not bound to this integration",
+        ));
+    }
+    // An approved integration that has its client may call handshake routes only (ONB-6): the
+    // route is known at stage 3, where anything else is still `INTEGRATION_NOT_ACTIVE`.
+    let handshake_only = i.state == IntegrationState::Approved && i.client_id.is_some();
+    match i.state {
+        IntegrationState::Active | IntegrationState::Restricted => {}
+        IntegrationState::Approved if handshake_only => {}
+        IntegrationState::Suspended => {
+            return Err(Denial::new(
+                DenyCode::IntegrationSuspended,
+                "the integration is suspended",
+            ));
+        }
+        s => {
+            return Err(Denial::new(
+                DenyCode::IntegrationNotActive,
+                format!("the integration is {} and carries no traffic", s.as_str()),
+            ));
+        }
+    }
+    if let Some(v) = token
+        .verticals
+        .iter()
+        .find(|v| !integ.verticals.contains(*v))
+    {
+        d.incidents.push(Incident::VerticalMisScoped);
+        return Err(Denial::new(
+            DenyCode::VerticalNotPermitted,
+            format!("token vertical `{v}` is not declared by the integration"),
+        ));
+    }
+
+    // Stage 1, second factors (they need the integration record): INT-4.2-5/6/7.
+    d.stages.push(Stage::SecondFactor);
+    second_factors(integ, facts, token, settings)?;
+
+    // Stage 3: route.
+    d.stages.push(Stage::Route);
+    let norm = path::normalize(&facts.path).map_err(|e| {
+        Denial::new(
+            DenyCode::PathAmbiguous,
+            format!("ambiguous path rejected: {e}"),
+        )
+    })?;
+    let m = snap
+        .match_route(&facts.method, &norm.segments)
+        .ok_or_else(|| {
+            Denial::new(
+                DenyCode::RouteNotFound,
+                "no route matches this method and path",
+            )
+        })?;
+    let route = m.route;
+    d.path = route_path(snap, route, m.param("tenant"));
+    d.route_id = Some(route.id.clone());
+    d.action = Some(route.action.as_str().to_owned());
+    d.resource = Some(route.resource.clone());
+    d.verticals = route.verticals.clone();
+    d.data_categories = route.data_categories.clone();
+    if handshake_only && route.kind != RouteKind::Handshake {
+        return Err(Denial::new(
+            DenyCode::IntegrationNotActive,
+            "the integration is approved and may call handshake routes only until its first handshake",
+        ));
+    }
+    if i.state == IntegrationState::Restricted && route.action == Action::Write {
+        return Err(Denial::new(
+            DenyCode::IntegrationRestricted,
+            "the integration is restricted to reads",
+        ));
+    }
+    let persons = persons_of(route, &m, &norm, facts, settings)?;
+    d.persons = persons.len();
+
+    // Stage 4: tenant and vertical (INT-4.5-1, INT-4.4-2, INT-9.4-1).
+    d.stages.push(Stage::TenantVertical);
+    if let Some(t) = m.param("tenant")
+        && t != token.tenant_id
+    {
+        d.incidents.push(Incident::CrossTenant);
+        return Err(Denial::new(
+            DenyCode::TenantMismatch,
+            "the path names another tenant than the token",
+        ));
+    }
+    for v in &route.verticals {
+        if !(integ.verticals.contains(v) && token.verticals.contains(v)) {
+            d.incidents.push(Incident::VerticalMisScoped);
+            return Err(Denial::new(
+                DenyCode::VerticalNotPermitted,
+                format!("vertical `{v}` is outside the integration's effective verticals"),
+            ));
+        }
+    }
+
+    // Stage 5: scope (ONB-2, ONB-PRIV-01).
+    d.stages.push(Stage::Scope);
+    if integ
+        .routes
+        .as_ref()
+        .is_some_and(|r| !r.contains(&route.id))
+    {
+        return Err(Denial::new(
+            DenyCode::ScopeViolation,
+            "the route is not in the integration's contract",
+        ));
+    }
+    if !integ.scopes.contains(&route.scope) || !token.scopes.contains(&route.scope) {
+        return Err(Denial::new(
+            DenyCode::ScopeViolation,
+            format!(
+                "scope `{}` must be granted by both the contract and the token",
+                route.scope
+            ),
+        ));
+    }
+    let mut scopes: Vec<String> = token
+        .scopes
+        .iter()
+        .filter(|s| integ.scopes.contains(*s))
+        .cloned()
+        .collect();
+    scopes.sort();
+    d.scopes = scopes;
+
+    // Stage 6: deny rules (ADM-3).
+    d.stages.push(Stage::DenyRules);
+    if let Some(rules) = snap.traffic_denies.get(&i.tenant) {
+        let now_ms = d.time.timestamp_millis();
+        for r in rules {
+            if r.in_window(now_ms) && deny_rule_hits(&r.rule, &i.id, route) {
+                let r = &r.rule;
+                return Err(Denial::new(
+                    DenyCode::DenyRuleMatched,
+                    format!("deny rule `{}`: {}", r.id, r.reason),
+                ));
+            }
+        }
+    }
+
+    // Stage 6 (continued): the active policy packs of the route's verticals (Cedar; forbid
+    // wins, no permit = deny, evaluation errors deny) (ADM-6).
+    let pack_masks = snap
+        .packs
+        .check_partner(
+            i,
+            route,
+            &d.scopes,
+            persons.len(),
+            &facts.method,
+            d.time.timestamp_millis(),
+            &mut d.reasons,
+        )
+        .map_err(|m| Denial::new(DenyCode::PolicyDenied, m))?;
+
+    Ok(Authorized {
+        integration: integ,
+        route,
+        persons,
+        pack_masks,
+    })
+}
+
+/// Stage 8 addition: fields the determining `@mask` permits of policy packs mask (only fields
+/// the route has, when it lists them); they leave `allowed_fields` too.
+pub fn apply_pack_masks(route: &Route, pack_masks: &[String], d: &mut Decision) {
+    if pack_masks.is_empty() {
+        return;
+    }
+    for f in pack_masks {
+        if (route.fields.is_empty() || route.fields.contains(f)) && !d.masked_fields.contains(f) {
+            d.masked_fields.push(f.clone());
+        }
+    }
+    d.masked_fields.sort();
+    if let Some(a) = &mut d.allowed_fields {
+        a.retain(|f| !pack_masks.contains(f));
+    }
+}
+
+/// Whether partner-traffic deny rule `r` (active, inside its window: the caller checks both)
+/// denies integration `integration`'s request to `route` (stage 6, ADM-3): every matcher it
+/// sets matches. Traffic carries no geo or program: a rule narrowed to one still applies (fail
+/// closed).
+fn deny_rule_hits(r: &crate::policy::DenyRule, integration: &str, route: &Route) -> bool {
+    r.for_traffic()
+        && r.integration.as_ref().is_none_or(|x| x == integration)
+        && r.action.as_ref().is_none_or(|a| a == route.action.as_str())
+        && r.resource.as_ref().is_none_or(|x| *x == route.resource)
+        && r.scope.as_ref().is_none_or(|x| *x == route.scope)
+        && r.vertical
+            .as_ref()
+            .is_none_or(|x| route.verticals.contains(x))
+}
+
+/// Stage 8, pure: allowed and masked fields from the integration's field policy, the route's
+/// fields and field-level consent (`consent_fields`: fields every deciding consent allows; `None`
+/// when no consent limits fields) (INT-5.3-1, INT-5.3-2, INT-4.3-5).
+pub fn minimize(
+    integ: &IntegrationEntry,
+    route: &Route,
+    consent_fields: Option<&[String]>,
+    d: &mut Decision,
+) {
+    d.stages.push(Stage::DataMinimization);
+    let fp = &integ.integration.field_policy;
+    let mut masked: Vec<String> = Vec::new();
+    let mut allowed: Option<Vec<String>> = None;
+    if fp.allowed_fields.is_some() || consent_fields.is_some() {
+        let mut a = Vec::new();
+        for f in &route.fields {
+            let ok = fp.allowed_fields.as_ref().is_none_or(|x| x.contains(f))
+                && consent_fields.is_none_or(|x| x.contains(f))
+                && !fp.masked_fields.contains(f);
+            if ok {
+                a.push(f.clone());
+            } else {
+                masked.push(f.clone());
+            }
+        }
+        allowed = Some(a);
+    }
+    for f in &fp.masked_fields {
+        if (route.fields.is_empty() || route.fields.contains(f)) && !masked.contains(f) {
+            masked.push(f.clone());
+        }
+    }
+    masked.sort();
+    d.masked_fields = masked;
+    d.allowed_fields = allowed;
+}
