@@ -3,17 +3,7 @@
 use sqlx::Row;
 
 use super::record::{ChainedRecord, Hash};
-use crate::store::{Store, StoreError};
-
-/// Runs the same statement body against whichever pool the store has.
-macro_rules! with_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
-}
+use crate::store::{Store, StoreError, with_pool};
 
 /// A chain's row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
