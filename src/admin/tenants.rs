@@ -101,7 +101,7 @@ struct ConsentSettingsReq {
 /// `PATCH /v1/tenants/{id}/consent-settings` (CON-27, CON-33): umbrella authority only.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/consent-settings", tag = "tenants",
     summary = "Consent grace period and reminder schedule (umbrella authority; CON-27, CON-33)",
-    params(("tenant_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("tenant_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = ConsentSettingsReq,
     security(("bearer" = ["tenants.consent_settings"])),
     responses((status = 200, description = "The tenant; ETag = version", body = Object)))]

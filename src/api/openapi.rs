@@ -25,6 +25,18 @@ use utoipa::{PartialSchema, ToSchema};
 /// operations of the handlers registered with `routes!`.
 pub type ApiRouter<S> = utoipa_axum::router::OpenApiRouter<S>;
 
+/// The `If-Match` request header of every versioned write (ADM-4): `"<version>"`, the ETag the
+/// resource was read with; a stale one is answered 412 `PRECONDITION_FAILED` and changes nothing.
+/// Used in `#[utoipa::path(params(..., IfMatch))]`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IfMatch {
+    /// `"<version>"`: 412 when the resource is at another version.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+}
+
 /// The JSON error body of every REST answer that is not a success:
 /// `{"error": {"code", "message", "field"?}}`.
 #[derive(serde::Serialize, ToSchema)]

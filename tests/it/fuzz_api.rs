@@ -1,6 +1,7 @@
 //! Schemathesis (PyPI; `scripts/test` installs it) against the running admin, consent and audit
 //! APIs, driven by the served `/openapi.json`, with a token for each staff role: no request it
-//! generates may get a server error. The store, keys and audit log are up, so the only 5xx the
+//! generates may get a server error, nor a response the document does not describe (status code,
+//! content type, response schema). The store, keys and audit log are up, so the only 5xx the
 //! API documents (503 for an unavailable dependency) must not occur either; provisioning, which
 //! has no identity provider to talk to here, is left out.
 //!
@@ -16,7 +17,11 @@ async fn fuzz_as(h: &Harness, roles: &[&str], examples: u32) {
     let token = h.staff_token("ke", "fuzzer", roles, "scp-pep-admin");
     let out = tokio::process::Command::new("python3")
         .args(["-m", "schemathesis.cli", "run", &h.ops_url("/openapi.json")])
-        .args(["--checks", "not_a_server_error"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance",
+        ])
         .args(["--max-examples", &examples.to_string()])
         .args(["--seed", "20261205", "--workers", "2", "--no-color"])
         .args(["--request-timeout", "10"])
@@ -33,7 +38,8 @@ async fn fuzz_as(h: &Harness, roles: &[&str], examples: u32) {
         );
     let report = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    // A check failure (a server error) is listed under "Failures:" in the summary.
+    // A check failure (a server error, an undocumented status, content type or body) is listed
+    // under "Failures:" in the summary.
     assert!(
         !report.contains("Failures:"),
         "schemathesis as {roles:?} found failures:\n{report}\n{err}"
@@ -59,7 +65,7 @@ async fn fuzz_as(h: &Harness, roles: &[&str], examples: u32) {
 /// persona and root (who passes every permission check, so requests reach the handlers' input
 /// validation and the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_server_error() {
+async fn schemathesis_finds_no_server_error_and_no_undocumented_response() {
     let h = Harness::start(None).await;
     fuzz_as(&h, &["scp-root"], 25).await;
     fuzz_as(&h, &["scp-tenant-admin"], 10).await;

@@ -92,7 +92,7 @@ impl CredentialBody {
     path = "/v1/integrations/{id}/provision",
     tag = "integrations",
     summary = "Create the identity-provider client and issue its secret once (ONB-4)",
-    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
     request_body = CredentialBody,
     security(("bearer" = ["integrations.provision"])),
     responses((status = 201, description = "The client id and the secret (shown once; cache-control: no-store)", body = Object)))]
@@ -180,7 +180,7 @@ pub(super) async fn provision(
     path = "/v1/integrations/{id}/credentials/rotate",
     tag = "integrations",
     summary = "Rotate the client secret (shown once)",
-    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
     request_body = CredentialBody,
     security(("bearer" = ["integrations.credentials"])),
     responses((status = 200, description = "The new secret (cache-control: no-store)", body = Object)))]

@@ -251,7 +251,7 @@ pub(super) async fn transition(
 macro_rules! transition_handler {
     ($name:ident, $action:tt, $path:tt, $perm:tt, $summary:tt) => {
         #[utoipa::path(post, path = $path, tag = "integrations", summary = $summary,
-            params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
             request_body = TransitionBody,
             security(("bearer" = [$perm])),
             responses((status = 200, description = "The integration in its new state; ETag = version", body = Object)))]

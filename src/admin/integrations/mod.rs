@@ -588,7 +588,7 @@ struct PatchBody {
     operation_id = "patch_integration",
     tag = "integrations",
     summary = "Edit a draft",
-    params(("id" = String, Path, description = "The integration id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
     request_body = PatchBody,
     security(("bearer" = ["integrations.create"])),
     responses((status = 200, description = "The integration; ETag = version", body = Object)))]

@@ -326,7 +326,7 @@ macro_rules! sub_handlers {
         }
 
         #[utoipa::path(put, path = $item, tag = "integrations", summary = $put_s,
-            params(("id" = String, Path), ("sub" = String, Path), ("If-Match" = Option<String>, Header)),
+            params(("id" = String, Path), ("sub" = String, Path), crate::api::openapi::IfMatch),
             request_body = $body,
             security(("bearer" = [$perm])),
             responses((status = 200, description = "Replaced; ETag = version", body = Object)))]
@@ -340,7 +340,7 @@ macro_rules! sub_handlers {
         }
 
         #[utoipa::path(delete, path = $item, tag = "integrations", summary = $delete_s,
-            params(("id" = String, Path), ("sub" = String, Path), ("If-Match" = Option<String>, Header)),
+            params(("id" = String, Path), ("sub" = String, Path), crate::api::openapi::IfMatch),
             security(("bearer" = [$perm])),
             responses((status = 204, description = "Deleted")))]
         pub(super) async fn $delete(

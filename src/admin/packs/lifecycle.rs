@@ -10,7 +10,7 @@ use super::*;
 macro_rules! transition_handler {
     ($name:ident, $run:ident, $tag:tt, $path:tt, $param:tt, $action:tt, $perm:tt, $body:ident, $summary:tt) => {
         #[utoipa::path(post, path = $path, tag = $tag, summary = $summary,
-            params(($param = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            params(($param = String, Path), crate::api::openapi::IfMatch),
             request_body = $body,
             security(("bearer" = [$perm])),
             responses((status = 200, description = "The document in its new state; ETag = version", body = Object)))]

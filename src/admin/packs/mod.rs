@@ -492,7 +492,7 @@ struct PatchPack {
     path = "/v1/policies/packs/{policy_pack_id}",
     tag = "policy packs",
     summary = "Edit a draft pack",
-    params(("policy_pack_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("policy_pack_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = PatchPack,
     security(("bearer" = ["policy_packs.write"])),
     responses((status = 200, description = "The pack; ETag = version", body = Object)))]

@@ -189,7 +189,7 @@ pub(super) async fn assign(
     path = "/v1/role-assignments/{assignment_id}/revoke",
     tag = "role assignments",
     summary = "Revoke a role assignment",
-    params(("assignment_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("assignment_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = ReasonBody,
     security(("bearer" = ["assignments.write"])),
     responses((status = 200, description = "The assignment; ETag = version_id", body = Object)))]

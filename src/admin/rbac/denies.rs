@@ -171,7 +171,7 @@ pub(super) async fn create_deny(
     path = "/v1/deny-rules/{deny_id}/revoke",
     tag = "deny rules",
     summary = "Revoke a deny rule",
-    params(("deny_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("deny_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = ReasonBody,
     security(("bearer" = ["deny_rules.write"])),
     responses((status = 200, description = "The deny rule; ETag = version", body = Object)))]

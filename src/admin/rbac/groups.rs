@@ -128,7 +128,7 @@ where
     path = "/v1/groups/{group_id}",
     tag = "groups",
     summary = "Edit a group",
-    params(("group_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("group_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = GroupPatch,
     security(("bearer" = ["groups.write"])),
     responses((status = 200, description = "The group; ETag = version_id", body = Object)))]
@@ -339,7 +339,7 @@ pub(super) struct MemberEnd {
     path = "/v1/groups/{group_id}/members/{user_id}/end",
     tag = "groups",
     summary = "End a membership",
-    params(("group_id" = String, Path), ("user_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("group_id" = String, Path), ("user_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = MemberEnd,
     security(("bearer" = ["groups.write"])),
     responses((status = 200, description = "The membership; ETag = version_id", body = Object)))]

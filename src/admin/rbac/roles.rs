@@ -176,7 +176,7 @@ pub(super) struct RolePatch {
     path = "/v1/roles/{role_id}",
     tag = "roles",
     summary = "Edit a role",
-    params(("role_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+    params(("role_id" = String, Path), crate::api::openapi::IfMatch),
     request_body = RolePatch,
     security(("bearer" = ["roles.write"])),
     responses((status = 200, description = "The role; ETag = version_id", body = Object)))]
@@ -278,7 +278,7 @@ pub(super) enum Step {
 macro_rules! role_step_handler {
     ($name:ident, $step:expr, $path:tt, $perm:tt, $body:ident, $summary:tt) => {
         #[utoipa::path(post, path = $path, tag = "roles", summary = $summary,
-            params(("role_id" = String, Path), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when stale")),
+            params(("role_id" = String, Path), crate::api::openapi::IfMatch),
             request_body = $body,
             security(("bearer" = [$perm])),
             responses((status = 200, description = "The role; ETag = version_id", body = Object)))]

@@ -208,7 +208,7 @@ pub(super) struct EvidenceReq {
     path = "/v1/consents/{id}/evidence",
     tag = "consent",
     summary = "Attach evidence",
-    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    params(("id" = String, Path, description = "The consent id"), crate::api::openapi::IfMatch),
     request_body = EvidenceReq,
     responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn add_evidence(
@@ -272,7 +272,7 @@ pub(super) struct Empty {}
     path = "/v1/consents/{id}/verify",
     tag = "consent",
     summary = "Verify a pending consent (officer)",
-    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    params(("id" = String, Path, description = "The consent id"), crate::api::openapi::IfMatch),
     request_body = Empty,
     responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn verify(
@@ -327,7 +327,7 @@ pub(super) struct ReasonReq {
     path = "/v1/consents/{id}/reject",
     tag = "consent",
     summary = "Reject a pending consent (officer)",
-    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    params(("id" = String, Path, description = "The consent id"), crate::api::openapi::IfMatch),
     request_body = ReasonReq,
     responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn reject(
@@ -370,7 +370,7 @@ pub(super) async fn reject(
     path = "/v1/consents/{id}/withdraw",
     tag = "consent",
     summary = "Withdraw (officer; never field agents); answers with frozen_shares",
-    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    params(("id" = String, Path, description = "The consent id"), crate::api::openapi::IfMatch),
     request_body = ReasonReq,
     responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn withdraw(
@@ -484,7 +484,7 @@ pub(super) struct RenewReq {
     path = "/v1/consents/{id}/renew",
     tag = "consent",
     summary = "Renew an active or in-grace consent (officer)",
-    params(("id" = String, Path, description = "The consent id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": 412 when the consent is at another version")),
+    params(("id" = String, Path, description = "The consent id"), crate::api::openapi::IfMatch),
     request_body = RenewReq,
     responses((status = 200, description = "The new version; ETag = version", body = Object)))]
 pub(super) async fn renew(
