@@ -587,6 +587,31 @@ fn routes() -> ApiRouter<AdminHttp> {
         .merge(super::tenants::routes())
 }
 
+/// One annotated `POST` handler per lifecycle step (approve, archive, revoke…): its OpenAPI
+/// operation (`$path` with the path parameter `$param`, `If-Match`, body type `$body`, permission
+/// `$perm`, 200 with `$response`) and a thin call `$run(state, id, headers, body, $arg)` into the
+/// module's transition function, which enforces the step. Used by roles, policy packs and
+/// changes, and integrations.
+macro_rules! step_handler {
+    ($name:ident, $tag:tt, $path:tt, $param:tt, $perm:tt, $body:ident, $summary:tt, $response:tt,
+     $run:ident($arg:expr)) => {
+        #[utoipa::path(post, path = $path, tag = $tag, summary = $summary,
+                    params(($param = String, Path), crate::api::openapi::IfMatch),
+                    request_body = $body,
+                    security(("bearer" = [$perm])),
+                    responses((status = 200, description = $response, body = Object)))]
+        pub(super) async fn $name(
+            axum::extract::State(s): axum::extract::State<crate::admin::http::AdminHttp>,
+            axum::extract::Path(id): axum::extract::Path<String>,
+            headers: axum::http::HeaderMap,
+            body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+        ) -> crate::api::ApiResult {
+            $run(s, id, headers, body, $arg).await
+        }
+    };
+}
+pub(crate) use step_handler;
+
 /// Reason codes of admin changes (ADM-7); `OTHER` needs a text.
 pub const REASON_CODES: &[&str] = &[
     "SECURITY_INCIDENT",

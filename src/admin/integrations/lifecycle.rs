@@ -1,6 +1,7 @@
 //! The lifecycle transition table and `POST /v1/integrations/{id}/{action}`.
 
 use super::*;
+use crate::admin::http::step_handler;
 
 // ---------------------------------------------------------------------------------------------
 // Lifecycle
@@ -112,9 +113,9 @@ pub(super) struct TransitionBody {
 pub(super) async fn transition(
     s: AdminHttp,
     id: String,
-    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    action: &str,
 ) -> ApiResult {
     let rule = RULES
         .iter()
@@ -246,86 +247,102 @@ pub(super) async fn transition(
     ))
 }
 
-/// One annotated handler per lifecycle action (the OpenAPI document lists each); the action's
-/// permission, allowed-from states and reason rule are in [`RULES`].
-macro_rules! transition_handler {
-    ($name:ident, $action:tt, $path:tt, $perm:tt, $summary:tt) => {
-        #[utoipa::path(post, path = $path, tag = "integrations", summary = $summary,
-            params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
-            request_body = TransitionBody,
-            security(("bearer" = [$perm])),
-            responses((status = 200, description = "The integration in its new state; ETag = version", body = Object)))]
-        pub(super) async fn $name(
-            State(s): State<AdminHttp>,
-            Path(id): Path<String>,
-            headers: HeaderMap,
-            body: Result<Bytes, BytesRejection>,
-        ) -> ApiResult {
-            transition(s, id, $action, headers, body).await
-        }
-    };
-}
-
-transition_handler!(
+step_handler!(
     submit,
-    "submit",
+    "integrations",
     "/v1/integrations/{id}/submit",
+    "id",
     "integrations.create",
-    "Submit a draft for review (draft → requested)"
+    TransitionBody,
+    "Submit a draft for review (draft → requested)",
+    "The integration in its new state; ETag = version",
+    transition("submit")
 );
-transition_handler!(
+step_handler!(
     review,
-    "review",
+    "integrations",
     "/v1/integrations/{id}/review",
+    "id",
     "integrations.review",
-    "Technical review by the vertical owner (requested → reviewed)"
+    TransitionBody,
+    "Technical review by the vertical owner (requested → reviewed)",
+    "The integration in its new state; ETag = version",
+    transition("review")
 );
-transition_handler!(
+step_handler!(
     legal_review,
-    "legal-review",
+    "integrations",
     "/v1/integrations/{id}/legal-review",
+    "id",
     "integrations.legal_review",
-    "Legal and consent review (recorded on a reviewed integration)"
+    TransitionBody,
+    "Legal and consent review (recorded on a reviewed integration)",
+    "The integration in its new state; ETag = version",
+    transition("legal-review")
 );
-transition_handler!(
+step_handler!(
     approve,
-    "approve",
+    "integrations",
     "/v1/integrations/{id}/approve",
+    "id",
     "integrations.approve",
-    "Approve (reviewed → approved; legal_document_id required; cross-tenant needs integrations.approve_cross_tenant)"
+    TransitionBody,
+    "Approve (reviewed → approved; legal_document_id required; cross-tenant needs integrations.approve_cross_tenant)",
+    "The integration in its new state; ETag = version",
+    transition("approve")
 );
-transition_handler!(
+step_handler!(
     activate,
-    "activate",
+    "integrations",
     "/v1/integrations/{id}/activate",
+    "id",
     "integrations.operate",
-    "Activate (needs provisioned credentials)"
+    TransitionBody,
+    "Activate (needs provisioned credentials)",
+    "The integration in its new state; ETag = version",
+    transition("activate")
 );
-transition_handler!(
+step_handler!(
     restrict,
-    "restrict",
+    "integrations",
     "/v1/integrations/{id}/restrict",
+    "id",
     "integrations.operate",
-    "Restrict (reads only)"
+    TransitionBody,
+    "Restrict (reads only)",
+    "The integration in its new state; ETag = version",
+    transition("restrict")
 );
-transition_handler!(
+step_handler!(
     suspend,
-    "suspend",
+    "integrations",
     "/v1/integrations/{id}/suspend",
+    "id",
     "integrations.operate",
-    "Suspend (every request denied)"
+    TransitionBody,
+    "Suspend (every request denied)",
+    "The integration in its new state; ETag = version",
+    transition("suspend")
 );
-transition_handler!(
+step_handler!(
     deprecate,
-    "deprecate",
+    "integrations",
     "/v1/integrations/{id}/deprecate",
+    "id",
     "integrations.operate",
-    "Deprecate"
+    TransitionBody,
+    "Deprecate",
+    "The integration in its new state; ETag = version",
+    transition("deprecate")
 );
-transition_handler!(
+step_handler!(
     archive,
-    "archive",
+    "integrations",
     "/v1/integrations/{id}/archive",
+    "id",
     "integrations.operate",
-    "Archive (immutable afterwards)"
+    TransitionBody,
+    "Archive (immutable afterwards)",
+    "The integration in its new state; ETag = version",
+    transition("archive")
 );

@@ -147,9 +147,9 @@ pub(super) async fn create_change(
 pub(super) async fn change_transition(
     s: AdminHttp,
     id: String,
-    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    action: &str,
 ) -> ApiResult {
     let t = find(CHANGE_TRANSITIONS, action)?;
     let Opened {

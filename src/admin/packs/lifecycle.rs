@@ -3,171 +3,151 @@
 //! the pack transition itself (the change transition is in `changes.rs`).
 
 use super::*;
+use crate::admin::http::step_handler;
 
-/// One annotated handler per lifecycle action of a pack (`$run`: `pack_transition` or
-/// `change_transition`); the action's permission and input are in [`PACK_TRANSITIONS`] /
-/// [`CHANGE_TRANSITIONS`], which the handler enforces.
-macro_rules! transition_handler {
-    ($name:ident, $run:ident, $tag:tt, $path:tt, $param:tt, $action:tt, $perm:tt, $body:ident, $summary:tt) => {
-        #[utoipa::path(post, path = $path, tag = $tag, summary = $summary,
-            params(($param = String, Path), crate::api::openapi::IfMatch),
-            request_body = $body,
-            security(("bearer" = [$perm])),
-            responses((status = 200, description = "The document in its new state; ETag = version", body = Object)))]
-        pub(super) async fn $name(
-            State(s): State<AdminHttp>,
-            Path(id): Path<String>,
-            headers: HeaderMap,
-            body: Result<Bytes, BytesRejection>,
-        ) -> ApiResult {
-            $run(s, id, $action, headers, body).await
-        }
-    };
-}
-
-transition_handler!(
+step_handler!(
     pack_request_review,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/request-review",
     "policy_pack_id",
-    "request-review",
     "policy_packs.write",
     RequestBody,
-    "Request review (draft → requested)"
+    "Request review (draft → requested)",
+    "The document in its new state; ETag = version",
+    pack_transition("request-review")
 );
-transition_handler!(
+step_handler!(
     pack_review,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/review",
     "policy_pack_id",
-    "review",
     "policy_packs.review",
     ReviewBody,
-    "Review (requested → reviewed)"
+    "Review (requested → reviewed)",
+    "The document in its new state; ETag = version",
+    pack_transition("review")
 );
-transition_handler!(
+step_handler!(
     pack_approve,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/approve",
     "policy_pack_id",
-    "approve",
     "policy_packs.approve",
     ApproveBody,
-    "Approve (reviewed → approved; four eyes)"
+    "Approve (reviewed → approved; four eyes)",
+    "The document in its new state; ETag = version",
+    pack_transition("approve")
 );
-transition_handler!(
+step_handler!(
     pack_activate,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/activate",
     "policy_pack_id",
-    "activate",
     "policy_packs.approve",
     EmptyBody,
-    "Activate (approved, restricted or suspended → active; enforced before the answer)"
+    "Activate (approved, restricted or suspended → active; enforced before the answer)",
+    "The document in its new state; ETag = version",
+    pack_transition("activate")
 );
-transition_handler!(
+step_handler!(
     pack_restrict,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/restrict",
     "policy_pack_id",
-    "restrict",
     "policy_packs.operate",
     ReasonBody,
-    "Restrict (active → restricted: writes denied)"
+    "Restrict (active → restricted: writes denied)",
+    "The document in its new state; ETag = version",
+    pack_transition("restrict")
 );
-transition_handler!(
+step_handler!(
     pack_suspend,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/suspend",
     "policy_pack_id",
-    "suspend",
     "policy_packs.operate",
     ReasonBody,
-    "Suspend (active or restricted → suspended)"
+    "Suspend (active or restricted → suspended)",
+    "The document in its new state; ETag = version",
+    pack_transition("suspend")
 );
-transition_handler!(
+step_handler!(
     pack_deprecate,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/deprecate",
     "policy_pack_id",
-    "deprecate",
     "policy_packs.operate",
     ReasonBody,
-    "Deprecate"
+    "Deprecate",
+    "The document in its new state; ETag = version",
+    pack_transition("deprecate")
 );
-transition_handler!(
+step_handler!(
     pack_archive,
-    pack_transition,
     "policy packs",
     "/v1/policies/packs/{policy_pack_id}/archive",
     "policy_pack_id",
-    "archive",
     "policy_packs.operate",
     ReasonBody,
-    "Archive (immutable afterwards)"
+    "Archive (immutable afterwards)",
+    "The document in its new state; ETag = version",
+    pack_transition("archive")
 );
 
-transition_handler!(
+step_handler!(
     change_request_review,
-    change_transition,
     "policy changes",
     "/v1/policies/changes/{policy_change_id}/request-review",
     "policy_change_id",
-    "request-review",
     "policy_packs.write",
     RequestBody,
-    "Request review (draft → requested)"
+    "Request review (draft → requested)",
+    "The document in its new state; ETag = version",
+    change_transition("request-review")
 );
-transition_handler!(
+step_handler!(
     change_review,
-    change_transition,
     "policy changes",
     "/v1/policies/changes/{policy_change_id}/review",
     "policy_change_id",
-    "review",
     "policy_packs.review",
     ReviewBody,
-    "Review (requested → reviewed)"
+    "Review (requested → reviewed)",
+    "The document in its new state; ETag = version",
+    change_transition("review")
 );
-transition_handler!(
+step_handler!(
     change_approve,
-    change_transition,
     "policy changes",
     "/v1/policies/changes/{policy_change_id}/approve",
     "policy_change_id",
-    "approve",
     "policy_packs.approve",
     ApproveBody,
-    "Approve (reviewed → approved; four eyes)"
+    "Approve (reviewed → approved; four eyes)",
+    "The document in its new state; ETag = version",
+    change_transition("approve")
 );
-transition_handler!(
+step_handler!(
     change_activate,
-    change_transition,
     "policy changes",
     "/v1/policies/changes/{policy_change_id}/activate",
     "policy_change_id",
-    "activate",
     "policy_packs.approve",
     EmptyBody,
-    "Activate: the pack's new version and the change's activation in one transaction (ADM-8)"
+    "Activate: the pack's new version and the change's activation in one transaction (ADM-8)",
+    "The document in its new state; ETag = version",
+    change_transition("activate")
 );
-transition_handler!(
+step_handler!(
     change_archive,
-    change_transition,
     "policy changes",
     "/v1/policies/changes/{policy_change_id}/archive",
     "policy_change_id",
-    "archive",
     "policy_packs.operate",
     ReasonBody,
-    "Archive (immutable afterwards)"
+    "Archive (immutable afterwards)",
+    "The document in its new state; ETag = version",
+    change_transition("archive")
 );
 
 /// How a transition takes its input.
@@ -381,9 +361,9 @@ pub(super) fn check_from(t: &Transition, cur: PackStatus, what: &str) -> Result<
 pub(super) async fn pack_transition(
     s: AdminHttp,
     id: String,
-    action: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    action: &str,
 ) -> ApiResult {
     let t = find(PACK_TRANSITIONS, action)?;
     let Opened {

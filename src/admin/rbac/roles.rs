@@ -1,6 +1,7 @@
 //! The permission catalog and roles: create, edit, review, approve, reject, archive.
 
 use super::*;
+use crate::admin::http::step_handler;
 
 // ---------------------------------------------------------------------------------------------
 // Permissions
@@ -274,64 +275,60 @@ pub(super) enum Step {
     Archive,
 }
 
-/// One annotated handler per role lifecycle step (the OpenAPI document lists each).
-macro_rules! role_step_handler {
-    ($name:ident, $step:expr, $path:tt, $perm:tt, $body:ident, $summary:tt) => {
-        #[utoipa::path(post, path = $path, tag = "roles", summary = $summary,
-            params(("role_id" = String, Path), crate::api::openapi::IfMatch),
-            request_body = $body,
-            security(("bearer" = [$perm])),
-            responses((status = 200, description = "The role; ETag = version_id", body = Object)))]
-        pub(super) async fn $name(
-            State(h): State<AdminHttp>,
-            Path(id): Path<String>,
-            headers: HeaderMap,
-            body: Body,
-        ) -> ApiResult {
-            role_step(h, id, headers, body, $step).await
-        }
-    };
-}
-
-role_step_handler!(
+step_handler!(
     request_review_role,
-    Step::RequestReview,
+    "roles",
     "/v1/roles/{role_id}/request-review",
+    "role_id",
     "roles.write",
     RequestBody,
-    "Request review: approval_state pending"
+    "Request review: approval_state pending",
+    "The role; ETag = version_id",
+    role_step(Step::RequestReview)
 );
-role_step_handler!(
+step_handler!(
     review_role,
-    Step::Review,
+    "roles",
     "/v1/roles/{role_id}/review",
+    "role_id",
     "roles.review",
     ReviewBody,
-    "Review: approval_state reviewed"
+    "Review: approval_state reviewed",
+    "The role; ETag = version_id",
+    role_step(Step::Review)
 );
-role_step_handler!(
+step_handler!(
     approve_role,
-    Step::Approve,
+    "roles",
     "/v1/roles/{role_id}/approve",
+    "role_id",
     "roles.approve",
     ApproveBody,
-    "Approve: status active (four eyes)"
+    "Approve: status active (four eyes)",
+    "The role; ETag = version_id",
+    role_step(Step::Approve)
 );
-role_step_handler!(
+step_handler!(
     reject_role,
-    Step::Reject,
+    "roles",
     "/v1/roles/{role_id}/reject",
+    "role_id",
     "roles.approve",
     ReasonBody,
-    "Reject"
+    "Reject",
+    "The role; ETag = version_id",
+    role_step(Step::Reject)
 );
-role_step_handler!(
+step_handler!(
     archive_role,
-    Step::Archive,
+    "roles",
     "/v1/roles/{role_id}/archive",
+    "role_id",
     "roles.approve",
     ReasonBody,
-    "Archive (immutable afterwards)"
+    "Archive (immutable afterwards)",
+    "The role; ETag = version_id",
+    role_step(Step::Archive)
 );
 
 pub(super) async fn role_step(
