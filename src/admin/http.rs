@@ -592,14 +592,15 @@ fn routes() -> ApiRouter<AdminHttp> {
 /// `$perm`, 200 with `$response`) and a thin call `$run(state, id, headers, body, $arg)` into the
 /// module's transition function, which enforces the step. Used by roles, policy packs and
 /// changes, and integrations.
+#[rustfmt::skip] // rustfmt re-indents the attribute lines of this body on every run.
 macro_rules! step_handler {
     ($name:ident, $tag:tt, $path:tt, $param:tt, $perm:tt, $body:ident, $summary:tt, $response:tt,
      $run:ident($arg:expr)) => {
         #[utoipa::path(post, path = $path, tag = $tag, summary = $summary,
-                    params(($param = String, Path), crate::api::openapi::IfMatch),
-                    request_body = $body,
-                    security(("bearer" = [$perm])),
-                    responses((status = 200, description = $response, body = Object)))]
+            params(($param = String, Path), crate::api::openapi::IfMatch),
+            request_body = $body,
+            security(("bearer" = [$perm])),
+            responses((status = 200, description = $response, body = Object)))]
         pub(super) async fn $name(
             axum::extract::State(s): axum::extract::State<crate::admin::http::AdminHttp>,
             axum::extract::Path(id): axum::extract::Path<String>,
