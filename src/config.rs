@@ -21,6 +21,37 @@ pub struct Config {
     pub audit: AuditConfig,
     pub admin: crate::admin::AdminConfig,
     pub consent: crate::consent::ConsentConfig,
+    pub request: RequestConfig,
+}
+
+/// Request-smuggling defences (`[request]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestConfig {
+    /// Headers some upstream frameworks read as "the real method" (lower-case). A request that
+    /// carries one with a value other than its own method is denied 400 `REQUEST_AMBIGUOUS`; the
+    /// headers are always removed before the request goes upstream.
+    pub method_override_headers: Vec<String>,
+    /// Headers some upstream frameworks read as "the real path" (lower-case); same rule against
+    /// the request's own path (with or without its query).
+    pub path_override_headers: Vec<String>,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig {
+            method_override_headers: [
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+            ]
+            .map(String::from)
+            .to_vec(),
+            path_override_headers: ["x-original-url", "x-rewrite-url"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 /// Listeners.
@@ -31,6 +62,23 @@ pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub http_listen: SocketAddr,
+    /// Most HTTP connections open at once (also capped at a quarter of the descriptors left
+    /// after `reserved_fds`); more wait in the accept queue.
+    pub http_max_connections: usize,
+    /// Most gRPC connections open at once (also capped by the descriptors HTTP and the reserve
+    /// leave).
+    pub grpc_max_connections: usize,
+    /// Descriptors kept for the store pool, JWKS, Keycloak, checkpoint and notification calls
+    /// and files, never used by inbound connections.
+    pub reserved_fds: usize,
+    /// Seconds an HTTP client has to send a whole request head (slow-loris), and to start the
+    /// next request on a kept-alive HTTP/1 connection.
+    pub header_read_timeout_s: u64,
+    /// Seconds an HTTP connection may move no byte before it is closed.
+    pub idle_timeout_s: u64,
+    /// Seconds an HTTP request may take, body read included, before it is answered 503
+    /// `REQUEST_TIMEOUT`.
+    pub request_timeout_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +86,12 @@ impl Default for ServerConfig {
         ServerConfig {
             grpc_listen: ([127, 0, 0, 1], 9191).into(),
             http_listen: ([127, 0, 0, 1], 9192).into(),
+            http_max_connections: 512,
+            grpc_max_connections: 4096,
+            reserved_fds: 128,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 120,
+            request_timeout_s: 60,
         }
     }
 }
@@ -224,22 +278,25 @@ impl Default for AuditConfig {
     }
 }
 
-/// Sections that `SCP_PEP_*` variables may address; other `SCP_PEP_*` variables (like
-/// `SCP_PEP_CONFIG`) are not configuration keys.
-const SECTIONS: &[&str] = &[
-    "server",
-    "store",
-    "policy",
-    "auth",
-    "decision_log",
-    "audit",
-    "admin",
-];
+/// The top-level sections of [`Config`], read off the type itself (its serialized default), so
+/// a section added to `Config` is addressable from the environment without a second list.
+pub fn sections() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 impl Config {
     /// Defaults ← `file` (TOML, if given) ← `SCP_PEP_*` environment.
     ///
-    /// Errors: unreadable file, TOML syntax, unknown keys, wrong types; the message names the key.
+    /// Environment keys are `SCP_PEP_<SECTION>__<KEY>`; every `SCP_PEP_*` variable whose name has
+    /// a `__` is configuration, so a misspelt section (`SCP_PEP_CONSNET__MAX_PERSONS`) is an
+    /// error like a misspelt key. Variables without `__` (`SCP_PEP_CONFIG`, `SCP_PEP_TOKEN`) are
+    /// left to the CLI.
+    ///
+    /// Errors: unreadable file, TOML syntax, unknown sections or keys, wrong types; the message
+    /// names the key (never its value).
     pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
@@ -251,10 +308,27 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(Env::prefixed("SCP_PEP_").split("__").filter(|k| {
-            let section = k.as_str().split('.').next().unwrap_or("");
-            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
-        }));
+        let sections = sections();
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            let Some(rest) = name.strip_prefix("SCP_PEP_") else {
+                continue;
+            };
+            if let Some((section, _)) = rest.split_once("__")
+                && !sections.iter().any(|s| section.eq_ignore_ascii_case(s))
+            {
+                return Err(Box::new(figment::Error::from(format!(
+                    "environment variable `{name}`: unknown section `{}` (known: {})",
+                    section.to_ascii_lowercase(),
+                    sections.join(", ")
+                ))));
+            }
+        }
+        fig = fig.merge(
+            Env::prefixed("SCP_PEP_")
+                .split("__")
+                .filter(move |k| k.as_str().contains('.')),
+        );
         fig.extract().map_err(Box::new)
     }
 }
@@ -296,6 +370,73 @@ mod tests {
             jail.create_file("c.toml", "[auth]\nleway_s = 5\n")?;
             let e = Config::load(Some(Path::new("c.toml"))).unwrap_err();
             assert!(e.to_string().contains("leway_s"), "{e}");
+            Ok(())
+        });
+    }
+    /// INT-7 (strict configuration): every section of `Config`, derived from the type, accepts
+    /// environment overrides and rejects unknown keys; a misspelt section is an error too.
+    #[test]
+    fn every_section_rejects_unknown_env_keys() {
+        let sections = sections();
+        assert!(sections.len() >= 8, "{sections:?}");
+        assert!(sections.iter().any(|s| s == "consent"));
+        for section in sections {
+            figment::Jail::expect_with(|jail| {
+                let var = format!("SCP_PEP_{}__NO_SUCH_KEY", section.to_ascii_uppercase());
+                jail.set_env(&var, "1");
+                let e = Config::load(None).unwrap_err().to_string().to_lowercase();
+                assert!(e.contains("no_such_key"), "{section}: {e}");
+                Ok(())
+            });
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SCP_PEP_CONSNET__MAX_PERSONS", "10");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("unknown section `consnet`"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// INT-7: a wrong type is an error in every section that has a number or boolean key (the
+    /// key is picked from the type's serialized default, not from a hand-written list).
+    #[test]
+    fn every_section_rejects_wrong_types_from_env() {
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut tried = 0;
+        for (section, fields) in defaults.as_object().unwrap() {
+            let Some(key) = fields.as_object().and_then(|f| {
+                f.iter()
+                    .find(|(_, v)| v.is_number() || v.is_boolean())
+                    .map(|(k, _)| k.clone())
+            }) else {
+                continue;
+            };
+            tried += 1;
+            figment::Jail::expect_with(|jail| {
+                let var = format!(
+                    "SCP_PEP_{}__{}",
+                    section.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                );
+                jail.set_env(&var, "notanumber");
+                let e = Config::load(None).unwrap_err().to_string();
+                assert!(e.to_lowercase().contains(&key), "{section}.{key}: {e}");
+                Ok(())
+            });
+        }
+        assert!(tried >= 7, "only {tried} sections have a scalar key");
+    }
+
+    /// The `[consent]` section is addressable from the environment (it was once silently ignored).
+    #[test]
+    fn consent_section_from_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SCP_PEP_CONSENT__MAX_PERSONS", "7");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.consent.max_persons, 7);
+            jail.set_env("SCP_PEP_CONSENT__MAX_PERSONS", "notanumber");
+            let e = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(e.contains("max_persons"), "{e}");
             Ok(())
         });
     }

@@ -61,6 +61,10 @@ pub enum DenyCode {
     /// The path is ambiguous (`..`, `.`, encoded slashes or dots, empty segments, `;`, `\`, control
     /// bytes, non-canonical percent-encoding) and is rejected, not guessed.
     PathAmbiguous,
+    /// A method-override (`x-http-method-override`, `x-http-method`, `x-method-override`) or
+    /// path-override (`x-original-url`, `x-rewrite-url`) header disagrees with the request's own
+    /// method or path: the upstream might run another operation than the one authorized.
+    RequestAmbiguous,
     /// No route matches the method and path (default deny, INT-4.1-3).
     RouteNotFound,
     /// A route names where the person id is, and the request does not carry it.
@@ -121,6 +125,7 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::TenantMismatch,
     DenyCode::VerticalNotPermitted,
     DenyCode::PathAmbiguous,
+    DenyCode::RequestAmbiguous,
     DenyCode::RouteNotFound,
     DenyCode::PersonIdMissing,
     DenyCode::ScopeViolation,
@@ -164,6 +169,7 @@ impl DenyCode {
             TenantMismatch => "TENANT_MISMATCH",
             VerticalNotPermitted => "VERTICAL_NOT_PERMITTED",
             PathAmbiguous => "PATH_AMBIGUOUS",
+            RequestAmbiguous => "REQUEST_AMBIGUOUS",
             RouteNotFound => "ROUTE_NOT_FOUND",
             PersonIdMissing => "PERSON_ID_MISSING",
             ScopeViolation => "SCOPE_VIOLATION",
@@ -200,7 +206,7 @@ impl DenyCode {
             | TokenClaimsInvalid
             | ApiKeyInvalid
             | ClientCertificateInvalid => 401,
-            PathAmbiguous | PersonIdMissing | PayloadInvalid => 400,
+            PathAmbiguous | RequestAmbiguous | PersonIdMissing | PayloadInvalid => 400,
             RateLimited | QuotaExceeded => 429,
             DependencyUnavailable => 503,
             AuditUnavailable => 503,

@@ -19,7 +19,7 @@
 //! - [`proto`]: generated code of scp-pep's own gRPC services (`proto/`).
 //! - [`grpc`]: the Envoy ext_authz adapter.
 //! - [`feed`]: the policy change feed (store → engine).
-//! - [`server`]: wiring, HTTP ops endpoints.
+//! - [`server`]: wiring, HTTP ops endpoints; [`listen`]: connection limits and timeouts.
 //! - [`config`], [`cli`], [`check`], [`demo`], [`signer`]: configuration and the command line.
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,7 @@ pub mod demo;
 pub mod feed;
 pub mod grpc;
 pub mod limits;
+pub mod listen;
 pub mod path;
 pub mod pipeline;
 pub mod policy;

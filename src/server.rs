@@ -208,6 +208,8 @@ impl App {
                 trust_xfcc: config.auth.trust_xfcc,
                 max_body_bytes: config.consent.max_body_bytes,
                 max_persons: config.consent.max_persons,
+                method_override_headers: lower(&config.request.method_override_headers),
+                path_override_headers: lower(&config.request.path_override_headers),
             },
         );
         if let Some(a) = &audit {
@@ -272,10 +274,7 @@ impl App {
     /// on), consent and admin APIs and `/openapi.json`; unknown routes answer 404 `NOT_FOUND`
     /// in the REST error shape.
     pub fn http_router(&self) -> Router {
-        let mut app = ops_router(OpsState {
-            engine: self.engine.clone(),
-            store: self.store.clone(),
-        });
+        let mut app = Router::new();
         if let Some(a) = &self.audit {
             app = app.merge(
                 crate::audit::http::AuditHttp::new(
@@ -308,7 +307,17 @@ impl App {
             }
             .router(),
         );
-        app.fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() })
+        // Every root use and cross-tenant attempt of the admin plane is recorded (ADM-2).
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            self.audit.clone(),
+            crate::admin::ledger::record_request,
+        ));
+        ops_router(OpsState {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+        })
+        .merge(app)
+        .fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() })
     }
 }
 
@@ -341,8 +350,14 @@ pub async fn start_with_clock(
         .await
         .with_context(|| format!("binding gRPC listener {}", config.server.grpc_listen))?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let budget = crate::listen::budget(&config.server)?;
+    tracing::info!(
+        nofile = budget.nofile,
+        http_connections = budget.http,
+        grpc_connections = budget.grpc,
+        "connection limits"
+    );
+    let incoming = crate::listen::grpc_incoming(grpc_listener, budget.grpc);
     let svc = ExtAuthz::new(engine.clone()).into_server();
     // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
     let tail_svc = audit.as_ref().map(|a| {
@@ -369,16 +384,17 @@ pub async fn start_with_clock(
         .await
         .with_context(|| format!("binding HTTP listener {}", config.server.http_listen))?;
     let http_addr = http_listener.local_addr()?;
-    let mut http_rx = rx.clone();
+    let http_rx = rx.clone();
+    let timeouts = crate::listen::HttpTimeouts {
+        header_read: Duration::from_secs(config.server.header_read_timeout_s.max(1)),
+        idle: Duration::from_secs(config.server.idle_timeout_s.max(1)),
+    };
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        Duration::from_secs(config.server.request_timeout_s.max(1)),
+        crate::listen::request_timeout,
+    ));
     tasks.push(tokio::spawn(async move {
-        let res = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = http_rx.wait_for(|v| *v).await;
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        crate::listen::serve_http(http_listener, router, budget.http, timeouts, http_rx).await;
     }));
 
     // Change feed.
@@ -603,4 +619,12 @@ async fn metrics_text() -> impl IntoResponse {
             String::from("# metrics recorder unavailable\n"),
         ),
     }
+}
+
+/// Header names as Envoy reports them (lower-case), for the `[request]` lists.
+fn lower(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect()
 }

@@ -320,36 +320,40 @@ impl DecisionLog for DecisionLogService {
         let filter = Filter::authorize(request.into_inner(), &caller)?;
         // Subscribe before the access is recorded: nothing committed after the grant is missed.
         let feed = self.audit.subscribe();
-        let audited_tenant = filter
-            .tenant
-            .clone()
-            .unwrap_or_else(|| principal.tenant_id.clone());
+        // The tenants whose records the tail shows: each records the access (a root tail of all
+        // tenants in every tenant of the snapshot and the root's own).
+        let audited: std::collections::BTreeSet<String> = match &filter.tenant {
+            Some(t) => [t.clone()].into(),
+            None => {
+                let mut all: std::collections::BTreeSet<String> =
+                    self.access.tenants().into_iter().collect();
+                all.insert(principal.tenant_id.clone());
+                all
+            }
+        };
         let subject = filter.tenant.clone().unwrap_or_else(|| "*".into());
-        if filter.root_bypass {
-            let ev = AuditEvent::new(
-                RecordKind::RootBypass,
-                Some(&audited_tenant),
-                serde_json::json!({"action": "audit_tail", "filters": filter.detail()}),
-            )
-            .actor(principal.subject.clone())
-            .subject(subject.clone());
-            if self.audit.record_event(&ev).await.is_err() {
-                return Err(Status::unavailable(
-                    "the audit log cannot record this access; tail refused",
+        for tenant in &audited {
+            let mut events = Vec::with_capacity(2);
+            if filter.root_bypass {
+                events.push(AuditEvent::new(
+                    RecordKind::RootBypass,
+                    Some(tenant),
+                    serde_json::json!({"action": "audit_tail", "filters": filter.detail()}),
                 ));
             }
-        }
-        let ev = AuditEvent::new(
-            RecordKind::AuditAccess,
-            Some(&audited_tenant),
-            serde_json::json!({"action": "tail", "filters": filter.detail()}),
-        )
-        .actor(principal.subject.clone())
-        .subject(subject);
-        if self.audit.record_event(&ev).await.is_err() {
-            return Err(Status::unavailable(
-                "the audit log cannot record this access; tail refused",
+            events.push(AuditEvent::new(
+                RecordKind::AuditAccess,
+                Some(tenant),
+                serde_json::json!({"action": "tail", "filters": filter.detail()}),
             ));
+            for ev in events {
+                let ev = ev.actor(principal.subject.clone()).subject(subject.clone());
+                if self.audit.record_event(&ev).await.is_err() {
+                    return Err(Status::unavailable(
+                        "the audit log cannot record this access; tail refused",
+                    ));
+                }
+            }
         }
         tracing::info!(
             actor = %principal.subject,

@@ -52,6 +52,15 @@ impl Access {
         self.caller(authz).await
     }
 
+    /// The tenants of the enforced policy snapshot (empty before one is loaded).
+    pub fn tenants(&self) -> Vec<String> {
+        let snap = self.engine.snapshot().load_full();
+        snap.as_ref()
+            .as_ref()
+            .map(|s| s.tenants.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Authenticates `authorization` (`Bearer <admin token>`, `None` when absent) and resolves
     /// the caller's grants (claim mapping plus stored assignments) and the deny rules against it.
     ///
@@ -59,6 +68,7 @@ impl Access {
     /// `DEPENDENCY_UNAVAILABLE` (issuer keys or the policy store unreachable).
     pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let principal = self.auth.authenticate(authorization).await?;
+        super::ledger::caller(&principal.subject, &principal.tenant_id, principal.root);
         let mut grants = Vec::new();
         for role in &principal.roles {
             for perm in self.auth.config().claim_permissions(role) {
@@ -192,6 +202,7 @@ impl Caller {
             .find(|d| super::rbac::deny_blocks(d, permission, target))
         {
             if self.principal.root {
+                super::ledger::root_reached(target.tenant);
                 return Ok(Via::Root);
             }
             return Err(ApiError::forbidden(format!(
@@ -207,6 +218,7 @@ impl Caller {
             return Ok(Via::Grant(g.via.clone()));
         }
         if self.principal.root {
+            super::ledger::root_reached(target.tenant);
             return Ok(Via::Root);
         }
         Err(ApiError::forbidden(format!(
@@ -245,9 +257,15 @@ impl Caller {
     pub fn tenant_for<'a>(&'a self, requested: Option<&'a str>) -> Result<&'a str, ApiError> {
         match requested {
             Some(t) if t != self.tenant() && !self.principal.root => {
+                super::ledger::other_tenant_named();
                 Err(ApiError::forbidden("callers act on their own tenant only"))
             }
-            Some(t) => Ok(t),
+            Some(t) => {
+                if t != self.tenant() {
+                    super::ledger::root_reached(t);
+                }
+                Ok(t)
+            }
             None => Ok(self.tenant()),
         }
     }

@@ -355,8 +355,13 @@ impl AdminHttp {
             .document(kind, id)
             .await
             .map_err(store_unavailable)?
-            .filter(|d| caller.principal.root || d.tenant.as_deref() == Some(caller.tenant()))
+            .filter(|d| caller.principal.root || visible(caller, d))
             .ok_or_else(|| ApiError::not_found(format!("no {} `{id}`", kind.as_str())))?;
+        if let Some(t) = doc.tenant.as_deref()
+            && t != caller.tenant()
+        {
+            super::ledger::root_reached(t);
+        }
         let v = serde_json::from_str(&doc.doc)
             .map_err(|e| ApiError::unavailable("policy store (unreadable document)", &e))?;
         Ok((v, doc))
@@ -530,6 +535,7 @@ impl AdminHttp {
         )
         .await?;
         if *via == Via::Root {
+            super::ledger::root_recorded(&record.tenant);
             self.record(
                 AuditEvent::new(
                     RecordKind::RootBypass,
@@ -728,6 +734,20 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::consent::http::routes().into_openapi());
     doc.merge(crate::audit::http::routes().into_openapi());
     crate::api::openapi::finish(doc)
+}
+
+/// Whether `doc` belongs to the caller's tenant; when it belongs to another, the attempt is
+/// noted as a cross-tenant incident ([`super::ledger::cross_tenant`]) and the caller gets the
+/// same 404 as for an id that does not exist.
+pub(crate) fn visible(caller: &Caller, doc: &StoredDoc) -> bool {
+    match doc.tenant.as_deref() {
+        Some(t) if t == caller.tenant() => true,
+        Some(t) => {
+            super::ledger::cross_tenant(t);
+            false
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!   ([`http::AdminHttp::commit`]), the router and `/openapi.json`.
 //! - [`integrations`]: partner integrations from draft to active, credentials, webhooks,
 //!   schema mappings, handshake and health (INT-6.*, ONB-*).
+//! - [`ledger`]: every root use and cross-tenant attempt of one admin request, recorded.
 //! - [`keycloak`]: the provisioner that creates partners' Keycloak clients (ONB-4).
 
 pub mod access;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod http;
 pub mod integrations;
 pub mod keycloak;
+pub mod ledger;
 pub mod packs;
 pub mod rbac;
 pub mod tenants;

@@ -107,6 +107,8 @@ error_codes! {
     DependencyUnavailable = "DEPENDENCY_UNAVAILABLE", 503;
     /// The identity-provider provisioner is not configured or unreachable; nothing changed.
     ProvisionerUnavailable = "PROVISIONER_UNAVAILABLE", 503;
+    /// The request (body read included) took longer than `server.request_timeout_s`.
+    RequestTimeout = "REQUEST_TIMEOUT", 503;
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -232,7 +234,8 @@ mod tests {
         }
     }
 
-    /// Statuses are client errors or 5xx, never 2xx; 503 exactly for the unavailable codes.
+    /// Statuses are client errors or 5xx, never 2xx; 503 exactly for the unavailable codes and
+    /// the request timeout (all safe to retry).
     #[test]
     fn statuses() {
         for c in ErrorCode::ALL {
@@ -240,7 +243,7 @@ mod tests {
             assert!(s.is_client_error() || s.is_server_error(), "{c}: {s}");
             assert_eq!(
                 s == StatusCode::SERVICE_UNAVAILABLE,
-                c.as_str().ends_with("_UNAVAILABLE"),
+                c.as_str().ends_with("_UNAVAILABLE") || *c == ErrorCode::RequestTimeout,
                 "{c}"
             );
         }

@@ -236,6 +236,7 @@ async fn create_link(
         "to_ms": to_ms, "format": params.format, "expires": params.exp,
     });
     if via == Via::Root {
+        crate::admin::ledger::root_recorded(&req.tenant);
         let ev = AuditEvent::new(RecordKind::RootBypass, Some(&req.tenant), detail.clone())
             .actor(who.subject.clone());
         if s.audit.record_event(&ev).await.is_err() {

@@ -73,6 +73,10 @@ pub struct PipelineSettings {
     pub max_body_bytes: usize,
     /// Most persons one request may touch.
     pub max_persons: usize,
+    /// Method-override headers (lower-case): removed always, denied when they disagree.
+    pub method_override_headers: Vec<String>,
+    /// Path-override headers (lower-case): removed always, denied when they disagree.
+    pub path_override_headers: Vec<String>,
 }
 
 impl Default for PipelineSettings {
@@ -82,6 +86,9 @@ impl Default for PipelineSettings {
             trust_xfcc: false,
             max_body_bytes: 1 << 20,
             max_persons: 1_000,
+            method_override_headers: crate::config::RequestConfig::default()
+                .method_override_headers,
+            path_override_headers: crate::config::RequestConfig::default().path_override_headers,
         }
     }
 }
@@ -305,6 +312,18 @@ impl Engine {
         if facts.headers.contains_key(&self.settings.api_key_header) {
             d.headers_to_remove
                 .push(self.settings.api_key_header.clone());
+        }
+        // Method and path overrides never reach the upstream, whatever the decision (stage 3
+        // denies the ones that disagree with the request).
+        for name in self
+            .settings
+            .method_override_headers
+            .iter()
+            .chain(&self.settings.path_override_headers)
+        {
+            if !d.headers_to_remove.contains(name) {
+                d.headers_to_remove.push(name.clone());
+            }
         }
 
         let guard = self.snapshot.load();

@@ -93,6 +93,7 @@ pub fn authorize<'s>(
 
     // Stage 3: route.
     d.stages.push(Stage::Route);
+    overrides_agree(facts, settings)?;
     let norm = path::normalize(&facts.path).map_err(|e| {
         Denial::new(
             DenyCode::PathAmbiguous,
@@ -285,4 +286,36 @@ pub fn minimize(
     masked.sort();
     d.masked_fields = masked;
     d.allowed_fields = allowed;
+}
+
+/// Stage 3, request smuggling: a method-override header (`x-http-method-override`…) whose value
+/// is not the request's own method, or a path-override header (`x-original-url`…) whose value is
+/// not its own path (with or without the query), makes the request mean two things: the route
+/// scp-pep authorized and the one an upstream framework would run. Denied 400
+/// `REQUEST_AMBIGUOUS`, naming the header but never echoing its value. Headers that agree are
+/// allowed (and removed upstream by the caller).
+fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<(), Denial> {
+    for name in &settings.method_override_headers {
+        if let Some(v) = facts.headers.get(name)
+            && !v.trim().eq_ignore_ascii_case(&facts.method)
+        {
+            return Err(Denial::new(
+                DenyCode::RequestAmbiguous,
+                format!("header `{name}` names another method than the request's"),
+            ));
+        }
+    }
+    let path_only = facts.path.split('?').next().unwrap_or("");
+    for name in &settings.path_override_headers {
+        if let Some(v) = facts.headers.get(name)
+            && v != &facts.path
+            && v != path_only
+        {
+            return Err(Denial::new(
+                DenyCode::RequestAmbiguous,
+                format!("header `{name}` names another path than the request's"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -819,6 +819,49 @@ async fn envoy_end_to_end() {
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen_req(&seen, "x-scp-tenant-id"), "ke");
     assert_eq!(seen_one(&seen, "x-scp-root-bypass"), None);
+    // 2b. Method and path overrides (INT-4.1-3, EXT-4.4-2): one that disagrees with the request
+    // is denied before the upstream; one that agrees is allowed and never reaches the upstream.
+    for (name, value) in [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-original-url", "/v1/tenants/ke/health/persons/p-2/record"),
+        ("x-rewrite-url", "/admin"),
+    ] {
+        let hits = echo.hits();
+        let resp = client
+            .get(url(RECORD))
+            .bearer_auth(&ke_token)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_denial(resp, 400, "REQUEST_AMBIGUOUS").await;
+        assert_eq!(
+            echo.hits(),
+            hits,
+            "{name}: a denied request reached the upstream"
+        );
+    }
+    let resp = client
+        .get(url(RECORD))
+        .bearer_auth(&ke_token)
+        .header("x-http-method-override", "GET")
+        .header("X-Original-URL", RECORD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        assert_eq!(seen_one(&seen, name), None, "{name} reached the upstream");
+    }
     // A look-alike with `_` (folded into `-` by some upstream stacks) is refused by Envoy.
     let before = (echo.hits(), settled_decision_count(&log).await);
     let resp = client

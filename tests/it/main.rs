@@ -12,6 +12,7 @@ mod common;
 
 mod admin_api;
 mod admin_integrations;
+mod admin_ledger;
 mod admin_packs;
 mod admin_rbac;
 mod audit;
@@ -27,6 +28,7 @@ mod consent_store;
 mod corpus;
 mod envoy_e2e;
 mod fuzz_api;
+mod hardening;
 mod http_app;
 mod jwks;
 mod oidc_e2e;

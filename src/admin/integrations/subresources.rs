@@ -148,6 +148,14 @@ pub(super) async fn load_sub<T: Sub>(
         .document(T::KIND, sub)
         .await
         .map_err(|e| ApiError::unavailable("policy store", &e))?
+        .filter(|d| match d.tenant.as_deref() {
+            Some(t) if t == cur.integ.tenant => true,
+            Some(t) => {
+                crate::admin::ledger::cross_tenant(t);
+                false
+            }
+            None => false,
+        })
         .filter(|d| {
             serde_json::from_str::<Value>(&d.doc)
                 .is_ok_and(|v| v["integration_id"] == json!(cur.integ.id))

@@ -207,7 +207,11 @@ impl ConsentHttp {
             .map_err(ApiError::from)?
         {
             Some(v) if v.tenant_id == tenant => Ok(v),
-            _ => Err(ApiError::new(ErrorCode::NotFound, "no such consent")),
+            Some(v) => {
+                crate::admin::ledger::cross_tenant(&v.tenant_id);
+                Err(ApiError::new(ErrorCode::NotFound, "no such consent"))
+            }
+            None => Err(ApiError::new(ErrorCode::NotFound, "no such consent")),
         }
     }
 

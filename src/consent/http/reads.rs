@@ -63,6 +63,7 @@ pub(super) async fn get_evidence(
         "evidence_count": cur.evidence_attachment_ids.len(),
     });
     if a.root {
+        crate::admin::ledger::root_recorded(&p.tenant_id);
         let mut d = detail.clone();
         d["action"] = json!("consent_evidence_read");
         s.record(

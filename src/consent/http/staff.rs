@@ -84,6 +84,7 @@ pub(super) async fn evaluate(
         StaffAction::Export => "export",
     };
     if a.root {
+        crate::admin::ledger::root_recorded(&p.tenant_id);
         s.record(
             AuditEvent::new(
                 RecordKind::RootBypass,
