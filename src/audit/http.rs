@@ -7,12 +7,16 @@
 //!   tenant (an audit role's claim mapping or a role assignment; or root, which is also recorded
 //!   as `root_bypass`). Answer `201`:
 //!   `{"url": "/v1/audit/exports/download?…&sig=…", "expires_at": "…", "expires_in_s": 300}`.
-//! - `GET /v1/audit/exports/download?…` streams the export. The link is the credential: its
-//!   parameters are covered by an HMAC-SHA-256 (`audit.link_key`), compared in constant time, and it
-//!   expires after `audit.link_ttl_s` seconds.
+//! - `GET /v1/audit/exports/download?…` streams the export. The link is bound to the caller it
+//!   was issued to: the download needs an admin bearer token of the same subject from the same
+//!   tenant's issuer, still holding `audit.read` for the exported tenant, so a leaked link alone
+//!   reads nothing. Its parameters are covered by an HMAC-SHA-256 (`audit.link_key`), compared in
+//!   constant time, and it expires after `audit.link_ttl_s` seconds.
 //!
-//! Issuing a link and every download are `audit_access` records; when one cannot be written the
-//! answer is 503 `AUDIT_UNAVAILABLE` and nothing is exported (no unaudited read of the audit log).
+//! Issuing a link and every download are `audit_access` records (a download names who actually
+//! downloaded, the subject the link was issued to and the peer address); when one cannot be
+//! written the answer is 503 `AUDIT_UNAVAILABLE` and nothing is exported (no unaudited read of
+//! the audit log).
 //!
 //! Errors are `{"error": {"code": "…", "message": "…", "field": "…"}}` with codes
 //! `UNAUTHENTICATED` (401), `FORBIDDEN` (403), `INVALID_REQUEST` (400, `field` names the input),
@@ -127,8 +131,10 @@ struct LinkParams {
     format: Format,
     /// Unix seconds after which the link is dead.
     exp: i64,
-    /// The admin subject the link was issued to (recorded with each download).
+    /// The admin subject the link was issued to: only it may download.
     sub: String,
+    /// The tenant whose issuer signed that subject's token.
+    by: String,
 }
 
 impl LinkParams {
@@ -138,8 +144,8 @@ impl LinkParams {
             Format::Csv => "csv",
         };
         format!(
-            "scp-pep/audit-export-link/v1\n{}\n{}\n{}\n{}\n{}\n{}",
-            self.tenant, self.from_ms, self.to_ms, f, self.exp, self.sub
+            "scp-pep/audit-export-link/v2\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.tenant, self.from_ms, self.to_ms, f, self.exp, self.sub, self.by
         )
     }
 }
@@ -154,6 +160,7 @@ struct DownloadQuery {
     format: Format,
     exp: i64,
     sub: String,
+    by: String,
     sig: String,
 }
 
@@ -230,6 +237,7 @@ async fn create_link(
         format: req.format.unwrap_or(Format::Jsonl),
         exp: now.timestamp() + s.link_ttl_s as i64,
         sub: who.subject.clone(),
+        by: who.tenant_id.clone(),
     };
     let detail = serde_json::json!({
         "action": "export_link_issued", "tenant": params.tenant, "from_ms": from_ms,
@@ -275,12 +283,13 @@ fn serde_urlencoded_pairs(p: &LinkParams, sig: &str) -> Option<String> {
         Format::Csv => "csv",
     };
     Some(format!(
-        "tenant={}&from_ms={}&to_ms={}&format={f}&exp={}&sub={}&sig={}",
+        "tenant={}&from_ms={}&to_ms={}&format={f}&exp={}&sub={}&by={}&sig={}",
         enc(&p.tenant),
         p.from_ms,
         p.to_ms,
         p.exp,
         enc(&p.sub),
+        enc(&p.by),
         enc(sig)
     ))
 }
@@ -295,9 +304,9 @@ fn audit_unavailable() -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/audit/exports/download", tag = "audit",
-    summary = "Download an export through a link from POST /v1/audit/exports (the link is the credential)",
+    summary = "Download an export through a link from POST /v1/audit/exports, as the caller it was issued to",
     params(DownloadQuery),
-    security(()),
+    security(("bearer" = ["audit.read"])),
     responses(
         (status = 200, description = "The export (JSON lines or CSV), verifiable offline with `scp-pep audit verify`",
             content(("application/x-ndjson"), ("text/csv"))),
@@ -305,8 +314,13 @@ fn audit_unavailable() -> Response {
         (status = 410, description = "LINK_EXPIRED", body = crate::api::openapi::ErrorBody)))]
 async fn download(
     State(s): State<AuditHttp>,
+    parts: axum::http::request::Parts,
     q: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let caller = match s.access.caller_from(&parts.headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let Ok(Query(q)) = q else {
         return error(ErrorCode::LinkInvalid, "malformed download link", None);
     };
@@ -324,6 +338,7 @@ async fn download(
         format: q.format,
         exp: q.exp,
         sub: q.sub,
+        by: q.by,
     };
     if hmac::verify(&s.link_key, params.message().as_bytes(), &tag).is_err() {
         return error(
@@ -340,12 +355,33 @@ async fn download(
         );
     }
     let p = params;
+    let who = &caller.principal;
+    if who.subject != p.sub || who.tenant_id != p.by {
+        return error(
+            ErrorCode::LinkInvalid,
+            "this link was issued to another caller",
+            None,
+        );
+    }
+    // The permission may have been withdrawn since the link was issued.
+    let Ok(via) = caller.require("audit.read", &Target::tenant(&p.tenant)) else {
+        return error(
+            ErrorCode::Forbidden,
+            "reading this tenant's audit log needs the permission `audit.read` for it",
+            Some("tenant"),
+        );
+    };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
     let ev = AuditEvent::new(
         RecordKind::AuditAccess,
         Some(&p.tenant),
-        serde_json::json!({"action": "export_downloaded", "from_ms": p.from_ms, "to_ms": p.to_ms, "format": p.format}),
+        serde_json::json!({"action": "export_downloaded", "from_ms": p.from_ms, "to_ms": p.to_ms,
+            "format": p.format, "issued_to": p.sub, "peer": peer, "root": via == Via::Root}),
     )
-    .actor(p.sub.clone());
+    .actor(who.subject.clone());
     if s.audit.record_event(&ev).await.is_err() {
         return audit_unavailable();
     }

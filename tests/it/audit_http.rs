@@ -31,6 +31,15 @@ async fn post(h: &Harness, token: Option<&str>, body: Value) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET` on an export link, with `token` as the bearer (if any).
+async fn download(h: &Harness, url: &str, token: Option<&str>) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(h.ops_url(url));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
 async fn some_decisions(h: &mut Harness, n: usize) {
     let claims = h.claims("ke", "int-ke-moh", &["health"], "health:person:read");
     let token = h.sign("ke-rs256", &claims);
@@ -38,6 +47,21 @@ async fn some_decisions(h: &mut Harness, n: usize) {
         let r = h.check(&Harness::get(KE_RECORD, &token)).await;
         assert_eq!(r["allowed"], true, "{r}");
     }
+}
+
+/// The body of the newest record of `kind` (SQLite harness).
+async fn last_body(h: &Harness, kind: &str) -> Value {
+    let scp_pep::store::Store::Sqlite(p) = &h.running.store else {
+        unreachable!("the harness uses SQLite")
+    };
+    let body: String = sqlx::query_scalar(
+        "SELECT body FROM audit_records WHERE kind = $1 ORDER BY rowid DESC LIMIT 1",
+    )
+    .bind(kind)
+    .fetch_one(p)
+    .await
+    .unwrap();
+    serde_json::from_str(&body).unwrap()
 }
 
 async fn store_count(h: &Harness, kind: &str) -> i64 {
@@ -73,7 +97,7 @@ async fn auditor_downloads_a_verifiable_export_through_a_signed_link() {
         let url = body["url"].as_str().unwrap();
         assert!(url.contains("sig=") && url.contains("exp="), "{url}");
         assert_eq!(body["expires_in_s"], 300);
-        let resp = reqwest::get(h.ops_url(url)).await.unwrap();
+        let resp = download(&h, url, Some(&token)).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["cache-control"], "no-store");
         let text = resp.text().await.unwrap();
@@ -131,18 +155,52 @@ async fn export_links_are_refused_to_everyone_else() {
     let (s, b) = post(&h, Some(&auditor), json!({"tenant": "ke"})).await;
     assert_eq!(s, 201, "{b}");
     let url = b["url"].as_str().unwrap().to_owned();
-    let resp = reqwest::get(h.ops_url(&url)).await.unwrap();
+    let resp = download(&h, &url, Some(&auditor)).await;
     assert_eq!(resp.status(), 410);
     // Altering any signed parameter breaks the signature (checked before expiry).
     let forged = url.replace("tenant=ke", "tenant=ug");
-    let resp = reqwest::get(h.ops_url(&forged)).await.unwrap();
+    let resp = download(&h, &forged, Some(&auditor)).await;
     assert_eq!(resp.status(), 403);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "LINK_INVALID");
-    let resp = reqwest::get(h.ops_url("/v1/audit/exports/download?tenant=ke"))
-        .await
-        .unwrap();
+    let resp = download(&h, "/v1/audit/exports/download?tenant=ke", Some(&auditor)).await;
     assert_eq!(resp.status(), 403);
+    // Without a token nothing is looked at.
+    let resp = download(&h, &url, None).await;
+    assert_eq!(resp.status(), 401);
+}
+
+/// EXT-6-1, EXT-4.1-1: a link is bound to the caller it was issued to. Another tenant's token,
+/// another subject of the same tenant and no token at all download nothing, and nothing is
+/// recorded for them; the download by the holder records who downloaded it and from where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_link_is_bound_to_its_requester() {
+    let mut h = Harness::start(None).await;
+    some_decisions(&mut h, 2).await;
+    let auditor = h.staff_token("ke", "auditor-1", &["scp-auditor"], "scp-pep-admin");
+    let other = h.staff_token("ke", "auditor-2", &["scp-auditor"], "scp-pep-admin");
+    let ug = h.staff_token("ug", "auditor-1", &["scp-auditor"], "scp-pep-admin");
+    let (s, b) = post(&h, Some(&auditor), json!({"tenant": "ke"})).await;
+    assert_eq!(s, 201, "{b}");
+    let url = b["url"].as_str().unwrap().to_owned();
+    let before = store_count(&h, "audit_access").await;
+    let resp = download(&h, &url, None).await;
+    assert_eq!(resp.status(), 401);
+    for token in [&other, &ug] {
+        let resp = download(&h, &url, Some(token)).await;
+        assert_eq!(resp.status(), 403);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "LINK_INVALID", "{v}");
+    }
+    assert_eq!(store_count(&h, "audit_access").await, before);
+    let resp = download(&h, &url, Some(&auditor)).await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await.unwrap();
+    assert_eq!(store_count(&h, "audit_access").await, before + 1);
+    let body = last_body(&h, "audit_access").await;
+    assert_eq!(body["actor"], "auditor-1", "{body}");
+    assert_eq!(body["detail"]["issued_to"], "auditor-1", "{body}");
+    assert_eq!(body["detail"]["peer"], "127.0.0.1", "{body}");
 }
 
 /// EXT-6-1: the break-glass root role may export another tenant, and that is recorded as
