@@ -34,6 +34,7 @@ pub mod consent;
 pub mod decision;
 pub mod demo;
 pub mod feed;
+pub mod fuzz;
 pub mod grpc;
 pub mod limits;
 pub mod listen;

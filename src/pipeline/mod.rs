@@ -39,8 +39,7 @@ pub use factors::client_cert_sha256;
 use factors::second_factors;
 pub use persons::persons_at;
 use persons::persons_of;
-use stages::bearer;
-pub use stages::{Authorized, apply_pack_masks, authorize, minimize};
+pub use stages::{Authorized, apply_pack_masks, authorize, bearer, minimize};
 
 /// What scp-pep knows about one request, independent of the transport (Envoy gRPC, HTTP mode).
 #[derive(Debug, Clone, Default)]

@@ -5,7 +5,7 @@
 use super::*;
 
 /// The bearer token of the `authorization` header (scheme case-insensitive), if any.
-pub(super) fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
+pub fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
     let v = headers.get("authorization")?;
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();

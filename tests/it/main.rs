@@ -12,6 +12,7 @@ mod common;
 
 mod admin_api;
 mod admin_integrations;
+mod admin_isolation;
 mod admin_ledger;
 mod admin_packs;
 mod admin_rbac;
@@ -28,6 +29,7 @@ mod consent_store;
 mod corpus;
 mod envoy_e2e;
 mod fuzz_api;
+mod fuzz_corpus;
 mod hardening;
 mod http_app;
 mod jwks;
