@@ -368,6 +368,11 @@ pub async fn start_with_clock(
     let mut grpc_rx = rx.clone();
     tasks.push(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
+            // Bounded per connection: a client past it waits for a free stream (Envoy's gRPC
+            // client does; so does tonic's), instead of costing scp-pep unbounded memory.
+            .max_concurrent_streams(Some(1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(svc)
             .add_optional_service(tail_svc)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -35,4 +35,5 @@ mod http_app;
 mod jwks;
 mod oidc_e2e;
 mod pii;
+mod resources;
 mod store;
