@@ -64,6 +64,8 @@ pub struct Idp {
     pub down: Arc<std::sync::atomic::AtomicBool>,
     /// Milliseconds every JWKS response is delayed (a slow IdP).
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When set, every JWKS request is answered 200 with these bytes (garbage, a huge body).
+    pub body: Arc<RwLock<Option<Vec<u8>>>>,
 }
 
 async fn certs(State(idp): State<Idp>, AxPath(realm): AxPath<String>) -> impl IntoResponse {
@@ -73,7 +75,10 @@ async fn certs(State(idp): State<Idp>, AxPath(realm): AxPath<String>) -> impl In
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     if idp.down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+        return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
+    }
+    if let Some(b) = idp.body.read().unwrap().clone() {
+        return (StatusCode::OK, b);
     }
     let published = idp.published.read().unwrap();
     let extra = idp.extra.read().unwrap();
@@ -84,7 +89,7 @@ async fn certs(State(idp): State<Idp>, AxPath(realm): AxPath<String>) -> impl In
     if let Some(x) = extra.get(&realm) {
         keys.extend(x.iter());
     }
-    (StatusCode::OK, jwks_json(&keys))
+    (StatusCode::OK, jwks_json(&keys).into_bytes())
 }
 
 impl Idp {
@@ -111,6 +116,7 @@ impl Idp {
             fetches: Arc::new(AtomicUsize::new(0)),
             down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            body: Arc::new(RwLock::new(None)),
         };
         let app = Router::new()
             .route("/realms/{realm}/protocol/openid-connect/certs", get(certs))

@@ -189,3 +189,74 @@ async fn jwks_from_file() {
     assert_eq!(h.check(&Harness::get(RECORD, &t)).await["code"], "OK");
     h.running.shutdown().await;
 }
+
+/// EXT-3.3-2, EXT-5.2-1, INT-4.1-4 (fault injection on the JWKS endpoint): while the IdP answers
+/// garbage, a 10 MB body, 503 or answers slower than the fetch timeout, tokens of known keys keep
+/// working, a token of a key not seen yet is refused 401 `TOKEN_KEY_UNKNOWN` (never allowed) and
+/// no check waits past the fetch timeout; when the IdP recovers, the new key is picked up
+/// without a restart (the time to recover is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_faults_never_allow_and_recover() {
+    let mut h = Harness::start_with(None, |c| c.auth.jwks_fetch_timeout_s = 1).await;
+    let old = h.sign("ke-rs256", &claims(&h));
+    assert_eq!(h.check(&Harness::get(RECORD, &old)).await["code"], "OK");
+    let faults: [(&str, Box<dyn Fn(&common::Idp)>); 4] = [
+        (
+            "garbage",
+            Box::new(|i| *i.body.write().unwrap() = Some(b"<html>oops".to_vec())),
+        ),
+        (
+            "10 MB body",
+            Box::new(|i| *i.body.write().unwrap() = Some(vec![b' '; 10 << 20])),
+        ),
+        ("503", Box::new(|i| i.down.store(true, Ordering::SeqCst))),
+        (
+            "slower than the timeout",
+            Box::new(|i| i.delay_ms.store(3000, Ordering::SeqCst)),
+        ),
+    ];
+    for (n, (name, inject)) in faults.iter().enumerate() {
+        let key = SigningKey::generate(Algorithm::RS256, format!("ke-new-{n}")).unwrap();
+        let new = key.sign(&claims(&h));
+        h.idp.add_key("ke", key);
+        inject(&h.idp);
+        tokio::time::sleep(Duration::from_millis(1100)).await; // past the refetch interval
+        let t0 = std::time::Instant::now();
+        let v = h.check(&Harness::get(RECORD, &new)).await;
+        assert_eq!(v["code"], "TOKEN_KEY_UNKNOWN", "{name}: {v}");
+        assert_eq!(v["status"], 401, "{name}");
+        // Bounded by the 1 s fetch timeout (plus scheduling slack on a loaded machine).
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            h.check(&Harness::get(RECORD, &old)).await["code"],
+            "OK",
+            "{name}"
+        );
+        // Recover: the IdP serves the real set again.
+        *h.idp.body.write().unwrap() = None;
+        h.idp.down.store(false, Ordering::SeqCst);
+        h.idp.delay_ms.store(0, Ordering::SeqCst);
+        let healed = std::time::Instant::now();
+        loop {
+            let v = h.check(&Harness::get(RECORD, &new)).await;
+            if v["code"] == "OK" {
+                break;
+            }
+            assert_eq!(v["code"], "TOKEN_KEY_UNKNOWN", "{name}: {v}");
+            assert!(
+                healed.elapsed() < Duration::from_secs(10),
+                "{name}: no recovery"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "jwks fault `{name}`: recovered {:?} after the IdP did",
+            healed.elapsed()
+        );
+    }
+    h.running.shutdown().await;
+}
