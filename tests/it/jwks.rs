@@ -200,7 +200,8 @@ async fn jwks_faults_never_allow_and_recover() {
     let mut h = Harness::start_with(None, |c| c.auth.jwks_fetch_timeout_s = 1).await;
     let old = h.sign("ke-rs256", &claims(&h));
     assert_eq!(h.check(&Harness::get(RECORD, &old)).await["code"], "OK");
-    let faults: [(&str, Box<dyn Fn(&common::Idp)>); 4] = [
+    type Inject = Box<dyn Fn(&common::Idp)>;
+    let faults: [(&str, Inject); 4] = [
         (
             "garbage",
             Box::new(|i| *i.body.write().unwrap() = Some(b"<html>oops".to_vec())),
