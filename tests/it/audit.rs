@@ -1057,3 +1057,58 @@ async fn checkpoints_are_published_to_a_url() {
     );
     store.close().await;
 }
+
+/// INT-8-2, INT-4.1-4 (fault injection): a checkpoint witness that refuses connections, or
+/// accepts them and never answers, holds up no record: every record is acknowledged, the chain's
+/// checkpoints are stored in the database, and closing the log does not hang on the witness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_down_or_hanging_holds_up_nothing() {
+    // Accepts connections and never reads or answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    for url in [
+        "http://127.0.0.1:9/witness".to_owned(),
+        format!("http://{hang_addr}/witness"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = connect(&format!("sqlite:{}", dir.path().join("w.db").display())).await;
+        let (signer, _) = CheckpointSigner::generate("scp-pep").unwrap();
+        let audit = AuditLog::start(
+            store.clone(),
+            signer,
+            AuditSettings {
+                checkpoint_url: Some(url.clone()),
+                ..settings()
+            },
+        );
+        for i in 0..10 {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                audit.record(&decision(i, Some("ke"), Utc::now())),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{url}: a record waited on the witness"))
+            .unwrap();
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), audit.close())
+            .await
+            .unwrap_or_else(|_| panic!("{url}: close hung on the witness"));
+        let stored = count(&store, "SELECT COUNT(*) FROM audit_checkpoints").await;
+        assert!(stored >= 2, "{url}: {stored} checkpoints stored");
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM audit_records WHERE kind = 'decision'"
+            )
+            .await,
+            10
+        );
+        store.close().await;
+    }
+}
