@@ -98,9 +98,9 @@ async fn hostile_sizes_get_a_decision() {
     assert_eq!(allowed, 10_000);
 }
 
-/// Bounded resources: a policy set of 100,000 routes validates, compiles and matches (the
-/// request path walks the route table per method, most specific first). Time and size are
-/// printed; the bound that matters is that it completes and still decides correctly.
+/// INT-4.1-3, bounded resources: a policy set of 100,000 routes validates, compiles and still
+/// matches the right route (and denies a path of no route). Times are printed, not asserted;
+/// before the route index a match walked every route (38 ms here in a debug build, now ≈ 50 µs).
 #[test]
 fn a_policy_set_of_100_000_routes_compiles_and_matches() {
     use scp_pep::policy::PolicySet;
