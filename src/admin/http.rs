@@ -355,13 +355,8 @@ impl AdminHttp {
             .document(kind, id)
             .await
             .map_err(store_unavailable)?
-            .filter(|d| caller.principal.root || visible(caller, d))
+            .filter(|d| visible(caller, d))
             .ok_or_else(|| ApiError::not_found(format!("no {} `{id}`", kind.as_str())))?;
-        if let Some(t) = doc.tenant.as_deref()
-            && t != caller.tenant()
-        {
-            super::ledger::root_reached(t);
-        }
         let v = serde_json::from_str(&doc.doc)
             .map_err(|e| ApiError::unavailable("policy store (unreadable document)", &e))?;
         Ok((v, doc))
@@ -736,17 +731,22 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     crate::api::openapi::finish(doc)
 }
 
-/// Whether `doc` belongs to the caller's tenant; when it belongs to another, the attempt is
-/// noted as a cross-tenant incident ([`super::ledger::cross_tenant`]) and the caller gets the
-/// same 404 as for an id that does not exist.
-pub(crate) fn visible(caller: &Caller, doc: &StoredDoc) -> bool {
+/// Whether the caller may see `doc`: its own tenant's, or any for ROOT (noted as the root role
+/// reaching that tenant, [`super::ledger::root_reached`]). Another tenant's document is noted as
+/// a cross-tenant attempt ([`super::ledger::cross_tenant`]) and the caller gets the same 404 as
+/// for an id that does not exist.
+fn visible(caller: &Caller, doc: &StoredDoc) -> bool {
     match doc.tenant.as_deref() {
         Some(t) if t == caller.tenant() => true,
+        Some(t) if caller.principal.root => {
+            super::ledger::root_reached(t);
+            true
+        }
         Some(t) => {
             super::ledger::cross_tenant(t);
             false
         }
-        None => false,
+        None => caller.principal.root,
     }
 }
 

@@ -207,12 +207,9 @@ async fn create_link(
             );
         }
     };
-    let Ok(via) = caller.require("audit.read", &Target::tenant(&req.tenant)) else {
-        return error(
-            ErrorCode::Forbidden,
-            "reading this tenant's audit log needs the permission `audit.read` for it",
-            Some("tenant"),
-        );
+    let via = match require_audit_read(&caller, &req.tenant) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
     };
     let from_ms = match req.from.as_deref().map(parse_instant).transpose() {
         Ok(v) => v.unwrap_or(0),
@@ -294,6 +291,22 @@ fn serde_urlencoded_pairs(p: &LinkParams, sig: &str) -> Option<String> {
     ))
 }
 
+/// `audit.read` on `tenant`, or the 403 `FORBIDDEN` error naming the field `tenant`.
+fn require_audit_read(
+    caller: &crate::admin::access::Caller,
+    tenant: &str,
+) -> Result<Via, ApiError> {
+    caller
+        .require("audit.read", &Target::tenant(tenant))
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "reading this tenant's audit log needs the permission `audit.read` for it",
+            )
+            .at("tenant")
+        })
+}
+
 fn audit_unavailable() -> Response {
     // 503: `retry-after: 1` is set by the error answer.
     error(
@@ -364,12 +377,9 @@ async fn download(
         );
     }
     // The permission may have been withdrawn since the link was issued.
-    let Ok(via) = caller.require("audit.read", &Target::tenant(&p.tenant)) else {
-        return error(
-            ErrorCode::Forbidden,
-            "reading this tenant's audit log needs the permission `audit.read` for it",
-            Some("tenant"),
-        );
+    let via = match require_audit_read(&caller, &p.tenant) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
     };
     let peer = parts
         .extensions

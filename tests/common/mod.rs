@@ -669,3 +669,31 @@ macro_rules! on_both_stores {
         )*
     };
 }
+
+/// A loopback TCP port free at the time of the call (for a spawned `scp-pep serve`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a spawned server's `/readyz` on `http_port` answers 200 (at most 30 s).
+pub async fn wait_ready(http_port: u16) {
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{http_port}/readyz");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "server did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -15,14 +15,6 @@ fn bin() -> Command {
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// EXT-4.2-1: a valid directory validates; the JSON result counts each kind.
 #[test]
 fn policy_validate_accepts_the_shipped_policies() {
@@ -130,7 +122,7 @@ async fn serve_check_and_ops_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("policies");
     common::write_policies(&idp.base, &pol);
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     let cfg = dir.path().join("scp-pep.toml");
     std::fs::write(
         &cfg,
@@ -200,21 +192,8 @@ async fn serve_check_and_ops_endpoints() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    common::wait_ready(http).await;
     let client = reqwest::Client::new();
-    let ready_url = format!("http://127.0.0.1:{http}/readyz");
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client.get(&ready_url).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let health = client
         .get(format!("http://127.0.0.1:{http}/healthz"))
         .send()

@@ -11,14 +11,6 @@ use common::{Idp, Keys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Reads until EOF or error; `true` when the peer closed within `limit`.
 async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 4096];
@@ -45,7 +37,7 @@ async fn slow_and_idle_http_connections_never_starve_check() {
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("policies");
     common::write_policies(&idp.base, &pol);
-    let (grpc, http) = (free_port(), free_port());
+    let (grpc, http) = (common::free_port(), common::free_port());
     let cfg = dir.path().join("scp-pep.toml");
     std::fs::write(
         &cfg,
@@ -71,21 +63,7 @@ async fn slow_and_idle_http_connections_never_starve_check() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{http}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(client);
+    common::wait_ready(http).await;
 
     // A kept-alive connection that goes idle after one request is closed.
     let mut idle = TcpStream::connect(("127.0.0.1", http)).await.unwrap();
