@@ -311,6 +311,17 @@ impl PolicySet {
                     format!("`{}` must match [A-Za-z0-9][A-Za-z0-9._-]*", i.id),
                 );
             }
+            if let Some(owner) = id_namespace(&i.id, tenants.iter().copied())
+                && owner != i.tenant
+            {
+                err(
+                    "id",
+                    format!(
+                        "`int-{owner}-…` ids belong to tenant `{owner}`, not `{}`",
+                        i.tenant
+                    ),
+                );
+            }
             if !tenants.contains(i.tenant.as_str()) {
                 err("tenant", format!("unknown tenant `{}`", i.tenant));
             }
@@ -573,6 +584,21 @@ impl PolicySet {
 }
 
 /// Identifier rule: lower-case (`[a-z0-9][a-z0-9_-]*`) or, with `mixed`, `[A-Za-z0-9][A-Za-z0-9._-]*`.
+/// The tenant whose namespace an integration id lies in: the longest tenant id `t` such that
+/// the id begins with `int-<t>-`, `None` when there is none. An id in a tenant's namespace
+/// belongs to that tenant only (checked for files here, for admin-API creates in
+/// `admin::integrations`), so ids are per tenant: no caller can learn or take an id of
+/// another tenant's namespace by trying to create it (INT-4.1).
+pub fn id_namespace<'a>(id: &str, tenants: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let rest = id.strip_prefix("int-")?;
+    tenants
+        .filter(|t| {
+            rest.strip_prefix(t)
+                .is_some_and(|after| after.starts_with('-'))
+        })
+        .max_by_key(|t| t.len())
+}
+
 fn is_ident(s: &str, mixed: bool) -> bool {
     let mut bytes = s.bytes();
     let ok_first =
@@ -700,6 +726,38 @@ mod tests {
         assert_eq!(e.file, "x.yaml");
         assert_eq!(e.field, "ip_alowlist");
         assert!(e.entry.starts_with("integrations[0]"), "{e}");
+    }
+
+    /// INT-4.1: integration ids are per tenant: `int-<t>-…` belongs to the longest tenant id
+    /// `t` that fits; a file integration in another tenant's namespace is refused.
+    #[test]
+    fn integration_ids_lie_in_their_tenants_namespace() {
+        let t = ["ke", "ke-north", "ug"];
+        assert_eq!(id_namespace("int-ke-moh", t.into_iter()), Some("ke"));
+        assert_eq!(
+            id_namespace("int-ke-north-x", t.into_iter()),
+            Some("ke-north")
+        );
+        assert_eq!(id_namespace("int-kenya", t.into_iter()), None);
+        assert_eq!(id_namespace("int-ug", t.into_iter()), None);
+        assert_eq!(id_namespace("ke-moh", t.into_iter()), None);
+        let text = format!(
+            "{}  - id: ug\n    residency_region: africa-east\n    issuer: https://idp.example/realms/ug\n    jwks: {{url: https://idp.example/realms/ug/certs}}\nintegrations:\n  - id: int-ug-squat\n    tenant: ke\n    partner_name: P\n    legal_basis: L\n    state: active\n    verticals: [health]\n    scopes: [health:person:read]\n",
+            tenant_yaml()
+        );
+        let f = PolicySet::parse_file("i.yaml", &text).unwrap();
+        let errs = PolicySet::from_files(vec![("i.yaml".into(), f.clone())])
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "id");
+        assert!(
+            errs[0].message.contains("belong to tenant `ug`"),
+            "{errs:?}"
+        );
+        let ok = text.replace("int-ug-squat", "int-ke-fine");
+        let f = PolicySet::parse_file("i.yaml", &ok).unwrap();
+        assert!(PolicySet::from_files(vec![("i.yaml".into(), f)]).is_ok());
     }
 
     /// EXT-4.2-1: semantic errors name the entry and field; all are reported.

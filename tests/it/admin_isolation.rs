@@ -1,7 +1,8 @@
 //! Tenant isolation of the admin plane, walked from the OpenAPI document: every admin, consent and
 //! audit operation, called by a caller of tenant `ug` holding every non-root role, naming each
 //! object of tenant `ke` that fits the operation's path parameter, answers exactly as it does for
-//! a random id, and leaves every non-audit table of the store byte-for-byte unchanged.
+//! a random id, and leaves every non-audit table of the store byte-for-byte unchanged; creating
+//! an object under one of `ke`'s ids answers as under a random id.
 
 use crate::common;
 
@@ -122,6 +123,11 @@ async fn ug_caller_cannot_tell_or_touch_ke_objects() {
             "/v1/groups",
             json!({"group_name": "ops", "active_from": "2020-01-01T00:00:00Z"}),
         ),
+        (
+            "/v1/policies/packs",
+            json!({"vertical_id": "health", "policy_rules": "permit(principal, action, resource);",
+                   "active_from": "2020-01-01T00:00:00Z"}),
+        ),
     ] {
         let r = client
             .post(h.ops_url(path))
@@ -139,6 +145,7 @@ async fn ug_caller_cannot_tell_or_touch_ke_objects() {
     );
     assert!(ids["id"].len() >= 10, "{ids:?}");
     assert!(!ids["deny_id"].is_empty(), "{ids:?}");
+    assert!(!ids["policy_pack_id"].is_empty(), "{ids:?}");
     let before = dump(pool).await;
 
     let call = |method: Method, path: String| {
@@ -201,6 +208,65 @@ async fn ug_caller_cannot_tell_or_touch_ke_objects() {
             }
         }
     }
+    // Creating an object under an id of ke's answers exactly as under a random id: integration
+    // ids are per tenant (`int-<tenant>-…`), pack and change ids are assigned by scp-pep.
+    let create = |path: &'static str, body: Value| {
+        let client = client.clone();
+        let url = h.ops_url(path);
+        let token = ug.clone();
+        async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (
+                status,
+                body["error"]["code"].clone(),
+                body["error"]["field"].clone(),
+            )
+        }
+    };
+    let draft = |id: &str| {
+        json!({"id": id, "partner_name": "P", "legal_basis": "L", "verticals": ["health"],
+               "scopes": ["health:person:read"],
+               "technical_contacts": [{"name": "N", "email": "n@ug.example", "role": "technical"}]})
+    };
+    let pack = |id: &str| {
+        json!({"policy_pack_id": id, "vertical_id": "health", "policy_rules": "",
+               "active_from": "2020-01-01T00:00:00Z"})
+    };
+    let change = |id: &str, pack: &str| {
+        json!({"policy_change_id": id, "policy_pack_id": pack, "change_summary": "s",
+               "policy_rules": "", "active_from": "2020-01-01T00:00:00Z"})
+    };
+    let random = create("/v1/integrations", draft("int-ke-zz-no-such-4711")).await;
+    assert_eq!(
+        (random.0, random.2.as_str()),
+        (400, Some("id")),
+        "{random:?}"
+    );
+    for id in &ids["id"] {
+        if id.starts_with("int-") {
+            assert_eq!(create("/v1/integrations", draft(id)).await, random, "{id}");
+            compared += 1;
+        }
+    }
+    let random = create("/v1/policies/packs", pack("pp-zz-no-such")).await;
+    assert_eq!(random.2.as_str(), Some("policy_pack_id"), "{random:?}");
+    for id in &ids["policy_pack_id"] {
+        assert_eq!(create("/v1/policies/packs", pack(id)).await, random, "{id}");
+    }
+    let random = create("/v1/policies/changes", change("pc-zz-no-such", "pp-zz")).await;
+    assert_eq!(random.2.as_str(), Some("policy_change_id"), "{random:?}");
+    for id in &ids["policy_change_id"] {
+        let theirs = change(id, &ids["policy_pack_id"][0]);
+        assert_eq!(create("/v1/policies/changes", theirs).await, random, "{id}");
+    }
     eprintln!("admin_isolation: {compared} calls with ke's ids compared to a random id");
     assert!(compared >= 100, "only {compared} calls compared");
     let after = dump(pool).await;
@@ -208,4 +274,7 @@ async fn ug_caller_cannot_tell_or_touch_ke_objects() {
         assert_eq!(Some(rows), after.get(t), "table {t} changed");
     }
     assert_eq!(before.len(), after.len());
+    // The draft above is valid: in ug's own namespace it is created.
+    let own = create("/v1/integrations", draft("int-ug-isolation")).await;
+    assert_eq!(own.0, 201, "{own:?}");
 }

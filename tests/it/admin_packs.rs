@@ -101,13 +101,14 @@ fn masked(r: &Value) -> String {
         .to_owned()
 }
 
-async fn create_pack(h: &Harness, id: &str, rules: &str) -> Resp {
+/// Creates a draft pack of `ke`/health; the id is assigned by scp-pep (`body.policy_pack_id`).
+async fn create_pack(h: &Harness, rules: &str) -> Resp {
     let owner = admin_token(h, "ke", &[OWNER]);
     post(
         h,
         "/v1/policies/packs",
         &owner,
-        json!({"policy_pack_id": id, "vertical_id": "health", "policy_rules": rules,
+        json!({"vertical_id": "health", "policy_rules": rules,
                "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await
@@ -201,7 +202,7 @@ async fn invalid_packs_are_rejected(h: Harness) {
         ),
     ];
     for (rules, code, field) in cases {
-        let r = create_pack(&h, "pp-bad", rules).await;
+        let r = create_pack(&h, rules).await;
         assert_eq!(r.status, 400, "{rules}: {}", r.body);
         assert_eq!(r.body["error"]["code"], code, "{}", r.body);
         assert_eq!(r.body["error"]["field"], field, "{}", r.body);
@@ -250,13 +251,14 @@ async fn invalid_packs_are_rejected(h: Harness) {
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
 
     // A valid pack is stored; a change proposing invalid rules is refused the same way.
-    let r = create_pack(&h, "pp-ok", RULES_NO_GET).await;
+    let r = create_pack(&h, RULES_NO_GET).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    let pp_ok = r.body["policy_pack_id"].as_str().unwrap().to_owned();
     let r = post(
         &h,
         "/v1/policies/changes",
         &owner,
-        json!({"policy_pack_id": "pp-ok", "change_summary": "x", "policy_rules": "forbid(", "active_from": "2020-01-01T00:00:00Z"}),
+        json!({"policy_pack_id": pp_ok, "change_summary": "x", "policy_rules": "forbid(", "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
     assert_eq!(
@@ -269,7 +271,7 @@ async fn invalid_packs_are_rejected(h: Harness) {
     let r = call(
         &h,
         Method::PATCH,
-        "/v1/policies/packs/pp-ok",
+        &format!("/v1/policies/packs/{pp_ok}"),
         Some(&owner),
         Some(json!({"policy_rules": "permit(principal, action, resource) when { principal.x };"})),
         Some(1),
@@ -281,7 +283,7 @@ async fn invalid_packs_are_rejected(h: Harness) {
         "{}",
         r.body
     );
-    let r = get(&h, "/v1/policies/packs/pp-ok", &owner).await;
+    let r = get(&h, &format!("/v1/policies/packs/{pp_ok}"), &owner).await;
     assert_eq!(
         (r.body["version"].as_i64(), r.body["policy_rules"].as_str()),
         (Some(1), Some(RULES_NO_GET))
@@ -311,8 +313,9 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     let base_get = partner(&mut h, "GET").await;
     assert!(!masked(&base_get).contains("sex"), "{base_get}");
 
-    let r = create_pack(&h, "pp-health", RULES_NO_HEAD).await;
+    let r = create_pack(&h, RULES_NO_HEAD).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    let pp_health = r.body["policy_pack_id"].as_str().unwrap().to_owned();
     assert_eq!(r.body["status"], "draft");
     assert_eq!(r.etag.as_deref(), Some("\"1\""));
     // A draft is not enforced.
@@ -321,7 +324,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     let r = call(
         &h,
         Method::PATCH,
-        "/v1/policies/packs/pp-health",
+        &format!("/v1/policies/packs/{pp_health}"),
         Some(&owner),
         Some(json!({"active_until": "2999-01-01T00:00:00Z"})),
         Some(7),
@@ -336,7 +339,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     let r = call(
         &h,
         Method::PATCH,
-        "/v1/policies/packs/pp-health",
+        &format!("/v1/policies/packs/{pp_health}"),
         Some(&owner),
         Some(json!({"active_until": "2999-01-01T00:00:00Z"})),
         Some(1),
@@ -349,12 +352,12 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
         r.body
     );
 
-    let r = to_approved(&h, "packs", "pp-health").await;
+    let r = to_approved(&h, "packs", &pp_health).await;
     let approved_version = r.body["version"].as_i64().unwrap();
     let r = call(
         &h,
         Method::PATCH,
-        "/v1/policies/packs/pp-health",
+        &format!("/v1/policies/packs/{pp_health}"),
         Some(&owner),
         Some(json!({"policy_rules": RULES_NO_GET})),
         None,
@@ -370,7 +373,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     // The vertical owner may not activate; a stale If-Match is 412 and nothing changes.
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/activate",
+        &format!("/v1/policies/packs/{pp_health}/activate"),
         &owner,
         json!({}),
     )
@@ -379,7 +382,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     let r = call(
         &h,
         Method::POST,
-        "/v1/policies/packs/pp-health/activate",
+        &format!("/v1/policies/packs/{pp_health}/activate"),
         Some(&admin),
         None,
         Some(approved_version - 1),
@@ -387,7 +390,9 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     .await;
     assert_eq!(r.status, 412, "{}", r.body);
     assert_eq!(
-        get(&h, "/v1/policies/packs/pp-health", &admin).await.body["status"],
+        get(&h, &format!("/v1/policies/packs/{pp_health}"), &admin)
+            .await
+            .body["status"],
         "approved"
     );
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
@@ -395,7 +400,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     let r = call(
         &h,
         Method::POST,
-        "/v1/policies/packs/pp-health/activate",
+        &format!("/v1/policies/packs/{pp_health}/activate"),
         Some(&admin),
         None,
         Some(approved_version),
@@ -415,10 +420,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     assert_eq!(denied["status"], 403, "{denied}");
     assert_eq!(denied["code"], "POLICY_DENIED", "{denied}");
     let msg = denied["body"]["error"]["message"].as_str().unwrap_or("");
-    assert!(
-        msg.contains("no-head") && msg.contains("pp-health"),
-        "{msg}"
-    );
+    assert!(msg.contains("no-head") && msg.contains(&pp_health), "{msg}");
     let ok = partner(&mut h, "GET").await;
     assert_eq!(ok["allowed"], true, "{ok}");
     assert!(masked(&ok).split(',').any(|f| f == "sex"), "{ok}");
@@ -426,7 +428,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     // ADM-7: OTHER needs its text; nothing changes.
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/suspend",
+        &format!("/v1/policies/packs/{pp_health}/suspend"),
         &admin,
         json!({"reason_code": "OTHER"}),
     )
@@ -439,7 +441,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     );
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/suspend",
+        &format!("/v1/policies/packs/{pp_health}/suspend"),
         &admin,
         json!({"reason_code": "SECURITY_INCIDENT"}),
     )
@@ -457,7 +459,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     // Restricted: enforced, reads only (HEAD still forbidden by the pack).
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/activate",
+        &format!("/v1/policies/packs/{pp_health}/activate"),
         &admin,
         json!({}),
     )
@@ -465,7 +467,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/restrict",
+        &format!("/v1/policies/packs/{pp_health}/restrict"),
         &admin,
         json!({"reason_code": "COMPLIANCE"}),
     )
@@ -482,7 +484,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     // Deprecate, archive; archived is immutable.
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/deprecate",
+        &format!("/v1/policies/packs/{pp_health}/deprecate"),
         &admin,
         json!({"reason_code": "POLICY_UPDATE"}),
     )
@@ -491,7 +493,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/archive",
+        &format!("/v1/policies/packs/{pp_health}/archive"),
         &admin,
         json!({"reason_code": "ROUTINE_REVIEW"}),
     )
@@ -499,7 +501,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     assert_eq!(r.body["status"], "archived", "{}", r.body);
     let r = post(
         &h,
-        "/v1/policies/packs/pp-health/activate",
+        &format!("/v1/policies/packs/{pp_health}/activate"),
         &admin,
         json!({}),
     )
@@ -512,7 +514,12 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     );
 
     // Every step is a version; list filters.
-    let v = get(&h, "/v1/policies/packs/pp-health/versions", &owner).await;
+    let v = get(
+        &h,
+        &format!("/v1/policies/packs/{pp_health}/versions"),
+        &owner,
+    )
+    .await;
     let statuses: Vec<&str> = v.body["items"]
         .as_array()
         .unwrap()
@@ -542,7 +549,7 @@ async fn pack_lifecycle_enforces(mut h: Harness) {
     )
     .await;
     assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{}", l.body);
-    assert_eq!(l.body["items"][0]["policy_pack_id"], "pp-health");
+    assert_eq!(l.body["items"][0]["policy_pack_id"], pp_health.as_str());
     let l = get(&h, "/v1/policies/packs?status=active", &owner).await;
     assert_eq!(l.body["items"], json!([]));
 
@@ -615,9 +622,17 @@ async fn pack_lifecycle_enforces_postgres() {
 async fn policy_change_swaps_rules(mut h: Harness) {
     let owner = admin_token(&h, "ke", &[OWNER]);
     let admin = admin_token(&h, "ke", &[ADMIN]);
-    assert_eq!(create_pack(&h, "pp-a", RULES_NO_HEAD).await.status, 201);
-    to_approved(&h, "packs", "pp-a").await;
-    let r = post(&h, "/v1/policies/packs/pp-a/activate", &admin, json!({})).await;
+    let r = create_pack(&h, RULES_NO_HEAD).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pp_a = r.body["policy_pack_id"].as_str().unwrap().to_owned();
+    to_approved(&h, "packs", &pp_a).await;
+    let r = post(
+        &h,
+        &format!("/v1/policies/packs/{pp_a}/activate"),
+        &admin,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let pack_version = r.body["version"].as_i64().unwrap();
     assert_eq!(partner(&mut h, "HEAD").await["code"], "POLICY_DENIED");
@@ -626,7 +641,7 @@ async fn policy_change_swaps_rules(mut h: Harness) {
         &h,
         "/v1/policies/changes",
         &owner,
-        json!({"policy_change_id": "pc-1", "policy_pack_id": "pp-a", "change_summary": "allow HEAD, stop GET",
+        json!({"policy_pack_id": pp_a, "change_summary": "allow HEAD, stop GET",
                "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
@@ -636,7 +651,8 @@ async fn policy_change_swaps_rules(mut h: Harness) {
         "{}",
         r.body
     );
-    let r = to_approved(&h, "changes", "pc-1").await;
+    let pc_1 = r.body["policy_change_id"].as_str().unwrap().to_owned();
+    let r = to_approved(&h, "changes", &pc_1).await;
     let change_version = r.body["version"].as_i64().unwrap();
     // Not applied before activation.
     assert_eq!(partner(&mut h, "HEAD").await["code"], "POLICY_DENIED");
@@ -645,27 +661,29 @@ async fn policy_change_swaps_rules(mut h: Harness) {
     let r = call(
         &h,
         Method::POST,
-        "/v1/policies/changes/pc-1/activate",
+        &format!("/v1/policies/changes/{pc_1}/activate"),
         Some(&admin),
         None,
         Some(change_version + 5),
     )
     .await;
     assert_eq!(r.status, 412, "{}", r.body);
-    let p = get(&h, "/v1/policies/packs/pp-a", &admin).await;
+    let p = get(&h, &format!("/v1/policies/packs/{pp_a}"), &admin).await;
     assert_eq!(
         (p.body["version"].as_i64(), p.body["policy_rules"].as_str()),
         (Some(pack_version), Some(RULES_NO_HEAD))
     );
     assert_eq!(
-        get(&h, "/v1/policies/changes/pc-1", &admin).await.body["status"],
+        get(&h, &format!("/v1/policies/changes/{pc_1}"), &admin)
+            .await
+            .body["status"],
         "approved"
     );
 
     let r = call(
         &h,
         Method::POST,
-        "/v1/policies/changes/pc-1/activate",
+        &format!("/v1/policies/changes/{pc_1}/activate"),
         Some(&admin),
         None,
         Some(change_version),
@@ -681,7 +699,7 @@ async fn policy_change_swaps_rules(mut h: Harness) {
         r.body["applied_pack_version"].as_i64(),
         Some(pack_version + 1)
     );
-    let p = get(&h, "/v1/policies/packs/pp-a", &admin).await;
+    let p = get(&h, &format!("/v1/policies/packs/{pp_a}"), &admin).await;
     assert_eq!(
         (
             p.body["version"].as_i64(),
@@ -701,31 +719,47 @@ async fn policy_change_swaps_rules(mut h: Harness) {
         "{g}"
     );
     // An active change cannot be activated twice.
-    let r = post(&h, "/v1/policies/changes/pc-1/activate", &admin, json!({})).await;
+    let r = post(
+        &h,
+        &format!("/v1/policies/changes/{pc_1}/activate"),
+        &admin,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 409, "{}", r.body);
 
     // A second pack for the vertical: activating it deprecates pp-a in the same commit.
-    assert_eq!(
-        create_pack(&h, "pp-b", "permit(principal, action, resource);")
-            .await
-            .status,
-        201
-    );
-    to_approved(&h, "packs", "pp-b").await;
-    let r = post(&h, "/v1/policies/packs/pp-b/activate", &admin, json!({})).await;
+    let r = create_pack(&h, "permit(principal, action, resource);").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pp_b = r.body["policy_pack_id"].as_str().unwrap().to_owned();
+    to_approved(&h, "packs", &pp_b).await;
+    let r = post(
+        &h,
+        &format!("/v1/policies/packs/{pp_b}/activate"),
+        &admin,
+        json!({}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        get(&h, "/v1/policies/packs/pp-a", &admin).await.body["status"],
+        get(&h, &format!("/v1/policies/packs/{pp_a}"), &admin)
+            .await
+            .body["status"],
         "deprecated"
     );
     assert_eq!(partner(&mut h, "GET").await["allowed"], true);
     assert_eq!(partner(&mut h, "HEAD").await["allowed"], true);
 
-    let l = get(&h, "/v1/policies/changes?policy_pack_id=pp-a", &owner).await;
+    let l = get(
+        &h,
+        &format!("/v1/policies/changes?policy_pack_id={pp_a}"),
+        &owner,
+    )
+    .await;
     assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{}", l.body);
     let r = post(
         &h,
-        "/v1/policies/changes/pc-1/archive",
+        &format!("/v1/policies/changes/{pc_1}/archive"),
         &admin,
         json!({"reason_code": "ROUTINE_REVIEW"}),
     )
@@ -747,20 +781,23 @@ async fn policy_change_swaps_rules_postgres() {
 // (401), and hides other tenants' packs (404).
 async fn unauthorized_personas_are_refused(h: Harness) {
     let owner = admin_token(&h, "ke", &[OWNER]);
-    assert_eq!(create_pack(&h, "pp-x", RULES_NO_GET).await.status, 201);
+    let r = create_pack(&h, RULES_NO_GET).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pp_x = r.body["policy_pack_id"].as_str().unwrap().to_owned();
     let r = post(
         &h,
         "/v1/policies/changes",
         &owner,
-        json!({"policy_change_id": "pc-x", "policy_pack_id": "pp-x", "change_summary": "s",
+        json!({"policy_pack_id": pp_x, "change_summary": "s",
                "policy_rules": RULES_NO_HEAD, "active_from": "2020-01-01T00:00:00Z"}),
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    let pc_x = r.body["policy_change_id"].as_str().unwrap().to_owned();
     let none = admin_token(&h, "ke", &["scp-integration-manager"]);
     let nothing = json!({});
     let create = json!({"vertical_id": "health", "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"});
-    let change = json!({"policy_pack_id": "pp-x", "change_summary": "s", "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"});
+    let change = json!({"policy_pack_id": pp_x, "change_summary": "s", "policy_rules": RULES_NO_GET, "active_from": "2020-01-01T00:00:00Z"});
     let reason = json!({"reason_code": "ROUTINE_REVIEW"});
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "/v1/policies/schema".into(), None),
@@ -770,51 +807,55 @@ async fn unauthorized_personas_are_refused(h: Harness) {
             "/v1/policies/packs".into(),
             Some(create.clone()),
         ),
-        (Method::GET, "/v1/policies/packs/pp-x".into(), None),
+        (Method::GET, format!("/v1/policies/packs/{pp_x}"), None),
         (
             Method::PATCH,
-            "/v1/policies/packs/pp-x".into(),
+            format!("/v1/policies/packs/{pp_x}"),
             Some(nothing.clone()),
         ),
-        (Method::GET, "/v1/policies/packs/pp-x/versions".into(), None),
+        (
+            Method::GET,
+            format!("/v1/policies/packs/{pp_x}/versions"),
+            None,
+        ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/request-review".into(),
+            format!("/v1/policies/packs/{pp_x}/request-review"),
             Some(json!({"request_reason_code": "POLICY_UPDATE"})),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/review".into(),
+            format!("/v1/policies/packs/{pp_x}/review"),
             Some(nothing.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/approve".into(),
+            format!("/v1/policies/packs/{pp_x}/approve"),
             Some(json!({"approval_reason_code": "POLICY_UPDATE"})),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/activate".into(),
+            format!("/v1/policies/packs/{pp_x}/activate"),
             Some(nothing.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/restrict".into(),
+            format!("/v1/policies/packs/{pp_x}/restrict"),
             Some(reason.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/suspend".into(),
+            format!("/v1/policies/packs/{pp_x}/suspend"),
             Some(reason.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/deprecate".into(),
+            format!("/v1/policies/packs/{pp_x}/deprecate"),
             Some(reason.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/packs/pp-x/archive".into(),
+            format!("/v1/policies/packs/{pp_x}/archive"),
             Some(reason.clone()),
         ),
         (Method::GET, "/v1/policies/changes".into(), None),
@@ -823,30 +864,30 @@ async fn unauthorized_personas_are_refused(h: Harness) {
             "/v1/policies/changes".into(),
             Some(change.clone()),
         ),
-        (Method::GET, "/v1/policies/changes/pc-x".into(), None),
+        (Method::GET, format!("/v1/policies/changes/{pc_x}"), None),
         (
             Method::POST,
-            "/v1/policies/changes/pc-x/request-review".into(),
+            format!("/v1/policies/changes/{pc_x}/request-review"),
             Some(json!({"request_reason_code": "POLICY_UPDATE"})),
         ),
         (
             Method::POST,
-            "/v1/policies/changes/pc-x/review".into(),
+            format!("/v1/policies/changes/{pc_x}/review"),
             Some(nothing.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/changes/pc-x/approve".into(),
+            format!("/v1/policies/changes/{pc_x}/approve"),
             Some(json!({"approval_reason_code": "POLICY_UPDATE"})),
         ),
         (
             Method::POST,
-            "/v1/policies/changes/pc-x/activate".into(),
+            format!("/v1/policies/changes/{pc_x}/activate"),
             Some(nothing.clone()),
         ),
         (
             Method::POST,
-            "/v1/policies/changes/pc-x/archive".into(),
+            format!("/v1/policies/changes/{pc_x}/archive"),
             Some(reason.clone()),
         ),
     ];
@@ -865,20 +906,20 @@ async fn unauthorized_personas_are_refused(h: Harness) {
     // admin neither writes nor reviews; the umbrella authority does not operate.
     let admin = admin_token(&h, "ke", &[ADMIN]);
     let umbrella = admin_token(&h, "ke", &["scp-umbrella-authority"]);
-    let refused: Vec<(&String, &str)> = vec![
-        (&owner, "/v1/policies/packs/pp-x/approve"),
-        (&owner, "/v1/policies/packs/pp-x/activate"),
-        (&owner, "/v1/policies/packs/pp-x/suspend"),
-        (&owner, "/v1/policies/packs/pp-x/archive"),
-        (&owner, "/v1/policies/changes/pc-x/approve"),
-        (&owner, "/v1/policies/changes/pc-x/activate"),
-        (&admin, "/v1/policies/packs"),
-        (&admin, "/v1/policies/packs/pp-x/request-review"),
-        (&admin, "/v1/policies/packs/pp-x/review"),
-        (&admin, "/v1/policies/changes"),
-        (&admin, "/v1/policies/changes/pc-x/review"),
-        (&umbrella, "/v1/policies/packs/pp-x/suspend"),
-        (&umbrella, "/v1/policies/packs/pp-x/archive"),
+    let refused: Vec<(&String, String)> = vec![
+        (&owner, format!("/v1/policies/packs/{pp_x}/approve")),
+        (&owner, format!("/v1/policies/packs/{pp_x}/activate")),
+        (&owner, format!("/v1/policies/packs/{pp_x}/suspend")),
+        (&owner, format!("/v1/policies/packs/{pp_x}/archive")),
+        (&owner, format!("/v1/policies/changes/{pc_x}/approve")),
+        (&owner, format!("/v1/policies/changes/{pc_x}/activate")),
+        (&admin, "/v1/policies/packs".into()),
+        (&admin, format!("/v1/policies/packs/{pp_x}/request-review")),
+        (&admin, format!("/v1/policies/packs/{pp_x}/review")),
+        (&admin, "/v1/policies/changes".into()),
+        (&admin, format!("/v1/policies/changes/{pc_x}/review")),
+        (&umbrella, format!("/v1/policies/packs/{pp_x}/suspend")),
+        (&umbrella, format!("/v1/policies/packs/{pp_x}/archive")),
     ];
     for (token, path) in refused {
         let body = if path.ends_with("/changes") {
@@ -888,13 +929,13 @@ async fn unauthorized_personas_are_refused(h: Harness) {
         } else {
             reason.clone()
         };
-        let r = post(&h, path, token, body).await;
+        let r = post(&h, &path, token, body).await;
         assert_eq!(r.status, 403, "{path}: {}", r.body);
     }
     let r = call(
         &h,
         Method::PATCH,
-        "/v1/policies/packs/pp-x",
+        &format!("/v1/policies/packs/{pp_x}"),
         Some(&admin),
         Some(nothing.clone()),
         None,
@@ -903,14 +944,24 @@ async fn unauthorized_personas_are_refused(h: Harness) {
     assert_eq!(r.status, 403, "{}", r.body);
     // Another tenant's admin does not see ke's pack.
     let ug = admin_token(&h, "ug", &[ADMIN]);
-    assert_eq!(get(&h, "/v1/policies/packs/pp-x", &ug).await.status, 404);
-    assert_eq!(get(&h, "/v1/policies/changes/pc-x", &ug).await.status, 404);
+    assert_eq!(
+        get(&h, &format!("/v1/policies/packs/{pp_x}"), &ug)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        get(&h, &format!("/v1/policies/changes/{pc_x}"), &ug)
+            .await
+            .status,
+        404
+    );
     assert_eq!(
         get(&h, "/v1/policies/packs", &ug).await.body["items"],
         json!([])
     );
     // Nothing changed through all of that.
-    let r = get(&h, "/v1/policies/packs/pp-x", &owner).await;
+    let r = get(&h, &format!("/v1/policies/packs/{pp_x}"), &owner).await;
     assert_eq!(
         (r.body["status"].as_str(), r.body["version"].as_i64()),
         (Some("draft"), Some(1))
@@ -930,8 +981,8 @@ async fn unauthorized_personas_are_refused(h: Harness) {
         .unwrap();
     for (_, path, _) in &routes {
         let templ = path
-            .replace("pp-x", "{policy_pack_id}")
-            .replace("pc-x", "{policy_change_id}");
+            .replace(pp_x.as_str(), "{policy_pack_id}")
+            .replace(pc_x.as_str(), "{policy_change_id}");
         assert!(
             doc["paths"][&templ].is_object(),
             "{templ} missing from /openapi.json"

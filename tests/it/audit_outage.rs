@@ -465,3 +465,345 @@ async fn checkpoint_due_during_outage_does_not_stall_decisions() {
         "a decision waited {slowest:?} with write_timeout_ms = 500 (acquire_timeout_s = 1)"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A PostgreSQL of the test's own, and a full disk
+
+/// A PostgreSQL server of the test's own: `initdb` in a temporary directory, listening on its own
+/// loopback port, run as the `postgres` user when the test runs as root (PostgreSQL refuses
+/// root). Stopped (fast or immediate, i.e. crashed), paused (`SIGSTOP` to every process of the
+/// cluster) and started again by the test; stopped for good on drop.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl OwnPostgres {
+    /// The directory of `initdb`/`pg_ctl`: on `PATH`, else Debian's `/usr/lib/postgresql/*/bin`.
+    fn bin(tool: &str) -> std::path::PathBuf {
+        let on_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file());
+        let debian = || {
+            let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("bin").join(tool))
+                .filter(|p| p.is_file())
+                .collect();
+            found.sort();
+            found.pop()
+        };
+        on_path
+            .or_else(debian)
+            .unwrap_or_else(|| panic!("`{tool}` (PostgreSQL server binaries) must be installed"))
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let bin = Self::bin(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            std::process::Command::new(bin)
+        };
+        cmd.args(args).output().expect("PostgreSQL tool runs")
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        if as_postgres {
+            let st = std::process::Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown of the cluster directory");
+        }
+        let pg = OwnPostgres {
+            dir,
+            port: common::free_port(),
+            as_postgres,
+        };
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(out.status.success(), "initdb: {out:?}");
+        pg.pg_start();
+        pg
+    }
+
+    fn pg_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        let out = self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"],
+        );
+        assert!(out.status.success(), "pg_ctl start: {out:?}");
+    }
+
+    /// `mode`: `fast` (clean shutdown) or `immediate` (a crash: no shutdown checkpoint).
+    fn stop(&self, mode: &str) {
+        let out = self.run("pg_ctl", &["-D", &self.data(), "-m", mode, "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {out:?}");
+    }
+
+    /// `sig` (`STOP`, `CONT`) to the postmaster and every backend.
+    fn signal_all(&self, sig: &str) {
+        let pidfile = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
+        let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &postmaster.to_string()])
+            .output()
+            .unwrap();
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok()),
+        );
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(pids.iter().map(i32::to_string))
+            .status();
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.signal_all("CONT");
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// Checks sent by two background tasks while the main task takes the store away and back:
+/// every answer is an allow or a retryable 503 (`AUDIT_UNAVAILABLE`, or `DEPENDENCY_UNAVAILABLE`
+/// when a consent has left the cache) within `CHECK_BOUND`; the decision ids
+/// of the allows are returned when stopped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<String>, usize)>>,
+}
+
+impl Load {
+    fn start(h: &Harness, token: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..2)
+            .map(|_| {
+                let mut client = h.client.clone();
+                let input = Harness::get(KE_RECORD, token);
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut allowed, mut denied) = (Vec::new(), 0);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let req = scp_pep::check::build_request(&input);
+                        let resp = tokio::time::timeout(CHECK_BOUND, client.check(req))
+                            .await
+                            .expect("a check under load stays within CHECK_BOUND")
+                            .expect("ext_authz answers")
+                            .into_inner();
+                        let v = scp_pep::check::response_json(&resp);
+                        match allowed_id(&v) {
+                            Some(id) => allowed.push(id),
+                            None => {
+                                // Fail closed, structured: the record cannot be written, or a
+                                // consent the cache no longer holds cannot be read.
+                                let code = v["code"].as_str().unwrap_or_default();
+                                assert!(
+                                    v["status"] == 503
+                                        && ["AUDIT_UNAVAILABLE", "DEPENDENCY_UNAVAILABLE"]
+                                            .contains(&code)
+                                        && v["body"]["error"]["retryable"] == true,
+                                    "under load: {v}"
+                                );
+                                denied += 1;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    (allowed, denied)
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> (Vec<String>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut allowed, mut denied) = (Vec::new(), 0);
+        for t in self.tasks {
+            let (a, d) = t.await.expect("load task");
+            allowed.extend(a);
+            denied += d;
+        }
+        (allowed, denied)
+    }
+}
+
+/// Issue 13 fault injection, INT-8-1, INT-8-2 (PostgreSQL of the test's own): under load from two
+/// concurrent clients, the server is paused (`SIGSTOP`), stopped cleanly, and crashed (immediate
+/// stop), each time then brought back. While it is away every decision is a prompt 503
+/// `AUDIT_UNAVAILABLE` (never an allow, never beyond `CHECK_BOUND`); after each return service
+/// resumes without a restart of scp-pep within `SWITCH_BOUND` (time printed); every allowed
+/// decision has its record and the store verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_postgres_paused_stopped_crashed_under_load() {
+    let pg = OwnPostgres::start();
+    let (skey, vkey) = checkpoint_key();
+    let mut h = Harness::start_with(Some(pg.url()), |c| tweak(c, &skey)).await;
+    let t = token(&h);
+    let mut phases = vec![expect_allowed(&mut h, &t, CONFIRM).await];
+    let load = Load::start(&h, &t);
+
+    for fault in ["SIGSTOP", "stop -m fast", "stop -m immediate"] {
+        match fault {
+            "SIGSTOP" => pg.signal_all("STOP"),
+            "stop -m fast" => pg.stop("fast"),
+            _ => pg.stop("immediate"),
+        }
+        expect_audit_unavailable(&mut h, &t).await;
+        let back = Instant::now();
+        match fault {
+            "SIGSTOP" => pg.signal_all("CONT"),
+            _ => pg.pg_start(),
+        }
+        phases.push(expect_service_resumes(&mut h, &t).await);
+        eprintln!(
+            "own PostgreSQL, {fault}: service resumed {} ms after the server was back",
+            back.elapsed().as_millis()
+        );
+    }
+    let (under_load, denied) = load.finish().await;
+    assert!(
+        !under_load.is_empty() && denied > 0,
+        "the load saw both sides: {} allowed, {denied} denied",
+        under_load.len()
+    );
+    let store = Store::connect(&pg.url(), 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stored = decision_ids(&store).await;
+    let lost: Vec<&String> = under_load
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "allowed under load without a record: {lost:?}"
+    );
+    store.close().await;
+    verify_after(h, &pg.url(), &vkey, &phases).await;
+}
+
+/// A tmpfs of the test's own (needs root: `mount -t tmpfs`), unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (the full-disk test runs as root in CI)"
+        );
+        SmallDisk(dir)
+    }
+
+    /// Writes zeros to `filler` until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&block) {
+                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+                break;
+            }
+        }
+        // Smaller writes fill what a 64 KiB block could not.
+        while f.write_all(&[0u8; 512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Issue 13 fault injection, INT-8-1, INT-8-2 (SQLite on a full disk): with the store's file
+/// system full (a 64 MiB tmpfs filled to the last byte), every decision is a prompt 503
+/// `AUDIT_UNAVAILABLE`, never an allow; once space is freed service resumes without a restart
+/// (time printed), every allowed decision has its record and the store verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_disk_full_denies_then_resumes() {
+    let disk = SmallDisk::mount("64m");
+    let url = format!("sqlite:{}", disk.0.path().join("pep.db").display());
+    let (skey, vkey) = checkpoint_key();
+    let mut h = Harness::start_with(Some(url.clone()), |c| tweak(c, &skey)).await;
+    let t = token(&h);
+    let mut phases = vec![expect_allowed(&mut h, &t, CONFIRM).await];
+    let load = Load::start(&h, &t);
+    let filler = disk.fill();
+    expect_audit_unavailable(&mut h, &t).await;
+    let freed = Instant::now();
+    std::fs::remove_file(&filler).unwrap();
+    phases.push(expect_service_resumes(&mut h, &t).await);
+    eprintln!(
+        "SQLite disk full: service resumed {} ms after space was freed",
+        freed.elapsed().as_millis()
+    );
+    let (under_load, _) = load.finish().await;
+    let store = Store::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stored = decision_ids(&store).await;
+    let lost: Vec<&String> = under_load
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "allowed under load without a record: {lost:?}"
+    );
+    store.close().await;
+    verify_after(h, &url, &vkey, &phases).await;
+}

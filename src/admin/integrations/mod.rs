@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::policy::id_namespace;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -320,10 +321,19 @@ fn validate(s: &AdminHttp, i: &Integration) -> Result<(), ApiError> {
 // ---------------------------------------------------------------------------------------------
 // Create, read, edit
 
+/// A new integration id, `int-<tenant>-<12 hex>` (48 random bits of a UUIDv7), in the
+/// tenant's own namespace (see [`crate::policy::id_namespace`]).
+fn new_integration_id(tenant: &str) -> String {
+    format!(
+        "int-{tenant}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
-    /// Optional id (else generated).
+    /// Optional id in the caller's tenant namespace, `int-<tenant>-<name>`; else generated.
     #[serde(default)]
     id: Option<String>,
     /// Root only: another tenant.
@@ -382,12 +392,20 @@ async fn create(
                     "3–64 characters: lower-case letters, digits, `-`, `_`",
                 ));
             }
+            // Ids are per tenant: a chosen id lies in the caller's own namespace, so a
+            // create never answers differently for another tenant's id than for a random one.
+            let snap = s.engine.snapshot().load_full();
+            let tenants = snap.as_ref().as_ref().map(|s| s.tenants.keys());
+            let owner = tenants.and_then(|t| id_namespace(&id, t.map(String::as_str)));
+            if owner != Some(tenant.as_str()) {
+                return Err(ApiError::invalid(
+                    "id",
+                    format!("a chosen id begins with `int-{tenant}-` (ids are per tenant)"),
+                ));
+            }
             id
         }
-        None => format!(
-            "int-{tenant}-{}",
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        ),
+        None => new_integration_id(&tenant),
     };
     let integ = Integration {
         id,

@@ -63,8 +63,6 @@ pub(super) async fn get_change(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateChange {
-    #[serde(default)]
-    policy_change_id: Option<String>,
     policy_pack_id: String,
     change_summary: String,
     policy_rules: String,
@@ -99,11 +97,9 @@ pub(super) async fn create_change(
             ),
         ));
     }
-    let id = req
-        .policy_change_id
-        .clone()
-        .unwrap_or_else(|| format!("pc-{}", uuid::Uuid::now_v7()));
-    check_id("policy_change_id", &id)?;
+    // Assigned here, never chosen by the caller: a chosen id would answer 409 when another
+    // tenant holds it (pack and change ids are global in the store).
+    let id = format!("pc-{}", uuid::Uuid::now_v7());
     let summary = req.change_summary.trim();
     if summary.is_empty() || summary.chars().count() > 2000 {
         return Err(ApiError::invalid(

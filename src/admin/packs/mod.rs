@@ -130,23 +130,6 @@ fn check_rules(text: &str) -> Result<(), ApiError> {
         .map_err(|m| ApiError::new(ErrorCode::PolicyInvalid, m).at("policy_rules"))
 }
 
-/// `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 128.
-fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
-    let ok = id.len() <= 128
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "must match [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)",
-        ))
-    }
-}
-
 impl Resource for PolicyPack {
     const KIND: DocKind = DocKind::PolicyPack;
     const NOUN: &'static str = "policy pack";
@@ -322,8 +305,6 @@ fn status_query(q: &HashMap<String, String>) -> Result<Option<PackStatus>, ApiEr
 #[serde(deny_unknown_fields)]
 struct CreatePack {
     #[serde(default)]
-    policy_pack_id: Option<String>,
-    #[serde(default)]
     tenant_id: Option<String>,
     vertical_id: String,
     policy_rules: String,
@@ -350,11 +331,9 @@ async fn create_pack(
         "policy_packs.write",
         &Target::verticals(&tenant, std::slice::from_ref(&req.vertical_id)),
     )?;
-    let id = req
-        .policy_pack_id
-        .clone()
-        .unwrap_or_else(|| format!("pp-{}", uuid::Uuid::now_v7()));
-    check_id("policy_pack_id", &id)?;
+    // Assigned here, never chosen by the caller: a chosen id would answer 409 when another
+    // tenant holds it (pack and change ids are global in the store).
+    let id = format!("pp-{}", uuid::Uuid::now_v7());
     check_vertical(&s, &req.vertical_id)?;
     let (from, until) = norm_window(&req.active_from, req.active_until.as_deref())?;
     check_rules(&req.policy_rules)?;
