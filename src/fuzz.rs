@@ -12,6 +12,7 @@
 //! | `consent_import` | the consent import file: parsing, validation and the import into a store |
 //! | `audit_verify` | export parsing and verification ([`crate::audit::verify::verify_export`]) |
 //! | `jwks` | JWKS documents as an issuer might serve them ([`crate::authn::jwks::parse_jwks`]) |
+//! | `admin_json` | request bodies of every admin, consent and audit operation that takes one, through a real server's HTTP port (it asserts: no 5xx but a 503 with `retry-after`, every error in the REST error shape) |
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -40,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("consent_import", consent_import),
     ("audit_verify", audit_verify),
     ("jwks", jwks),
+    ("admin_json", admin_json),
 ];
 
 /// Shared, built once per process: the shipped policies with a file JWKS holding the fuzz key.
@@ -287,5 +289,164 @@ pub fn jwks(data: &[u8]) {
             Algorithm::ES256,
             Algorithm::EdDSA,
         ],
+    );
+}
+
+/// A running server for `admin_json`: SQLite in a temporary directory, the shipped policies with
+/// a file JWKS holding the fuzz key, and the operations of its `/openapi.json` that take a body.
+struct AdminFixture {
+    base: String,
+    client: reqwest::Client,
+    /// `(method, path with parameters filled)`.
+    operations: Vec<(reqwest::Method, String)>,
+    /// Bearer tokens: ke root, ke tenant admin with every other role, ug tenant admin.
+    tokens: Vec<String>,
+    _running: crate::server::Running,
+    _dir: tempfile::TempDir,
+}
+
+static ADMIN: LazyLock<AdminFixture> = LazyLock::new(|| {
+    let f = &*FIXTURE;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("policy dir");
+    let jwks = f._dir.path().join("jwks.json");
+    let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    for e in std::fs::read_dir(shipped).expect("shipped policies") {
+        let path = e.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("policy file");
+        let text = text
+            .lines()
+            .map(|l| match l.find("jwks: {url:") {
+                Some(i) => format!("{}jwks: {{file: {}}}", &l[..i], jwks.display()),
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(policies.join(path.file_name().expect("name")), text).expect("write");
+    }
+    let mut config = crate::config::Config::default();
+    config.server.grpc_listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.http_listen = "127.0.0.1:0".parse().expect("addr");
+    config.store.url = format!("sqlite:{}", dir.path().join("pep.db").display());
+    config.policy.dir = Some(policies);
+    config.decision_log.output = dir.path().join("decisions.jsonl").display().to_string();
+    let running = f
+        .rt
+        .block_on(crate::server::start(config, None))
+        .expect("server starts");
+    let base = format!("http://{}", running.http_addr);
+    let client = reqwest::Client::new();
+    let doc: serde_json::Value = f
+        .rt
+        .block_on(async {
+            client
+                .get(format!("{base}/openapi.json"))
+                .send()
+                .await?
+                .json()
+                .await
+        })
+        .expect("openapi document");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (verb, op) in item.as_object().into_iter().flatten() {
+            let Ok(method) = verb.to_uppercase().parse::<reqwest::Method>() else {
+                continue;
+            };
+            if op.get("requestBody").is_none() {
+                continue;
+            }
+            let filled: Vec<String> = path
+                .split('/')
+                .map(|seg| match seg {
+                    "{tenant}" | "{tenant_id}" => "ke".to_owned(),
+                    "{id}" => "int-ke-moh".to_owned(),
+                    s if s.starts_with('{') => "fuzz-object".to_owned(),
+                    s => s.to_owned(),
+                })
+                .collect();
+            operations.push((method, filled.join("/")));
+        }
+    }
+    operations.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+    let now = chrono::Utc::now().timestamp();
+    let staff = |tenant: &str, roles: &[&str]| {
+        f.key.sign(&serde_json::json!({
+            "iss": format!("http://127.0.0.1:9193/realms/{tenant}"),
+            "aud": "scp-pep-admin",
+            "sub": format!("fuzz-{tenant}"),
+            "iat": now,
+            "exp": now + 10 * 365 * 86_400,
+            "realm_access": {"roles": roles},
+        }))
+    };
+    let every_role = [
+        "scp-integration-manager",
+        "scp-vertical-owner",
+        "scp-tenant-admin",
+        "scp-umbrella-authority",
+        "scp-security",
+        "scp-auditor",
+        "scp-consent-officer",
+        "scp-field-agent",
+        "scp-consent-evidence-viewer",
+        "scp-person-registrar",
+    ];
+    let tokens = vec![
+        staff("ke", &["scp-root"]),
+        staff("ke", &every_role),
+        staff("ug", &every_role),
+    ];
+    AdminFixture {
+        base,
+        client,
+        operations,
+        tokens,
+        _running: running,
+        _dir: dir,
+    }
+});
+
+/// `admin_json`: byte 0 picks an operation with a request body (from the server's own
+/// `/openapi.json`), byte 1 the caller (ke root, ke with every other role, ug with every other
+/// role); the rest is the body, sent to a real server. Asserts what every admin answer must be
+/// (EXT-4.4-2, ADM-8): never a 5xx except a 503 with `retry-after`, and every error a JSON
+/// `{"error": {"code", "message"}}`.
+pub fn admin_json(data: &[u8]) {
+    let a = &*ADMIN;
+    let [op, who, body @ ..] = data else {
+        return;
+    };
+    let (method, path) = &a.operations[*op as usize % a.operations.len()];
+    let token = &a.tokens[*who as usize % a.tokens.len()];
+    let req = a
+        .client
+        .request(method.clone(), format!("{}{path}", a.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    let (status, retry_after, text) = FIXTURE
+        .rt
+        .block_on(async {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let retry_after = r.headers().contains_key("retry-after");
+            Ok::<_, reqwest::Error>((status, retry_after, r.text().await?))
+        })
+        .expect("the admin API answers");
+    if status < 400 {
+        return;
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{method} {path}: {status} without a JSON body: {text}"));
+    let e = &v["error"];
+    assert!(
+        e["code"].is_string() && e["message"].is_string(),
+        "{method} {path}: {status} not in the error shape: {text}"
+    );
+    assert!(
+        status < 500 || (status == 503 && retry_after),
+        "{method} {path}: {status}: {text}"
     );
 }
