@@ -22,6 +22,7 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     pub consent: crate::consent::ConsentConfig,
     pub request: RequestConfig,
+    pub http_authz: crate::http_authz::HttpAuthzConfig,
 }
 
 /// Request-smuggling defences (`[request]`).

@@ -155,6 +155,7 @@ struct DecideInput {
     verticals: Vec<u8>,
     scopes: Vec<u8>,
     client_id: Option<String>,
+    fixed_removals: bool,
 }
 
 /// `decide`: a structured request and an already verified token (tenant, integration,
@@ -197,6 +198,7 @@ pub fn decide(data: &[u8]) {
         peer_certificate: None,
         body: input.body,
         body_truncated: input.body_truncated,
+        fixed_removals: input.fixed_removals,
     };
     let token = VerifiedToken {
         tenant_id: pick(tenants, input.tenant),
@@ -331,15 +333,13 @@ static ADMIN: LazyLock<AdminFixture> = LazyLock::new(|| {
     config.store.url = format!("sqlite:{}", dir.path().join("pep.db").display());
     config.policy.dir = Some(policies);
     config.decision_log.output = dir.path().join("decisions.jsonl").display().to_string();
-    let running = f
-        .rt
-        .block_on(crate::server::start(config, None))
-        .expect("server starts");
+    let running =
+        f.rt.block_on(crate::server::start(config, None))
+            .expect("server starts");
     let base = format!("http://{}", running.http_addr);
     let client = reqwest::Client::new();
-    let doc: serde_json::Value = f
-        .rt
-        .block_on(async {
+    let doc: serde_json::Value =
+        f.rt.block_on(async {
             client
                 .get(format!("{base}/openapi.json"))
                 .send()

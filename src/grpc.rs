@@ -116,6 +116,41 @@ fn sv(s: &str) -> Value {
     }
 }
 
+/// Every header scp-pep sets on an allowed request (the rest of `x-scp-*` is removed).
+pub const UPSTREAM_HEADERS: &[&str] = &[
+    "x-scp-decision-id",
+    "x-scp-tenant-id",
+    "x-scp-integration-id",
+    "x-scp-verticals",
+    "x-scp-scopes",
+    "x-scp-masked-fields",
+    "x-scp-allowed-fields",
+    "x-scp-purpose",
+];
+
+/// The headers an allow sets upstream, `(name, value)`: each of [`UPSTREAM_HEADERS`] that
+/// applies (`x-scp-allowed-fields` and `x-scp-purpose` only when the route has them).
+pub fn upstream_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut headers: Vec<(&'static str, String)> = vec![
+        ("x-scp-decision-id", d.decision_id.clone()),
+        ("x-scp-tenant-id", d.tenant_id.clone().unwrap_or_default()),
+        (
+            "x-scp-integration-id",
+            d.integration_id.clone().unwrap_or_default(),
+        ),
+        ("x-scp-verticals", d.verticals.join(",")),
+        ("x-scp-scopes", d.scopes.join(" ")),
+        ("x-scp-masked-fields", d.masked_fields.join(",")),
+    ];
+    if let Some(a) = &d.allowed_fields {
+        headers.push(("x-scp-allowed-fields", a.join(",")));
+    }
+    if let Some(p) = &d.purpose {
+        headers.push(("x-scp-purpose", p.clone()));
+    }
+    headers
+}
+
 /// Renders a decision as the Envoy `CheckResponse` of the contract above.
 pub fn to_check_response(d: &Decision) -> CheckResponse {
     let mut resp = CheckResponse::new();
@@ -133,23 +168,7 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     match d.denial() {
         None => {
-            let mut headers: Vec<(&str, String)> = vec![
-                ("x-scp-decision-id", d.decision_id.clone()),
-                ("x-scp-tenant-id", d.tenant_id.clone().unwrap_or_default()),
-                (
-                    "x-scp-integration-id",
-                    d.integration_id.clone().unwrap_or_default(),
-                ),
-                ("x-scp-verticals", d.verticals.join(",")),
-                ("x-scp-scopes", d.scopes.join(" ")),
-                ("x-scp-masked-fields", d.masked_fields.join(",")),
-            ];
-            if let Some(a) = &d.allowed_fields {
-                headers.push(("x-scp-allowed-fields", a.join(",")));
-            }
-            if let Some(p) = &d.purpose {
-                headers.push(("x-scp-purpose", p.clone()));
-            }
+            let headers = upstream_headers(d);
             let mut ok = OkHttpResponseBuilder::new();
             for h in &d.headers_to_remove {
                 if !headers.iter().any(|(name, _)| name == h) {

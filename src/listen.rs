@@ -178,12 +178,11 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> (Tracked, S
     }
 }
 
-/// The gRPC listener as a stream of connections, at most `limit` open at once.
+/// The gRPC listener as a stream of connections, each holding one of `permits` while open.
 pub fn grpc_incoming(
     listener: TcpListener,
-    limit: usize,
+    permits: Arc<Semaphore>,
 ) -> impl Stream<Item = io::Result<Tracked>> + Send + 'static {
-    let permits = Arc::new(Semaphore::new(limit));
     futures_util::stream::unfold((listener, permits), |(l, p)| async move {
         let (conn, _) = accept(&l, &p).await;
         Some((Ok(conn), (l, p)))
@@ -200,23 +199,26 @@ pub struct HttpTimeouts {
     pub idle: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true: at most `limit` connections, the
-/// [`HttpTimeouts`], peer address as axum `ConnectInfo<SocketAddr>`. In-flight requests finish
-/// (graceful shutdown, at most 5 s).
+/// Serves `router` on `listener` until `shutdown` turns true: each connection holds one of
+/// `permits` while open, the [`HttpTimeouts`] apply, at most `max_headers` headers per HTTP/1
+/// request, peer address as axum `ConnectInfo<SocketAddr>`; `name` labels
+/// `scp_pep_open_connections{listener}`. In-flight requests finish (graceful shutdown, at most
+/// 5 s).
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
-    limit: usize,
+    permits: Arc<Semaphore>,
+    name: &'static str,
     timeouts: HttpTimeouts,
+    max_headers: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(limit));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read)
-        .max_headers(200);
+        .max_headers(max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -224,7 +226,7 @@ pub async fn serve_http(
         .keep_alive_interval(timeouts.idle / 2)
         .keep_alive_timeout(Duration::from_secs(20));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = metrics::gauge!("scp_pep_open_connections", "listener" => "http");
+    let open = metrics::gauge!("scp_pep_open_connections", "listener" => name);
     loop {
         let (io, peer) = tokio::select! {
             c = accept(&listener, &permits) => c,

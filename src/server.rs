@@ -70,6 +70,8 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The HTTP authorization listener (`[http_authz] enabled`).
+    pub http_authz_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     pub store: Store,
     /// The audit log (`None` when `audit.mode = "off"`).
@@ -357,7 +359,10 @@ pub async fn start_with_clock(
         grpc_connections = budget.grpc,
         "connection limits"
     );
-    let incoming = crate::listen::grpc_incoming(grpc_listener, budget.grpc);
+    // The decision path's connections (gRPC, and the HTTP authorization listener when on) share
+    // one budget.
+    let decision_permits = Arc::new(tokio::sync::Semaphore::new(budget.grpc));
+    let incoming = crate::listen::grpc_incoming(grpc_listener, decision_permits.clone());
     let svc = ExtAuthz::new(engine.clone()).into_server();
     // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
     let tail_svc = audit.as_ref().map(|a| {
@@ -398,9 +403,54 @@ pub async fn start_with_clock(
         Duration::from_secs(config.server.request_timeout_s.max(1)),
         crate::listen::request_timeout,
     ));
+    let http_permits = Arc::new(tokio::sync::Semaphore::new(budget.http));
     tasks.push(tokio::spawn(async move {
-        crate::listen::serve_http(http_listener, router, budget.http, timeouts, http_rx).await;
+        crate::listen::serve_http(
+            http_listener,
+            router,
+            http_permits,
+            "http",
+            timeouts,
+            200,
+            http_rx,
+        )
+        .await;
     }));
+
+    // HTTP authorization mode (nginx auth_request, Envoy http_service, forward auth).
+    let http_authz_addr = if config.http_authz.enabled {
+        let listener = tokio::net::TcpListener::bind(config.http_authz.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding HTTP authorization listener {}",
+                    config.http_authz.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let router = crate::http_authz::router(engine.clone(), &config.http_authz).layer(
+            axum::middleware::from_fn_with_state(
+                Duration::from_secs(config.server.request_timeout_s.max(1)),
+                crate::listen::request_timeout,
+            ),
+        );
+        let rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::listen::serve_http(
+                listener,
+                router,
+                decision_permits,
+                "http_authz",
+                timeouts,
+                10_000,
+                rx,
+            )
+            .await;
+        }));
+        Some(addr)
+    } else {
+        None
+    };
 
     // Change feed.
     tasks.push(tokio::spawn(crate::feed::change_feed(
@@ -452,10 +502,11 @@ pub async fn start_with_clock(
         }
     }
 
-    tracing::info!(%grpc_addr, %http_addr, store = store.backend(), "scp-pep listening");
+    tracing::info!(%grpc_addr, %http_addr, http_authz = ?http_authz_addr, store = store.backend(), "scp-pep listening");
     Ok(Running {
         grpc_addr,
         http_addr,
+        http_authz_addr,
         engine,
         store,
         audit,

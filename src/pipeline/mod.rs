@@ -58,6 +58,10 @@ pub struct RequestFacts {
     pub body: Option<Vec<u8>>,
     /// Envoy cut the body at `max_request_bytes` (`x-envoy-auth-partial-body: true`).
     pub body_truncated: bool,
+    /// The proxy in front removes only a fixed list of headers (nginx `auth_request`, Traefik,
+    /// Caddy: [`crate::http_authz::Mode::removes_fixed_headers`]): a client `x-scp-*` header
+    /// scp-pep does not set cannot be removed, so stage 3 denies it.
+    pub fixed_removals: bool,
 }
 
 /// Pipeline settings from configuration.

@@ -295,6 +295,24 @@ pub fn minimize(
 /// `REQUEST_AMBIGUOUS`, naming the header but never echoing its value. Headers that agree are
 /// allowed (and removed upstream by the caller).
 fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<(), Denial> {
+    if facts.fixed_removals {
+        let mut reserved: Vec<&String> = facts
+            .headers
+            .keys()
+            .filter(|k| {
+                k.starts_with("x-scp-") && !crate::grpc::UPSTREAM_HEADERS.contains(&k.as_str())
+            })
+            .collect();
+        reserved.sort();
+        if let Some(name) = reserved.first() {
+            return Err(Denial::new(
+                DenyCode::RequestAmbiguous,
+                format!(
+                    "header `{name}` is reserved for scp-pep and the proxy in front cannot remove it"
+                ),
+            ));
+        }
+    }
     for name in &settings.method_override_headers {
         if let Some(v) = facts.headers.get(name)
             && !v.trim().eq_ignore_ascii_case(&facts.method)

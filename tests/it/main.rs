@@ -32,6 +32,7 @@ mod fuzz_api;
 mod fuzz_corpus;
 mod hardening;
 mod http_app;
+mod http_authz_e2e;
 mod jwks;
 mod oidc_e2e;
 mod pii;
