@@ -331,15 +331,13 @@ static ADMIN: LazyLock<AdminFixture> = LazyLock::new(|| {
     config.store.url = format!("sqlite:{}", dir.path().join("pep.db").display());
     config.policy.dir = Some(policies);
     config.decision_log.output = dir.path().join("decisions.jsonl").display().to_string();
-    let running = f
-        .rt
-        .block_on(crate::server::start(config, None))
-        .expect("server starts");
+    let running =
+        f.rt.block_on(crate::server::start(config, None))
+            .expect("server starts");
     let base = format!("http://{}", running.http_addr);
     let client = reqwest::Client::new();
-    let doc: serde_json::Value = f
-        .rt
-        .block_on(async {
+    let doc: serde_json::Value =
+        f.rt.block_on(async {
             client
                 .get(format!("{base}/openapi.json"))
                 .send()
