@@ -61,6 +61,10 @@ USER 10001:10001
 # 9191 gRPC ext_authz (Envoy -> scp-pep), 9192 HTTP (health/metrics/admin API).
 EXPOSE 9191 9192
 
-# No HEALTHCHECK: the slim image has no curl/wget; use the orchestrator's
-# probes (TCP/gRPC/HTTP against 9191/9192) instead.
+# grpc.health.v1 on the ext_authz port, asked by the binary itself (the slim
+# image has no curl or grpc_health_probe): exit 0 when SERVING (policy loaded,
+# not draining), 1 otherwise. Set SCP_PEP_HEALTH_GRPC when grpc_listen is not
+# reachable on 127.0.0.1:9191 inside the container.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["scp-pep", "health", "--timeout-s", "3"]
 ENTRYPOINT ["scp-pep"]

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `policy validate|apply`, `check`, `demo`, `audit …`, `consent import`.
+//! The command line: `serve`, `policy validate|apply`, `check`, `health`, `demo`, `audit …`,
+//! `consent import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ pub enum Command {
     },
     /// Send one real CheckRequest to an ext_authz server and print the decision as JSON.
     Check(CheckArgs),
+    /// Ask a running scp-pep's `grpc.health.v1` whether it is SERVING (for container
+    /// HEALTHCHECKs): exit 0 when it is, 1 otherwise; one line on stdout.
+    Health(HealthArgs),
     /// Start scp-pep with demo policies and a throwaway signing key, and run a tour of checks.
     Demo(crate::demo::DemoArgs),
     /// The tamper-evident audit log: export, verify, keys, live tail.
@@ -121,6 +125,19 @@ pub struct CheckArgs {
     pub path: String,
 }
 
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The ext_authz gRPC listener, `HOST:PORT` or `http://HOST:PORT`.
+    #[arg(long, env = "SCP_PEP_HEALTH_GRPC", default_value = "127.0.0.1:9191")]
+    pub grpc: String,
+    /// Seconds for the whole call (connect included).
+    #[arg(long, default_value_t = 3)]
+    pub timeout_s: u64,
+    /// Service name asked about: `""` (the server) or `envoy.service.auth.v3.Authorization`.
+    #[arg(long, default_value = "")]
+    pub service: String,
+}
+
 /// Parses the command line and runs it. Exit codes: 0 success (for `check`: allowed), 1 failure
 /// (for `check`: denied), 2 usage or configuration error.
 pub fn main() -> ExitCode {
@@ -163,6 +180,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Policy { action } => policy(action).await,
         Command::Check(args) => check(args).await,
+        Command::Health(args) => health(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Audit { action } => audit(action).await,
         Command::Consent { action } => consent(action).await,
@@ -181,6 +199,7 @@ async fn audit(action: AuditAction) -> ExitCode {
 }
 
 async fn serve(cfg: Config) -> ExitCode {
+    let drain = std::time::Duration::from_secs(cfg.server.drain_s);
     let running = match crate::server::start(cfg, None).await {
         Ok(r) => r,
         Err(e) => {
@@ -190,8 +209,22 @@ async fn serve(cfg: Config) -> ExitCode {
     };
     wait_for_signal().await;
     tracing::info!("shutting down");
-    running.shutdown().await;
+    // Health NOT_SERVING at once; Check answered for `server.drain_s` more; then the listeners
+    // close gracefully. A second signal skips the rest of the drain.
+    running.drain_and_shutdown(drain, wait_for_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// `scp-pep health`: exit 0 when SERVING, 1 otherwise (never 2: Docker reserves it).
+async fn health(args: HealthArgs) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(args.timeout_s.max(1));
+    let p = crate::health::probe(&args.grpc, &args.service, timeout).await;
+    println!("{}", p.line());
+    if p == crate::health::Probe::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -80,6 +80,10 @@ pub struct ServerConfig {
     /// Seconds an HTTP request may take, body read included, before it is answered 503
     /// `REQUEST_TIMEOUT`.
     pub request_timeout_s: u64,
+    /// Seconds between SIGTERM/Ctrl-C and closing the listeners: `grpc.health.v1` and `/readyz`
+    /// report `NOT_SERVING` at once while `Check` keeps being answered, so health checkers take
+    /// the replica out first. 0 closes at once; a second signal cuts the wait short.
+    pub drain_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             header_read_timeout_s: 10,
             idle_timeout_s: 120,
             request_timeout_s: 60,
+            drain_s: 5,
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod demo;
 pub mod feed;
 pub mod fuzz;
 pub mod grpc;
+pub mod health;
 pub mod http_authz;
 pub mod limits;
 pub mod listen;

@@ -25,6 +25,7 @@ use crate::authn::{AuthSettings, Authenticator, parse_algorithm};
 use crate::config::Config;
 use crate::consent::{Clock, Consents, SystemClock};
 use crate::grpc::ExtAuthz;
+use crate::health::Health;
 use crate::pipeline::{Engine, PipelineSettings, SnapshotSlot};
 use crate::policy::PolicySet;
 use crate::sink::{DecisionSink, FanoutSink, JsonLogSink};
@@ -80,13 +81,45 @@ pub struct Running {
     pub admin: AdminAuth,
     /// The consent service (stage 7 and the consent API).
     pub consents: Arc<Consents>,
+    /// `grpc.health.v1` state: policy loaded, not draining.
+    pub health: Health,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, stops the change feed.
+    /// Starts draining: `grpc.health.v1` (and `/readyz`) report `NOT_SERVING` from now on, so
+    /// Envoy's health checks take this replica out, while `Check` and everything else keep being
+    /// answered until [`Running::shutdown`].
+    pub async fn drain(&self) {
+        self.health.drain().await;
+    }
+
+    /// [`Running::drain`], waits `period` (or until `cut_short` resolves: a second signal), then
+    /// [`Running::shutdown`].
+    pub async fn drain_and_shutdown(
+        self,
+        period: Duration,
+        cut_short: impl std::future::Future<Output = ()>,
+    ) {
+        self.drain().await;
+        if !period.is_zero() {
+            tracing::info!(
+                drain_s = period.as_secs_f64(),
+                "draining: health NOT_SERVING, still answering Check"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = cut_short => tracing::info!("second signal: draining cut short"),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops the change feed. Health turns
+    /// `NOT_SERVING` first.
     pub async fn shutdown(self) {
+        self.health.drain().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -129,6 +162,8 @@ pub struct App {
     /// Integration activity (last sync, handshake activations).
     pub activity: Arc<crate::admin::integrations::Activity>,
     provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>>,
+    /// Set when the replica starts draining (`/readyz` then answers 503).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -269,6 +304,7 @@ impl App {
             consents,
             activity,
             provisioner,
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -317,6 +353,7 @@ impl App {
         ops_router(OpsState {
             engine: self.engine.clone(),
             store: self.store.clone(),
+            draining: self.draining.clone(),
         })
         .merge(app)
         .fallback(|| async { crate::api::ApiError::not_found("no such route").into_response() })
@@ -341,6 +378,7 @@ pub async fn start_with_clock(
         access,
         consents,
         activity,
+        draining,
         ..
     } = app;
     let audience = config.auth.audience.clone();
@@ -364,6 +402,9 @@ pub async fn start_with_clock(
     let decision_permits = Arc::new(tokio::sync::Semaphore::new(budget.grpc));
     let incoming = crate::listen::grpc_incoming(grpc_listener, decision_permits.clone());
     let svc = ExtAuthz::new(engine.clone()).into_server();
+    // grpc.health.v1 on the same listener: NOT_SERVING until a snapshot is installed and again
+    // from the start of draining.
+    let (health, health_svc) = Health::new(engine.clone(), draining).await;
     // TAIL-SERVICE: the live tail (scp.pep.v1.DecisionLog) joins the same listener.
     let tail_svc = audit.as_ref().map(|a| {
         crate::tail::DecisionLogService::new(a.clone(), access.clone())
@@ -379,6 +420,7 @@ pub async fn start_with_clock(
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(svc)
+            .add_service(health_svc)
             .add_optional_service(tail_svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_rx.wait_for(|v| *v).await;
@@ -451,6 +493,7 @@ pub async fn start_with_clock(
     } else {
         None
     };
+    tasks.push(tokio::spawn(health.clone().follow(rx.clone())));
 
     // Change feed.
     tasks.push(tokio::spawn(crate::feed::change_feed(
@@ -512,6 +555,7 @@ pub async fn start_with_clock(
         audit,
         admin,
         consents,
+        health,
         shutdown: tx,
         tasks,
     })
@@ -634,6 +678,7 @@ pub(crate) fn start_audit(config: &Config, store: &Store) -> anyhow::Result<Opti
 struct OpsState {
     engine: Arc<Engine>,
     store: Store,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn ops_router(state: OpsState) -> Router {
@@ -644,17 +689,21 @@ fn ops_router(state: OpsState) -> Router {
         .with_state(state)
 }
 
-/// 200 when a policy snapshot is installed, 503 otherwise. Store reachability (1 s probe) is
-/// reported but does not gate readiness: a replica keeps deciding from its last snapshot while the
-/// store is away (DESIGN.md, Scale).
+/// 200 when a policy snapshot is installed and the replica is not draining, 503 otherwise. Store
+/// reachability (1 s probe) is reported but does not gate readiness: a replica keeps deciding from
+/// its last snapshot while the store is away (DESIGN.md, Scale).
 async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
     let has_policy = s.engine.snapshot().load().is_some();
+    let draining = s.draining.load(std::sync::atomic::Ordering::SeqCst);
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(1), s.store.ping()).await,
         Ok(Ok(()))
     );
-    let body = serde_json::json!({"policy_loaded": has_policy, "store_reachable": store_ok});
-    let status = if has_policy {
+    let mut body = serde_json::json!({"policy_loaded": has_policy, "store_reachable": store_ok});
+    if draining {
+        body["draining"] = serde_json::Value::Bool(true);
+    }
+    let status = if has_policy && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

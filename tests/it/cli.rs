@@ -128,7 +128,7 @@ async fn serve_check_and_ops_endpoints() {
         &cfg,
         format!(
             "[server]\ngrpc_listen = \"127.0.0.1:1\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             [store]\nurl = \"sqlite:{}\"\n[policy]\ndir = \"{}\"\n[decision_log]\noutput = \"{}\"\n",
+             drain_s = 0\n[store]\nurl = \"sqlite:{}\"\n[policy]\ndir = \"{}\"\n[decision_log]\noutput = \"{}\"\n",
             dir.path().join("s.db").display(),
             pol.display(),
             dir.path().join("d.jsonl").display()

@@ -1296,3 +1296,248 @@ async fn envoy_end_to_end() {
         t0.elapsed()
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Health checking, the exempt health route, and the JSON 503 when scp-pep is unreachable
+// ------------------------------------------------------------------------------------------------
+
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// The health settings of envoy/envoy.yaml the test below depends on.
+fn assert_health_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/envoy.yaml");
+    let doc: Yaml = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cluster = doc["static_resources"]["clusters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("scp_pep"))
+        .expect("cluster scp_pep");
+    assert_eq!(
+        cluster["health_checks"][0]["grpc_health_check"]["service_name"].as_str(),
+        Some(AUTHZ_SERVICE)
+    );
+    assert!(
+        cluster["outlier_detection"].is_mapping(),
+        "outlier detection"
+    );
+    assert!(
+        cluster["circuit_breakers"]["thresholds"].is_sequence(),
+        "circuit breakers"
+    );
+    let h = hcm(&doc);
+    let routes = h["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .unwrap();
+    let health = routes
+        .iter()
+        .find(|r| r["match"]["path"].as_str() == Some("/healthz"))
+        .expect("a /healthz route");
+    assert_eq!(
+        health["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        routes.last().unwrap()["match"]["prefix"].as_str(),
+        Some("/"),
+        "every other path is authorized"
+    );
+    assert!(h["local_reply_config"]["mappers"].is_sequence());
+}
+
+impl Envoy {
+    /// The `health_flags` Envoy's admin API reports for the scp_pep host (`healthy`,
+    /// `/failed_active_hc`, ...).
+    async fn scp_pep_health(&self) -> String {
+        let text = reqwest::get(format!("http://{}/clusters", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("scp_pep::") && l.contains("::health_flags::"))
+            .and_then(|l| l.rsplit("::").next())
+            .unwrap_or_else(|| panic!("no scp_pep health_flags in /clusters:\n{text}"))
+            .to_owned()
+    }
+
+    /// Waits until the scp_pep host's health flags satisfy `ok`.
+    async fn wait_scp_pep_health(&self, what: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let flags = self.scp_pep_health().await;
+            if ok(&flags) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy never saw scp-pep {what}: health_flags {flags}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Envoy's `grpc_health_check` against scp-pep's `grpc.health.v1`, the upstream health route
+/// exempt from ext_authz, and the JSON 503 when scp-pep is unreachable:
+///
+/// - scp-pep on an empty store: NOT_SERVING, Envoy marks the host failed; a partner request
+///   still reaches scp-pep (panic mode) and gets scp-pep's own 503 with its decision id,
+///   untouched by Envoy's local-reply mapper;
+/// - policy applied: Envoy marks the host healthy; requests are decided;
+/// - draining: Envoy marks the host failed while scp-pep still decides every Check;
+/// - scp-pep stopped: 503 with the JSON error body, `retry-after: 1`, never an allow.
+///
+/// `/healthz` passes with no token whatever scp-pep's state, without any forged `x-scp-*`
+/// header or credential.
+///
+/// Requirements: INT-4.1-4 (fail closed when scp-pep is unreachable), INT-4.6-3 (structured
+/// error body), INT-4.6-4 (`retry-after` on 503), EXT-3.3-2 (failure isolation: a replica that
+/// cannot decide is taken out, the rest keep serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_health_checks_and_unavailable_json() {
+    let Some((bin, version)) = locate_envoy().await else {
+        return;
+    };
+    eprintln!("envoy_e2e: using Envoy {version} at {}", bin.display());
+    assert_health_config();
+
+    let mut h = common::Harness::start_with(None, |c| c.policy.dir = None).await;
+    let (echo, echo_addr) = Echo::start().await;
+    let (config, expected) = derive_config(h.running.grpc_addr, echo_addr);
+    assert_eq!(expected.status_on_error, 503);
+    let envoy_dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start(&bin, &config, envoy_dir.path()).await;
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("http://{}{p}", envoy.listener);
+    let token = h.sign(
+        "ke-rs256",
+        &h.claims("ke", "int-ke-moh", &["health"], "health:person:read"),
+    );
+
+    // The health route: no token, no Check, forged x-scp-* headers and credentials removed.
+    let health_route = async |label: &str| {
+        let before = echo.hits();
+        let resp = client
+            .get(url("/healthz"))
+            .header("x-scp-tenant-id", "ke")
+            .header("x-scp-decision-id", "forged")
+            .header("authorization", "Bearer forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "/healthz {label}");
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["path"], "/healthz");
+        for name in ["x-scp-tenant-id", "x-scp-decision-id", "authorization"] {
+            assert_eq!(
+                seen_one(&seen, name),
+                None,
+                "{name} reached /healthz ({label})"
+            );
+        }
+        assert_eq!(echo.hits(), before + 1);
+    };
+    // Only the exact path, only GET/HEAD: everything else is authorized.
+    let resp = client.post(url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "POST /healthz is not exempt");
+    let resp = client.get(url("/healthz/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503, "/healthz/x is not exempt");
+
+    // 1. No policy: NOT_SERVING → Envoy marks the host failed; scp-pep's own 503 passes as is.
+    envoy
+        .wait_scp_pep_health("failing (no policy)", |f| f.contains("failed_active_hc"))
+        .await;
+    health_route("while scp-pep has no policy").await;
+    let resp = client
+        .get(url(RECORD))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let retry: Vec<_> = resp.headers().get_all("retry-after").iter().collect();
+    assert_eq!(retry, ["1"], "scp-pep's retry-after, once");
+    assert_denial(resp, 503, "DEPENDENCY_UNAVAILABLE").await;
+    assert_eq!(echo.hits(), 1, "only /healthz reached the upstream");
+
+    // 2. Policy applied: SERVING → healthy; requests are decided and allowed.
+    let set = scp_pep::policy::PolicySet::load_dir(&h.policy_dir).unwrap();
+    h.running.store.apply(&set).await.unwrap();
+    envoy
+        .wait_scp_pep_health("healthy", |f| f == "healthy")
+        .await;
+    let resp = client
+        .get(url(RECORD))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "allowed once the policy loaded");
+    health_route("while scp-pep is up").await;
+
+    // 3. Draining: Envoy takes the host out while scp-pep keeps deciding.
+    let t = Instant::now();
+    h.running.drain().await;
+    envoy
+        .wait_scp_pep_health("failing (draining)", |f| f.contains("failed_active_hc"))
+        .await;
+    eprintln!("envoy_e2e: Envoy saw the drain after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "out of rotation within the default drain_s (5 s): {:?}",
+        t.elapsed()
+    );
+    let resp = client
+        .get(url(RECORD))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "Check is still answered while draining");
+    let v = h.check(&common::Harness::get(RECORD, &token)).await;
+    assert_eq!(v["allowed"], true, "{v}");
+
+    // 4. scp-pep stopped: Envoy's own 503, rewritten to the JSON error shape; never an allow.
+    let hits = echo.hits();
+    h.running.shutdown().await;
+    for i in 0..5 {
+        let down = format!("/v1/tenants/ke/health/persons/p-down-{i}/record");
+        let resp = client
+            .get(url(&down))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "scp-pep down: fail closed");
+        let ct: Vec<_> = resp.headers().get_all("content-type").iter().collect();
+        assert_eq!(ct, ["application/json"]);
+        let retry: Vec<_> = resp.headers().get_all("retry-after").iter().collect();
+        assert_eq!(retry, ["1"]);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert!(resp.headers().get("x-scp-decision-id").is_none());
+        let body: Value = resp.json().await.expect("JSON body");
+        let e = &body["error"];
+        assert_eq!(e["code"], "DEPENDENCY_UNAVAILABLE", "{body}");
+        assert_eq!(e["retryable"], true, "{body}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        let a = envoy.access_line("path", &down).await;
+        assert_eq!(a["response_code_details"], "ext_authz_error", "{a}");
+    }
+    assert_eq!(
+        echo.hits(),
+        hits,
+        "scp-pep down: nothing reaches the upstream"
+    );
+    // The health route stays exempt (the upstream's health is not scp-pep's).
+    health_route("while scp-pep is down").await;
+
+    envoy.stop().await;
+}

@@ -31,6 +31,7 @@ mod envoy_e2e;
 mod fuzz_api;
 mod fuzz_corpus;
 mod hardening;
+mod health;
 mod http_app;
 mod http_authz_e2e;
 mod jwks;
