@@ -154,6 +154,9 @@ impl Bench {
             config.audit.verify_interval_s = s;
         }
         config.auth.token_cache_entries = 10_000;
+        // The HTTP authorization listener (Envoy `http_service` mode), idle unless a bench uses it.
+        config.http_authz.enabled = true;
+        config.http_authz.listen = "127.0.0.1:0".parse().unwrap();
         if let Some(n) = options.consent_cache_entries {
             config.consent.cache_entries = n;
         }
