@@ -150,11 +150,27 @@ fn main() {
             bench.describe().await
         );
         for kind in [Kind::Grpc, Kind::Http] {
-            round(kind, &grpc, &http, &url, &bench, conc, Duration::from_secs(2)).await;
+            round(
+                kind,
+                &grpc,
+                &http,
+                &url,
+                &bench,
+                conc,
+                Duration::from_secs(2),
+            )
+            .await;
         }
-        let mut totals = [(0u64, 0u64, Vec::new(), Duration::ZERO), (0, 0, Vec::new(), Duration::ZERO)];
+        let mut totals = [
+            (0u64, 0u64, Vec::new(), Duration::ZERO),
+            (0, 0, Vec::new(), Duration::ZERO),
+        ];
         for r in 0..rounds {
-            let order = if r % 2 == 0 { [Kind::Grpc, Kind::Http] } else { [Kind::Http, Kind::Grpc] };
+            let order = if r % 2 == 0 {
+                [Kind::Grpc, Kind::Http]
+            } else {
+                [Kind::Http, Kind::Grpc]
+            };
             for kind in order {
                 let res = round(kind, &grpc, &http, &url, &bench, conc, dur).await;
                 let name = if kind == Kind::Grpc { "grpc" } else { "http" };
@@ -183,7 +199,10 @@ fn main() {
                 t.1
             );
         }
-        println!("http / grpc throughput: {:.2}", rate(&totals[1]) / rate(&totals[0]));
+        println!(
+            "http / grpc throughput: {:.2}",
+            rate(&totals[1]) / rate(&totals[0])
+        );
         bench.stop().await;
     });
 }

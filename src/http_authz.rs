@@ -123,7 +123,7 @@ impl Default for HttpAuthzConfig {
             method_header: String::new(),
             uri_header: String::new(),
             client_ip_header: String::new(),
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: 1 << 20,
         }
     }
 }
