@@ -142,7 +142,6 @@ pub struct HealthArgs {
 /// (for `check`: denied), 2 usage or configuration error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -156,17 +155,29 @@ pub fn main() -> ExitCode {
     rt.block_on(run(cli))
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+/// The process log (JSON lines on stderr, `RUST_LOG`, default `info`) and, with `otel`, the
+/// OpenTelemetry span export ([`crate::telemetry`]); decision spans never reach the process log.
+fn init_tracing(otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _};
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Ok(d) = format!("{}=off", crate::telemetry::TARGET).parse() {
+        filter = filter.add_directive(d);
+    }
+    let fmt = tracing_subscriber::fmt::layer()
         .json()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(otel.map(crate::telemetry::layer))
+        .with(fmt)
         .try_init();
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_tracing(None);
+    }
     match cli.command {
         Command::Serve { config } => {
             let cfg = match Config::load(config.as_deref()) {
@@ -176,7 +187,24 @@ async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            serve(cfg).await
+            let otel = match crate::telemetry::provider(&cfg.tracing) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: configuration: tracing: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(otel.as_ref());
+            let code = serve(cfg).await;
+            if let Some(p) = otel {
+                // Flushes the spans still queued.
+                match tokio::task::spawn_blocking(move || p.shutdown()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "span export did not finish"),
+                    Err(e) => tracing::warn!(error = %e, "span export did not finish"),
+                }
+            }
+            code
         }
         Command::Policy { action } => policy(action).await,
         Command::Check(args) => check(args).await,

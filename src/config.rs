@@ -23,6 +23,7 @@ pub struct Config {
     pub consent: crate::consent::ConsentConfig,
     pub request: RequestConfig,
     pub http_authz: crate::http_authz::HttpAuthzConfig,
+    pub tracing: crate::telemetry::TracingConfig,
 }
 
 /// Request-smuggling defences (`[request]`).

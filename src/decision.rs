@@ -383,6 +383,10 @@ pub enum Outcome {
 pub struct Decision {
     /// UUIDv7, also sent upstream as `x-scp-decision-id` and in denial bodies.
     pub decision_id: String,
+    /// W3C trace id (32 hex) of the trace this decision belongs to: the exported span's, else
+    /// the request's `traceparent` ([`crate::telemetry::in_trace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub time: DateTime<Utc>,
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -443,6 +447,7 @@ impl Decision {
     pub fn new(method: &str, path: &str, time: DateTime<Utc>) -> Self {
         Decision {
             decision_id: uuid::Uuid::now_v7().to_string(),
+            trace_id: None,
             time,
             outcome: Outcome::Deny(Denial::retry_after(
                 DenyCode::DependencyUnavailable,

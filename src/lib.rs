@@ -50,4 +50,5 @@ pub mod signer;
 pub mod sink;
 pub mod store;
 pub mod tail;
+pub mod telemetry;
 pub mod time;

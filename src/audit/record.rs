@@ -168,6 +168,8 @@ struct DecisionBody<'a> {
     stages: &'a [Stage],
     tenant_id: Option<&'a str>,
     time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     verticals: &'a [String],
 }
 
@@ -207,6 +209,7 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         stages: &d.stages,
         tenant_id: d.tenant_id.as_deref(),
         time: format_time(d.time),
+        trace_id: d.trace_id.as_deref(),
         verticals: &d.verticals,
     };
     // Serializing plain strings, integers and sequences into a Vec cannot fail.

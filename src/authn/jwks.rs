@@ -255,6 +255,7 @@ impl JwksCache {
         entry.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    #[tracing::instrument(target = "scp_pep::trace", name = "jwks.fetch", skip_all)]
     async fn fetch(&self, source: &JwksSource) -> Result<HashMap<String, Arc<VerifyKey>>, String> {
         let bytes = match source {
             JwksSource::Url(url) => {

@@ -277,12 +277,14 @@ impl Consents {
         self.metrics.misses.increment(1);
         let before = self.epoch.load(Ordering::Acquire);
         let heads = heads_of(
-            self.store
-                .consent_head_summaries(tenant, person, vertical)
-                .await?
-                .into_iter()
-                .map(HeadState::from)
-                .collect(),
+            tracing::Instrument::instrument(
+                self.store.consent_head_summaries(tenant, person, vertical),
+                tracing::info_span!(target: "scp_pep::trace", "consent.lookup", persons = 1),
+            )
+            .await?
+            .into_iter()
+            .map(HeadState::from)
+            .collect(),
         );
         if self.epoch.load(Ordering::Acquire) == before {
             self.cache.insert(tenant, vertical, person, heads.clone());
@@ -311,10 +313,12 @@ impl Consents {
             return Ok(());
         }
         let before = self.epoch.load(Ordering::Acquire);
-        let rows = self
-            .store
-            .consent_head_summaries_many(tenant, vertical, &missing)
-            .await?;
+        let rows = tracing::Instrument::instrument(
+            self.store
+                .consent_head_summaries_many(tenant, vertical, &missing),
+            tracing::info_span!(target: "scp_pep::trace", "consent.lookup", persons = missing.len()),
+        )
+        .await?;
         if self.epoch.load(Ordering::Acquire) != before {
             return Ok(());
         }

@@ -246,9 +246,25 @@ impl Engine {
     /// Never fails: every problem is a denial. `latency_us` is the time from entry to the last
     /// sink's acknowledgement, µs (the audit log sees the time spent deciding, before its write).
     pub async fn decide(&self, facts: &RequestFacts) -> Decision {
+        use tracing::Instrument as _;
         let start = Instant::now();
         let mut d = Decision::new(&facts.method, "", chrono::Utc::now());
-        let allowed = self.run(facts, &mut d).await;
+        // The decision's span (exported only when `[tracing]` is on), child of the request's
+        // trace; its attributes are filled once decided and carry no personal data.
+        let (span, trace_id) = crate::telemetry::in_trace(&facts.headers, || {
+            tracing::info_span!(
+                target: "scp_pep::trace",
+                "ext_authz.check",
+                decision_id = %d.decision_id,
+                tenant_id = tracing::field::Empty,
+                integration_id = tracing::field::Empty,
+                route_id = tracing::field::Empty,
+                code = tracing::field::Empty,
+                allowed = tracing::field::Empty,
+            )
+        });
+        d.trace_id = trace_id;
+        let allowed = self.run(facts, &mut d).instrument(span.clone()).await;
         if d.route_id.is_none() {
             // Denied before (or at) routing: the template if the path has one, else a bounded,
             // sanitized shape with the path's length and keyed hash (SEC-09).
@@ -258,7 +274,12 @@ impl Engine {
         d.path_bytes = path_only(&facts.path).len();
         d.latency_us = start.elapsed().as_micros() as u64;
         if let Some(audit) = &self.audit
-            && let Err(e) = audit.record(&d).await
+            && let Err(e) = audit
+                .record(&d)
+                .instrument(
+                    tracing::info_span!(target: "scp_pep::trace", parent: &span, "audit.commit"),
+                )
+                .await
         {
             // Fail closed: an unaudited allow never leaves scp-pep.
             tracing::error!(error = %e, "audit record not written; denying");
@@ -284,6 +305,11 @@ impl Engine {
             obs.allowed(id, handshake, state, d.time.timestamp_millis());
         }
         self.metrics.record(&d);
+        span.record("tenant_id", d.tenant_id.as_deref().unwrap_or(""));
+        span.record("integration_id", d.integration_id.as_deref().unwrap_or(""));
+        span.record("route_id", d.route_id.as_deref().unwrap_or(""));
+        span.record("code", d.code_str());
+        span.record("allowed", d.allowed());
         tracing::debug!(
             decision_id = %d.decision_id,
             authz.decision = if d.allowed() { "allow" } else { "deny" },

@@ -36,6 +36,7 @@ mod http_app;
 mod http_authz_e2e;
 mod jwks;
 mod oidc_e2e;
+mod otel;
 mod pii;
 mod resources;
 mod store;
