@@ -154,6 +154,25 @@ impl Bench {
             config.audit.verify_interval_s = s;
         }
         config.auth.token_cache_entries = 10_000;
+        // `BENCH_OTLP_RATIO=r`: OpenTelemetry on, spans of a share `r` of decisions exported to an
+        // in-process OTLP receiver that counts and drops them (the cost of tracing).
+        if let Some(ratio) = std::env::var("BENCH_OTLP_RATIO")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            config.tracing.otlp_endpoint = format!("http://{}", start_otlp_sink().await);
+            config.tracing.sample_ratio = ratio;
+            let provider = scp_pep::telemetry::provider(&config.tracing)
+                .expect("tracing config")
+                .expect("tracing on");
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let _ = tracing_subscriber::registry()
+                .with(scp_pep::telemetry::layer(&provider))
+                .try_init();
+            // Kept for the process's lifetime: dropping it would stop the export.
+            std::mem::forget(provider);
+        }
         // The HTTP authorization listener (Envoy `http_service` mode), idle unless a bench uses it.
         config.http_authz.enabled = true;
         config.http_authz.listen = "127.0.0.1:0".parse().unwrap();
@@ -231,6 +250,12 @@ impl Bench {
 
     /// Shuts scp-pep down (sealing the audit chains) and drops the PostgreSQL database, if any.
     pub async fn stop(self) {
+        if std::env::var_os("BENCH_OTLP_RATIO").is_some() {
+            println!(
+                "OTLP spans received by the sink so far: {}",
+                OTLP_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         self.running.shutdown().await;
         if let Some((admin, name)) = self.pg_db {
             drop_pg_database(&admin, &name).await;
@@ -520,4 +545,54 @@ pub async fn start_noop(
             .await;
     });
     (addr, tx)
+}
+
+/// Spans received by [`start_otlp_sink`].
+pub static OTLP_SPANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Default)]
+struct OtlpSink;
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for OtlpSink
+{
+    async fn export(
+        &self,
+        req: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let n: usize = req
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        OTLP_SPANS.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// An OTLP/gRPC trace receiver on loopback that counts spans ([`OTLP_SPANS`]) and drops them.
+pub async fn start_otlp_sink() -> std::net::SocketAddr {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(OtlpSink)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    addr
 }
