@@ -482,10 +482,17 @@ fn deploy_compose_full_profile_config_policies_and_wiring() {
             "SCP_PEP_AUDIT__PERSON_REF_KEY",
             "SCP_PEP_ADMIN__KEYCLOAK__CLIENT_SECRET",
         ] {
-            assert!(
-                env[key].as_str().is_some_and(|v| v.contains(":-dev-only-")),
-                "{name}: {key}"
-            );
+            let value = env[key].as_str().unwrap_or("");
+            assert!(value.contains(":-dev-only-"), "{name}: {key}");
+        }
+        // The keys' development defaults are long enough to be accepted (≥ 32 bytes).
+        for key in ["SCP_PEP_AUDIT__LINK_KEY", "SCP_PEP_AUDIT__PERSON_REF_KEY"] {
+            let value = env[key].as_str().unwrap();
+            let default = value
+                .split_once(":-")
+                .and_then(|(_, d)| d.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("{key}: `{value}`"));
+            assert!(default.len() >= 32, "{key}: default shorter than 32 bytes");
         }
 
         // Assemble the container's policy directory from the mounts and validate it.
