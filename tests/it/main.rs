@@ -27,6 +27,7 @@ mod consent_enforce;
 mod consent_notify;
 mod consent_store;
 mod corpus;
+mod deploy;
 mod envoy_e2e;
 mod fuzz_api;
 mod fuzz_corpus;
