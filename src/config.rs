@@ -24,6 +24,7 @@ pub struct Config {
     pub request: RequestConfig,
     pub http_authz: crate::http_authz::HttpAuthzConfig,
     pub tracing: crate::telemetry::TracingConfig,
+    pub rate_limit: crate::limits::RateLimitConfig,
 }
 
 /// Request-smuggling defences (`[request]`).

@@ -252,6 +252,10 @@ impl App {
         if let Some(a) = &audit {
             engine = engine.with_audit(a.clone());
         }
+        if config.rate_limit.backend == crate::limits::RateBackend::Redis {
+            engine =
+                engine.with_shared_limits(crate::limits::SharedLimits::new(&config.rate_limit)?);
+        }
         if config.consent.default_grace_days > crate::consent::model::MAX_GRACE_DAYS {
             anyhow::bail!("consent.default_grace_days must be at most 90 (CON-27)");
         }

@@ -24,7 +24,7 @@ use crate::consent::Consents;
 use crate::decision::{
     ALL_CODES, Decision, Denial, DenyCode, Incident, MAX_RECORDED_PATH, Outcome, Stage,
 };
-use crate::limits::Limits;
+use crate::limits::{Limits, SharedLimits};
 use crate::path;
 use crate::policy::snapshot::IntegrationEntry;
 use crate::policy::{Action, IntegrationState, PersonLocation, PolicySnapshot, Route, RouteKind};
@@ -104,6 +104,8 @@ pub struct Engine {
     snapshot: SnapshotSlot,
     auth: Authenticator,
     limits: Limits,
+    /// Cluster-wide limits in Redis (`[rate_limit] backend = "redis"`); `None`: per replica only.
+    shared_limits: Option<Arc<SharedLimits>>,
     sink: Arc<dyn DecisionSink>,
     /// Stage 10: the audit log, written before any other sink; its failure denies.
     audit: Option<Arc<dyn DecisionSink>>,
@@ -183,6 +185,7 @@ impl Engine {
             snapshot,
             auth,
             limits: Limits::new(),
+            shared_limits: None,
             sink,
             audit: None,
             settings,
@@ -197,6 +200,13 @@ impl Engine {
     /// the decision becomes a 503 `AUDIT_UNAVAILABLE` denial (never an unaudited allow).
     pub fn with_audit(mut self, audit: Arc<dyn DecisionSink>) -> Self {
         self.audit = Some(audit);
+        self
+    }
+
+    /// Counts rate limits and quotas in Redis, shared by all replicas (stage 9); the per-replica
+    /// state stays the fallback.
+    pub fn with_shared_limits(mut self, shared: Arc<SharedLimits>) -> Self {
+        self.shared_limits = Some(shared);
         self
     }
 
@@ -453,10 +463,19 @@ impl Engine {
 
         // Stage 9: rate limit / quota.
         d.stages.push(Stage::RateLimit);
-        if let Err(denial) = self
-            .limits
-            .check(&integration.integration, route.kind, d.time)
-        {
+        let limited = match &self.shared_limits {
+            None => self
+                .limits
+                .check(&integration.integration, route.kind, d.time),
+            Some(shared) => {
+                use tracing::Instrument as _;
+                shared
+                    .check(&self.limits, &integration.integration, route.kind, d.time)
+                    .instrument(tracing::info_span!(target: "scp_pep::trace", "ratelimit.redis"))
+                    .await
+            }
+        };
+        if let Err(denial) = limited {
             d.outcome = Outcome::Deny(denial);
             return None;
         }

@@ -259,6 +259,11 @@ pub struct FieldPolicy {
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
+    /// With `[rate_limit] backend = "redis"`: `true` counts this limit cluster-wide in Redis,
+    /// `false` keeps it per replica; absent follows `[rate_limit] shared_by_default`. Ignored
+    /// with the local backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
 }
 
 /// Daily quota for batch routes (INT-4.6-2); the day is the UTC calendar day.
@@ -266,6 +271,9 @@ pub struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     pub per_day: u64,
+    /// Same as [`RateLimit::shared`], for the daily quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
 }
 
 /// Read or write (Restricted integrations may only read, INT-6.2-2).

@@ -39,5 +39,6 @@ mod jwks;
 mod oidc_e2e;
 mod otel;
 mod pii;
+mod rate_limit_redis;
 mod resources;
 mod store;

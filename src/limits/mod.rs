@@ -4,8 +4,12 @@
 //!   `burst` at once, per integration, per replica.
 //! - Batch routes: a daily quota per integration over the UTC calendar day, per replica.
 //!
-//! Denials carry `retry-after` in whole seconds (INT-4.6-4). With several replicas each enforces its
-//! own share; a cluster-wide limit (Redis) is a later option (DESIGN.md, Scale).
+//! Denials carry `retry-after` in whole seconds (INT-4.6-4). This module is the per-replica state
+//! (`[rate_limit] backend = "local"`, and the fallback of the Redis backend); [`cluster`] keeps the
+//! same limits cluster-wide in Redis.
+
+pub mod cluster;
+pub use cluster::{RateBackend, RateLimitConfig, RedisErrorMode, SharedLimits};
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -144,6 +148,7 @@ mod tests {
             Some(RateLimit {
                 per_second: 1,
                 burst: 3,
+                shared: None,
             }),
             None,
         );
@@ -159,7 +164,13 @@ mod tests {
     #[test]
     fn quota_resets_daily() {
         let l = Limits::new();
-        let i = integ(None, Some(Quota { per_day: 2 }));
+        let i = integ(
+            None,
+            Some(Quota {
+                per_day: 2,
+                shared: None,
+            }),
+        );
         let t: DateTime<Utc> = "2026-11-21T23:59:00Z".parse().unwrap();
         assert!(l.check(&i, RouteKind::Batch, t).is_ok());
         assert!(l.check(&i, RouteKind::Batch, t).is_ok());
