@@ -959,6 +959,7 @@ fn part_e2e(
         store_url: None,
         routes_without_person_id: false,
         consent_cache_entries: cache,
+        rate_backend: scp_pep::limits::RateBackend::Local,
     };
     let with = srv_rt.block_on(Bench::start_with(Options {
         store: store_kind,
@@ -1264,6 +1265,7 @@ fn rss_child(sqlite_rows: u64) {
         consent_cache_entries: std::env::var("BENCH_RSS_CACHE")
             .ok()
             .and_then(|v| v.parse().ok()),
+        rate_backend: scp_pep::limits::RateBackend::Local,
     }));
     let template = Arc::new(build_request(&b.check_input()));
     let addr = b.running.grpc_addr;

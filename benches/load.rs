@@ -31,6 +31,13 @@
 //! (records, transactions, records per commit, mean commit time) and an `AUDIT_UNAVAILABLE`
 //! denial is counted as an error and reported separately.
 //!
+//! Cluster-wide rate limits (issue 14): `BENCH_RATE_BACKEND` (`local` (default) | `redis`: the
+//! `[rate_limit]` backend, Redis at `BENCH_REDIS_URL` or the local server; the bench's limits are
+//! raised, so every check runs the GCRA script and is allowed). A list, `BENCH_RATE_BACKEND=local,redis`,
+//! is a comparison like `BENCH_COMPARE` (one instance per backend, same audit mode);
+//! `BENCH_OPEN_ROUNDS` (1) repeats the open loops, alternating the instances, and prints each
+//! instance's median p50/p99 and its difference to the first.
+//!
 //! `BENCH_SELF_VERIFY_S` sets `audit.verify_interval_s` (0: self-verifier off; see `support`).
 //!
 //! Comparison mode, `BENCH_COMPARE=off,buffered,durable` (any list of modes): one scp-pep per mode,
@@ -60,6 +67,7 @@ use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use scp_pep::audit::AuditMode;
 use scp_pep::check::build_request;
+use scp_pep::limits::RateBackend;
 use support::{AuditCounters, Bench, Options, audit_name, pct, start_noop};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
@@ -93,7 +101,27 @@ fn main() {
         .filter(|v| !v.trim().is_empty())
         .map(|v| v.split(',').map(support::parse_audit).collect())
         .unwrap_or_default();
+    // `BENCH_RATE_BACKEND=local,redis` (issue 14): one scp-pep per rate-limit backend, compared
+    // like `BENCH_COMPARE` (same audit mode); a single value just sets the backend.
+    let backends: Vec<RateBackend> = std::env::var("BENCH_RATE_BACKEND")
+        .ok()
+        .filter(|v| v.contains(','))
+        .map(|v| {
+            v.split(',')
+                .map(|b| match b.trim() {
+                    "local" => RateBackend::Local,
+                    "redis" => RateBackend::Redis,
+                    o => panic!("BENCH_RATE_BACKEND: `{o}` is not local or redis"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        compare.is_empty() || backends.is_empty(),
+        "BENCH_COMPARE and a BENCH_RATE_BACKEND list cannot be combined"
+    );
     let rounds = env_u64("BENCH_ROUNDS", 3).clamp(1, 20) as usize;
+    let open_rounds = env_u64("BENCH_OPEN_ROUNDS", 1).clamp(1, 20) as usize;
     let open = std::env::var("BENCH_OPEN").map_or(true, |v| v != "0");
     let mut base_opts = Options::from_env();
     if decision_log {
@@ -115,19 +143,29 @@ fn main() {
         .enable_all()
         .build()
         .expect("server runtime");
-    let modes = if compare.is_empty() {
-        vec![base_opts.audit]
-    } else {
-        compare.clone()
-    };
-    let benches: Vec<Bench> = modes
-        .iter()
-        .map(|&m| {
-            srv_rt.block_on(Bench::start_with(Options {
-                audit: m,
+    let variants: Vec<Options> = if !backends.is_empty() {
+        backends
+            .iter()
+            .map(|&rate_backend| Options {
+                rate_backend,
                 ..base_opts.clone()
-            }))
-        })
+            })
+            .collect()
+    } else if compare.is_empty() {
+        vec![base_opts.clone()]
+    } else {
+        compare
+            .iter()
+            .map(|&audit| Options {
+                audit,
+                ..base_opts.clone()
+            })
+            .collect()
+    };
+    let comparing = variants.len() > 1 || !compare.is_empty();
+    let benches: Vec<Bench> = variants
+        .into_iter()
+        .map(|o| srv_rt.block_on(Bench::start_with(o)))
         .collect();
     let check_req = build_request(&benches[0].check_input());
     let allow_response = {
@@ -168,7 +206,9 @@ fn main() {
             "bench request must be allowed: {:?}",
             d.denial()
         );
-        let label = if b.options.audit == AuditMode::Off && compare.is_empty() {
+        let label = if !backends.is_empty() {
+            format!("pep-{:?}", b.options.rate_backend).to_lowercase()
+        } else if b.options.audit == AuditMode::Off && compare.is_empty() {
             "scp-pep".to_string()
         } else {
             format!("pep-{}", audit_name(b.options.audit))
@@ -185,7 +225,7 @@ fn main() {
             audit: b.options.audit != AuditMode::Off,
         });
     }
-    let noops = if compare.is_empty() {
+    let noops = if !comparing {
         let (noop_addr, noop_stop) = srv_rt.block_on(start_noop(None));
         let (shaped_addr, shaped_stop) = srv_rt.block_on(start_noop(Some(allow_response)));
         println!("no-op {noop_addr}, no-op with scp-pep's response {shaped_addr}");
@@ -222,7 +262,7 @@ fn main() {
                     &concs,
                     &p,
                 )),
-                None => rt.block_on(run_compare(&peps, &concs, rounds, open, &p)),
+                None => rt.block_on(run_compare(&peps, &concs, rounds, open, open_rounds, &p)),
             }
         })
         .expect("client thread");
@@ -361,7 +401,7 @@ async fn run_client(
         return all_ok;
     }
     println!("\n== (ii) open loop, {name} ==");
-    let o = open_loop(name, &pep, preq, ph.rate, duration, audit).await;
+    let (o, _, _) = open_loop(name, &pep, preq, ph.rate, duration, audit).await;
     all_ok &= o;
 
     println!("\n== summary ==");
@@ -388,6 +428,7 @@ async fn run_compare(
     concs: &[usize],
     rounds: usize,
     open: bool,
+    open_rounds: usize,
     ph: &Phases,
 ) -> bool {
     let mut all_ok = true;
@@ -500,11 +541,42 @@ async fn run_compare(
         }
     }
     if open {
-        for (i, t) in targets.iter().enumerate() {
-            println!("\n== open loop, {} ==", t.label);
-            all_ok &= open_loop(&t.label, &clients[i], &t.req, ph.rate, ph.duration, t.audit).await;
-            if t.audit {
-                drain().await;
+        // p50 and p99 (µs) per instance and open-loop round; the order rotates every round.
+        let mut lat = vec![Vec::new(); k];
+        for r in 0..open_rounds {
+            for j in 0..k {
+                let i = (j + r) % k;
+                let t = &targets[i];
+                println!("\n== open loop, {} (round {}) ==", t.label, r + 1);
+                let (ok, p50, p99) =
+                    open_loop(&t.label, &clients[i], &t.req, ph.rate, ph.duration, t.audit).await;
+                all_ok &= ok;
+                lat[i].push((p50, p99));
+                if t.audit {
+                    drain().await;
+                }
+            }
+        }
+        if open_rounds > 1 || k > 1 {
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let p50_0 = median(lat[0].iter().map(|x| x.0).collect());
+            let p99_0 = median(lat[0].iter().map(|x| x.1).collect());
+            for i in 0..k {
+                let p50s: Vec<String> = lat[i].iter().map(|x| format!("{:.0}", x.0)).collect();
+                let p50 = median(lat[i].iter().map(|x| x.0).collect());
+                let p99 = median(lat[i].iter().map(|x| x.1).collect());
+                println!(
+                    "RESULT open-loop compare {:>11}: median of {open_rounds} rounds p50 {p50:.0}µs (rounds {}), \
+                     p99 {p99:.0}µs; vs {}: p50 {:+.0}µs, p99 {:+.0}µs",
+                    targets[i].label,
+                    p50s.join("/"),
+                    targets[0].label,
+                    p50 - p50_0,
+                    p99 - p99_0,
+                );
             }
         }
     }
@@ -665,7 +737,7 @@ async fn open_loop(
     rate: u64,
     duration: Duration,
     audit: bool,
-) -> bool {
+) -> (bool, f64, f64) {
     // Warm the connections.
     for c in clients {
         let mut c = c.clone();
@@ -807,7 +879,11 @@ async fn open_loop(
     if let (Some(a0), Some(a1)) = (a0, a1) {
         println!("open-loop {name} {}", a1.since(&a0));
     }
-    errors == 0
+    (
+        errors == 0,
+        us(pct(&from_due, 0.50)),
+        us(pct(&from_due, 0.99)),
+    )
 }
 
 type OpenResult = (bool, bool, u64, u64, Instant);

@@ -20,6 +20,7 @@ use jsonwebtoken::Algorithm;
 use scp_pep::audit::AuditMode;
 use scp_pep::check::CheckInput;
 use scp_pep::config::Config;
+use scp_pep::limits::RateBackend;
 use scp_pep::pipeline::RequestFacts;
 use scp_pep::server::Running;
 use scp_pep::signer::{ClaimsSpec, SigningKey, jwks_json};
@@ -56,6 +57,10 @@ pub struct Options {
     pub routes_without_person_id: bool,
     /// `consent.cache_entries`; `None`: the default.
     pub consent_cache_entries: Option<u64>,
+    /// `[rate_limit] backend` (issue 14): `Redis` counts every check in Redis (`BENCH_REDIS_URL`,
+    /// default the local server; a fresh key prefix per instance; `on_redis_error = "deny"`, so a
+    /// Redis failure shows as an error rather than a silent local fallback).
+    pub rate_backend: RateBackend,
 }
 
 impl Options {
@@ -79,6 +84,10 @@ impl Options {
             store_url: None,
             routes_without_person_id: false,
             consent_cache_entries: None,
+            rate_backend: match std::env::var("BENCH_RATE_BACKEND").ok().as_deref() {
+                Some("redis") => RateBackend::Redis,
+                _ => RateBackend::Local,
+            },
         }
     }
 }
@@ -179,6 +188,14 @@ impl Bench {
         if let Some(n) = options.consent_cache_entries {
             config.consent.cache_entries = n;
         }
+        if options.rate_backend == RateBackend::Redis {
+            config.rate_limit.backend = RateBackend::Redis;
+            config.rate_limit.redis_url = std::env::var("BENCH_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            config.rate_limit.key_prefix =
+                format!("scp-pep-bench:{}:", uuid::Uuid::now_v7().simple());
+            config.rate_limit.on_redis_error = scp_pep::limits::RedisErrorMode::Deny;
+        }
         let running = scp_pep::server::start(config, None)
             .await
             .expect("scp-pep starts");
@@ -240,8 +257,9 @@ impl Bench {
             }
         };
         format!(
-            "store={store} audit={} self_verify_interval={}",
+            "store={store} audit={} rate_backend={:?} self_verify_interval={}",
             audit_name(self.options.audit),
+            self.options.rate_backend,
             self.options
                 .self_verify_s
                 .map_or("default (60 s)".to_string(), |s| format!("{s} s"))
