@@ -435,6 +435,32 @@ mod tests {
         assert!(tried >= 7, "only {tried} sections have a scalar key");
     }
 
+    /// `[rate_limit]` from the file and the environment (issue 14); unknown values are errors.
+    #[test]
+    fn rate_limit_section() {
+        use crate::limits::{RateBackend, RedisErrorMode};
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load(None).unwrap().rate_limit.backend,
+                RateBackend::Local
+            );
+            jail.create_file(
+                "c.toml",
+                "[rate_limit]\nbackend = \"redis\"\non_redis_error = \"deny\"\ntimeout_ms = 5\n",
+            )?;
+            jail.set_env("SCP_PEP_RATE_LIMIT__REDIS_URL", "redis://r:6380/2");
+            let c = Config::load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.rate_limit.backend, RateBackend::Redis);
+            assert_eq!(c.rate_limit.on_redis_error, RedisErrorMode::Deny);
+            assert_eq!(c.rate_limit.timeout_ms, 5);
+            assert_eq!(c.rate_limit.redis_url, "redis://r:6380/2");
+            jail.set_env("SCP_PEP_RATE_LIMIT__ON_REDIS_ERROR", "allow");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.contains("allow"), "{e}");
+            Ok(())
+        });
+    }
+
     /// The `[consent]` section is addressable from the environment (it was once silently ignored).
     #[test]
     fn consent_section_from_env() {

@@ -351,6 +351,67 @@ fn ceil_s(ms: i64) -> u64 {
 mod tests {
     use super::*;
 
+    fn integ(rl: Option<Option<bool>>, q: Option<Option<bool>>) -> Integration {
+        let mut i: Integration = serde_yaml_ng::from_str(
+            "{id: i, tenant: t, partner_name: p, legal_basis: l, state: active, verticals: [v], scopes: []}",
+        )
+        .unwrap();
+        i.rate_limit = rl.map(|shared| crate::policy::RateLimit {
+            per_second: 1,
+            burst: 1,
+            shared,
+        });
+        i.quota = q.map(|shared| crate::policy::Quota { per_day: 1, shared });
+        i
+    }
+
+    /// Scope: a limit is counted in Redis when it exists and is shared explicitly or by default.
+    #[tokio::test]
+    async fn which_limits_are_shared() {
+        let on = SharedLimits::new(&RateLimitConfig::default()).unwrap();
+        let off = SharedLimits::new(&RateLimitConfig {
+            shared_by_default: false,
+            ..RateLimitConfig::default()
+        })
+        .unwrap();
+        let rt = RouteKind::RealTime;
+        assert!(on.applies(&integ(Some(None), None), rt));
+        assert!(!on.applies(&integ(Some(Some(false)), None), rt));
+        assert!(!off.applies(&integ(Some(None), None), rt));
+        assert!(off.applies(&integ(Some(Some(true)), None), rt));
+        assert!(
+            !on.applies(&integ(None, Some(None)), rt),
+            "no rate limit: nothing to count"
+        );
+        assert!(on.applies(&integ(None, Some(None)), RouteKind::Batch));
+        assert!(!on.applies(&integ(Some(None), Some(Some(false))), RouteKind::Batch));
+        assert!(on.applies(&integ(Some(None), None), RouteKind::Aggregate));
+    }
+
+    /// A malformed URL or a zero timeout stops the start (the message never echoes the URL).
+    #[tokio::test]
+    async fn bad_settings_are_errors() {
+        let e = SharedLimits::new(&RateLimitConfig {
+            redis_url: "http://user:secret@host".into(),
+            ..RateLimitConfig::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("rate_limit.redis_url") && !e.contains("secret"),
+            "{e}"
+        );
+        let e = SharedLimits::new(&RateLimitConfig {
+            timeout_ms: 0,
+            ..RateLimitConfig::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("timeout_ms"), "{e}");
+    }
+
     #[test]
     fn retry_after_rounds_up() {
         assert_eq!(ceil_s(1), 1);

@@ -14,7 +14,7 @@ use scp_pep::config::Config;
 use scp_pep::limits::{RateBackend, RedisErrorMode};
 use serde_json::Value;
 
-use crate::common::{AuthorizationClient, Harness, free_port};
+use crate::common::{AuthorizationClient, Harness, ProxyMode, TcpProxy, free_port};
 
 const RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";
 const EXPORT: &str = "/v1/tenants/ke/welfare/beneficiaries/export";
@@ -37,6 +37,7 @@ fn redis_backend(
     on_error: RedisErrorMode,
     rate: &str,
     quota: &str,
+    timeout_ms: u64,
 ) {
     let dir = config.policy.dir.clone().unwrap();
     let path = dir.join("integrations.yaml");
@@ -50,6 +51,9 @@ fn redis_backend(
     config.rate_limit.key_prefix = prefix.to_owned();
     config.rate_limit.on_redis_error = on_error;
     config.rate_limit.recheck_ms = 200;
+    // Tests run debug builds on a shared 2-core machine: the tests not about timeouts give Redis
+    // room, so that a slow scheduler is not mistaken for a Redis failure.
+    config.rate_limit.timeout_ms = timeout_ms;
     // Throughput for the load test; the audit log is not what is under test here.
     config.audit.mode = scp_pep::audit::AuditMode::Buffered;
     config.decision_log.enabled = false;
@@ -141,6 +145,7 @@ async fn two_replicas_share_one_rate_budget() {
             RedisErrorMode::Deny,
             &rate,
             "quota: {per_day: 2}",
+            1000,
         )
     })
     .await;
@@ -152,6 +157,7 @@ async fn two_replicas_share_one_rate_budget() {
             RedisErrorMode::Deny,
             &rate,
             "quota: {per_day: 2}",
+            1000,
         )
     })
     .await;
@@ -225,11 +231,11 @@ async fn two_replicas_share_one_daily_quota() {
     let quota = "quota: {per_day: 5}";
     let rate = "rate_limit: {per_second: 1, burst: 2}";
     let mut a = Harness::start_with(None, |c| {
-        redis_backend(c, &url, &prefix, RedisErrorMode::Deny, rate, quota)
+        redis_backend(c, &url, &prefix, RedisErrorMode::Deny, rate, quota, 1000)
     })
     .await;
     let mut b = Harness::start_with(None, |c| {
-        redis_backend(c, &url, &prefix, RedisErrorMode::Deny, rate, quota)
+        redis_backend(c, &url, &prefix, RedisErrorMode::Deny, rate, quota, 1000)
     })
     .await;
     let (ia, ib) = (batch_input(&a), batch_input(&b));
@@ -361,6 +367,7 @@ async fn redis_down_falls_back_to_local_limit() {
             RedisErrorMode::Local,
             rate,
             "quota: {per_day: 2}",
+            200,
         )
     })
     .await;
@@ -423,6 +430,7 @@ async fn redis_down_denies_when_configured() {
             RedisErrorMode::Deny,
             rate,
             "quota: {per_day: 1000}",
+            200,
         )
     })
     .await;
@@ -441,6 +449,11 @@ async fn redis_down_denies_when_configured() {
         assert!(retry_after(&v) >= 1);
     }
 
+    // Long enough for the client's reconnection attempts to run out: it must still come back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v = timed_check(&mut h, &input, bound).await;
+    assert_eq!(v["code"], "DEPENDENCY_UNAVAILABLE", "{v}");
+
     redis = RedisChild::start(redis.port);
     let started = Instant::now();
     loop {
@@ -457,4 +470,79 @@ async fn redis_down_denies_when_configured() {
     }
     assert_eq!(timed_check(&mut h, &batch, bound).await["allowed"], true);
     drop(redis);
+}
+
+/// INT-4.6-4: a Redis that accepts connections but never answers (a black hole, not a refusal)
+/// costs at most `timeout_ms` per check: with `on_redis_error = "deny"` every check is a prompt
+/// 503, with `"local"` a prompt local decision; both recover when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_redis_is_bounded_by_the_timeout() {
+    let upstream = redis_url();
+    let upstream = upstream
+        .trim_start_matches("redis://")
+        .trim_end_matches('/');
+    let proxy = TcpProxy::start(upstream).await;
+    let url = format!("redis://{}", proxy.addr);
+    let rate = "rate_limit: {per_second: 1000, burst: 1000}";
+    let (p1, p2) = (fresh_prefix(), fresh_prefix());
+    let mut deny = Harness::start_with(None, |c| {
+        redis_backend(
+            c,
+            &url,
+            &p1,
+            RedisErrorMode::Deny,
+            rate,
+            "quota: {per_day: 1000}",
+            50,
+        )
+    })
+    .await;
+    let mut local = Harness::start_with(None, |c| {
+        redis_backend(
+            c,
+            &url,
+            &p2,
+            RedisErrorMode::Local,
+            rate,
+            "quota: {per_day: 1000}",
+            50,
+        )
+    })
+    .await;
+    let (di, li) = (limited_input(&deny), limited_input(&local));
+    let bound = Duration::from_millis(1000);
+    allowed_within(&mut deny, &di, Duration::from_secs(5)).await;
+    assert_eq!(timed_check(&mut local, &li, bound).await["allowed"], true);
+
+    proxy.set_mode(ProxyMode::Blackhole).await;
+    // 50 ms timeout, then Redis is skipped for 200 ms: no check waits for the silent Redis
+    // beyond the timeout (the bound leaves room for a debug build on a busy machine).
+    let prompt = Duration::from_millis(400);
+    for _ in 0..10 {
+        let v = timed_check(&mut deny, &di, prompt).await;
+        assert_eq!(v["code"], "DEPENDENCY_UNAVAILABLE", "{v}");
+        let v = timed_check(&mut local, &li, prompt).await;
+        assert_eq!(v["allowed"], true, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.set_mode(ProxyMode::Up).await;
+    allowed_within(&mut deny, &di, Duration::from_secs(10)).await;
+}
+
+/// Checks until allowed (every answer in between a 503 `DEPENDENCY_UNAVAILABLE`), at most `limit`.
+async fn allowed_within(h: &mut Harness, input: &CheckInput, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let v = timed_check(h, input, Duration::from_millis(1000)).await;
+        if v["allowed"] == true {
+            return;
+        }
+        assert_eq!(v["code"], "DEPENDENCY_UNAVAILABLE", "{v}");
+        assert!(
+            started.elapsed() < limit,
+            "not allowed within {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
