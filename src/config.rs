@@ -446,8 +446,10 @@ mod tests {
             );
             jail.create_file(
                 "c.toml",
-                "[rate_limit]\nbackend = \"redis\"\non_redis_error = \"deny\"\ntimeout_ms = 5\n",
+                "[rate_limit]\non_redis_error = \"deny\"\ntimeout_ms = 5\n",
             )?;
+            // As docker-compose.yml sets them.
+            jail.set_env("SCP_PEP_RATE_LIMIT__BACKEND", "redis");
             jail.set_env("SCP_PEP_RATE_LIMIT__REDIS_URL", "redis://r:6380/2");
             let c = Config::load(Some(Path::new("c.toml"))).unwrap();
             assert_eq!(c.rate_limit.backend, RateBackend::Redis);

@@ -477,6 +477,17 @@ fn deploy_compose_full_profile_config_policies_and_wiring() {
             "{store}"
         );
         assert!(writers.insert(env["SCP_PEP_AUDIT__WRITER"].as_str().unwrap().to_owned()));
+        // Both replicas count rate limits in the stack's Redis (one budget, issue 14).
+        assert_eq!(
+            env["SCP_PEP_RATE_LIMIT__BACKEND"].as_str(),
+            Some("redis"),
+            "{name}"
+        );
+        assert_eq!(
+            env["SCP_PEP_RATE_LIMIT__REDIS_URL"].as_str(),
+            Some("redis://redis:6379"),
+            "{name}"
+        );
         for key in [
             "SCP_PEP_AUDIT__LINK_KEY",
             "SCP_PEP_AUDIT__PERSON_REF_KEY",
