@@ -470,6 +470,26 @@ async fn redis_down_denies_when_configured() {
     }
     assert_eq!(timed_check(&mut h, &batch, bound).await["allowed"], true);
     drop(redis);
+
+    // The outage is visible in the metrics.
+    let text = reqwest::get(h.ops_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("scp_pep_rate_limit_redis_calls_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(count("ok") >= 3.0, "{text}");
+    assert!(count("error") + count("timeout") >= 1.0, "{text}");
+    assert!(count("skipped") >= 1.0, "{text}");
 }
 
 /// INT-4.6-4: a Redis that accepts connections but never answers (a black hole, not a refusal)
