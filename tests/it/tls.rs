@@ -223,6 +223,11 @@ async fn start(
     }
 }
 
+fn with_http_authz(c: &mut scp_pep::config::Config) {
+    c.http_authz.enabled = true;
+    c.http_authz.listen = "127.0.0.1:0".parse().unwrap();
+}
+
 fn partner_check(h: &Harness) -> scp_pep::check::CheckInput {
     let claims = h.claims("ke", "int-ke-moh", &["health"], "health:person:read");
     Harness::get(KE_RECORD, &h.sign("ke-rs256", &claims))
@@ -252,16 +257,25 @@ async fn check_answers(h: &Harness, channel: tonic::transport::Channel) -> bool 
 }
 
 // INT-7.1-1: with mTLS on, a tonic client that trusts the CA and presents a client certificate
-// gets `Check` answered over TLS on the gRPC listener (ALPN h2), and the HTTP listener answers
-// /healthz over TLS (h2 or HTTP/1.1). A client that offers TLS 1.2 only still connects; the
+// gets `Check` answered over TLS on the gRPC listener (ALPN h2), the HTTP listener answers
+// /healthz over TLS (h2 or HTTP/1.1), and so does the `[http_authz]` listener. A client that offers TLS 1.2 only still connects; the
 // default client negotiates TLS 1.3.
 #[tokio::test]
 async fn tls_grpc_check_and_http_healthz_over_mtls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let mut h = start(&pki, dir.path(), pki.tls_config(true), |_| {}).await;
+    let mut h = start(&pki, dir.path(), pki.tls_config(true), with_http_authz).await;
     let r = h.check(&partner_check(&h)).await;
     assert_eq!(r["allowed"], true, "{r}");
+
+    // The HTTP authorization listener answers over mTLS too (a decision: no token → 401).
+    let authz = h.running.http_authz_addr.unwrap();
+    let resp = https_client(&pki, Some(&pki.client))
+        .get(format!("https://localhost:{}{KE_RECORD}", authz.port()))
+        .send()
+        .await
+        .expect("http_authz over TLS");
+    assert_eq!(resp.status(), 401);
 
     let resp = https_client(&pki, Some(&pki.client))
         .get(format!(
@@ -274,7 +288,8 @@ async fn tls_grpc_check_and_http_healthz_over_mtls() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok\n");
 
-    // TLS 1.3 preferred, TLS 1.2 accepted; ALPN h2 on gRPC.
+    // TLS 1.3 preferred, TLS 1.2 accepted; ALPN h2 on gRPC. (The raw connections are dropped
+    // at once: one that never speaks HTTP/2 would hold up the graceful shutdown.)
     let s = handshake(
         h.running.grpc_addr,
         client_tls(
@@ -291,6 +306,7 @@ async fn tls_grpc_check_and_http_healthz_over_mtls() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    drop(s);
     let tls12 = client_tls(
         &[pki.ca.der()],
         Some(&pki.client),
@@ -302,6 +318,7 @@ async fn tls_grpc_check_and_http_healthz_over_mtls() {
         s.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
+    drop(s);
     let ch = tls_channel(h.running.grpc_addr, tls12, Arc::new(AtomicUsize::new(0)))
         .await
         .unwrap();
@@ -360,9 +377,20 @@ fn tls11_client_hello() -> Vec<u8> {
 async fn mtls_refuses_plaintext_missing_and_foreign_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let h = start(&pki, dir.path(), pki.tls_config(true), |_| {}).await;
+    let h = start(&pki, dir.path(), pki.tls_config(true), with_http_authz).await;
     let grpc = h.running.grpc_addr;
     let roots = [pki.ca.der()];
+    let authz = h.running.http_authz_addr.unwrap();
+    for url in [
+        format!("http://{authz}{KE_RECORD}"),
+        format!("https://localhost:{}{KE_RECORD}", authz.port()),
+    ] {
+        let r = https_client(&pki, None).get(&url).send().await;
+        assert!(
+            r.is_err(),
+            "{url} without a client certificate was answered: {r:?}"
+        );
+    }
 
     // Plain text.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
