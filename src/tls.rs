@@ -11,7 +11,8 @@
 //! [`ArcSwap`] at accept time. A background task ([`TlsSetup::run_reload`]) reads the three files
 //! every `reload_interval_s`; when their bytes changed it builds new configurations and swaps them
 //! in. Connections already open keep the configuration they were accepted with, so none is
-//! dropped. Files that do not parse, or a key that does not match the certificate, are logged
+//! dropped. (Swapping the whole configuration rather than only the certificate behind a
+//! `ResolvesServerCert` reloads the client CA the same way.) Files that do not parse, or a key that does not match the certificate, are logged
 //! (never their content) and the previous certificate stays in use.
 
 use std::io;
