@@ -41,3 +41,4 @@ mod otel;
 mod pii;
 mod resources;
 mod store;
+mod tls;
