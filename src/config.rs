@@ -24,6 +24,7 @@ pub struct Config {
     pub request: RequestConfig,
     pub http_authz: crate::http_authz::HttpAuthzConfig,
     pub tracing: crate::telemetry::TracingConfig,
+    pub tls: crate::tls::TlsConfig,
     pub rate_limit: crate::limits::RateLimitConfig,
 }
 
@@ -283,6 +284,32 @@ impl Default for AuditConfig {
             person_ref_previous_keys: Vec::new(),
             person_ref_previous_key_files: Vec::new(),
         }
+    }
+}
+
+impl Config {
+    /// Checks that need more than types, done before anything starts: the `[tls]` keys are
+    /// consistent, and every outbound URL of the configuration is https or plain http to a
+    /// loopback host (EXT-6-4): `audit.checkpoint_url`, `consent.notify_url`,
+    /// `admin.keycloak.base_url`. (JWKS URLs are checked with the policy documents.)
+    ///
+    /// Errors: a message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.tls.validate()?;
+        let urls = [
+            ("audit.checkpoint_url", self.audit.checkpoint_url.as_deref()),
+            ("consent.notify_url", self.consent.notify_url.as_deref()),
+            (
+                "admin.keycloak.base_url",
+                self.admin.keycloak.as_ref().map(|k| k.base_url.as_str()),
+            ),
+        ];
+        for (field, url) in urls {
+            if let Some(u) = url {
+                crate::tls::check_outbound_url(field, u)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -52,3 +52,4 @@ pub mod store;
 pub mod tail;
 pub mod telemetry;
 pub mod time;
+pub mod tls;

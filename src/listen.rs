@@ -9,6 +9,11 @@
 //! `header_read_timeout_s` (slow-loris) or that sits idle between requests as long; a watchdog
 //! closes any connection (HTTP/1 or HTTP/2) that moved no byte for `idle_timeout_s`; and a request
 //! whose handler (body read included) runs past `request_timeout_s` is answered 503.
+//!
+//! With `[tls]` a listener wraps each accepted connection in rustls ([`crate::tls`]) before
+//! serving it: the handshake runs in the connection's own task under `tls.handshake_timeout_s`,
+//! holding the connection's permit meanwhile, so a stalled or failed handshake frees its slot
+//! and never stops the accept loop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -156,6 +161,111 @@ impl tonic::transport::server::Connected for Tracked {
     }
 }
 
+/// An accepted connection, plain or TLS ([`crate::tls`]); the [`Tracked`] inside holds the
+/// permit and the idle clock either way (TLS records count as traffic).
+pub enum Conn {
+    Plain(Tracked),
+    Tls(Box<tokio_rustls::server::TlsStream<Tracked>>),
+}
+
+impl Conn {
+    fn tracked(&self) -> &Tracked {
+        match self {
+            Conn::Plain(t) => t,
+            Conn::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_write(cx, data),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Conn::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(t) => t.is_write_vectored(),
+            Conn::Tls(t) => t.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tracked().connect_info()
+    }
+}
+
+/// Runs the TLS handshake of `acceptor` on `conn` (bounded by its handshake timeout), or passes
+/// `conn` through when the listener is plain. A failed handshake is counted in
+/// `scp_pep_tls_handshake_failures_total{listener}` and logged at debug level; its connection is
+/// dropped, which frees its permit.
+async fn secure(
+    conn: Tracked,
+    peer: SocketAddr,
+    acceptor: Option<&crate::tls::Acceptor>,
+) -> Option<Conn> {
+    let Some(a) = acceptor else {
+        return Some(Conn::Plain(conn));
+    };
+    match a.accept(conn).await {
+        Ok(s) => Some(Conn::Tls(Box::new(s))),
+        Err(e) => {
+            metrics::counter!("scp_pep_tls_handshake_failures_total", "listener" => a.listener())
+                .increment(1);
+            tracing::debug!(%peer, listener = a.listener(), error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
 /// Accepts one connection once a permit is free. Accept errors (`EMFILE`, `ECONNABORTED`) are
 /// logged and retried after 50 ms instead of ending the listener.
 async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> (Tracked, SocketAddr) {
@@ -178,15 +288,42 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> (Tracked, S
     }
 }
 
-/// The gRPC listener as a stream of connections, each holding one of `permits` while open.
+/// The gRPC listener as a stream of connections, each holding one of `permits` while open. With
+/// `tls`, each accepted connection's handshake runs in a task of its own (a slow client delays
+/// nobody else) and only finished handshakes are yielded.
 pub fn grpc_incoming(
     listener: TcpListener,
     permits: Arc<Semaphore>,
-) -> impl Stream<Item = io::Result<Tracked>> + Send + 'static {
-    futures_util::stream::unfold((listener, permits), |(l, p)| async move {
-        let (conn, _) = accept(&l, &p).await;
-        Some((Ok(conn), (l, p)))
-    })
+    tls: Option<crate::tls::Acceptor>,
+) -> std::pin::Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send + 'static>> {
+    use futures_util::StreamExt;
+    let Some(tls) = tls else {
+        return futures_util::stream::unfold((listener, permits), |(l, p)| async move {
+            let (conn, _) = accept(&l, &p).await;
+            Some((Ok(Conn::Plain(conn)), (l, p)))
+        })
+        .boxed();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
+    tokio::spawn(async move {
+        loop {
+            let (conn, peer) = tokio::select! {
+                c = accept(&listener, &permits) => c,
+                // The server stopped polling (shutdown): stop accepting.
+                _ = tx.closed() => break,
+            };
+            let tx = tx.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                if let Some(c) = secure(conn, peer, Some(&tls)).await {
+                    let _ = tx.send(c).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(Ok)
+        .boxed()
 }
 
 /// Timeouts of the HTTP port, from `[server]`.
@@ -202,8 +339,10 @@ pub struct HttpTimeouts {
 /// Serves `router` on `listener` until `shutdown` turns true: each connection holds one of
 /// `permits` while open, the [`HttpTimeouts`] apply, at most `max_headers` headers per HTTP/1
 /// request, peer address as axum `ConnectInfo<SocketAddr>`; `name` labels
-/// `scp_pep_open_connections{listener}`. In-flight requests finish (graceful shutdown, at most
-/// 5 s).
+/// `scp_pep_open_connections{listener}`. With `tls`, each connection first completes a TLS
+/// handshake within the acceptor's timeout (in its own task, holding its permit meanwhile).
+/// In-flight requests finish (graceful shutdown, at most 5 s).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
@@ -211,6 +350,7 @@ pub async fn serve_http(
     name: &'static str,
     timeouts: HttpTimeouts,
     max_headers: usize,
+    tls: Option<crate::tls::Acceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -241,27 +381,32 @@ pub async fn serve_http(
                 req
             },
         );
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(io),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         let open = open.clone();
         let idle = timeouts.idle;
+        let tls = tls.clone();
         tokio::spawn(async move {
             open.increment(1.0);
-            tokio::pin!(conn);
-            let tick = (idle / 4).max(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    _ = tokio::time::sleep(tick) => {
-                        let quiet = now_ms().saturating_sub(last.load(Ordering::Relaxed));
-                        if quiet >= idle.as_millis() as u64 {
-                            tracing::debug!(%peer, "closing idle HTTP connection");
-                            break;
+            if let Some(io) = secure(io, peer, tls.as_ref()).await {
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        hyper_util::service::TowerToHyperService::new(svc),
+                    )
+                    .into_owned();
+                let conn = watcher.watch(conn);
+                tokio::pin!(conn);
+                let tick = (idle / 4).max(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => break,
+                        _ = tokio::time::sleep(tick) => {
+                            let quiet = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+                            if quiet >= idle.as_millis() as u64 {
+                                tracing::debug!(%peer, "closing idle HTTP connection");
+                                break;
+                            }
                         }
                     }
                 }

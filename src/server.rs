@@ -177,6 +177,7 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<App> {
         let _ = prometheus();
+        config.validate().map_err(|e| anyhow::anyhow!(e))?;
         let store = Store::connect(
             &config.store.url,
             config.store.max_connections,
@@ -404,7 +405,17 @@ pub async fn start_with_clock(
     // The decision path's connections (gRPC, and the HTTP authorization listener when on) share
     // one budget.
     let decision_permits = Arc::new(tokio::sync::Semaphore::new(budget.grpc));
-    let incoming = crate::listen::grpc_incoming(grpc_listener, decision_permits.clone());
+    // TLS on the listeners (INT-7.1-1): certificates read now (a bad file stops the start), then
+    // re-read every `tls.reload_interval_s`.
+    let tls = crate::tls::TlsSetup::new(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
+    let (grpc_tls, http_tls, http_authz_tls) = match &tls {
+        Some(t) => (t.grpc.clone(), t.http.clone(), t.http_authz.clone()),
+        None => (None, None, None),
+    };
+    if let Some(t) = tls {
+        tasks.push(tokio::spawn(t.run_reload(rx.clone())));
+    }
+    let incoming = crate::listen::grpc_incoming(grpc_listener, decision_permits.clone(), grpc_tls);
     let svc = ExtAuthz::new(engine.clone()).into_server();
     // grpc.health.v1 on the same listener: NOT_SERVING until a snapshot is installed and again
     // from the start of draining.
@@ -458,6 +469,7 @@ pub async fn start_with_clock(
             "http",
             timeouts,
             200,
+            http_tls,
             http_rx,
         )
         .await;
@@ -489,6 +501,7 @@ pub async fn start_with_clock(
                 "http_authz",
                 timeouts,
                 10_000,
+                http_authz_tls,
                 rx,
             )
             .await;
@@ -549,7 +562,15 @@ pub async fn start_with_clock(
         }
     }
 
-    tracing::info!(%grpc_addr, %http_addr, http_authz = ?http_authz_addr, store = store.backend(), "scp-pep listening");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        http_authz = ?http_authz_addr,
+        grpc_tls = ?config.tls.mode(crate::tls::Listener::Grpc),
+        http_tls = ?config.tls.mode(crate::tls::Listener::Http),
+        store = store.backend(),
+        "scp-pep listening"
+    );
     Ok(Running {
         grpc_addr,
         http_addr,

@@ -612,23 +612,12 @@ fn is_ident(s: &str, mixed: bool) -> bool {
 
 /// Issuer and JWKS URLs: `https://`, or `http://` to a loopback host only (local development).
 fn check_url(u: &str) -> Result<(), String> {
-    let rest = if let Some(r) = u.strip_prefix("https://") {
-        r
-    } else if let Some(r) = u.strip_prefix("http://") {
-        let host = r.split(['/', ':']).next().unwrap_or("");
-        if !matches!(host, "127.0.0.1" | "localhost" | "[") && !r.starts_with("[::1]") {
-            return Err(format!(
-                "`{u}`: plain http is only allowed for loopback hosts; use https (INT-7.1-1)"
-            ));
-        }
-        r
-    } else {
-        return Err(format!("`{u}` is not an http(s) URL"));
-    };
-    if rest.is_empty() || rest.starts_with('/') || u.chars().any(char::is_whitespace) {
+    // EXT-6-4 / INT-7.1-1: https, or plain http to a loopback host only. The reporter names the
+    // field; the shared check's own field prefix is left out.
+    if u.chars().any(char::is_whitespace) {
         return Err(format!("`{u}` has no host"));
     }
-    Ok(())
+    crate::tls::check_outbound_url("", u).map_err(|e| e.trim_start_matches(": ").to_owned())
 }
 
 /// Best-effort `(entry, field)` for a serde_yaml error: the list and index from the error's path
@@ -830,5 +819,8 @@ mod tests {
         assert!(check_url("http://idp.example/realms/ke").is_err());
         assert!(check_url("ftp://x").is_err());
         assert!(check_url("https://").is_err());
+        // EXT-6-4: `[::2]` is not loopback (it once passed a prefix check).
+        assert!(check_url("http://[::2]/x").is_err());
+        assert!(check_url("http://[::1]:8080/x").is_ok());
     }
 }

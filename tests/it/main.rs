@@ -42,3 +42,4 @@ mod pii;
 mod rate_limit_redis;
 mod resources;
 mod store;
+mod tls;

@@ -95,6 +95,7 @@ async fn decision_spans_join_the_request_trace() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scp-pep"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "warn")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "300")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .kill_on_drop(true)
@@ -154,6 +155,16 @@ async fn decision_spans_join_the_request_trace() {
         ids.push(v["decision_id"].as_str().unwrap().to_owned());
     }
 
+    // Exported while running (the batch interval, shortened here by OTEL_BSP_SCHEDULE_DELAY),
+    // not only when the queue fills or the process exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.spans.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no span exported within 10 s while running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // SIGTERM flushes the exporter before the process exits.
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill")

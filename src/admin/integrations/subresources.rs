@@ -38,14 +38,7 @@ impl Sub for Webhook {
         let b: WebhookBody = parse(body)?;
         let u = reqwest::Url::parse(&b.url)
             .map_err(|_| ApiError::invalid("url", "must be an absolute URL"))?;
-        let loopback = match u.host_str() {
-            Some("localhost") => true,
-            Some(h) => h
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        };
+        let loopback = u.host_str().is_some_and(crate::tls::is_loopback);
         let ok_scheme = u.scheme() == "https"
             || (u.scheme() == "http"
                 && loopback
