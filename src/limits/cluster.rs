@@ -410,6 +410,14 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("timeout_ms"), "{e}");
+        // TLS to Redis is not compiled in: refused at start, not silently plain.
+        assert!(
+            SharedLimits::new(&RateLimitConfig {
+                redis_url: "rediss://redis.example:6380".into(),
+                ..RateLimitConfig::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
