@@ -1,6 +1,6 @@
 //! HTTP authorization mode end to end, through a REAL nginx (`auth_request`, the shipped
-//! `deploy/nginx/scp-pep.conf`) and a REAL Envoy (ext_authz `http_service`, the shipped
-//! `envoy/envoy-http.yaml`):
+//! `deploy/nginx/scp-pep.conf`), a REAL Caddy (`forward_auth`, `deploy/caddy/Caddyfile`) and a
+//! REAL Envoy (ext_authz `http_service`, the shipped `envoy/envoy-http.yaml`):
 //!
 //! ```text
 //! client → nginx / Envoy → scp-pep HTTP authorization listener (in-process)
@@ -13,7 +13,7 @@
 //! headers (401, 400, 429 with `retry-after`, a 503 of scp-pep's own), exactly one decision
 //! record per request, and fail closed (503 JSON, upstream untouched) with scp-pep down.
 //!
-//! nginx: `/usr/sbin/nginx` or `nginx` on PATH (Debian package `nginx`, installed by
+//! nginx: `/usr/sbin/nginx` or `nginx` on PATH, Caddy: `caddy` (Debian packages, installed by
 //! `scripts/test`); Envoy as for `envoy_e2e.rs`. Without them the tests fail when `CI` is set,
 //! and otherwise print a skip note and pass.
 
@@ -244,6 +244,48 @@ async fn start_envoy(bin: &Path, dir: &Path, authz: SocketAddr, upstream: Socket
     }
 }
 
+/// Caddy with `deploy/caddy/Caddyfile`, its addresses pointed at `authz` and `upstream`.
+async fn start_caddy(bin: &Path, dir: &Path, authz: SocketAddr, upstream: SocketAddr) -> Proxy {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/caddy/Caddyfile"),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let config = shipped
+        .replace(
+            "forward_auth 127.0.0.1:9194",
+            &format!("forward_auth {authz}"),
+        )
+        .replace(
+            "reverse_proxy 127.0.0.1:8080",
+            &format!("reverse_proxy {upstream}"),
+        )
+        .replace("http://:8000 {", &format!("http://127.0.0.1:{port} {{"));
+    assert_ne!(config, shipped);
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, config).unwrap();
+    let stderr = dir.join("caddy.stderr");
+    let mut child = Command::new(bin)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .env("HOME", dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("caddy starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr, &mut child, &stderr).await;
+    Proxy {
+        _child: child,
+        url: format!("http://{addr}"),
+        stderr,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -299,18 +341,35 @@ async fn scenarios(h: &mut Harness, proxy: &Proxy, echo: &Echo, mode: Mode) {
         .get(url(RECORD))
         .bearer_auth(&ke)
         .header("x-scp-tenant-id", "ug")
+        .header("x-scp-purpose", "forged")
+        .header("x-scp-allowed-fields", "forged")
         .header("x-http-method-override", "GET")
         .header("x-api-key", "k-123")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{}", proxy.stderr_text());
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(
+        status,
+        200,
+        "{text}\n{:?}\n{}",
+        h.log_lines(1).await,
+        proxy.stderr_text()
+    );
     let up = echo.last();
     assert_eq!(up["method"], "GET");
     assert_eq!(up["path"], RECORD);
     assert_eq!(seen(&up, "x-scp-tenant-id"), ["ke"], "{up}");
     assert_eq!(seen(&up, "x-scp-integration-id"), ["int-ke-moh"]);
     assert_eq!(seen(&up, "x-scp-decision-id").len(), 1);
+    // Headers scp-pep sets only on some routes: the client's values never pass.
+    for name in ["x-scp-purpose", "x-scp-allowed-fields"] {
+        assert!(
+            !seen(&up, name).iter().any(|v| v.contains("forged")),
+            "a forged {name} reached the upstream: {up}"
+        );
+    }
     for gone in ["x-http-method-override", "x-api-key"] {
         assert!(
             seen(&up, gone).iter().all(String::is_empty),
@@ -478,6 +537,38 @@ async fn nginx_auth_request_keeps_the_contract() {
     scenarios(&mut h, &proxy, &echo, Mode::Nginx).await;
     own_503(&mut h, &proxy, "AUDIT_UNAVAILABLE").await;
     fails_closed(h, &proxy, &echo).await;
+}
+
+/// Issue 14 (HTTP authorization mode, Caddy `forward_auth`, `forwarded` mode); same
+/// requirements as above. Caddy passes scp-pep's denials (any status, body, headers) through, so
+/// scp-pep's own 503 reaches the client; with scp-pep down Caddy answers 502 (fail closed, its
+/// own empty body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_keeps_the_contract() {
+    let Some(bin) = locate("caddy", "SCP_PEP_CADDY", &["/usr/bin/caddy"]) else {
+        return;
+    };
+    let mut h = harness(Mode::Forwarded).await;
+    let (echo, upstream) = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_caddy(
+        &bin,
+        dir.path(),
+        h.running.http_authz_addr.unwrap(),
+        upstream,
+    )
+    .await;
+    scenarios(&mut h, &proxy, &echo, Mode::Forwarded).await;
+    own_503(&mut h, &proxy, "AUDIT_UNAVAILABLE").await;
+    let hits = echo.hits();
+    h.running.shutdown().await;
+    let r = reqwest::Client::new()
+        .get(format!("{}{RECORD}", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(echo.hits(), hits, "never the upstream with scp-pep down");
 }
 
 /// Issue 14 (HTTP authorization mode, Envoy `http_service`); same requirements as above.
