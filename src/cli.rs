@@ -136,6 +136,19 @@ pub struct HealthArgs {
     /// Service name asked about: `""` (the server) or `envoy.service.auth.v3.Authorization`.
     #[arg(long, default_value = "")]
     pub service: String,
+    /// CA bundle (PEM) that signed the listener's certificate: the call uses TLS (`[tls] grpc =
+    /// "tls"` or `"mtls"`).
+    #[arg(long, env = "SCP_PEP_HEALTH_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for a listener with `grpc = "mtls"`; needs `--key-file`.
+    #[arg(long, env = "SCP_PEP_HEALTH_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "SCP_PEP_HEALTH_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Name the listener's certificate must carry; default: the host of `--grpc`.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
 }
 
 /// Parses the command line and runs it. Exit codes: 0 success (for `check`: allowed), 1 failure
@@ -246,7 +259,19 @@ async fn serve(cfg: Config) -> ExitCode {
 /// `scp-pep health`: exit 0 when SERVING, 1 otherwise (never 2: Docker reserves it).
 async fn health(args: HealthArgs) -> ExitCode {
     let timeout = std::time::Duration::from_secs(args.timeout_s.max(1));
-    let p = crate::health::probe(&args.grpc, &args.service, timeout).await;
+    let tls = match crate::health::ProbeTls::from_files(
+        args.ca_file.as_deref(),
+        args.cert_file.as_deref(),
+        args.key_file.as_deref(),
+        args.tls_server_name.clone(),
+    ) {
+        Ok(t) => t,
+        Err(why) => {
+            println!("UNREACHABLE: {why}");
+            return ExitCode::from(1);
+        }
+    };
+    let p = crate::health::probe_with(&args.grpc, &args.service, timeout, tls.as_ref()).await;
     println!("{}", p.line());
     if p == crate::health::Probe::Serving {
         ExitCode::SUCCESS

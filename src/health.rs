@@ -123,47 +123,95 @@ impl Probe {
     }
 }
 
-/// The endpoint URI for `addr`: `host:port` or `http://host:port`; no credentials, no path.
-pub fn endpoint_uri(addr: &str) -> Result<tonic::transport::Uri, &'static str> {
+/// The endpoint URI for `addr`: `host:port`, or `http://host:port` (`https://` when `tls`); no
+/// credentials, no path.
+pub fn endpoint_uri(addr: &str, tls: bool) -> Result<tonic::transport::Uri, &'static str> {
+    const USAGE: &str =
+        "--grpc must be HOST:PORT, http://HOST:PORT or (with --ca-file) https://HOST:PORT";
     let addr = addr.trim();
-    let with_scheme = if addr.starts_with("http://") {
+    let scheme = if tls { "https://" } else { "http://" };
+    let with_scheme = if addr.starts_with(scheme) {
         addr.to_owned()
     } else if addr.contains("://") {
-        return Err("--grpc must be HOST:PORT or http://HOST:PORT");
+        return Err(USAGE);
     } else {
-        format!("http://{addr}")
+        format!("{scheme}{addr}")
     };
-    let uri: tonic::transport::Uri = with_scheme
-        .parse()
-        .map_err(|_| "--grpc must be HOST:PORT or http://HOST:PORT")?;
+    let uri: tonic::transport::Uri = with_scheme.parse().map_err(|_| USAGE)?;
     let ok = uri
         .authority()
         .is_some_and(|a| !a.as_str().contains('@') && a.port_u16().is_some())
         && uri.path_and_query().is_none_or(|p| p.as_str() == "/");
-    if ok {
-        Ok(uri)
-    } else {
-        Err("--grpc must be HOST:PORT or http://HOST:PORT")
+    if ok { Ok(uri) } else { Err(USAGE) }
+}
+
+/// TLS for [`probe_with`]: the CA that signed the listener's certificate, an optional client
+/// certificate (mTLS) and the name to check.
+pub struct ProbeTls {
+    config: tonic::transport::ClientTlsConfig,
+}
+
+impl ProbeTls {
+    /// `None` without a CA file (plain text). Errors name the file that cannot be read, never
+    /// its content.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        server_name: Option<String>,
+    ) -> Result<Option<ProbeTls>, String> {
+        let Some(ca) = ca else {
+            return if cert.is_some() {
+                Err("--cert-file needs --ca-file".into())
+            } else {
+                Ok(None)
+            };
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), e.kind()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let (Some(c), Some(k)) = (cert, key) {
+            config = config.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+        }
+        if let Some(n) = server_name {
+            config = config.domain_name(n);
+        }
+        Ok(Some(ProbeTls { config }))
     }
 }
 
 /// Calls `grpc.health.v1.Health/Check` for `service` on `addr`, all within `timeout`.
 pub async fn probe(addr: &str, service: &str, timeout: Duration) -> Probe {
+    probe_with(addr, service, timeout, None).await
+}
+
+/// [`probe`] over TLS when `tls` is given (`addr` may then be `https://HOST:PORT`).
+pub async fn probe_with(
+    addr: &str,
+    service: &str,
+    timeout: Duration,
+    tls: Option<&ProbeTls>,
+) -> Probe {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus as Wire;
     use tonic_health::pb::health_client::HealthClient;
 
-    let uri = match endpoint_uri(addr) {
+    let uri = match endpoint_uri(addr, tls.is_some()) {
         Ok(u) => u,
         Err(why) => return Probe::Unreachable(why),
     };
     let call = async {
-        let channel = tonic::transport::Endpoint::from(uri)
+        let mut endpoint = tonic::transport::Endpoint::from(uri)
             .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect()
-            .await
-            .map_err(|_| "cannot connect")?;
+            .timeout(timeout);
+        if let Some(t) = tls {
+            endpoint = endpoint
+                .tls_config(t.config.clone())
+                .map_err(|_| "bad TLS settings")?;
+        }
+        let channel = endpoint.connect().await.map_err(|_| "cannot connect")?;
         let resp = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: service.to_owned(),
@@ -197,11 +245,14 @@ mod tests {
     #[test]
     fn endpoint_forms() {
         assert_eq!(
-            endpoint_uri("127.0.0.1:9191").unwrap().to_string(),
+            endpoint_uri("127.0.0.1:9191", false).unwrap().to_string(),
             "http://127.0.0.1:9191/"
         );
-        assert!(endpoint_uri("http://scp-pep:9191").is_ok());
-        assert!(endpoint_uri("[::1]:9191").is_ok());
+        assert!(endpoint_uri("http://scp-pep:9191", false).is_ok());
+        assert!(endpoint_uri("https://scp-pep:9191", true).is_ok());
+        assert!(endpoint_uri("https://scp-pep:9191", false).is_err());
+        assert!(endpoint_uri("http://scp-pep:9191", true).is_err());
+        assert!(endpoint_uri("[::1]:9191", false).is_ok());
         for bad in [
             "https://h:1",
             "user:secret@h:1",
@@ -210,7 +261,7 @@ mod tests {
             "http://h:1/x",
             "",
         ] {
-            assert!(endpoint_uri(bad).is_err(), "{bad}");
+            assert!(endpoint_uri(bad, false).is_err(), "{bad}");
         }
     }
 

@@ -710,3 +710,83 @@ fn policy_jwks_plain_http_to_non_loopback_is_refused() {
     write_policies("http://127.0.0.1:8080", &dir.path().join("ok"));
     scp_pep::policy::PolicySet::load_dir(&dir.path().join("ok")).unwrap();
 }
+
+/// INT-7.1-1 (TLS on the ext_authz port), issue 14 (container health checks): `scp-pep health`
+/// reaches a listener with `grpc = "mtls"` given the CA and a client certificate; without the
+/// client certificate, or with plain text, it reports UNREACHABLE and exits 1; the CA file it
+/// cannot read is named, its content never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_cli_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let h = start(&pki, dir.path(), pki.tls_config(true), |_| {}).await;
+    let client_cert = dir.path().join("client.crt");
+    let client_key = dir.path().join("client.key");
+    std::fs::write(&client_cert, &pki.client.cert_pem).unwrap();
+    std::fs::write(&client_key, &pki.client.key_pem).unwrap();
+    let port = h.running.grpc_addr.port();
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_scp-pep"))
+            .arg("health")
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let s = |p: &Path| p.display().to_string();
+    let ok = run(vec![
+        "--grpc".into(),
+        format!("https://localhost:{port}"),
+        "--ca-file".into(),
+        s(&pki.ca_file),
+        "--cert-file".into(),
+        s(&client_cert),
+        "--key-file".into(),
+        s(&client_key),
+    ])
+    .await;
+    // The address's host need not match the certificate when the name is given.
+    let named = run(vec![
+        "--grpc".into(),
+        format!("127.0.0.1:{port}"),
+        "--ca-file".into(),
+        s(&pki.ca_file),
+        "--cert-file".into(),
+        s(&client_cert),
+        "--key-file".into(),
+        s(&client_key),
+        "--tls-server-name".into(),
+        "localhost".into(),
+    ])
+    .await;
+    assert_eq!(named, (Some(0), "SERVING".to_owned()));
+    assert_eq!(ok, (Some(0), "SERVING".to_owned()));
+    let no_client_cert = run(vec![
+        "--grpc".into(),
+        format!("https://localhost:{port}"),
+        "--ca-file".into(),
+        s(&pki.ca_file),
+    ])
+    .await;
+    assert_eq!(no_client_cert.0, Some(1), "{no_client_cert:?}");
+    assert!(
+        no_client_cert.1.starts_with("UNREACHABLE"),
+        "{no_client_cert:?}"
+    );
+    let plain = run(vec!["--grpc".into(), format!("127.0.0.1:{port}")]).await;
+    assert_eq!(plain.0, Some(1), "{plain:?}");
+    let missing = run(vec![
+        "--grpc".into(),
+        format!("127.0.0.1:{port}"),
+        "--ca-file".into(),
+        "/nonexistent/ca.pem".into(),
+    ])
+    .await;
+    assert_eq!(missing.0, Some(1));
+    assert!(missing.1.contains("/nonexistent/ca.pem"), "{missing:?}");
+    assert!(!ok.1.contains("PRIVATE KEY") && !missing.1.contains("BEGIN"));
+}
