@@ -131,6 +131,32 @@ impl Idp {
         format!("{}/realms/{realm}", self.base)
     }
 
+    /// Keycloak-shaped claims for `integration` of `tenant` issued by this IdP, valid for 5
+    /// minutes (`int-ke-moh`'s client is `ke-moh-connector`, others use their id).
+    pub fn claims(
+        &self,
+        tenant: &str,
+        integration: &str,
+        verticals: &[&str],
+        scope: &str,
+    ) -> Value {
+        scp_pep::signer::ClaimsSpec {
+            issuer: &self.issuer(tenant),
+            audience: "scp-pep",
+            client_id: if integration == "int-ke-moh" {
+                "ke-moh-connector"
+            } else {
+                integration
+            },
+            tenant_id: tenant,
+            integration_id: integration,
+            verticals,
+            scope,
+            ttl_s: 300,
+        }
+        .claims()
+    }
+
     /// Publishes an additional key for `realm` (key rotation).
     pub fn add_key(&self, realm: &str, key: SigningKey) {
         self.extra
@@ -240,21 +266,7 @@ impl Harness {
         verticals: &[&str],
         scope: &str,
     ) -> Value {
-        scp_pep::signer::ClaimsSpec {
-            issuer: &self.idp.issuer(tenant),
-            audience: "scp-pep",
-            client_id: if integration == "int-ke-moh" {
-                "ke-moh-connector"
-            } else {
-                integration
-            },
-            tenant_id: tenant,
-            integration_id: integration,
-            verticals,
-            scope,
-            ttl_s: 300,
-        }
-        .claims()
+        self.idp.claims(tenant, integration, verticals, scope)
     }
 
     /// A staff token for the admin, consent and audit REST APIs: issued by `tenant`'s realm,
@@ -298,6 +310,16 @@ impl Harness {
             peer_certificate: None,
             body: None,
         }
+    }
+
+    /// The server's `/metrics` page (Prometheus text).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.ops_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn ops_url(&self, path: &str) -> String {

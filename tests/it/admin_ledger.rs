@@ -98,12 +98,7 @@ async fn cross_tenant_admin_attempts_are_incidents() {
     let (s, _) = get(&h, "/v1/integrations?tenant=ug", &admin).await;
     assert_eq!(s, 403);
     assert_eq!(count(&h, "security_incident", "ke").await, ke0 + 1);
-    let metrics = reqwest::get(h.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("scp_pep_security_incidents_total{kind=\"cross_tenant\"}"))

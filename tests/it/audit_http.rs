@@ -246,12 +246,7 @@ async fn self_verification_counts_a_tampered_record() {
     some_decisions(&mut h, 2).await;
     let mut failures = 0.0;
     for _ in 0..100 {
-        let text = reqwest::get(h.ops_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = h.metrics_text().await;
         failures = text
             .lines()
             .find(|l| l.starts_with("scp_pep_audit_verify_failures_total"))

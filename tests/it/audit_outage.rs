@@ -130,12 +130,7 @@ async fn expect_service_resumes(h: &mut Harness, token: &str) -> Vec<String> {
 
 /// `scp_pep_audit_write_failures_total` from the server's `/metrics`.
 async fn write_failures(h: &Harness) -> f64 {
-    let text = reqwest::get(h.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     common::metric_sum(&text, "scp_pep_audit_write_failures_total")
 }
 
@@ -160,15 +155,30 @@ async fn position(store: &Store, event_id: &str) -> (String, i64) {
 }
 
 /// Stops the server (sealing its chains), then checks on `url` that every allowed decision has
-/// its record, that the allows of each phase follow each other on one chain (the writer carried
-/// on after the outage instead of forking or restarting it), and that the store verifies against
-/// the pinned key.
-async fn verify_after(h: Harness, url: &str, vkey: &str, phases: &[Vec<String>]) {
+/// its record (`unordered`: allows of concurrent clients, checked for a record only), that the
+/// allows of each phase follow each other on one chain (the writer carried on after the outage
+/// instead of forking or restarting it), and that the store verifies against the pinned key.
+async fn verify_after(
+    h: Harness,
+    url: &str,
+    vkey: &str,
+    phases: &[Vec<String>],
+    unordered: &[String],
+) {
     h.running.shutdown().await;
     let store = Store::connect(url, 2, Duration::from_secs(5))
         .await
         .unwrap();
     let stored = decision_ids(&store).await;
+    // Allowed by concurrent clients: each has its record, in no particular order.
+    let lost: Vec<&String> = unordered
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "allowed under load without a record: {lost:?}"
+    );
     let all: Vec<&String> = phases.iter().flatten().collect();
     let missing: Vec<&&String> = all.iter().filter(|id| !stored.contains(**id)).collect();
     assert!(
@@ -225,7 +235,7 @@ async fn postgres_outage_denies_then_resumes() {
         proxy.set_mode(ProxyMode::Up).await;
         phases.push(expect_service_resumes(&mut h, &t).await);
     }
-    verify_after(h, &direct, &vkey, &phases).await;
+    verify_after(h, &direct, &vkey, &phases, &[]).await;
 }
 
 /// INT-8-1, INT-8-2, issue 3 durability (PostgreSQL): a commit whose acknowledgement is lost has
@@ -268,7 +278,7 @@ async fn postgres_lost_commit_ack_resyncs_the_chain() {
 
     // The denied decisions' records were committed: they sit between the allows on the chain.
     let phases = vec![before, unknown, after];
-    verify_after(h, &direct, &vkey, &phases).await;
+    verify_after(h, &direct, &vkey, &phases, &[]).await;
 }
 
 /// Another connection to the SQLite file holding its write lock (`BEGIN EXCLUSIVE`).
@@ -327,7 +337,7 @@ async fn sqlite_locked_denies_then_resumes() {
     );
     lock.release().await;
     phases.push(expect_service_resumes(&mut h, &t).await);
-    verify_after(h, &url, &vkey, &phases).await;
+    verify_after(h, &url, &vkey, &phases, &[]).await;
 }
 
 /// INT-8-1, issue 3 durability (buffered mode, SQLite): while the store is locked, decisions are
@@ -420,7 +430,7 @@ async fn buffered_queue_fills_then_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     store.close().await;
-    verify_after(h, &url, &vkey, &phases).await;
+    verify_after(h, &url, &vkey, &phases, &[]).await;
 }
 
 /// Issue 3 durability, INT-8-1: a checkpoint that comes due while the store is unavailable must
@@ -708,20 +718,7 @@ async fn own_postgres_paused_stopped_crashed_under_load() {
         "the load saw both sides: {} allowed, {denied} denied",
         under_load.len()
     );
-    let store = Store::connect(&pg.url(), 2, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let stored = decision_ids(&store).await;
-    let lost: Vec<&String> = under_load
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "allowed under load without a record: {lost:?}"
-    );
-    store.close().await;
-    verify_after(h, &pg.url(), &vkey, &phases).await;
+    verify_after(h, &pg.url(), &vkey, &phases, &under_load).await;
 }
 
 /// A tmpfs of the test's own (needs root: `mount -t tmpfs`), unmounted on drop.
@@ -792,18 +789,5 @@ async fn sqlite_disk_full_denies_then_resumes() {
         freed.elapsed().as_millis()
     );
     let (under_load, _) = load.finish().await;
-    let store = Store::connect(&url, 2, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let stored = decision_ids(&store).await;
-    let lost: Vec<&String> = under_load
-        .iter()
-        .filter(|id| !stored.contains(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "allowed under load without a record: {lost:?}"
-    );
-    store.close().await;
-    verify_after(h, &url, &vkey, &phases).await;
+    verify_after(h, &url, &vkey, &phases, &under_load).await;
 }

@@ -75,12 +75,7 @@ async fn code_of(h: &mut Harness, path: &str, token: &str) -> String {
 
 /// `scp_pep_audit_tail_dropped_total` from `/metrics` (0 when absent).
 async fn dropped_metric(h: &Harness) -> f64 {
-    let text = reqwest::get(h.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with("scp_pep_audit_tail_dropped_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

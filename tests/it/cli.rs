@@ -201,19 +201,12 @@ async fn serve_check_and_ops_endpoints() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
-    let token = keys.get("ke-rs256").sign(
-        &scp_pep::signer::ClaimsSpec {
-            issuer: &idp.issuer("ke"),
-            audience: "scp-pep",
-            client_id: "ke-moh-connector",
-            tenant_id: "ke",
-            integration_id: "int-ke-moh",
-            verticals: &["health"],
-            scope: "health:person:read",
-            ttl_s: 300,
-        }
-        .claims(),
-    );
+    let token = keys.get("ke-rs256").sign(&idp.claims(
+        "ke",
+        "int-ke-moh",
+        &["health"],
+        "health:person:read",
+    ));
     let server = format!("http://127.0.0.1:{grpc}");
     let token_file = dir.path().join("t.jwt");
     std::fs::write(&token_file, &token).unwrap();

@@ -423,8 +423,10 @@ impl Envoy {
 // Echo upstream
 // ------------------------------------------------------------------------------------------------
 
+/// The upstream of the end-to-end tests (also `http_authz_e2e.rs`): answers every request with
+/// what it received (method, path, headers) as JSON and remembers it.
 #[derive(Clone, Default)]
-struct Echo {
+pub(crate) struct Echo {
     seen: Arc<Mutex<Vec<Value>>>,
 }
 
@@ -449,7 +451,7 @@ async fn echo(
 }
 
 impl Echo {
-    async fn start() -> (Echo, SocketAddr) {
+    pub(crate) async fn start() -> (Echo, SocketAddr) {
         let e = Echo::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -460,17 +462,27 @@ impl Echo {
         (e, addr)
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 
     fn all(&self) -> Vec<Value> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The last request it received.
+    pub(crate) fn last(&self) -> Value {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
+    }
 }
 
 /// All values of header `name` in an echoed request.
-fn seen_all(seen: &Value, name: &str) -> Vec<String> {
+pub(crate) fn seen_all(seen: &Value, name: &str) -> Vec<String> {
     seen["headers"]
         .as_array()
         .unwrap()

@@ -81,19 +81,12 @@ async fn slow_and_idle_http_connections_never_starve_check() {
     }
 
     // The decision path answers while they are open (cold JWKS: an outbound fetch is needed).
-    let token = keys.get("ke-rs256").sign(
-        &scp_pep::signer::ClaimsSpec {
-            issuer: &idp.issuer("ke"),
-            audience: "scp-pep",
-            client_id: "ke-moh-connector",
-            tenant_id: "ke",
-            integration_id: "int-ke-moh",
-            verticals: &["health"],
-            scope: "health:person:read",
-            ttl_s: 300,
-        }
-        .claims(),
-    );
+    let token = keys.get("ke-rs256").sign(&idp.claims(
+        "ke",
+        "int-ke-moh",
+        &["health"],
+        "health:person:read",
+    ));
     let check = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_scp-pep"))
             .args([

@@ -18,17 +18,15 @@
 //! and otherwise print a skip note and pass.
 
 use crate::common;
+use crate::envoy_e2e::{Echo, seen_all};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
 use common::Harness;
 use scp_pep::http_authz::Mode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::process::{Child, Command};
 
 const RECORD: &str = "/v1/tenants/ke/health/persons/p-1/record";
@@ -62,61 +60,6 @@ fn locate(name: &str, env: &str, extra: &[&str]) -> Option<PathBuf> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Echo upstream
-
-#[derive(Clone, Default)]
-struct Echo {
-    seen: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn echo(
-    State(e): State<Echo>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> axum::Json<Value> {
-    let hs: Vec<Value> = headers
-        .iter()
-        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
-        .collect();
-    let seen = json!({"method": method.as_str(), "path": uri.to_string(), "headers": hs});
-    e.seen.lock().unwrap().push(seen.clone());
-    axum::Json(seen)
-}
-
-impl Echo {
-    async fn start() -> (Echo, SocketAddr) {
-        let e = Echo::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().fallback(echo).with_state(e.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (e, addr)
-    }
-
-    fn hits(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn last(&self) -> Value {
-        self.seen.lock().unwrap().last().cloned().unwrap()
-    }
-}
-
-/// Values of header `name` in an echoed request.
-fn seen(v: &Value, name: &str) -> Vec<String> {
-    v["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p[0] == name)
-        .map(|p| p[1].as_str().unwrap().to_owned())
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
 // Proxies
 
 /// A proxy child process, killed on drop; `url` is where clients send requests.
@@ -132,7 +75,17 @@ impl Proxy {
     }
 }
 
-async fn wait_listening(addr: SocketAddr, child: &mut Child, stderr: &Path) {
+/// Spawns the proxy `cmd` (stderr to `stderr`, killed on drop) and waits until it listens on
+/// loopback `port`; `log` is the file shown when a test fails.
+async fn spawn_proxy(mut cmd: Command, port: u16, stderr: &Path, log: PathBuf) -> Proxy {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the proxy starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -142,10 +95,15 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child, stderr: &Path) {
             );
         }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
+            break;
         }
         assert!(Instant::now() < deadline, "proxy not listening on {addr}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Proxy {
+        _child: child,
+        url: format!("http://{addr}"),
+        stderr: log,
     }
 }
 
@@ -175,24 +133,9 @@ async fn start_nginx(bin: &Path, dir: &Path, authz: SocketAddr, upstream: Socket
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     let stderr = dir.join("nginx.stderr");
-    let mut child = Command::new(bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nginx starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr, &mut child, &stderr).await;
-    Proxy {
-        _child: child,
-        url: format!("http://{addr}"),
-        stderr: dir.join("error.log"),
-    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p").arg(dir).arg("-c").arg(&path);
+    spawn_proxy(cmd, port, &stderr, dir.join("error.log")).await
 }
 
 /// Envoy with `envoy/envoy-http.yaml`, its addresses pointed at `authz` and `upstream`.
@@ -224,24 +167,12 @@ async fn start_envoy(bin: &Path, dir: &Path, authz: SocketAddr, upstream: Socket
     std::fs::write(&path, config).unwrap();
     let stderr = dir.join("envoy.stderr");
     let base_id = 200_000 + std::process::id() % 100_000;
-    let mut child = Command::new(bin)
-        .arg("-c")
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
         .arg(&path)
         .args(["--base-id", &base_id.to_string(), "--disable-hot-restart"])
-        .args(["--log-level", "warn", "--concurrency", "1"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("envoy starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr, &mut child, &stderr).await;
-    Proxy {
-        _child: child,
-        url: format!("http://{addr}"),
-        stderr,
-    }
+        .args(["--log-level", "warn", "--concurrency", "1"]);
+    spawn_proxy(cmd, port, &stderr, stderr.clone()).await
 }
 
 /// Caddy with `deploy/caddy/Caddyfile`, its addresses pointed at `authz` and `upstream`.
@@ -265,25 +196,13 @@ async fn start_caddy(bin: &Path, dir: &Path, authz: SocketAddr, upstream: Socket
     let path = dir.join("Caddyfile");
     std::fs::write(&path, config).unwrap();
     let stderr = dir.join("caddy.stderr");
-    let mut child = Command::new(bin)
-        .args(["run", "--adapter", "caddyfile", "--config"])
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&path)
         .env("XDG_DATA_HOME", dir)
         .env("XDG_CONFIG_HOME", dir)
-        .env("HOME", dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("caddy starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr, &mut child, &stderr).await;
-    Proxy {
-        _child: child,
-        url: format!("http://{addr}"),
-        stderr,
-    }
+        .env("HOME", dir);
+    spawn_proxy(cmd, port, &stderr, stderr.clone()).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,19 +279,19 @@ async fn scenarios(h: &mut Harness, proxy: &Proxy, echo: &Echo, mode: Mode) {
     let up = echo.last();
     assert_eq!(up["method"], "GET");
     assert_eq!(up["path"], RECORD);
-    assert_eq!(seen(&up, "x-scp-tenant-id"), ["ke"], "{up}");
-    assert_eq!(seen(&up, "x-scp-integration-id"), ["int-ke-moh"]);
-    assert_eq!(seen(&up, "x-scp-decision-id").len(), 1);
+    assert_eq!(seen_all(&up, "x-scp-tenant-id"), ["ke"], "{up}");
+    assert_eq!(seen_all(&up, "x-scp-integration-id"), ["int-ke-moh"]);
+    assert_eq!(seen_all(&up, "x-scp-decision-id").len(), 1);
     // Headers scp-pep sets only on some routes: the client's values never pass.
     for name in ["x-scp-purpose", "x-scp-allowed-fields"] {
         assert!(
-            !seen(&up, name).iter().any(|v| v.contains("forged")),
+            !seen_all(&up, name).iter().any(|v| v.contains("forged")),
             "a forged {name} reached the upstream: {up}"
         );
     }
     for gone in ["x-http-method-override", "x-api-key"] {
         assert!(
-            seen(&up, gone).iter().all(String::is_empty),
+            seen_all(&up, gone).iter().all(String::is_empty),
             "{gone} reached the upstream: {up}"
         );
     }
@@ -417,7 +336,7 @@ async fn scenarios(h: &mut Harness, proxy: &Proxy, echo: &Echo, mode: Mode) {
         Mode::Envoy => {
             assert_eq!(r.status(), 200);
             assert!(
-                seen(&echo.last(), "x-scp-role").is_empty(),
+                seen_all(&echo.last(), "x-scp-role").is_empty(),
                 "{}",
                 echo.last()
             );

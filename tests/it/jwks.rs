@@ -101,12 +101,7 @@ async fn jwks_outage_keeps_previous_keys() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(h.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     assert!(
         metrics.contains("scp_pep_jwks_fetch_total{result=\"error\"}"),
         "failed refreshes are counted"

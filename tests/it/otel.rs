@@ -106,19 +106,7 @@ async fn decision_spans_join_the_request_trace() {
     // A key the server has not fetched yet: the first decision fetches the JWKS again.
     let fresh =
         scp_pep::signer::SigningKey::generate(jsonwebtoken::Algorithm::RS256, "ke-otel").unwrap();
-    let token = fresh.sign(
-        &scp_pep::signer::ClaimsSpec {
-            issuer: &idp.issuer("ke"),
-            audience: "scp-pep",
-            client_id: "ke-moh-connector",
-            tenant_id: "ke",
-            integration_id: "int-ke-moh",
-            verticals: &["health"],
-            scope: "health:person:read",
-            ttl_s: 300,
-        }
-        .claims(),
-    );
+    let token = fresh.sign(&idp.claims("ke", "int-ke-moh", &["health"], "health:person:read"));
     idp.add_key("ke", fresh);
     // Past the least refetch interval since the start's fetch.
     tokio::time::sleep(Duration::from_millis(1200)).await;

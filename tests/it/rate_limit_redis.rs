@@ -472,12 +472,7 @@ async fn redis_down_denies_when_configured() {
     drop(redis);
 
     // The outage is visible in the metrics.
-    let text = reqwest::get(h.ops_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics_text().await;
     let count = |result: &str| {
         text.lines()
             .filter(|l| {
