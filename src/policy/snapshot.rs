@@ -398,6 +398,7 @@ mod tests {
             data_categories: vec![],
             fields: vec![],
             kind: RouteKind::RealTime,
+            data_region: None,
         }
     }
 

@@ -40,6 +40,7 @@ fn route(verticals: &[&str], action: Action) -> Route {
         data_categories: vec!["health.clinical".into()],
         fields: vec![],
         kind: RouteKind::RealTime,
+        data_region: None,
     }
 }
 
