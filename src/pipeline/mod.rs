@@ -1,10 +1,10 @@
 //! The decision pipeline of DESIGN.md: request facts + policy snapshot → [`Decision`].
 //!
 //! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
-//! recorded. Stages 2–6 are the pure function [`authorize`] and stage 8 the pure [`minimize`] (no
-//! I/O, no transport types); stage 1 needs the issuer's JWKS (async, cached), stage 7 the consent
-//! service (a bounded cache in front of the store, [`Engine::with_consents`]) and stage 9 the
-//! per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
+//! recorded. Stages 2–6b (6b: data residency) are the pure function [`authorize`] and stage 8
+//! the pure [`minimize`] (no I/O, no transport types); stage 1 needs the issuer's JWKS (async,
+//! cached), stage 7 the consent service (a bounded cache in front of the store,
+//! [`Engine::with_consents`]) and stage 9 the per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
 //! [`Engine::with_audit`].
 //!
 //! Default deny: no token, no route, no integration, no snapshot → deny.
