@@ -457,3 +457,82 @@ fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> PolicySnapshot {
+        let yaml = "tenants:\n  - {id: ke, residency_region: africa-east, issuer: 'https://idp.example/realms/ke', jwks: {url: 'https://idp.example/ke'}, aggregate_export_regions: [eu-west]}\n  - {id: ug, residency_region: africa-east, issuer: 'https://idp.example/realms/ug', jwks: {url: 'https://idp.example/ug'}, allowed_export_regions: [africa-west]}\n  - {id: tz, residency_region: africa-south, issuer: 'https://idp.example/realms/tz', jwks: {url: 'https://idp.example/tz'}}\n";
+        let f = crate::policy::PolicySet::parse_file("t.yaml", yaml).unwrap();
+        let set = crate::policy::PolicySet::from_files(vec![("t.yaml".into(), f)]).unwrap();
+        PolicySnapshot::compile(set, 1, "aud")
+    }
+
+    fn route(kind: RouteKind, person: bool, region: Option<&str>) -> Route {
+        Route {
+            id: "r".into(),
+            methods: vec!["GET".into()],
+            path: "/v1/tenants/{tenant}/x".into(),
+            verticals: vec!["health".into()],
+            action: Action::Read,
+            resource: "r".into(),
+            scope: "s".into(),
+            person_id: person.then(|| PersonLocation::Query { name: "pid".into() }),
+            consent_purpose: None,
+            data_categories: vec![],
+            fields: vec![],
+            kind,
+            data_region: region.map(str::to_owned),
+        }
+    }
+
+    /// INT-4.5-3, INT-4.5-4: stage 6b allows the tenant's own region and its export regions per
+    /// data class; only aggregate routes without a person id are aggregate; a cross-tenant
+    /// request also needs the partner's home region allowed.
+    #[test]
+    fn residency_by_data_class_and_home_region() {
+        let s = snap();
+        let code = |r: Result<(), Denial>| r.err().map(|d| d.code);
+        let bad = Some(DenyCode::ResidencyViolation);
+        for kind in [
+            RouteKind::RealTime,
+            RouteKind::Batch,
+            RouteKind::Handshake,
+            RouteKind::Aggregate,
+        ] {
+            // No data_region and the tenant's own region: always allowed.
+            assert_eq!(
+                code(residency(&s, "ke", "ke", &route(kind, true, None))),
+                None
+            );
+            let own = route(kind, false, Some("africa-east"));
+            assert_eq!(code(residency(&s, "ke", "ke", &own)), None);
+        }
+        let eu_aggr = route(RouteKind::Aggregate, false, Some("eu-west"));
+        assert_eq!(code(residency(&s, "ke", "ke", &eu_aggr)), None);
+        assert_eq!(code(residency(&s, "ug", "ug", &eu_aggr)), bad);
+        for personal in [
+            route(RouteKind::Aggregate, true, Some("eu-west")),
+            route(RouteKind::RealTime, false, Some("eu-west")),
+            route(RouteKind::Handshake, false, Some("eu-west")),
+        ] {
+            assert!(personal.carries_personal_data());
+            assert_eq!(code(residency(&s, "ke", "ke", &personal)), bad);
+        }
+        let west = route(RouteKind::RealTime, true, Some("africa-west"));
+        assert_eq!(code(residency(&s, "ug", "ug", &west)), None);
+        assert_eq!(
+            code(residency(&s, "ke", "ug", &west)),
+            None,
+            "ke is in africa-east too"
+        );
+        assert_eq!(code(residency(&s, "ke", "ke", &west)), bad);
+        // Cross-tenant into tz: ke's partner receives the data in africa-east.
+        let local = route(RouteKind::RealTime, true, None);
+        assert_eq!(code(residency(&s, "tz", "tz", &local)), None);
+        assert_eq!(code(residency(&s, "ke", "tz", &local)), bad);
+        // A tenant missing from the snapshot denies (fail closed).
+        assert_eq!(code(residency(&s, "ke", "zz", &local)), bad);
+    }
+}
