@@ -47,7 +47,30 @@ integrations:
     scopes: [health:person:read]
     rate_limit: {{per_second: 1000, burst: 5000}}
     partner_tenants: [ug]
+  - id: int-ke-xt-pending
+    tenant: ke
+    partner_name: Approved partner before its first handshake
+    legal_basis: Regional data-sharing agreement
+    state: approved
+    client_id: int-ke-xt-pending
+    verticals: [health]
+    scopes: [health:person:read]
+    rate_limit: {{per_second: 1000, burst: 5000}}
+    partner_tenants: [ug]
+    onboarding:
+      created_by: mgr-1
+      legal_reviewed_by: legal-1
+      approved_by: umbrella-1
+      legal_document_id: DSA-2026-08
 routes:
+  - id: res-handshake
+    methods: [GET]
+    path: /v1/tenants/{{tenant}}/health/handshake
+    verticals: [health]
+    action: read
+    resource: handshake
+    scope: health:person:read
+    kind: handshake
   - id: res-backup-record
     methods: [GET]
     path: /v1/tenants/{{tenant}}/health/backup/{{person_id}}/record
@@ -203,7 +226,8 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 /// INT-4.5-2, INT-4.5-1, INT-9.4-1: an integration of `ke` approved (umbrella authority, legal
 /// document on record) for partner tenants `ug` and `tz` reaches `ug`'s routes, and is still
 /// checked by scope, `ug`'s deny rules, `ug`'s policy pack and consent in `ug`; any other tenant
-/// and any unapproved integration with `partner_tenants` get `TENANT_MISMATCH` and a
+/// and any integration with `partner_tenants` that is unapproved, or approved but not yet active
+/// (handshake only), get `TENANT_MISMATCH` and a
 /// `cross_tenant` incident. The decision, its audit record and the decision log carry both the
 /// partner's home tenant and the target tenant.
 async fn cross_tenant_reaches_only_the_approved_partner_tenants(store: Option<String>) {
@@ -283,8 +307,7 @@ async fn cross_tenant_reaches_only_the_approved_partner_tenants(store: Option<St
         &xt,
     )
     .await;
-    assert_eq!(r["allowed"], false, "{r}");
-    assert_ne!(r["code"], "OK", "{r}");
+    assert_denied(&r, 403, "VERTICAL_NOT_PERMITTED");
 
     // The partner tenant's deny rule applies to it (not in its home tenant).
     let r = check(&mut h, "GET", "/v1/tenants/ug/health/lookup?pid=p-1", &xt).await;
@@ -362,6 +385,11 @@ async fn cross_tenant_reaches_only_the_approved_partner_tenants(store: Option<St
     assert_denied(&r, 403, "TENANT_MISMATCH");
     assert_eq!(r["metadata"]["target_tenant_id"], "ug", "{r}");
     let denied_id = r["decision_id"].as_str().unwrap().to_owned();
+    let pending = token(&h, "int-ke-xt-pending", "health:person:read");
+    let r = check(&mut h, "GET", "/v1/tenants/ug/health/handshake", &pending).await;
+    assert_denied(&r, 403, "TENANT_MISMATCH");
+    let r = check(&mut h, "GET", "/v1/tenants/ke/health/handshake", &pending).await;
+    assert_eq!(r["allowed"], true, "its own handshake: {r}");
     let r = check(
         &mut h,
         "GET",
@@ -387,7 +415,7 @@ async fn cross_tenant_reaches_only_the_approved_partner_tenants(store: Option<St
         "scp_pep_security_incidents_total",
         "kind=\"cross_tenant\"",
     );
-    assert_eq!(incidents1 - incidents0, 3.0);
+    assert_eq!(incidents1 - incidents0, 4.0);
     let inc = audit_bodies(&h, "security_incident", &denied_id).await;
     assert_eq!(inc.len(), 1, "{inc:?}");
     assert_eq!(inc[0]["detail"]["incident"], "cross_tenant");
