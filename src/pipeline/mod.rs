@@ -576,6 +576,8 @@ mod tests {
                 data_categories: vec![],
                 fields: vec![],
                 kind: RouteKind::RealTime,
+                content_types: None,
+                body_schema: None,
                 data_region: None,
             }],
             ..Default::default()

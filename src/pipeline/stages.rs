@@ -27,10 +27,10 @@ pub struct Authorized<'s> {
     pub pack_masks: Vec<String>,
 }
 
-/// Stages 2–6b, pure: integration, second factors, route (with the person ids it carries), tenant
-/// and vertical, scope, deny rules and policy packs, residency. Fills `d` (route, target tenant,
-/// verticals, scopes, incidents, stages) as it goes. Stage 7 (consent, async) and 8
-/// ([`minimize`]) follow.
+/// Stages 2–6b, pure: integration, second factors, route, tenant and vertical, scope, the body
+/// (with the person ids it carries), deny rules and policy packs, residency. Fills `d` (route,
+/// target tenant, verticals, scopes, incidents, stages) as it goes. Stage 7 (consent, async) and
+/// 8 ([`minimize`]) follow.
 ///
 /// A request whose path names another tenant than the token's is cross-tenant: allowed on only
 /// when the integration lists that tenant in `partner_tenants`, carries traffic (active or
@@ -141,8 +141,6 @@ pub fn authorize<'s>(
             "the integration is restricted to reads",
         ));
     }
-    let persons = persons_of(route, &m, &norm, facts, settings)?;
-    d.persons = persons.len();
 
     // Stage 4: tenant and vertical (INT-4.5-1, INT-4.5-2, INT-4.4-2, INT-9.4-1).
     d.stages.push(Stage::TenantVertical);
@@ -207,6 +205,25 @@ pub fn authorize<'s>(
         .collect();
     scopes.sort();
     d.scopes = scopes;
+
+    // Stage 5b: the body against the route's media types and schema (INT-5.2-1, INT-9.3-1,
+    // EXT-4.4-2), then the persons it names; only for callers the route is meant for, so a
+    // caller without the scope learns nothing about the route's schema.
+    let body_json = if m.payload.has_schema() || carries_body(facts) {
+        d.stages.push(Stage::Payload);
+        m.payload
+            .check(
+                &facts.headers,
+                facts.body.as_deref(),
+                facts.body_truncated,
+                settings.max_body_bytes,
+            )
+            .map_err(|f| f.denial())?
+    } else {
+        None
+    };
+    let persons = persons_of(route, &m, &norm, facts, settings, body_json.as_ref())?;
+    d.persons = persons.len();
 
     // Stage 6: deny rules (ADM-3): the integration's own tenant's and, cross-tenant, the target
     // tenant's (INT-4.5-2).
@@ -458,6 +475,17 @@ fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<
     Ok(())
 }
 
+/// Whether the request carries a body: bytes from the proxy, a non-zero `content-length` or a
+/// `transfer-encoding`.
+fn carries_body(facts: &RequestFacts) -> bool {
+    facts.body.as_ref().is_some_and(|b| !b.is_empty())
+        || facts
+            .headers
+            .get("content-length")
+            .is_some_and(|v| v.trim() != "0")
+        || facts.headers.contains_key("transfer-encoding")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +511,8 @@ mod tests {
             data_categories: vec![],
             fields: vec![],
             kind,
+            content_types: None,
+            body_schema: None,
             data_region: region.map(str::to_owned),
         }
     }

@@ -488,6 +488,9 @@ impl PolicySet {
                     },
                 );
             }
+            if let Err((field, m)) = crate::payload::PayloadRules::compile(r) {
+                err(&field, m);
+            }
             if let Some(p) = &r.consent_purpose
                 && !is_ident(p, false)
             {

@@ -364,6 +364,14 @@ pub struct Route {
     #[serde(default)]
     pub fields: Vec<String>,
     pub kind: RouteKind,
+    /// Media types a request body may have, `type/subtype` (INT-5.2-1); absent: JSON, plus
+    /// `text/csv` on batch routes. XML, HL7, SDMX and the like only where listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
+    /// JSON Schema a JSON request body must satisfy (INT-9.3-1, EXT-4.4-2), compiled once per
+    /// policy snapshot; a route with one refuses requests without a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_schema: Option<serde_json::Value>,
     /// The residency region the route's data is served from or sent to (its upstream's region,
     /// INT-4.5-3), e.g. `africa-east`; one of the regions the policy names (a tenant's
     /// `residency_region` or export region). Absent: the region of the tenant the request

@@ -39,6 +39,7 @@ mod http_authz_e2e;
 mod jwks;
 mod oidc_e2e;
 mod otel;
+mod payload;
 mod pii;
 mod rate_limit_redis;
 mod resources;
