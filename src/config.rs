@@ -291,11 +291,15 @@ impl Config {
     /// Checks that need more than types, done before anything starts: the `[tls]` keys are
     /// consistent, and every outbound URL of the configuration is https or plain http to a
     /// loopback host (EXT-6-4): `audit.checkpoint_url`, `consent.notify_url`,
-    /// `admin.keycloak.base_url`. (JWKS URLs are checked with the policy documents.)
+    /// `admin.keycloak.base_url`. (JWKS URLs are checked with the policy documents.) A secret set
+    /// both inline and by file (`admin.keycloak.client_secret{,_file}`) is an error.
     ///
     /// Errors: a message naming the key.
     pub fn validate(&self) -> Result<(), String> {
         self.tls.validate()?;
+        if let Some(k) = &self.admin.keycloak {
+            k.validate()?;
+        }
         let urls = [
             ("audit.checkpoint_url", self.audit.checkpoint_url.as_deref()),
             ("consent.notify_url", self.consent.notify_url.as_deref()),
