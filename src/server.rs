@@ -533,14 +533,16 @@ pub async fn start_with_clock(
 
     // Keycloak clients' `enabled` flag in step with the lifecycle (INT-6.2-3, INT-6.2-4).
     if let (Some(p), Some(k)) = (&provisioner, &config.admin.keycloak) {
-        tasks.push(tokio::spawn(crate::admin::integrations::keycloak_sync::run(
-            store.clone(),
-            audit.clone(),
-            engine.clone(),
-            p.clone(),
-            Duration::from_secs(k.sync_interval_s.max(1)),
-            rx.clone(),
-        )));
+        tasks.push(tokio::spawn(
+            crate::admin::integrations::keycloak_sync::run(
+                store.clone(),
+                audit.clone(),
+                engine.clone(),
+                p.clone(),
+                Duration::from_secs(k.sync_interval_s.max(1)),
+                rx.clone(),
+            ),
+        ));
     }
 
     // Consent: change feed (cache invalidation from other replicas), share ledger, outbox.

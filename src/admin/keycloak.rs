@@ -216,7 +216,6 @@ struct TokenResponse {
     access_token: String,
 }
 
-
 #[derive(Deserialize)]
 struct Credential {
     value: Option<String>,

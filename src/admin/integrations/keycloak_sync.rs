@@ -216,8 +216,9 @@ pub async fn sync_one(
         }
         Err(class) => {
             st.last_error = Some(class.to_owned());
-            st.next_attempt_ms = now
-                .saturating_add(i64::try_from(backoff(interval, st.attempts).as_millis()).unwrap_or(i64::MAX));
+            st.next_attempt_ms = now.saturating_add(
+                i64::try_from(backoff(interval, st.attempts).as_millis()).unwrap_or(i64::MAX),
+            );
             tracing::warn!(integration_id = %integration, error = class, attempts = st.attempts,
                 "keycloak client not yet in step with the lifecycle; retrying");
         }
@@ -342,7 +343,14 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        pass(&store, audit.as_deref(), &engine, provisioner.as_ref(), interval).await;
+        pass(
+            &store,
+            audit.as_deref(),
+            &engine,
+            provisioner.as_ref(),
+            interval,
+        )
+        .await;
     }
 }
 
