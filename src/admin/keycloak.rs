@@ -587,6 +587,38 @@ mod tests {
         assert_eq!(realm_of_issuer("https://idp/other"), None);
     }
 
+    fn config(secret: &str, file: Option<PathBuf>) -> KeycloakConfig {
+        KeycloakConfig {
+            base_url: "http://127.0.0.1:1".into(),
+            admin_realm: "master".into(),
+            client_id: "scp".into(),
+            client_secret: secret.into(),
+            client_secret_file: file,
+            timeout_s: 1,
+            sync_interval_s: 1,
+        }
+    }
+
+    // EXT-5.1-1: the file is read on every use (trimmed), so rewriting it rotates the secret; a
+    // missing file is `unavailable` without its path's content; inline + file is refused.
+    #[tokio::test]
+    async fn admin_secret_from_file_per_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kc");
+        std::fs::write(&f, "first\n").unwrap();
+        let kc = KeycloakAdmin::new(config("", Some(f.clone()))).unwrap();
+        assert_eq!(kc.admin_secret().await.unwrap(), "first");
+        std::fs::write(&f, "second").unwrap();
+        assert_eq!(kc.admin_secret().await.unwrap(), "second");
+        std::fs::remove_file(&f).unwrap();
+        let e = kc.admin_secret().await.unwrap_err();
+        assert_eq!(e.class(), "unavailable");
+        let inline = KeycloakAdmin::new(config("inline", None)).unwrap();
+        assert_eq!(inline.admin_secret().await.unwrap(), "inline");
+        assert!(config("inline", Some(f)).validate().is_err());
+        assert!(config("inline", None).validate().is_ok());
+    }
+
     #[test]
     fn secrets_are_redacted() {
         let s = Secret::new("hunter2".into());

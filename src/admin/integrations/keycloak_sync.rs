@@ -107,6 +107,9 @@ pub fn state_of(doc: &Value) -> Option<SyncState> {
 /// there is no client credential). `cred`: the stored `client_secret` credential document.
 pub fn mark_change(cred: &StoredDoc, enabled: bool, now_ms: i64) -> Option<(DocChange, SyncState)> {
     let mut v: Value = serde_json::from_str(&cred.doc).ok()?;
+    if !v.is_object() {
+        return None;
+    }
     let wanted_now = state_of(&v).map(|s| s.enabled).unwrap_or(true);
     if wanted_now == enabled {
         return None;
@@ -375,6 +378,38 @@ mod tests {
         ] {
             assert!(!client_enabled(s), "{s:?}");
         }
+    }
+
+    fn cred(doc: Value) -> StoredDoc {
+        StoredDoc {
+            kind: "credential".into(),
+            id: "int-ke-x.client_secret".into(),
+            tenant: Some("ke".into()),
+            doc: doc.to_string(),
+            source: "api".into(),
+            version: 3,
+            status: Some("active".into()),
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    // INT-6.2-3: only a change of the wanted flag is marked, with the version as precondition.
+    #[test]
+    fn marks_only_changes() {
+        let fresh = cred(json!({"id": "int-ke-x.client_secret", "status": "active"}));
+        assert!(
+            mark_change(&fresh, true, 1).is_none(),
+            "provisioned enabled"
+        );
+        let (c, st) = mark_change(&fresh, false, 7).unwrap();
+        assert_eq!(st, SyncState::pending(false, 7));
+        assert_eq!(c.expect, Expect::Version(3));
+        let marked: Value = serde_json::from_str(c.doc.as_deref().unwrap()).unwrap();
+        assert_eq!(state_of(&marked), Some(st));
+        assert!(mark_change(&cred(marked.clone()), false, 8).is_none());
+        assert!(mark_change(&cred(marked), true, 8).is_some());
+        assert!(mark_change(&cred(json!("not an object")), false, 1).is_none());
     }
 
     #[test]
