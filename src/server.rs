@@ -178,6 +178,11 @@ impl App {
     ) -> anyhow::Result<App> {
         let _ = prometheus();
         config.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let mut config = config;
+        config.audit.link_key = config
+            .audit
+            .resolve_link_key()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let store = Store::connect(
             &config.store.url,
             config.store.max_connections,
