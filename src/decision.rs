@@ -76,6 +76,11 @@ pub enum DenyCode {
     /// An active policy pack (Cedar) of a vertical the request touches denied it: a `forbid`
     /// matched, no `permit` matched, or evaluation failed (fail closed) (ADM-6).
     PolicyDenied,
+    /// The route's data region is outside what the reached tenant's residency rules allow for
+    /// the route's data class: its residency region, its `allowed_export_regions` (raw personal
+    /// data) or, for aggregate routes, its `aggregate_export_regions`; for a cross-tenant request
+    /// the partner's home region must be allowed too (INT-4.5-3, INT-4.5-4). A security incident.
+    ResidencyViolation,
     /// The request body (batch push) is missing, truncated, not JSON, or lacks the person ids the
     /// route's JSON pointer names.
     PayloadInvalid,
@@ -134,6 +139,7 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::ScopeViolation,
     DenyCode::DenyRuleMatched,
     DenyCode::PolicyDenied,
+    DenyCode::ResidencyViolation,
     DenyCode::PayloadInvalid,
     DenyCode::MediaTypeUnsupported,
     DenyCode::ConsentMissing,
@@ -179,6 +185,7 @@ impl DenyCode {
             ScopeViolation => "SCOPE_VIOLATION",
             DenyRuleMatched => "DENY_RULE_MATCHED",
             PolicyDenied => "POLICY_DENIED",
+            ResidencyViolation => "RESIDENCY_VIOLATION",
             PayloadInvalid => "PAYLOAD_INVALID",
             MediaTypeUnsupported => "MEDIA_TYPE_UNSUPPORTED",
             ConsentMissing => "CONSENT_MISSING",
@@ -228,6 +235,7 @@ impl DenyCode {
             | ScopeViolation
             | DenyRuleMatched
             | PolicyDenied
+            | ResidencyViolation
             | ConsentMissing
             | ConsentPending
             | ConsentWithdrawn
@@ -343,7 +351,8 @@ pub enum Stage {
     SecondFactor,
     /// 3: method + normalized path → route.
     Route,
-    /// 4: path tenant = token tenant; route verticals ⊆ effective verticals.
+    /// 4: path tenant = token tenant, or one the integration's umbrella-approved
+    /// `partner_tenants` names (INT-4.5-2); route verticals ⊆ effective verticals.
     TenantVertical,
     /// 5: scope granted by contract and token.
     Scope,
@@ -352,6 +361,9 @@ pub enum Stage {
     Payload,
     /// 6: deny rules, then the policy packs (Cedar) of every vertical the route touches.
     DenyRules,
+    /// 6b: the route's data region is allowed by the reached tenant's residency rules for the
+    /// route's data class (INT-4.5-3, INT-4.5-4).
+    Residency,
     /// 7: consent of every person the request touches, for every vertical of the route; for
     /// aggregate routes, withdrawals against the aggregate's refresh epoch.
     Consent,
@@ -371,6 +383,29 @@ pub enum Incident {
     CrossTenant,
     /// The client sent `x-scp-*` headers, which only scp-pep may set; they were removed.
     ForgedHeaders,
+    /// The request would have moved the tenant's data to a region its residency rules do not
+    /// allow (`RESIDENCY_VIOLATION`, INT-4.5-3, INT-4.5-4).
+    ResidencyViolation,
+}
+
+impl Incident {
+    /// Every incident kind, in the order of the `scp_pep_security_incidents_total` handles.
+    pub const ALL: [Incident; 4] = [
+        Incident::VerticalMisScoped,
+        Incident::CrossTenant,
+        Incident::ForgedHeaders,
+        Incident::ResidencyViolation,
+    ];
+
+    /// The snake_case name (the serialized form and the metric's `kind` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Incident::VerticalMisScoped => "vertical_mis_scoped",
+            Incident::CrossTenant => "cross_tenant",
+            Incident::ForgedHeaders => "forged_headers",
+            Incident::ResidencyViolation => "residency_violation",
+        }
+    }
 }
 
 /// One consent check of stage 7: which person (by reference, never the id), which vertical and
@@ -411,7 +446,13 @@ pub struct Decision {
     pub time: DateTime<Utc>,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The token's tenant: the integration's home tenant.
     pub tenant_id: Option<String>,
+    /// The tenant whose route the request reached (`{tenant}` of the path), only when it is
+    /// another than `tenant_id`: a cross-tenant request of an umbrella-approved integration
+    /// (INT-4.5-2), allowed or denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_tenant_id: Option<String>,
     pub integration_id: Option<String>,
     /// The OAuth client (`azp`, else `client_id`).
     pub client_id: Option<String>,
@@ -476,6 +517,7 @@ impl Decision {
                 1,
             )),
             tenant_id: None,
+            target_tenant_id: None,
             integration_id: None,
             client_id: None,
             // Request-controlled: an unusual method longer than any real one is not recorded.
@@ -566,6 +608,18 @@ mod tests {
             assert_eq!(
                 c.www_authenticate().is_some(),
                 s == 401 || *c == DenyCode::ScopeViolation
+            );
+        }
+    }
+
+    /// INT-9.4-1, INT-4.5-3: every incident kind's name is its serialized form (the metric label
+    /// and the audit body agree).
+    #[test]
+    fn incident_names_match_serde() {
+        for i in Incident::ALL {
+            assert_eq!(
+                serde_json::to_string(&i).unwrap(),
+                format!("\"{}\"", i.as_str())
             );
         }
     }

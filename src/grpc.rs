@@ -10,7 +10,8 @@
 //! removals after additions, so a header scp-pep sets is never also listed for removal.
 //! Deny: HTTP status, `content-type: application/json`, JSON body, `www-authenticate` on 401 and
 //! scope failures, `retry-after` on 429/503. Both: dynamic metadata (namespace
-//! `envoy.filters.http.ext_authz`) with `decision_id`, `tenant_id`, `integration_id`, `code`.
+//! `envoy.filters.http.ext_authz`) with `decision_id`, `tenant_id`, `integration_id`, `code`
+//! (and `target_tenant_id` on cross-tenant requests, INT-4.5-2).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -159,6 +160,9 @@ pub fn to_check_response(d: &Decision) -> CheckResponse {
     md.fields.insert("code".into(), sv(d.code_str()));
     if let Some(t) = &d.tenant_id {
         md.fields.insert("tenant_id".into(), sv(t));
+    }
+    if let Some(t) = &d.target_tenant_id {
+        md.fields.insert("target_tenant_id".into(), sv(t));
     }
     if let Some(i) = &d.integration_id {
         md.fields.insert("integration_id".into(), sv(i));

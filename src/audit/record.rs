@@ -166,6 +166,9 @@ struct DecisionBody<'a> {
     route_id: Option<&'a str>,
     scopes: &'a [String],
     stages: &'a [Stage],
+    /// Only on cross-tenant requests (INT-4.5-2); absent keeps older bodies byte-identical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_tenant_id: Option<&'a str>,
     tenant_id: Option<&'a str>,
     time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,6 +210,7 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         route_id: d.route_id.as_deref(),
         scopes: &d.scopes,
         stages: &d.stages,
+        target_tenant_id: d.target_tenant_id.as_deref(),
         tenant_id: d.tenant_id.as_deref(),
         time: format_time(d.time),
         trace_id: d.trace_id.as_deref(),
@@ -289,6 +293,7 @@ pub fn incident_events(d: &Decision) -> impl Iterator<Item = AuditEvent> + '_ {
                 "method": d.method,
                 "path": d.path,
                 "path_hash": d.path_hash,
+                "target_tenant_id": d.target_tenant_id,
                 "format": DECISION_FORMAT,
             }),
         );

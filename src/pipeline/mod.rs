@@ -1,10 +1,10 @@
 //! The decision pipeline of DESIGN.md: request facts + policy snapshot → [`Decision`].
 //!
 //! [`Engine::decide`] runs the stages in order; the first denial wins and every stage that ran is
-//! recorded. Stages 2–6 are the pure function [`authorize`] and stage 8 the pure [`minimize`] (no
-//! I/O, no transport types); stage 1 needs the issuer's JWKS (async, cached), stage 7 the consent
-//! service (a bounded cache in front of the store, [`Engine::with_consents`]) and stage 9 the
-//! per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
+//! recorded. Stages 2–6b (6b: data residency) are the pure function [`authorize`] and stage 8
+//! the pure [`minimize`] (no I/O, no transport types); stage 1 needs the issuer's JWKS (async,
+//! cached), stage 7 the consent service (a bounded cache in front of the store,
+//! [`Engine::with_consents`]) and stage 9 the per-replica rate-limit state. Stage 10 (the audit log) is the sink set with
 //! [`Engine::with_audit`].
 //!
 //! Default deny: no token, no route, no integration, no snapshot → deny.
@@ -133,7 +133,8 @@ struct DecisionMetrics {
     /// One per [`ALL_CODES`] entry, same order.
     denied: Vec<metrics::Counter>,
     duration: metrics::Histogram,
-    incidents: [metrics::Counter; 3],
+    /// One per [`Incident::ALL`] entry, same order.
+    incidents: [metrics::Counter; 4],
 }
 
 impl DecisionMetrics {
@@ -145,11 +146,9 @@ impl DecisionMetrics {
                 .map(|c| metrics::counter!("scp_pep_decisions_total", "outcome" => "deny", "code" => c.as_str()))
                 .collect(),
             duration: metrics::histogram!("scp_pep_decision_duration_seconds"),
-            incidents: [
-                metrics::counter!("scp_pep_security_incidents_total", "kind" => "vertical_mis_scoped"),
-                metrics::counter!("scp_pep_security_incidents_total", "kind" => "cross_tenant"),
-                metrics::counter!("scp_pep_security_incidents_total", "kind" => "forged_headers"),
-            ],
+            incidents: Incident::ALL.map(
+                |i| metrics::counter!("scp_pep_security_incidents_total", "kind" => i.as_str()),
+            ),
         }
     }
 
@@ -164,12 +163,9 @@ impl DecisionMetrics {
         }
         self.duration.record(d.latency_us as f64 / 1e6);
         for i in &d.incidents {
-            let k = match i {
-                Incident::VerticalMisScoped => 0,
-                Incident::CrossTenant => 1,
-                Incident::ForgedHeaders => 2,
-            };
-            self.incidents[k].increment(1);
+            if let Some(k) = Incident::ALL.iter().position(|x| x == i) {
+                self.incidents[k].increment(1);
+            }
         }
     }
 }
@@ -409,9 +405,10 @@ impl Engine {
             d.headers_to_remove.push("authorization".into());
         }
 
-        // Stages 2–6.
+        // Stages 2–6b.
         let Authorized {
             integration,
+            tenant,
             route,
             persons,
             pack_masks,
@@ -436,7 +433,7 @@ impl Engine {
                 ));
                 return None;
             };
-            let tenant = &integration.integration.tenant;
+            // The tenant the request reaches: the persons are its persons (INT-4.5-2).
             let res = if route.kind == RouteKind::Aggregate && persons.is_empty() {
                 consents
                     .check_aggregate(tenant, route, &mut d.consent_checks)
@@ -483,11 +480,7 @@ impl Engine {
         if !persons.is_empty()
             && let Some(c) = &self.consents
         {
-            c.record_shares(
-                &integration.integration.tenant,
-                &integration.integration.id,
-                &d.consent_checks,
-            );
+            c.record_shares(tenant, &integration.integration.id, &d.consent_checks);
         }
         Some((
             route.kind == RouteKind::Handshake,
@@ -585,6 +578,7 @@ mod tests {
                 kind: RouteKind::RealTime,
                 content_types: None,
                 body_schema: None,
+                data_region: None,
             }],
             ..Default::default()
         };

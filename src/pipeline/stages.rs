@@ -1,5 +1,6 @@
-//! The pure stages: 2–6 ([`authorize`]: integration, second factors, route, tenant and
-//! vertical, scope, deny rules and policy packs) and 8 ([`minimize`], [`apply_pack_masks`]: data
+//! The pure stages: 2–6b ([`authorize`]: integration, second factors, route, tenant and
+//! vertical (with umbrella-approved cross-tenant access, INT-4.5-2), scope, deny rules and policy
+//! packs, data residency (INT-4.5-3, INT-4.5-4)) and 8 ([`minimize`], [`apply_pack_masks`]: data
 //! minimization). No I/O, no transport types.
 
 use super::*;
@@ -16,17 +17,30 @@ pub fn bearer(headers: &HashMap<String, String>) -> Option<&str> {
 /// touches (deduplicated, in request order; they never enter a log).
 pub struct Authorized<'s> {
     pub integration: &'s IntegrationEntry,
+    /// The tenant the request reaches (`{tenant}` of the path, else the token's): the
+    /// integration's own tenant, or a partner tenant it is approved for (INT-4.5-2). Consent
+    /// (stage 7) is checked in this tenant.
+    pub tenant: &'s str,
     pub route: &'s Route,
     pub persons: Vec<String>,
     /// Fields the policy packs' determining permits mask (`@mask`), for stage 8.
     pub pack_masks: Vec<String>,
 }
 
-/// Stages 2–6, pure: integration, second factors, route, tenant and vertical, scope, the body
-/// (with the person ids it carries), deny rules. Fills `d` (route, verticals, scopes, incidents, stages) as it
-/// goes. Stage 7 (consent, async) and 8 ([`minimize`]) follow.
+/// Stages 2–6b, pure: integration, second factors, route, tenant and vertical, scope, the body
+/// (with the person ids it carries), deny rules and policy packs, residency. Fills `d` (route,
+/// target tenant, verticals, scopes, incidents, stages) as it goes. Stage 7 (consent, async) and
+/// 8 ([`minimize`]) follow.
 ///
-/// Returns the integration, route and persons, or the first denial.
+/// A request whose path names another tenant than the token's is cross-tenant: allowed on only
+/// when the integration lists that tenant in `partner_tenants`, carries traffic (active or
+/// restricted) and its approval is on record (`onboarding.approved_by` and
+/// `onboarding.legal_document_id`: the umbrella authority approves cross-tenant integrations,
+/// INT-4.5-2); every later stage then applies that target tenant's rules (deny rules of both
+/// tenants, the target's policy packs, residency and consent). Anything else is 403
+/// `TENANT_MISMATCH` with a `cross_tenant` incident.
+///
+/// Returns the integration, target tenant, route and persons, or the first denial.
 pub fn authorize<'s>(
     snap: &'s PolicySnapshot,
     facts: &RequestFacts,
@@ -128,17 +142,30 @@ pub fn authorize<'s>(
         ));
     }
 
-    // Stage 4: tenant and vertical (INT-4.5-1, INT-4.4-2, INT-9.4-1).
+    // Stage 4: tenant and vertical (INT-4.5-1, INT-4.5-2, INT-4.4-2, INT-9.4-1).
     d.stages.push(Stage::TenantVertical);
-    if let Some(t) = m.param("tenant")
-        && t != token.tenant_id
-    {
-        d.incidents.push(Incident::CrossTenant);
-        return Err(Denial::new(
-            DenyCode::TenantMismatch,
-            "the path names another tenant than the token",
-        ));
-    }
+    let target: &'s str = match m.param("tenant") {
+        Some(t) if t != token.tenant_id => {
+            // Only a tenant of the policy is recorded: the path segment is request input.
+            let known = snap.tenants.get_key_value(t).map(|(k, _)| k.as_str());
+            if let Some(k) = known {
+                d.target_tenant_id = Some(k.to_owned());
+            }
+            match known {
+                Some(k) if cross_tenant_approved(i, k) => k,
+                _ => {
+                    d.incidents.push(Incident::CrossTenant);
+                    let msg = if known.is_some_and(|k| i.partner_tenants.iter().any(|p| p == k)) {
+                        "the integration's access to this partner tenant is not approved and active (INT-4.5-2)"
+                    } else {
+                        "the path names another tenant than the token"
+                    };
+                    return Err(Denial::new(DenyCode::TenantMismatch, msg));
+                }
+            }
+        }
+        _ => i.tenant.as_str(),
+    };
     for v in &route.verticals {
         if !(integ.verticals.contains(v) && token.verticals.contains(v)) {
             d.incidents.push(Incident::VerticalMisScoped);
@@ -198,10 +225,12 @@ pub fn authorize<'s>(
     let persons = persons_of(route, &m, &norm, facts, settings, body_json.as_ref())?;
     d.persons = persons.len();
 
-    // Stage 6: deny rules (ADM-3).
+    // Stage 6: deny rules (ADM-3): the integration's own tenant's and, cross-tenant, the target
+    // tenant's (INT-4.5-2).
     d.stages.push(Stage::DenyRules);
-    if let Some(rules) = snap.traffic_denies.get(&i.tenant) {
-        let now_ms = d.time.timestamp_millis();
+    let now_ms = d.time.timestamp_millis();
+    let tenants = std::iter::once(i.tenant.as_str()).chain((target != i.tenant).then_some(target));
+    for rules in tenants.filter_map(|t| snap.traffic_denies.get(t)) {
         for r in rules {
             if r.in_window(now_ms) && deny_rule_hits(&r.rule, &i.id, route) {
                 let r = &r.rule;
@@ -213,11 +242,13 @@ pub fn authorize<'s>(
         }
     }
 
-    // Stage 6 (continued): the active policy packs of the route's verticals (Cedar; forbid
-    // wins, no permit = deny, evaluation errors deny) (ADM-6).
+    // Stage 6 (continued): the active policy packs of the route's verticals in the tenant the
+    // request reaches (Cedar; forbid wins, no permit = deny, evaluation errors deny) (ADM-6,
+    // INT-4.5-2).
     let pack_masks = snap
         .packs
-        .check_partner(
+        .check_partner_in(
+            target,
             i,
             route,
             &d.scopes,
@@ -228,12 +259,101 @@ pub fn authorize<'s>(
         )
         .map_err(|m| Denial::new(DenyCode::PolicyDenied, m))?;
 
+    // Stage 6b: data residency (INT-4.5-3, INT-4.5-4), before any consent lookup or data flow.
+    d.stages.push(Stage::Residency);
+    if let Err(denial) = residency(snap, &i.tenant, target, route) {
+        d.incidents.push(Incident::ResidencyViolation);
+        return Err(denial);
+    }
+
     Ok(Authorized {
         integration: integ,
+        tenant: target,
         route,
         persons,
         pack_masks,
     })
+}
+
+/// Stage 4: whether integration `i` may reach partner tenant `target` (INT-4.5-2): `target` is
+/// in its `partner_tenants`, it carries traffic (active or restricted; an approved integration
+/// awaiting its first handshake does not) and its approval is on record with the document it
+/// rests on (`onboarding.approved_by`, `onboarding.legal_document_id`; the admin API lets only
+/// the umbrella authority approve an integration that has partner tenants).
+fn cross_tenant_approved(i: &crate::policy::Integration, target: &str) -> bool {
+    i.partner_tenants.iter().any(|t| t == target)
+        && matches!(
+            i.state,
+            IntegrationState::Active | IntegrationState::Restricted
+        )
+        && i.onboarding.as_ref().is_some_and(|o| {
+            o.approved_by
+                .as_deref()
+                .is_some_and(|a| !a.trim().is_empty())
+                && o.legal_document_id
+                    .as_deref()
+                    .is_some_and(|l| !l.trim().is_empty())
+        })
+}
+
+/// Stage 6b (INT-4.5-3, INT-4.5-4): the regions a request to `route` moves tenant `target`'s
+/// data to must be allowed by `target`'s residency rules for the route's data class. Those
+/// regions are the route's `data_region` (absent: `target`'s residency region, in-region) and,
+/// for a cross-tenant request, the residency region of the integration's home tenant `home`.
+/// Allowed: `target`'s `residency_region`, its `allowed_export_regions` and, when the route
+/// carries no raw personal data ([`Route::carries_personal_data`]), its
+/// `aggregate_export_regions`.
+///
+/// Errors: 403 `RESIDENCY_VIOLATION` naming the route, region and data class (no request
+/// data); a tenant missing from the snapshot denies too (fail closed).
+pub fn residency(
+    snap: &PolicySnapshot,
+    home: &str,
+    target: &str,
+    route: &Route,
+) -> Result<(), Denial> {
+    let region_of = |t: &str| {
+        snap.tenants
+            .get(t)
+            .map(|e| e.tenant.residency_region.as_str())
+    };
+    let (Some(t), Some(home_region)) = (snap.tenants.get(target), region_of(home)) else {
+        return Err(Denial::new(
+            DenyCode::ResidencyViolation,
+            "the tenant's residency rules are not in the policy",
+        ));
+    };
+    let t = &t.tenant;
+    let personal = route.carries_personal_data();
+    let allowed = |r: &str| {
+        r == t.residency_region
+            || t.allowed_export_regions.iter().any(|x| x == r)
+            || (!personal && t.aggregate_export_regions.iter().any(|x| x == r))
+    };
+    let class = if personal {
+        "raw personal data"
+    } else {
+        "aggregate data"
+    };
+    let region = route.data_region.as_deref().unwrap_or(&t.residency_region);
+    if !allowed(region) {
+        return Err(Denial::new(
+            DenyCode::ResidencyViolation,
+            format!(
+                "route `{}` serves {class} from region `{region}`, outside tenant `{target}`'s residency rules",
+                route.id
+            ),
+        ));
+    }
+    if home != target && !allowed(home_region) {
+        return Err(Denial::new(
+            DenyCode::ResidencyViolation,
+            format!(
+                "{class} of tenant `{target}` may not go to region `{home_region}` of the partner's tenant `{home}`"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Stage 8 addition: fields the determining `@mask` permits of policy packs mask (only fields
@@ -364,4 +484,85 @@ fn carries_body(facts: &RequestFacts) -> bool {
             .get("content-length")
             .is_some_and(|v| v.trim() != "0")
         || facts.headers.contains_key("transfer-encoding")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> PolicySnapshot {
+        let yaml = "tenants:\n  - {id: ke, residency_region: africa-east, issuer: 'https://idp.example/realms/ke', jwks: {url: 'https://idp.example/ke'}, aggregate_export_regions: [eu-west]}\n  - {id: ug, residency_region: africa-east, issuer: 'https://idp.example/realms/ug', jwks: {url: 'https://idp.example/ug'}, allowed_export_regions: [africa-west]}\n  - {id: tz, residency_region: africa-south, issuer: 'https://idp.example/realms/tz', jwks: {url: 'https://idp.example/tz'}}\n";
+        let f = crate::policy::PolicySet::parse_file("t.yaml", yaml).unwrap();
+        let set = crate::policy::PolicySet::from_files(vec![("t.yaml".into(), f)]).unwrap();
+        PolicySnapshot::compile(set, 1, "aud")
+    }
+
+    fn route(kind: RouteKind, person: bool, region: Option<&str>) -> Route {
+        Route {
+            id: "r".into(),
+            methods: vec!["GET".into()],
+            path: "/v1/tenants/{tenant}/x".into(),
+            verticals: vec!["health".into()],
+            action: Action::Read,
+            resource: "r".into(),
+            scope: "s".into(),
+            person_id: person.then(|| PersonLocation::Query { name: "pid".into() }),
+            consent_purpose: None,
+            data_categories: vec![],
+            fields: vec![],
+            kind,
+            content_types: None,
+            body_schema: None,
+            data_region: region.map(str::to_owned),
+        }
+    }
+
+    /// INT-4.5-3, INT-4.5-4: stage 6b allows the tenant's own region and its export regions per
+    /// data class; only aggregate routes without a person id are aggregate; a cross-tenant
+    /// request also needs the partner's home region allowed.
+    #[test]
+    fn residency_by_data_class_and_home_region() {
+        let s = snap();
+        let code = |r: Result<(), Denial>| r.err().map(|d| d.code);
+        let bad = Some(DenyCode::ResidencyViolation);
+        for kind in [
+            RouteKind::RealTime,
+            RouteKind::Batch,
+            RouteKind::Handshake,
+            RouteKind::Aggregate,
+        ] {
+            // No data_region and the tenant's own region: always allowed.
+            assert_eq!(
+                code(residency(&s, "ke", "ke", &route(kind, true, None))),
+                None
+            );
+            let own = route(kind, false, Some("africa-east"));
+            assert_eq!(code(residency(&s, "ke", "ke", &own)), None);
+        }
+        let eu_aggr = route(RouteKind::Aggregate, false, Some("eu-west"));
+        assert_eq!(code(residency(&s, "ke", "ke", &eu_aggr)), None);
+        assert_eq!(code(residency(&s, "ug", "ug", &eu_aggr)), bad);
+        for personal in [
+            route(RouteKind::Aggregate, true, Some("eu-west")),
+            route(RouteKind::RealTime, false, Some("eu-west")),
+            route(RouteKind::Handshake, false, Some("eu-west")),
+        ] {
+            assert!(personal.carries_personal_data());
+            assert_eq!(code(residency(&s, "ke", "ke", &personal)), bad);
+        }
+        let west = route(RouteKind::RealTime, true, Some("africa-west"));
+        assert_eq!(code(residency(&s, "ug", "ug", &west)), None);
+        assert_eq!(
+            code(residency(&s, "ke", "ug", &west)),
+            None,
+            "ke is in africa-east too"
+        );
+        assert_eq!(code(residency(&s, "ke", "ke", &west)), bad);
+        // Cross-tenant into tz: ke's partner receives the data in africa-east.
+        let local = route(RouteKind::RealTime, true, None);
+        assert_eq!(code(residency(&s, "tz", "tz", &local)), None);
+        assert_eq!(code(residency(&s, "ke", "tz", &local)), bad);
+        // A tenant missing from the snapshot denies (fail closed).
+        assert_eq!(code(residency(&s, "ke", "zz", &local)), bad);
+    }
 }

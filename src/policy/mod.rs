@@ -246,6 +246,17 @@ impl PolicySet {
             .map(|i| (i.id.as_str(), i))
             .collect();
         let mut issuers: HashMap<&str, &str> = HashMap::new();
+        // Every region the policy names (INT-4.5-3): a route's `data_region` must be one of them.
+        let regions: HashSet<&str> = self
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                std::iter::once(&t.residency_region)
+                    .chain(&t.allowed_export_regions)
+                    .chain(&t.aggregate_export_regions)
+            })
+            .map(String::as_str)
+            .collect();
 
         for t in &self.tenants {
             let mut err = origins.reporter(&mut out, "tenants", &t.id);
@@ -254,6 +265,26 @@ impl PolicySet {
             }
             if t.residency_region.trim().is_empty() {
                 err("residency_region", "must not be empty".into());
+            }
+            for (field, list) in [
+                ("allowed_export_regions", &t.allowed_export_regions),
+                ("aggregate_export_regions", &t.aggregate_export_regions),
+            ] {
+                for (k, r) in list.iter().enumerate() {
+                    if !is_ident(r, false) {
+                        err(
+                            &format!("{field}[{k}]"),
+                            format!("`{r}` is not a region name ([a-z0-9][a-z0-9_-]*)"),
+                        );
+                    } else if *r == t.residency_region || list[..k].contains(r) {
+                        err(
+                            &format!("{field}[{k}]"),
+                            format!(
+                                "`{r}` is the tenant's residency region or listed twice (INT-4.5-3)"
+                            ),
+                        );
+                    }
+                }
             }
             if let Some(d) = t.consent_grace_days
                 && d > crate::consent::model::MAX_GRACE_DAYS
@@ -353,6 +384,17 @@ impl PolicySet {
                     );
                 }
             }
+            for (k, t) in i.partner_tenants.iter().enumerate() {
+                if *t == i.tenant
+                    || !tenants.contains(t.as_str())
+                    || i.partner_tenants[..k].contains(t)
+                {
+                    err(
+                        &format!("partner_tenants[{k}]"),
+                        format!("`{t}`: another known tenant, once (INT-4.5-2)"),
+                    );
+                }
+            }
             if let Some(rs) = &i.routes {
                 for (k, r) in rs.iter().enumerate() {
                     if !routes.contains(r.as_str()) {
@@ -432,6 +474,20 @@ impl PolicySet {
             if r.resource.trim().is_empty() {
                 err("resource", "must not be empty".into());
             }
+            if let Some(g) = &r.data_region
+                && !regions.contains(g.as_str())
+            {
+                err(
+                    "data_region",
+                    if is_ident(g, false) {
+                        format!(
+                            "unknown region `{g}`: not the residency or export region of any tenant (INT-4.5-3)"
+                        )
+                    } else {
+                        format!("`{g}` is not a region name ([a-z0-9][a-z0-9_-]*)")
+                    },
+                );
+            }
             if let Err((field, m)) = crate::payload::PayloadRules::compile(r) {
                 err(&field, m);
             }
@@ -495,10 +551,15 @@ impl PolicySet {
             if let Some(i) = &d.integration {
                 match integrations.get(i.as_str()) {
                     None => err("integration", format!("unknown integration `{i}`")),
-                    Some(int) if int.tenant != d.tenant => err(
-                        "integration",
-                        format!("integration `{i}` belongs to tenant `{}`", int.tenant),
-                    ),
+                    // A tenant may deny a cross-tenant partner that reaches it (INT-4.5-2).
+                    Some(int)
+                        if int.tenant != d.tenant && !int.partner_tenants.contains(&d.tenant) =>
+                    {
+                        err(
+                            "integration",
+                            format!("integration `{i}` belongs to tenant `{}`", int.tenant),
+                        )
+                    }
                     _ => {}
                 }
             }

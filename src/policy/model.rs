@@ -30,8 +30,21 @@ pub struct PolicyFile {
 pub struct Tenant {
     /// Lower-case identifier, e.g. `ke`; equals the `tenant_id` claim and `{tenant}` in paths.
     pub id: String,
-    /// Data residency region, e.g. `africa-east` (INT-4.5-3).
+    /// Data residency region, e.g. `africa-east` (INT-4.5-3): where the tenant's data resides.
+    /// A route whose [`Route::data_region`] is another region is reached only when one of the
+    /// two export lists below allows it (pipeline stage 6b).
     pub residency_region: String,
+    /// Regions other than `residency_region` that routes carrying raw personal data may serve
+    /// this tenant's data from or send it to (INT-4.5-4), e.g. a regional backup site covered by
+    /// a data-sharing agreement. Empty (the default): raw personal data stays in-region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_export_regions: Vec<String>,
+    /// Regions other than `residency_region` that aggregate routes (kind `aggregate`, no person
+    /// id: no raw personal data) may serve or send this tenant's data to (INT-4.5-3);
+    /// `allowed_export_regions` hold for them too. Empty (the default): aggregates stay in-region
+    /// unless `allowed_export_regions` names the region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregate_export_regions: Vec<String>,
     /// Exact `iss` of the tenant's Keycloak realm, e.g. `https://idp.example/realms/ke`.
     pub issuer: String,
     /// Where the realm's signing keys are.
@@ -359,6 +372,21 @@ pub struct Route {
     /// policy snapshot; a route with one refuses requests without a body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_schema: Option<serde_json::Value>,
+    /// The residency region the route's data is served from or sent to (its upstream's region,
+    /// INT-4.5-3), e.g. `africa-east`; one of the regions the policy names (a tenant's
+    /// `residency_region` or export region). Absent: the region of the tenant the request
+    /// reaches, i.e. always in-region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_region: Option<String>,
+}
+
+impl Route {
+    /// Whether the route carries raw personal data for residency (INT-4.5-4): every route except
+    /// an aggregate route that names no person id (fail closed: handshake, batch and real-time
+    /// routes count as personal).
+    pub fn carries_personal_data(&self) -> bool {
+        !(self.kind == RouteKind::Aggregate && self.person_id.is_none())
+    }
 }
 
 /// A native deny rule: every field that is set must match; `forbid` beats every allow (ADM-3).

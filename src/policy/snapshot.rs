@@ -410,6 +410,7 @@ mod tests {
             kind: RouteKind::RealTime,
             content_types: None,
             body_schema: None,
+            data_region: None,
         }
     }
 

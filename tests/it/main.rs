@@ -21,6 +21,7 @@ mod audit_crash;
 mod audit_http;
 mod audit_outage;
 mod audit_tail;
+mod boundaries;
 mod cli;
 mod consent_api;
 mod consent_enforce;

@@ -347,12 +347,38 @@ impl CompiledPacks {
         now_ms: i64,
         reasons: &mut Vec<String>,
     ) -> Result<Vec<String>, String> {
+        self.check_partner_in(
+            &integration.tenant,
+            integration,
+            route,
+            scopes,
+            persons,
+            method,
+            now_ms,
+            reasons,
+        )
+    }
+
+    /// [`Self::check_partner`] with the packs of `tenant`: the tenant the request reaches, which
+    /// for a cross-tenant integration is a partner tenant rather than its own (INT-4.5-2).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_partner_in(
+        &self,
+        tenant: &str,
+        integration: &Integration,
+        route: &Route,
+        scopes: &[String],
+        persons: usize,
+        method: &str,
+        now_ms: i64,
+        reasons: &mut Vec<String>,
+    ) -> Result<Vec<String>, String> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
         let mut masks = Vec::new();
         for v in &route.verticals {
-            let Some(packs) = self.by_key.get(&(integration.tenant.clone(), v.clone())) else {
+            let Some(packs) = self.by_key.get(&(tenant.to_owned(), v.clone())) else {
                 continue;
             };
             let req = PackRequest {
@@ -360,13 +386,14 @@ impl CompiledPacks {
                 principal_id: &integration.id,
                 action: route.action.as_str(),
                 resource: &route.resource,
-                tenant: &integration.tenant,
+                tenant,
                 vertical: v,
                 context: serde_json::Value::Null,
                 now_ms,
             };
             let key = format!(
-                "{}\u{0}{}\u{0}{}\u{0}{}",
+                "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+                tenant,
                 integration.id,
                 route.id,
                 v,

@@ -42,6 +42,7 @@ fn route(verticals: &[&str], action: Action) -> Route {
         kind: RouteKind::RealTime,
         content_types: None,
         body_schema: None,
+        data_region: None,
     }
 }
 
