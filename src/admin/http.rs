@@ -329,6 +329,8 @@ pub struct AdminHttp {
     /// Creates partners' identity provider clients (ONB-4); `None` when `admin.keycloak` is not
     /// configured (provisioning then answers 503 `PROVISIONER_UNAVAILABLE`).
     pub provisioner: Option<Arc<dyn super::keycloak::Provisioner>>,
+    /// `[webhooks]` (secret rotation overlap, EXT-5.1-1).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 impl AdminHttp {

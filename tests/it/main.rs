@@ -43,3 +43,4 @@ mod rate_limit_redis;
 mod resources;
 mod store;
 mod tls;
+mod webhooks;

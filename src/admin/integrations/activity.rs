@@ -154,7 +154,17 @@ pub(super) async fn activate_on_handshake(
         )
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            crate::webhooks::emit(
+                store,
+                &i.tenant,
+                id,
+                "integration.state_changed",
+                json!({"from": "approved", "to": "active", "action": "activate", "reason_code": null}),
+            )
+            .await;
+            Ok(true)
+        }
         // Someone else changed it meanwhile (another replica activated it, or an operator).
         Err(crate::store::WriteError::Conflict { .. }) => Ok(false),
         Err(e) => Err(anyhow::anyhow!("{e}")),

@@ -228,6 +228,15 @@ pub(super) async fn rotate(
         )],
     )
     .await?;
+    // INT-5.1-1: never the secret, only that it changed.
+    crate::webhooks::emit(
+        &s.store,
+        &cur.integ.tenant,
+        &cur.integ.id,
+        "credential.rotated",
+        json!({"credential": "client_secret", "client_id": client_id}),
+    )
+    .await;
     Ok(no_store(
         (
             StatusCode::OK,

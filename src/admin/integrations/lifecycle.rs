@@ -240,6 +240,16 @@ pub(super) async fn transition(
             vec![put_integration(&i, Expect::Version(cur.version))],
         )
         .await?;
+    // INT-5.1-1: after the commit (see `crate::webhooks`).
+    crate::webhooks::emit(
+        &s.store,
+        &i.tenant,
+        &i.id,
+        "integration.state_changed",
+        json!({"from": from.as_str(), "to": rule.to.as_str(), "action": action,
+               "reason_code": b.reason_code}),
+    )
+    .await;
     Ok(with_etag(
         StatusCode::OK,
         w.versions[0],
