@@ -535,7 +535,7 @@ pub async fn start_with_clock(
     match crate::webhooks::Deliverer::new(
         store.clone(),
         audit.clone(),
-        engine.clone(),
+        Some(engine.clone()),
         config.auth.audience.clone(),
         config.webhooks.clone(),
         config.admin.webhook_allow_http_loopback,

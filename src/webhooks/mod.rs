@@ -6,8 +6,9 @@
 //!   `credential.rotated` and `consent.withdrawn` (to integrations holding frozen shares of the
 //!   person; the person only as its keyed `person_ref`). One row per subscription of the
 //!   integration whose `events` list names the type. Body: `{type, version, id, timestamp,
-//!   data}`. Rows are written right after the change commits (the admin write path and the
-//!   consent write path commit first); a crash between the two loses that one event.
+//!   data}`. Integration events are written in the transaction of the change itself
+//!   ([`Store::write_documents_with`]); `consent.withdrawn` right after the withdrawal commits
+//!   (the consent write path is separate), so a crash between the two loses that event.
 //! - **Delivery** ([`Deliverer::pass`]): claim (one replica per attempt), SSRF guard
 //!   ([`guard`]), POST with the Standard Webhooks headers `webhook-id`, `webhook-timestamp`,
 //!   `webhook-signature` (`v1,<base64 HMAC-SHA-256 of "{id}.{timestamp}.{body}">`, one per valid
@@ -74,6 +75,8 @@ pub struct WebhooksConfig {
     pub secret_overlap_s: u64,
     /// At most this much of a receiver's answer is read (then dropped), bytes.
     pub max_response_bytes: usize,
+    /// Deliveries in flight at once per replica.
+    pub concurrency: usize,
 }
 
 impl Default for WebhooksConfig {
@@ -88,6 +91,7 @@ impl Default for WebhooksConfig {
             act_after: 20,
             secret_overlap_s: 86_400,
             max_response_bytes: 64 * 1024,
+            concurrency: 8,
         }
     }
 }
@@ -166,24 +170,24 @@ pub fn event_body(event_type: &str, data: Value, now_ms: i64) -> Value {
     })
 }
 
-/// Queues event `event_type` with `data` for every active webhook subscription of
-/// `integration` (tenant `tenant`) that selects the type (INT-5.1-1). `data` gets
-/// `integration_id`. Returns how many deliveries were queued (0: no subscriber). Errors: the
-/// store is unreachable (nothing queued).
-pub async fn enqueue(
+/// The deliveries of event `event_type` with `data` to every active webhook subscription of
+/// `integration` (tenant `tenant`) that selects the type (INT-5.1-1): one row per subscription,
+/// all with the same body; `data` gets `integration_id`. Empty when nobody subscribes. Errors:
+/// the store is unreachable.
+pub async fn rows_for(
     store: &Store,
     tenant: &str,
     integration: &str,
     event_type: &str,
     mut data: Value,
     now_ms: i64,
-) -> Result<u64, StoreError> {
+) -> Result<Vec<WebhookRow>, StoreError> {
     let subs = store.documents(DocKind::Webhook, Some(tenant)).await?;
     data["integration_id"] = json!(integration);
     let body = event_body(event_type, data, now_ms);
     let event_id = body["id"].as_str().unwrap_or_default().to_owned();
     let payload = body.to_string();
-    let rows: Vec<WebhookRow> = subs
+    Ok(subs
         .iter()
         .filter(|d| d.status.as_deref().is_none_or(|s| s == "active"))
         .filter_map(|d| serde_json::from_str::<Value>(&d.doc).ok().map(|v| (d, v)))
@@ -209,13 +213,50 @@ pub async fn enqueue(
             created_ms: now_ms,
             updated_ms: now_ms,
         })
-        .collect();
+        .collect())
+}
+
+/// [`rows_for`] for an integration state change (`integration.state_changed`, INT-5.1-1),
+/// for [`Store::write_documents_with`]. A store error is logged and yields no rows: the change
+/// goes ahead without its event rather than failing.
+pub async fn state_changed_rows(
+    store: &Store,
+    tenant: &str,
+    integration: &str,
+    data: Value,
+) -> Vec<WebhookRow> {
+    match rows_for(store, tenant, integration, "integration.state_changed", data, crate::api::now_ms()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, integration_id = %integration, "webhook subscriptions unreadable; state change not announced");
+            Vec::new()
+        }
+    }
+}
+
+/// Queues event `event_type` ([`rows_for`]) in its own transaction, for changes committed
+/// elsewhere (consent withdrawal). Returns how many deliveries were queued. Errors: the store
+/// is unreachable (nothing queued).
+pub async fn enqueue(
+    store: &Store,
+    tenant: &str,
+    integration: &str,
+    event_type: &str,
+    data: Value,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let rows = rows_for(store, tenant, integration, event_type, data, now_ms).await?;
     let n = store.webhook_enqueue(&rows).await?;
+    count_events(event_type, n);
+    Ok(n)
+}
+
+/// Counts queued events (`scp_pep_webhook_events_total{type}`).
+pub fn count_events(event_type: &str, n: u64) {
     if n > 0 {
         metrics::counter!("scp_pep_webhook_events_total", "type" => event_type.to_owned())
             .increment(n);
     }
-    Ok(n)
 }
 
 /// [`enqueue`] for code paths that have committed their change already: a store error is logged
@@ -245,7 +286,9 @@ impl Sent {
 pub struct Deliverer {
     store: Store,
     audit: Option<Arc<AuditLog>>,
-    engine: Arc<Engine>,
+    /// The policy engine: tenant settings and the reload after a circuit action (`None`:
+    /// restrict, and the change feed reloads).
+    engine: Option<Arc<Engine>>,
     audience: String,
     cfg: WebhooksConfig,
     allow_loopback: bool,
@@ -258,7 +301,7 @@ impl Deliverer {
     pub fn new(
         store: Store,
         audit: Option<Arc<AuditLog>>,
-        engine: Arc<Engine>,
+        engine: Option<Arc<Engine>>,
         audience: String,
         cfg: WebhooksConfig,
         allow_loopback: bool,
@@ -288,22 +331,34 @@ impl Deliverer {
     /// unreachable (a claimed row is retried after its lease).
     pub async fn pass(&self, now_ms: i64, limit: i64) -> Result<usize, StoreError> {
         let due = self.store.webhook_due(now_ms, limit).await?;
-        for row in &due {
-            let claimed_ms = crate::api::now_ms().max(now_ms);
-            let won = self
-                .store
-                .consent_outbox_claim(&row.id, row.attempts, claimed_ms + CLAIM_LEASE_MS, claimed_ms)
-                .await
-                .map_err(|e| match e {
-                    crate::consent::store::ConsentStoreError::Store(s) => s,
-                    other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
-                })?;
-            if !won {
-                continue;
+        // `concurrency` deliveries at a time (the futures are collected first, so the pass
+        // stays `Send`).
+        for chunk in due.chunks(self.cfg.concurrency.max(1)) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|row| self.claim_and_deliver(row, now_ms))
+                .collect();
+            for r in futures_util::future::join_all(futs).await {
+                r?;
             }
-            self.deliver_one(row, row.attempts + 1).await?;
         }
         Ok(due.len())
+    }
+
+    async fn claim_and_deliver(&self, row: &WebhookRow, now_ms: i64) -> Result<(), StoreError> {
+        let claimed_ms = crate::api::now_ms().max(now_ms);
+        let won = self
+            .store
+            .consent_outbox_claim(&row.id, row.attempts, claimed_ms + CLAIM_LEASE_MS, claimed_ms)
+            .await
+            .map_err(|e| match e {
+                crate::consent::store::ConsentStoreError::Store(s) => s,
+                other => StoreError::Database(sqlx::Error::Protocol(other.to_string())),
+            })?;
+        if won {
+            self.deliver_one(row, row.attempts + 1).await?;
+        }
+        Ok(())
     }
 
     async fn deliver_one(&self, row: &WebhookRow, attempt: i32) -> Result<(), StoreError> {
@@ -489,7 +544,7 @@ impl Deliverer {
             match crate::admin::integrations::circuit_act(
                 &self.store,
                 self.audit.as_deref(),
-                &self.engine,
+                self.engine.as_deref(),
                 &row.integration_id,
                 &row.target,
                 n,
@@ -504,8 +559,8 @@ impl Deliverer {
                         to,
                         "integration restricted by the webhook circuit (ONB-LOG-01)"
                     );
-                    if let Err(e) =
-                        crate::feed::reload(&self.store, &self.engine, &self.audience).await
+                    if let Some(engine) = &self.engine
+                        && let Err(e) = crate::feed::reload(&self.store, engine, &self.audience).await
                     {
                         tracing::error!(error = %e, "policy reload after a circuit action failed; the change feed retries");
                     }

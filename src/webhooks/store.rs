@@ -80,6 +80,14 @@ pub struct Secrets {
     pub previous_until_ms: Option<i64>,
 }
 
+/// Inserts one webhook row (binds: id, dedup_key, tenant_id, status, reason, attempts,
+/// next_attempt_ms, created_ms, updated_ms, target, integration_id, event_type, payload,
+/// attempt_base); an existing `dedup_key` is skipped.
+pub(crate) const INSERT_SQL: &str = "INSERT INTO outbox (id, dedup_key, tenant_id, kind, channel, \
+     status, reason, attempts, next_attempt_ms, created_ms, updated_ms, topic, target, \
+     integration_id, event_type, payload, attempt_base) VALUES ($1, $2, $3, 'webhook', 'webhook', \
+     $4, $5, $6, $7, $8, $9, 'webhook', $10, $11, $12, $13, $14) ON CONFLICT (dedup_key) DO NOTHING";
+
 macro_rules! webhook_columns {
     () => {
         "id, dedup_key, tenant_id, integration_id, target, event_type, payload, status, reason, \
@@ -125,13 +133,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let mut n = 0;
             for r in rows {
-                n += sqlx::query(
-                    "INSERT INTO outbox (id, dedup_key, tenant_id, kind, channel, status, reason, \
-                     attempts, next_attempt_ms, created_ms, updated_ms, topic, target, \
-                     integration_id, event_type, payload, attempt_base) VALUES ($1, $2, $3, \
-                     'webhook', 'webhook', $4, $5, $6, $7, $8, $9, 'webhook', $10, $11, $12, $13, \
-                     $14) ON CONFLICT (dedup_key) DO NOTHING",
-                )
+                n += sqlx::query(INSERT_SQL)
                 .bind(&r.id).bind(&r.dedup_key).bind(&r.tenant_id).bind(&r.status)
                 .bind(&r.reason).bind(r.attempts).bind(r.next_attempt_ms).bind(r.created_ms)
                 .bind(r.updated_ms).bind(&r.target).bind(&r.integration_id).bind(&r.event_type)

@@ -145,26 +145,24 @@ pub(super) async fn activate_on_handshake(
     i.onboarding
         .get_or_insert_with(Onboarding::default)
         .activated_by = Some("handshake".into());
+    let events = crate::webhooks::state_changed_rows(
+        store,
+        &i.tenant,
+        id,
+        json!({"from": "approved", "to": "active", "action": "activate", "reason_code": null}),
+    )
+    .await;
     match store
-        .write_documents(
+        .write_documents_with(
             &[put_integration(&i, Expect::Version(d.version))],
             Source::Api,
             "handshake",
             None,
+            &events,
         )
         .await
     {
-        Ok(_) => {
-            crate::webhooks::emit(
-                store,
-                &i.tenant,
-                id,
-                "integration.state_changed",
-                json!({"from": "approved", "to": "active", "action": "activate", "reason_code": null}),
-            )
-            .await;
-            Ok(true)
-        }
+        Ok(_) => Ok(true),
         // Someone else changed it meanwhile (another replica activated it, or an operator).
         Err(crate::store::WriteError::Conflict { .. }) => Ok(false),
         Err(e) => Err(anyhow::anyhow!("{e}")),

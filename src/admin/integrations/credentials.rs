@@ -215,7 +215,18 @@ pub(super) async fn rotate(
         detail: json!({"client_id": client_id, "credential": "client_secret",
                        "reason_code": b.reason_code, "reason_text": b.reason_text}),
     };
-    s.commit(
+    // INT-5.1-1: never the secret, only that it changed; queued with the change.
+    let events = crate::webhooks::rows_for(
+        &s.store,
+        &cur.integ.tenant,
+        &cur.integ.id,
+        "credential.rotated",
+        json!({"credential": "client_secret", "client_id": client_id}),
+        now,
+    )
+    .await
+    .map_err(|e| ApiError::unavailable("policy store", &e))?;
+    s.commit_with(
         &caller,
         &via,
         record,
@@ -226,17 +237,10 @@ pub(super) async fn rotate(
             now,
             "active",
         )],
+        &events,
     )
     .await?;
-    // INT-5.1-1: never the secret, only that it changed.
-    crate::webhooks::emit(
-        &s.store,
-        &cur.integ.tenant,
-        &cur.integ.id,
-        "credential.rotated",
-        json!({"credential": "client_secret", "client_id": client_id}),
-    )
-    .await;
+    crate::webhooks::count_events("credential.rotated", events.len() as u64);
     Ok(no_store(
         (
             StatusCode::OK,

@@ -227,8 +227,17 @@ pub(super) async fn transition(
         "legal_document_id": b.legal_document_id,
         "notes": b.notes,
     });
+    // INT-5.1-1: the event is queued in the transaction of the change.
+    let events = crate::webhooks::state_changed_rows(
+        &s.store,
+        &i.tenant,
+        &i.id,
+        json!({"from": from.as_str(), "to": rule.to.as_str(), "action": action,
+               "reason_code": b.reason_code}),
+    )
+    .await;
     let w = s
-        .commit(
+        .commit_with(
             &caller,
             &via,
             ChangeRecord::admin(
@@ -238,18 +247,10 @@ pub(super) async fn transition(
                 detail,
             ),
             vec![put_integration(&i, Expect::Version(cur.version))],
+            &events,
         )
         .await?;
-    // INT-5.1-1: after the commit (see `crate::webhooks`).
-    crate::webhooks::emit(
-        &s.store,
-        &i.tenant,
-        &i.id,
-        "integration.state_changed",
-        json!({"from": from.as_str(), "to": rule.to.as_str(), "action": action,
-               "reason_code": b.reason_code}),
-    )
-    .await;
+    crate::webhooks::count_events("integration.state_changed", events.len() as u64);
     Ok(with_etag(
         StatusCode::OK,
         w.versions[0],

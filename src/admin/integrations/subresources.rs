@@ -566,13 +566,13 @@ pub(super) async fn webhook_rotate_secret(
 /// The webhook circuit's action on integration `id` (ONB-LOG-01): `restrict`, or `suspend` when
 /// its tenant sets `webhook_circuit_action: suspend`, through the lifecycle table ([`RULES`];
 /// a state the action is not allowed from is left alone), audited first (`admin_change`, actor
-/// `webhooks`, reason `webhook_failures`), written with a version check, then announced as
-/// `integration.state_changed`. Returns the new state, or `None` when nothing changed. The
+/// `webhooks`, reason `webhook_failures`), written with a version check together with its
+/// `integration.state_changed` event. Returns the new state, or `None` when nothing changed. The
 /// caller reloads the policy.
 pub async fn circuit_act(
     store: &Store,
     audit: Option<&AuditLog>,
-    engine: &Engine,
+    engine: Option<&Engine>,
     id: &str,
     subscription: &str,
     failures: i64,
@@ -581,11 +581,15 @@ pub async fn circuit_act(
         return Ok(None);
     };
     let mut i: Integration = serde_json::from_str(&d.doc)?;
-    let snap = engine.snapshot().load_full();
-    let suspend = (*snap)
-        .as_ref()
-        .and_then(|s| s.tenants.get(&i.tenant))
-        .is_some_and(|t| t.tenant.webhook_circuit_action == Some(crate::policy::CircuitAction::Suspend));
+    let suspend = engine.is_some_and(|e| {
+        let snap = e.snapshot().load_full();
+        (*snap)
+            .as_ref()
+            .and_then(|s| s.tenants.get(&i.tenant))
+            .is_some_and(|t| {
+                t.tenant.webhook_circuit_action == Some(crate::policy::CircuitAction::Suspend)
+            })
+    });
     let action = if suspend { "suspend" } else { "restrict" };
     let Some(rule) = RULES.iter().find(|r| r.action == action) else {
         return Ok(None);
@@ -611,27 +615,26 @@ pub async fn circuit_act(
         .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
     }
     i.state = rule.to;
-    match store
-        .write_documents(
-            &[put_integration(&i, Expect::Version(d.version))],
-            Source::Api,
-            "webhooks",
-            None,
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(crate::store::WriteError::Conflict { .. }) => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!("{e}")),
-    }
-    crate::webhooks::emit(
+    let events = crate::webhooks::state_changed_rows(
         store,
         &i.tenant,
         id,
-        "integration.state_changed",
         json!({"from": from.as_str(), "to": rule.to.as_str(), "action": action,
                "reason_code": "webhook_failures"}),
     )
     .await;
-    Ok(Some(rule.to.as_str()))
+    match store
+        .write_documents_with(
+            &[put_integration(&i, Expect::Version(d.version))],
+            Source::Api,
+            "webhooks",
+            None,
+            &events,
+        )
+        .await
+    {
+        Ok(_) => Ok(Some(rule.to.as_str())),
+        Err(crate::store::WriteError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }
