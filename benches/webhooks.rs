@@ -50,7 +50,9 @@ async fn receive(State(lat): State<Lat>, body: String) -> &'static str {
     if let Ok(v) = serde_json::from_str::<Value>(&body)
         && let Some(sent) = v["data"]["t_us"].as_i64()
     {
-        lat.lock().unwrap().push(u64::try_from(t - sent).unwrap_or(0));
+        lat.lock()
+            .unwrap()
+            .push(u64::try_from(t - sent).unwrap_or(0));
     }
     "ok"
 }
@@ -71,7 +73,10 @@ async fn subscribe(store: &Store, url: &str) {
                      "url": url, "events": ["bench.event"], "description": null});
     store
         .write_documents(
-            &[DocChange::put(DocKind::Webhook, "wh-bench", Some("ke"), doc.to_string()).status("active")],
+            &[
+                DocChange::put(DocKind::Webhook, "wh-bench", Some("ke"), doc.to_string())
+                    .status("active"),
+            ],
             Source::Api,
             "bench",
             None,
@@ -79,7 +84,11 @@ async fn subscribe(store: &Store, url: &str) {
         .await
         .expect("subscription");
     store
-        .webhook_secret_create("wh-bench", &scp_pep::webhooks::new_secret(), scp_pep::api::now_ms())
+        .webhook_secret_create(
+            "wh-bench",
+            &scp_pep::webhooks::new_secret(),
+            scp_pep::api::now_ms(),
+        )
         .await
         .expect("secret");
 }
@@ -98,7 +107,9 @@ async fn enqueue(store: &Store, seq: u64) {
 }
 
 async fn run_store(name: &str, url: &str) {
-    let store = Store::connect(url, 8, Duration::from_secs(30)).await.expect("store");
+    let store = Store::connect(url, 8, Duration::from_secs(30))
+        .await
+        .expect("store");
     let (hook, lat) = receiver().await;
     subscribe(&store, &hook).await;
     let cfg = WebhooksConfig {
@@ -106,8 +117,15 @@ async fn run_store(name: &str, url: &str) {
         ..WebhooksConfig::default()
     };
     let d = Arc::new(
-        Deliverer::new(store.clone(), None, None, "scp-pep".into(), cfg.clone(), true)
-            .expect("deliverer"),
+        Deliverer::new(
+            store.clone(),
+            None,
+            None,
+            "scp-pep".into(),
+            cfg.clone(),
+            true,
+        )
+        .expect("deliverer"),
     );
 
     // 1. drain
@@ -171,7 +189,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let stores = std::env::var("BENCH_WEBHOOK_STORES").unwrap_or_else(|_| "postgres,sqlite".into());
+        let stores =
+            std::env::var("BENCH_WEBHOOK_STORES").unwrap_or_else(|_| "postgres,sqlite".into());
         for s in stores.split(',') {
             match s {
                 "postgres" => {

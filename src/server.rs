@@ -541,7 +541,9 @@ pub async fn start_with_clock(
         config.admin.webhook_allow_http_loopback,
     ) {
         Ok(d) => tasks.push(tokio::spawn(crate::webhooks::run(Arc::new(d), rx.clone()))),
-        Err(e) => tracing::error!(error = %e, "webhook deliverer unavailable; deliveries stay pending"),
+        Err(e) => {
+            tracing::error!(error = %e, "webhook deliverer unavailable; deliveries stay pending")
+        }
     }
 
     // Consent: change feed (cache invalidation from other replicas), share ledger, outbox.

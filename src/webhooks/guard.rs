@@ -42,12 +42,8 @@ pub fn refused_range(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
             let s = v6.segments();
             // NAT64 (64:ff9b::/96) embeds an IPv4 address.
             if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                let v4 = Ipv4Addr::new(
-                    (s[6] >> 8) as u8,
-                    s[6] as u8,
-                    (s[7] >> 8) as u8,
-                    s[7] as u8,
-                );
+                let v4 =
+                    Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
                 return refused_v4(v4, allow_loopback);
             }
             if v6.is_unspecified() {
@@ -115,10 +111,10 @@ pub fn check_url(u: &reqwest::Url, allow_loopback: bool) -> Result<(), Refused> 
     if !scheme_ok {
         return Err(Refused::Scheme);
     }
-    if let Some(ip) = literal(u) {
-        if let Some(r) = refused_range(ip, allow_loopback) {
-            return Err(Refused::Address(r));
-        }
+    if let Some(ip) = literal(u)
+        && let Some(r) = refused_range(ip, allow_loopback)
+    {
+        return Err(Refused::Address(r));
     }
     Ok(())
 }
@@ -138,7 +134,11 @@ pub fn literal(u: &reqwest::Url) -> Option<IpAddr> {
 /// refuses the host: a name that mixes public and private answers is a rebinding attempt).
 ///
 /// Errors: [`Refused::Unresolved`] (no answer), [`Refused::Address`].
-pub async fn resolve(host: &str, port: u16, allow_loopback: bool) -> Result<Vec<SocketAddr>, Refused> {
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    allow_loopback: bool,
+) -> Result<Vec<SocketAddr>, Refused> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|_| Refused::Unresolved)?

@@ -148,7 +148,9 @@ pub fn signature_header(s: &Secrets, id: &str, timestamp: i64, body: &[u8], now_
 /// Retry delay after `attempt` (≥ 1) failed attempts, ms: `d = min(base · 2^(attempt−1), max)`,
 /// then a random value in `[d/2, d]` (jitter spreads retries of many receivers).
 pub fn backoff_ms(cfg: &WebhooksConfig, attempt: i32) -> i64 {
-    let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
     let d = cfg
         .backoff_base_ms
         .saturating_mul(1u64 << exp)
@@ -225,7 +227,16 @@ pub async fn state_changed_rows(
     integration: &str,
     data: Value,
 ) -> Vec<WebhookRow> {
-    match rows_for(store, tenant, integration, "integration.state_changed", data, crate::api::now_ms()).await {
+    match rows_for(
+        store,
+        tenant,
+        integration,
+        "integration.state_changed",
+        data,
+        crate::api::now_ms(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, integration_id = %integration, "webhook subscriptions unreadable; state change not announced");
@@ -262,7 +273,16 @@ pub fn count_events(event_type: &str, n: u64) {
 /// [`enqueue`] for code paths that have committed their change already: a store error is logged
 /// (the event is lost, the change stands).
 pub async fn emit(store: &Store, tenant: &str, integration: &str, event_type: &str, data: Value) {
-    if let Err(e) = enqueue(store, tenant, integration, event_type, data, crate::api::now_ms()).await {
+    if let Err(e) = enqueue(
+        store,
+        tenant,
+        integration,
+        event_type,
+        data,
+        crate::api::now_ms(),
+    )
+    .await
+    {
         tracing::error!(error = %e, integration_id = %integration, event.kind = %event_type, "webhook event not queued");
     }
 }
@@ -349,7 +369,12 @@ impl Deliverer {
         let claimed_ms = crate::api::now_ms().max(now_ms);
         let won = self
             .store
-            .consent_outbox_claim(&row.id, row.attempts, claimed_ms + CLAIM_LEASE_MS, claimed_ms)
+            .consent_outbox_claim(
+                &row.id,
+                row.attempts,
+                claimed_ms + CLAIM_LEASE_MS,
+                claimed_ms,
+            )
             .await
             .map_err(|e| match e {
                 crate::consent::store::ConsentStoreError::Store(s) => s,
@@ -392,8 +417,14 @@ impl Deliverer {
         let (next_status, reason, next_ms) = match sent.error_class {
             None => ("sent", None, now_ms),
             Some(c) if terminal => ("failed", Some(c), now_ms),
-            Some(_) if attempt - row.attempt_base >= max => ("failed", Some("max_attempts"), now_ms),
-            Some(_) => ("pending", None, now_ms + backoff_ms(&self.cfg, attempt - row.attempt_base)),
+            Some(_) if attempt - row.attempt_base >= max => {
+                ("failed", Some("max_attempts"), now_ms)
+            }
+            Some(_) => (
+                "pending",
+                None,
+                now_ms + backoff_ms(&self.cfg, attempt - row.attempt_base),
+            ),
         };
         self.store
             .webhook_record_attempt(&WebhookOutcome {
@@ -447,7 +478,10 @@ impl Deliverer {
         if guard::literal(url).is_none() {
             let host = url.host_str().unwrap_or_default();
             let port = url.port_or_known_default().unwrap_or(443);
-            if guard::resolve(host, port, self.allow_loopback).await.is_err() {
+            if guard::resolve(host, port, self.allow_loopback)
+                .await
+                .is_err()
+            {
                 return refused;
             }
         }
@@ -516,7 +550,9 @@ impl Deliverer {
             return Ok(());
         }
         if n == i64::from(self.cfg.degrade_after.max(1)) {
-            self.store.webhook_degrade(&row.integration_id, now_ms).await?;
+            self.store
+                .webhook_degrade(&row.integration_id, now_ms)
+                .await?;
             tracing::warn!(
                 integration_id = %row.integration_id,
                 webhook.subscription = %row.target,
@@ -560,7 +596,8 @@ impl Deliverer {
                         "integration restricted by the webhook circuit (ONB-LOG-01)"
                     );
                     if let Some(engine) = &self.engine
-                        && let Err(e) = crate::feed::reload(&self.store, engine, &self.audience).await
+                        && let Err(e) =
+                            crate::feed::reload(&self.store, engine, &self.audience).await
                     {
                         tracing::error!(error = %e, "policy reload after a circuit action failed; the change feed retries");
                     }

@@ -148,7 +148,11 @@ impl Store {
     }
 
     /// Webhook rows `pending` and due at `now_ms`, oldest due first, at most `limit`.
-    pub async fn webhook_due(&self, now_ms: i64, limit: i64) -> Result<Vec<WebhookRow>, StoreError> {
+    pub async fn webhook_due(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookRow>, StoreError> {
         let sql: &str = concat!(
             "SELECT ",
             webhook_columns!(),
@@ -198,7 +202,10 @@ impl Store {
     }
 
     /// The attempts of a delivery, in order.
-    pub async fn webhook_attempts(&self, outbox_id: &str) -> Result<Vec<WebhookAttempt>, StoreError> {
+    pub async fn webhook_attempts(
+        &self,
+        outbox_id: &str,
+    ) -> Result<Vec<WebhookAttempt>, StoreError> {
         type R = (i32, String, Option<i32>, Option<i64>, Option<String>, i64);
         let rows: Vec<R> = with_pool!(self, pool => {
             sqlx::query_as(
@@ -209,9 +216,16 @@ impl Store {
         });
         Ok(rows
             .into_iter()
-            .map(|(attempt, status, http_status, latency_ms, error_class, time_ms)| {
-                WebhookAttempt { attempt, status, http_status, latency_ms, error_class, time_ms }
-            })
+            .map(
+                |(attempt, status, http_status, latency_ms, error_class, time_ms)| WebhookAttempt {
+                    attempt,
+                    status,
+                    http_status,
+                    latency_ms,
+                    error_class,
+                    time_ms,
+                },
+            )
             .collect())
     }
 

@@ -28,6 +28,7 @@ on_both_stores!(optional:
     webhook_circuit_degrades_then_restricts,
     webhook_ssrf_refusals,
     webhook_urls_admin_only,
+    webhook_and_consent_notice_share_the_outbox,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -143,7 +144,13 @@ impl Api<'_> {
         self.token("tara", "scp-tenant-admin")
     }
 
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method.parse().unwrap(), self.h.ops_url(path))
@@ -152,7 +159,8 @@ impl Api<'_> {
             let v = if path.contains("/webhooks") || path == "/v1/integrations" {
                 None
             } else {
-                let (_, i) = Box::pin(self.call("GET", path.rsplit_once('/').unwrap().0, token, None)).await;
+                let (_, i) =
+                    Box::pin(self.call("GET", path.rsplit_once('/').unwrap().0, token, None)).await;
                 i["version"].as_i64()
             };
             if let Some(v) = v {
@@ -227,7 +235,10 @@ impl Api<'_> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("delivery condition not reached: {:?}", self.deliveries(id, sub).await);
+        panic!(
+            "delivery condition not reached: {:?}",
+            self.deliveries(id, sub).await
+        );
     }
 }
 
@@ -260,12 +271,22 @@ async fn webhook_signed_retried_rotated(store_url: Option<String>) {
     let (sub, secret) = a.subscribe(id, &url, &["integration.state_changed"]).await;
     // The subscription view never shows the secret.
     let (_, view) = a
-        .call("GET", &format!("/v1/integrations/{id}/webhooks/{sub}"), &a.admin(), None)
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/webhooks/{sub}"),
+            &a.admin(),
+            None,
+        )
         .await;
     assert!(view.get("secret").is_none(), "{view}");
 
     let (st, b) = a
-        .call("POST", &format!("/v1/integrations/{id}/submit"), &a.manager(), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/submit"),
+            &a.manager(),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(st, 200, "{b}");
     let d = a.wait_delivery(id, &sub, |d| d["status"] == "sent").await;
@@ -288,7 +309,10 @@ async fn webhook_signed_retried_rotated(store_url: Option<String>) {
             headers.get("webhook-id"),
             "Idempotency-Key = webhook-id"
         );
-        assert_eq!(headers["webhook-id"].to_str().unwrap(), d["id"].as_str().unwrap());
+        assert_eq!(
+            headers["webhook-id"].to_str().unwrap(),
+            d["id"].as_str().unwrap()
+        );
         let ev: Value = serde_json::from_str(body).unwrap();
         assert_eq!(ev["type"], "integration.state_changed");
         assert_eq!(ev["version"], 1);
@@ -302,7 +326,10 @@ async fn webhook_signed_retried_rotated(store_url: Option<String>) {
     }
     // A tampered body does not verify.
     let (h0, b0) = &got[0];
-    assert_ne!(sigs(h0)[0], expected_sig(&secret, h0, &b0.replace("draft", "drafx")));
+    assert_ne!(
+        sigs(h0)[0],
+        expected_sig(&secret, h0, &b0.replace("draft", "drafx"))
+    );
 
     // Rotation: the new secret once, both signatures during the overlap.
     let (st, r) = a
@@ -318,11 +345,18 @@ async fn webhook_signed_retried_rotated(store_url: Option<String>) {
     assert_ne!(new_secret, secret);
     let owner = a.token("victor", "scp-vertical-owner");
     let (st, b) = a
-        .call("POST", &format!("/v1/integrations/{id}/review"), &owner, Some(json!({})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/review"),
+            &owner,
+            Some(json!({})),
+        )
         .await;
     assert_eq!(st, 200, "{b}");
-    a.wait_delivery(id, &sub, |d| d["status"] == "sent" && d["attempts"].as_array().unwrap().len() == 1)
-        .await;
+    a.wait_delivery(id, &sub, |d| {
+        d["status"] == "sent" && d["attempts"].as_array().unwrap().len() == 1
+    })
+    .await;
     let (headers, body) = rx.lock().unwrap().got.last().unwrap().clone();
     assert_eq!(
         sigs(&headers),
@@ -333,7 +367,11 @@ async fn webhook_signed_retried_rotated(store_url: Option<String>) {
     );
     let audit = audit_bodies(&h.running.store).await;
     assert!(audit.iter().any(|b| b.contains("webhook.rotate_secret")));
-    assert!(!audit.iter().any(|b| b.contains(&new_secret) || b.contains(&secret)));
+    assert!(
+        !audit
+            .iter()
+            .any(|b| b.contains(&new_secret) || b.contains(&secret))
+    );
 }
 
 // EXT-4.3-2, INT-9.2-1: after `max_attempts` failures the delivery is a dead letter; an admin's
@@ -346,10 +384,17 @@ async fn webhook_dead_letter_and_replay(store_url: Option<String>) {
     a.draft(id).await;
     let (sub, _) = a.subscribe(id, &url, &["integration.state_changed"]).await;
     let (st, _) = a
-        .call("POST", &format!("/v1/integrations/{id}/submit"), &a.manager(), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/submit"),
+            &a.manager(),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(st, 200);
-    let d = a.wait_delivery(id, &sub, |d| d["status"] == "dead_letter").await;
+    let d = a
+        .wait_delivery(id, &sub, |d| d["status"] == "dead_letter")
+        .await;
     assert_eq!(d["reason"], "max_attempts");
     assert_eq!(d["attempts"].as_array().unwrap().len(), 3, "{d}");
     assert_eq!(rx.lock().unwrap().got.len(), 3);
@@ -365,7 +410,11 @@ async fn webhook_dead_letter_and_replay(store_url: Option<String>) {
     let d = a.wait_delivery(id, &sub, |d| d["status"] == "sent").await;
     assert_eq!(d["attempts"].as_array().unwrap().len(), 4, "{d}");
     let (st, b) = a.call("POST", &replay, &a.admin(), None).await;
-    assert_eq!((st, b["error"]["code"].as_str()), (409, Some("INVALID_TRANSITION")), "{b}");
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (409, Some("INVALID_TRANSITION")),
+        "{b}"
+    );
     let audit = audit_bodies(&h.running.store).await;
     assert!(audit.iter().any(|b| b.contains("webhook.replay")));
 }
@@ -379,19 +428,29 @@ async fn webhook_circuit_degrades_then_restricts(store_url: Option<String>) {
     let id = "int-ke-circuit";
     a.draft(id).await;
     let (sub, _) = a
-        .subscribe(id, &url, &["credential.rotated", "integration.state_changed"])
+        .subscribe(
+            id,
+            &url,
+            &["credential.rotated", "integration.state_changed"],
+        )
         .await;
     // Make it active directly in the store (provisioning is another test's subject).
     let store = &h.running.store;
-    let d = store.document(DocKind::Integration, id).await.unwrap().unwrap();
+    let d = store
+        .document(DocKind::Integration, id)
+        .await
+        .unwrap()
+        .unwrap();
     let mut doc: Value = serde_json::from_str(&d.doc).unwrap();
     doc["state"] = json!("active");
     doc["client_id"] = json!("acme-client");
     store
         .write_documents(
-            &[DocChange::put(DocKind::Integration, id, Some("ke"), doc.to_string())
-                .status("active")
-                .expect(Expect::Version(d.version))],
+            &[
+                DocChange::put(DocKind::Integration, id, Some("ke"), doc.to_string())
+                    .status("active")
+                    .expect(Expect::Version(d.version)),
+            ],
             Source::Api,
             "test",
             None,
@@ -400,13 +459,22 @@ async fn webhook_circuit_degrades_then_restricts(store_url: Option<String>) {
         .unwrap();
     // Two events × 3 attempts = 6 consecutive 5xx ≥ act_after (4).
     for _ in 0..2 {
-        scp_pep::webhooks::enqueue(store, "ke", id, "credential.rotated", json!({"credential": "client_secret"}), scp_pep::api::now_ms())
-            .await
-            .unwrap();
+        scp_pep::webhooks::enqueue(
+            store,
+            "ke",
+            id,
+            "credential.rotated",
+            json!({"credential": "client_secret"}),
+            scp_pep::api::now_ms(),
+        )
+        .await
+        .unwrap();
     }
     let mut state = String::new();
     for _ in 0..200 {
-        let (_, i) = a.call("GET", &format!("/v1/integrations/{id}"), &a.admin(), None).await;
+        let (_, i) = a
+            .call("GET", &format!("/v1/integrations/{id}"), &a.admin(), None)
+            .await;
         state = i["state"].as_str().unwrap_or_default().to_owned();
         if state == "restricted" {
             break;
@@ -415,12 +483,24 @@ async fn webhook_circuit_degrades_then_restricts(store_url: Option<String>) {
     }
     assert_eq!(state, "restricted");
     let (_, health) = a
-        .call("GET", &format!("/v1/integrations/{id}/health"), &a.admin(), None)
+        .call(
+            "GET",
+            &format!("/v1/integrations/{id}/health"),
+            &a.admin(),
+            None,
+        )
         .await;
     assert_eq!(health["health"], "degraded", "{health}");
-    assert!(health["webhook_failures"].as_i64().unwrap() >= 4, "{health}");
+    assert!(
+        health["webhook_failures"].as_i64().unwrap() >= 4,
+        "{health}"
+    );
     let audit = audit_bodies(store).await;
-    assert!(audit.iter().any(|b| b.contains("integration.webhook_degraded")));
+    assert!(
+        audit
+            .iter()
+            .any(|b| b.contains("integration.webhook_degraded"))
+    );
     let restrict: Vec<&String> = audit
         .iter()
         .filter(|b| b.contains("integration.restrict") && b.contains("webhook_failures"))
@@ -428,7 +508,8 @@ async fn webhook_circuit_degrades_then_restricts(store_url: Option<String>) {
     assert_eq!(restrict.len(), 1, "{audit:?}");
     assert!(restrict[0].contains("\"webhooks\""));
     // The restriction itself is an event to the subscriber.
-    a.wait_delivery(id, &sub, |d| d["event_type"] == "integration.state_changed").await;
+    a.wait_delivery(id, &sub, |d| d["event_type"] == "integration.state_changed")
+        .await;
 }
 
 // INT-5.1-1: private IP literals refused at configuration; a hostname resolving to loopback
@@ -455,23 +536,57 @@ async fn webhook_ssrf_refusals(store_url: Option<String>) {
                 Some(json!({"url": url, "events": ["integration.state_changed"]})),
             )
             .await;
-        assert_eq!((st, b["error"]["field"].as_str()), (400, Some("url")), "{url}: {b}");
+        assert_eq!(
+            (st, b["error"]["field"].as_str()),
+            (400, Some("url")),
+            "{url}: {b}"
+        );
     }
     let (plain, rx) = receiver(&[], 200).await;
-    let port = plain.rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    let port = plain
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let (sub, _) = a
-        .subscribe(id, &format!("https://localhost:{port}/hook"), &["integration.state_changed"])
+        .subscribe(
+            id,
+            &format!("https://localhost:{port}/hook"),
+            &["integration.state_changed"],
+        )
         .await;
     let (st, _) = a
-        .call("POST", &format!("/v1/integrations/{id}/submit"), &a.manager(), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/submit"),
+            &a.manager(),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(st, 200);
-    let d = a.wait_delivery(id, &sub, |d| d["status"] == "dead_letter").await;
+    let d = a
+        .wait_delivery(id, &sub, |d| d["status"] == "dead_letter")
+        .await;
     assert_eq!(d["reason"], "destination_refused", "{d}");
     assert_eq!(d["attempts"][0]["error_class"], "destination_refused");
-    assert_eq!(rx.lock().unwrap().got.len(), 0, "nothing reached the loopback receiver");
-    assert!(scp_pep::webhooks::guard::resolve("localhost", 443, false).await.is_err());
-    assert!(scp_pep::webhooks::guard::resolve("localhost", 443, true).await.is_ok());
+    assert_eq!(
+        rx.lock().unwrap().got.len(),
+        0,
+        "nothing reached the loopback receiver"
+    );
+    assert!(
+        scp_pep::webhooks::guard::resolve("localhost", 443, false)
+            .await
+            .is_err()
+    );
+    assert!(
+        scp_pep::webhooks::guard::resolve("localhost", 443, true)
+            .await
+            .is_ok()
+    );
     drop(h);
 
     // Redirects are not followed (with the flag, so plain-http loopback receivers work).
@@ -484,14 +599,25 @@ async fn webhook_ssrf_refusals(store_url: Option<String>) {
     rx.lock().unwrap().location = Some(target);
     let (sub, _) = a.subscribe(id, &url, &["integration.state_changed"]).await;
     let (st, _) = a
-        .call("POST", &format!("/v1/integrations/{id}/submit"), &a.manager(), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/v1/integrations/{id}/submit"),
+            &a.manager(),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(st, 200);
-    let d = a.wait_delivery(id, &sub, |d| d["status"] == "dead_letter").await;
+    let d = a
+        .wait_delivery(id, &sub, |d| d["status"] == "dead_letter")
+        .await;
     assert_eq!(d["attempts"][0]["http_status"], 307, "{d}");
     assert_eq!(d["attempts"][0]["error_class"], "http_3xx");
     assert_eq!(rx.lock().unwrap().got.len(), 3);
-    assert_eq!(target_rx.lock().unwrap().got.len(), 0, "the redirect was not followed");
+    assert_eq!(
+        target_rx.lock().unwrap().got.len(),
+        0,
+        "the redirect was not followed"
+    );
 }
 
 // EXT-4.3-1, ONB-5: only admins set webhook URLs; an integration manager or a caller without a
@@ -510,9 +636,152 @@ async fn webhook_urls_admin_only(store_url: Option<String>) {
     }
     let (_, list) = a.call("GET", &path, &a.admin(), None).await;
     assert_eq!(list["items"], json!([]));
-    let (sub, _) = a.subscribe(id, "https://partner.example/hook", &["consent.withdrawn"]).await;
+    let (sub, _) = a
+        .subscribe(id, "https://partner.example/hook", &["consent.withdrawn"])
+        .await;
     let (st, _) = a
-        .call("POST", &format!("{path}/{sub}/rotate-secret"), &a.manager(), None)
+        .call(
+            "POST",
+            &format!("{path}/{sub}/rotate-secret"),
+            &a.manager(),
+            None,
+        )
         .await;
     assert_eq!(st, 403);
+}
+
+// INT-9.2-1, CON-34, CON-36, INT-5.1-1: one outbox: a consent notice and a webhook delivery queued
+// side by side are each delivered by their own sender, each attempt logged in `outbox_attempts`.
+async fn webhook_and_consent_notice_share_the_outbox(store_url: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        store_url.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("store.db").display()));
+    let store = Store::connect(&url, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let now = scp_pep::api::now_ms();
+    let (hook, hook_rx) = receiver(&[], 200).await;
+    let (notify, notify_rx) = receiver(&[], 200).await;
+
+    // A webhook subscription (written as the admin API stores it) and one event.
+    let doc = json!({"id": "wh-1", "integration_id": "int-ke-one", "tenant": "ke", "url": hook,
+                     "events": ["consent.withdrawn"], "description": null});
+    store
+        .write_documents(
+            &[
+                DocChange::put(DocKind::Webhook, "wh-1", Some("ke"), doc.to_string())
+                    .status("active"),
+            ],
+            Source::Api,
+            "test",
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .webhook_secret_create("wh-1", &scp_pep::webhooks::new_secret(), now)
+        .await
+        .unwrap();
+    let n = scp_pep::webhooks::enqueue(
+        &store,
+        "ke",
+        "int-ke-one",
+        "consent.withdrawn",
+        json!({"consent_id": "c-1", "consent_version": 2, "vertical_id": "health", "person_ref": "ref-1"}),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    // A consent case suspension (CON-36) in the same table.
+    let consent_row = scp_pep::consent::store::OutboxRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        dedup_key: "case_suspension:c-1:2".into(),
+        tenant_id: "ke".into(),
+        person_id: "p-1".into(),
+        consent_id: "c-1".into(),
+        consent_version: 2,
+        vertical_id: "health".into(),
+        kind: "case_suspension".into(),
+        days_before: None,
+        channel: "core".into(),
+        status: "pending".into(),
+        reason: None,
+        attempts: 0,
+        next_attempt_ms: now,
+        created_ms: now,
+        updated_ms: now,
+    };
+    assert_eq!(
+        store
+            .consent_outbox_insert(std::slice::from_ref(&consent_row))
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Each side sees only its own rows.
+    let consents = scp_pep::consent::Consents::new(
+        store.clone(),
+        scp_pep::consent::ConsentConfig {
+            notify_url: Some(notify.clone()),
+            ..Default::default()
+        },
+        Arc::new(scp_pep::consent::SystemClock),
+    );
+    let sender = scp_pep::consent::notify::HttpSender::new(&notify).unwrap();
+    let later = scp_pep::api::now_ms();
+    assert_eq!(
+        scp_pep::consent::notify::deliver(&consents, &sender, later, 10)
+            .await
+            .unwrap(),
+        1
+    );
+    let d = scp_pep::webhooks::Deliverer::new(
+        store.clone(),
+        None,
+        None,
+        "scp-pep".into(),
+        scp_pep::webhooks::WebhooksConfig::default(),
+        true,
+    )
+    .unwrap();
+    assert_eq!(d.pass(later, 10).await.unwrap(), 1);
+    assert_eq!(d.pass(scp_pep::api::now_ms(), 10).await.unwrap(), 0);
+
+    let notices = notify_rx.lock().unwrap().got.clone();
+    assert_eq!(notices.len(), 1);
+    assert!(notices[0].1.contains("case_suspension"));
+    let hooks = hook_rx.lock().unwrap().got.clone();
+    assert_eq!(hooks.len(), 1);
+    let ev: Value = serde_json::from_str(&hooks[0].1).unwrap();
+    assert_eq!(ev["type"], "consent.withdrawn");
+    assert_eq!(ev["data"]["person_ref"], "ref-1");
+    assert!(
+        !hooks[0].1.contains("p-1"),
+        "no person id in a webhook body"
+    );
+
+    let rows = store.consent_outbox_of("c-1").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "sent");
+    assert_eq!(
+        store
+            .consent_deliveries_of(&rows[0].id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let w = store.webhook_rows_of("wh-1", 10).await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].status, "sent");
+    let a = store.webhook_attempts(&w[0].id).await.unwrap();
+    assert_eq!((a.len(), a[0].http_status), (1, Some(200)));
+    let q = "SELECT count(*) FROM outbox";
+    let total: i64 = match &store {
+        Store::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+        Store::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+    };
+    assert_eq!(total, 2, "one table for both");
 }

@@ -58,9 +58,9 @@ mod subresources;
 
 use IntegrationState as S;
 pub use activity::*;
-pub use subresources::circuit_act;
 use credentials::*;
 use lifecycle::*;
+pub use subresources::circuit_act;
 use subresources::*;
 
 /// Days after which a secret or key is due for rotation (ONB-AUD-2).

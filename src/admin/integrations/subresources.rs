@@ -402,7 +402,10 @@ sub_handlers!(Mapping, MappingBody, "integrations.mappings",
 /// Deliveries listed per subscription.
 const DELIVERY_PAGE: i64 = 100;
 
-fn delivery_view(r: &crate::webhooks::WebhookRow, attempts: &[crate::webhooks::WebhookAttempt]) -> Value {
+fn delivery_view(
+    r: &crate::webhooks::WebhookRow,
+    attempts: &[crate::webhooks::WebhookAttempt],
+) -> Value {
     json!({
         "id": r.id,
         "event_type": r.event_type,
@@ -442,13 +445,20 @@ pub(super) async fn webhook_deliveries(
     let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
     load_sub::<Webhook>(&s, &cur, &sub).await?;
     let unavailable = |e: crate::store::StoreError| ApiError::unavailable("policy store", &e);
-    let rows = s.store.webhook_rows_of(&sub, DELIVERY_PAGE).await.map_err(unavailable)?;
+    let rows = s
+        .store
+        .webhook_rows_of(&sub, DELIVERY_PAGE)
+        .await
+        .map_err(unavailable)?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
         let a = s.store.webhook_attempts(&r.id).await.map_err(unavailable)?;
         items.push(delivery_view(r, &a));
     }
-    Ok(axum::Json(json!({"integration_id": id, "subscription_id": sub, "items": items})).into_response())
+    Ok(
+        axum::Json(json!({"integration_id": id, "subscription_id": sub, "items": items}))
+            .into_response(),
+    )
 }
 
 /// `POST /v1/integrations/{id}/webhooks/{sub}/deliveries/{delivery}/replay`
@@ -480,7 +490,10 @@ pub(super) async fn webhook_replay(
     if row.status != "failed" {
         return Err(ApiError::new(
             ErrorCode::InvalidTransition,
-            format!("delivery `{delivery}` is {}; only dead letters are replayed", row.status),
+            format!(
+                "delivery `{delivery}` is {}; only dead letters are replayed",
+                row.status
+            ),
         ));
     }
     s.commit(
@@ -496,14 +509,28 @@ pub(super) async fn webhook_replay(
     )
     .await?;
     let now = crate::api::now_ms();
-    if !s.store.webhook_replay(&delivery, now).await.map_err(unavailable)? {
+    if !s
+        .store
+        .webhook_replay(&delivery, now)
+        .await
+        .map_err(unavailable)?
+    {
         return Err(ApiError::new(
             ErrorCode::InvalidTransition,
             format!("delivery `{delivery}` is no longer a dead letter"),
         ));
     }
-    let row = s.store.webhook_row(&delivery).await.map_err(unavailable)?.unwrap_or(row);
-    let a = s.store.webhook_attempts(&delivery).await.map_err(unavailable)?;
+    let row = s
+        .store
+        .webhook_row(&delivery)
+        .await
+        .map_err(unavailable)?
+        .unwrap_or(row);
+    let a = s
+        .store
+        .webhook_attempts(&delivery)
+        .await
+        .map_err(unavailable)?;
     Ok((StatusCode::ACCEPTED, axum::Json(delivery_view(&row, &a))).into_response())
 }
 
@@ -527,7 +554,8 @@ pub(super) async fn webhook_rotate_secret(
     load_sub::<Webhook>(&s, &cur, &sub).await?;
     archived(&cur.integ)?;
     let now = crate::api::now_ms();
-    let overlap_ms = i64::try_from(s.webhooks.secret_overlap_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let overlap_ms =
+        i64::try_from(s.webhooks.secret_overlap_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     let until = now.saturating_add(overlap_ms);
     s.commit(
         &caller,
@@ -545,8 +573,16 @@ pub(super) async fn webhook_rotate_secret(
     .await?;
     let sec = crate::webhooks::new_secret();
     let unavailable = |e: crate::store::StoreError| ApiError::unavailable("policy store", &e);
-    if !s.store.webhook_secret_rotate(&sub, &sec, until, now).await.map_err(unavailable)? {
-        s.store.webhook_secret_create(&sub, &sec, now).await.map_err(unavailable)?;
+    if !s
+        .store
+        .webhook_secret_rotate(&sub, &sec, until, now)
+        .await
+        .map_err(unavailable)?
+    {
+        s.store
+            .webhook_secret_create(&sub, &sec, now)
+            .await
+            .map_err(unavailable)?;
     }
     Ok(no_store(
         (
