@@ -243,6 +243,9 @@ pub struct AuditConfig {
     /// Key for signed export download links (any string, ≥ 32 bytes; share it between replicas).
     /// Without it a random per-process key is used: links then only work on the replica that made them.
     pub link_key: Option<String>,
+    /// File holding the link key (trimmed), read at start (EXT-5.1-1); not together with
+    /// `link_key`.
+    pub link_key_file: Option<PathBuf>,
     /// Seconds an export download link stays valid.
     pub link_ttl_s: u64,
     /// Events buffered per live-tail subscriber before it starts losing events.
@@ -279,6 +282,7 @@ impl Default for AuditConfig {
             verify_interval_s: 60,
             full_verify_interval_s: 86_400,
             link_key: None,
+            link_key_file: None,
             link_ttl_s: 300,
             tail_capacity: 4096,
             person_ref_key: None,
@@ -289,15 +293,44 @@ impl Default for AuditConfig {
     }
 }
 
+impl AuditConfig {
+    /// The export link key: `link_key`, else the content of `link_key_file` read now (trimmed),
+    /// else none (EXT-5.1-1).
+    ///
+    /// Errors: both set, an unreadable or empty file (the message names the key, never a value).
+    pub fn resolve_link_key(&self) -> Result<Option<String>, String> {
+        match (&self.link_key, &self.link_key_file) {
+            (Some(_), Some(_)) => {
+                Err("audit.link_key and audit.link_key_file are both set; set one".into())
+            }
+            (Some(k), None) => Ok(Some(k.clone())),
+            (None, Some(f)) => {
+                let k = std::fs::read_to_string(f)
+                    .map_err(|e| format!("reading audit.link_key_file {}: {e}", f.display()))?;
+                let k = k.trim();
+                if k.is_empty() {
+                    return Err(format!("audit.link_key_file {} is empty", f.display()));
+                }
+                Ok(Some(k.to_owned()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 impl Config {
     /// Checks that need more than types, done before anything starts: the `[tls]` keys are
     /// consistent, and every outbound URL of the configuration is https or plain http to a
     /// loopback host (EXT-6-4): `audit.checkpoint_url`, `consent.notify_url`,
-    /// `admin.keycloak.base_url`. (JWKS URLs are checked with the policy documents.)
+    /// `admin.keycloak.base_url`. (JWKS URLs are checked with the policy documents.) A secret set
+    /// both inline and by file (`admin.keycloak.client_secret{,_file}`) is an error.
     ///
     /// Errors: a message naming the key.
     pub fn validate(&self) -> Result<(), String> {
         self.tls.validate()?;
+        if let Some(k) = &self.admin.keycloak {
+            k.validate()?;
+        }
         let urls = [
             ("audit.checkpoint_url", self.audit.checkpoint_url.as_deref()),
             ("consent.notify_url", self.consent.notify_url.as_deref()),
@@ -399,6 +432,31 @@ mod tests {
             assert_eq!(c.auth.leeway_s, 5);
             Ok(())
         });
+    }
+
+    #[test]
+    fn link_key_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("link.key");
+        std::fs::write(&f, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut a = AuditConfig {
+            link_key_file: Some(f.clone()),
+            ..AuditConfig::default()
+        };
+        assert_eq!(
+            a.resolve_link_key().unwrap().as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        a.link_key = Some("inline-secret".into());
+        let e = a.resolve_link_key().unwrap_err();
+        assert!(
+            e.contains("link_key_file") && !e.contains("inline-secret"),
+            "{e}"
+        );
+        a.link_key = None;
+        std::fs::write(&f, " \n").unwrap();
+        assert!(a.resolve_link_key().is_err());
+        assert_eq!(AuditConfig::default().resolve_link_key().unwrap(), None);
     }
 
     #[test]

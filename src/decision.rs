@@ -79,6 +79,9 @@ pub enum DenyCode {
     /// The request body (batch push) is missing, truncated, not JSON, or lacks the person ids the
     /// route's JSON pointer names.
     PayloadInvalid,
+    /// The request body's media type is not one the route accepts, or the body has no
+    /// `content-type` (INT-5.2-1).
+    MediaTypeUnsupported,
     /// A person the request touches has no consent for a vertical of the route (INT-4.3-1).
     ConsentMissing,
     /// A person's consent is pending (no evidence yet, not verified, or before `active_from`)
@@ -132,6 +135,7 @@ pub const ALL_CODES: &[DenyCode] = &[
     DenyCode::DenyRuleMatched,
     DenyCode::PolicyDenied,
     DenyCode::PayloadInvalid,
+    DenyCode::MediaTypeUnsupported,
     DenyCode::ConsentMissing,
     DenyCode::ConsentPending,
     DenyCode::ConsentWithdrawn,
@@ -176,6 +180,7 @@ impl DenyCode {
             DenyRuleMatched => "DENY_RULE_MATCHED",
             PolicyDenied => "POLICY_DENIED",
             PayloadInvalid => "PAYLOAD_INVALID",
+            MediaTypeUnsupported => "MEDIA_TYPE_UNSUPPORTED",
             ConsentMissing => "CONSENT_MISSING",
             ConsentPending => "CONSENT_PENDING",
             ConsentWithdrawn => "CONSENT_WITHDRAWN",
@@ -188,8 +193,9 @@ impl DenyCode {
         }
     }
 
-    /// HTTP status Envoy sends to the client: 400 (ambiguous or incomplete request), 401
-    /// (authentication), 403 (authorization), 429 (rate limit, quota), 503 (dependency).
+    /// HTTP status Envoy sends to the client: 400 (ambiguous, incomplete or invalid request), 401
+    /// (authentication), 403 (authorization), 415 (body media type), 429 (rate limit, quota),
+    /// 503 (dependency).
     pub fn http_status(self) -> u16 {
         use DenyCode::*;
         match self {
@@ -207,6 +213,7 @@ impl DenyCode {
             | ApiKeyInvalid
             | ClientCertificateInvalid => 401,
             PathAmbiguous | RequestAmbiguous | PersonIdMissing | PayloadInvalid => 400,
+            MediaTypeUnsupported => 415,
             RateLimited | QuotaExceeded => 429,
             DependencyUnavailable => 503,
             AuditUnavailable => 503,
@@ -272,6 +279,13 @@ pub struct Denial {
     /// Seconds; present only for retryable codes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
+    /// For `PAYLOAD_INVALID` schema failures: the JSON pointer of the failing value (segments the
+    /// schema does not name shown as `*`, never a value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `PAYLOAD_INVALID` schema failures: the JSON Schema keyword at fault, e.g. `required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
 }
 
 /// Longest denial message, bytes: a message may echo a value from the request or the token, and
@@ -299,6 +313,8 @@ impl Denial {
             code,
             message: clip(message.into(), MAX_MESSAGE_BYTES),
             retry_after_s: None,
+            field: None,
+            keyword: None,
         }
     }
 
@@ -308,6 +324,8 @@ impl Denial {
             code,
             message: clip(message.into(), MAX_MESSAGE_BYTES),
             retry_after_s: Some(seconds.max(1)),
+            field: None,
+            keyword: None,
         }
     }
 }
@@ -329,6 +347,9 @@ pub enum Stage {
     TenantVertical,
     /// 5: scope granted by contract and token.
     Scope,
+    /// 5b: the request body against the route's media types and schema (only when the request
+    /// carries a body or the route has a schema).
+    Payload,
     /// 6: deny rules, then the policy packs (Cedar) of every vertical the route touches.
     DenyRules,
     /// 7: consent of every person the request touches, for every vertical of the route; for
@@ -504,10 +525,11 @@ impl Decision {
     }
 
     /// The JSON denial body of the Envoy contract:
-    /// `{"error":{"code","message","decision_id","retryable"}}`; `None` for an allow.
+    /// `{"error":{"code","message","decision_id","retryable","field"?,"keyword"?}}` (`field`
+    /// and `keyword` for payload schema failures); `None` for an allow.
     pub fn denial_body(&self) -> Option<String> {
         let d = self.denial()?;
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "code": d.code.as_str(),
                 "message": d.message,
@@ -515,6 +537,12 @@ impl Decision {
                 "retryable": d.code.retryable(),
             }
         });
+        if let Some(f) = &d.field {
+            body["error"]["field"] = f.clone().into();
+        }
+        if let Some(k) = &d.keyword {
+            body["error"]["keyword"] = k.clone().into();
+        }
         Some(body.to_string())
     }
 }
@@ -523,7 +551,7 @@ impl Decision {
 mod tests {
     use super::*;
 
-    /// INT-4.6-3: every code has a distinct stable string, a status among 400/401/403/429/503, and
+    /// INT-4.6-3: every code has a distinct stable string, a status among 400/401/403/415/429/503, and
     /// exactly the 429/503 codes are retryable.
     #[test]
     fn catalogue_is_consistent() {
@@ -533,7 +561,7 @@ mod tests {
             let json = serde_json::to_string(c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
             let s = c.http_status();
-            assert!([400, 401, 403, 429, 503].contains(&s));
+            assert!([400, 401, 403, 415, 429, 503].contains(&s));
             assert_eq!(c.retryable(), s == 429 || s == 503, "{c}");
             assert_eq!(
                 c.www_authenticate().is_some(),

@@ -212,6 +212,7 @@ fn http_status_code(status: u16) -> HttpStatusCode {
     match status {
         400 => HttpStatusCode::BadRequest,
         401 => HttpStatusCode::Unauthorized,
+        415 => HttpStatusCode::UnsupportedMediaType,
         429 => HttpStatusCode::TooManyRequests,
         503 => HttpStatusCode::ServiceUnavailable,
         _ => HttpStatusCode::Forbidden,

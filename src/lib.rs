@@ -41,6 +41,7 @@ pub mod http_authz;
 pub mod limits;
 pub mod listen;
 pub mod path;
+pub mod payload;
 pub mod pipeline;
 pub mod policy;
 pub mod proto;

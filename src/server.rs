@@ -178,6 +178,11 @@ impl App {
     ) -> anyhow::Result<App> {
         let _ = prometheus();
         config.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let mut config = config;
+        config.audit.link_key = config
+            .audit
+            .resolve_link_key()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let store = Store::connect(
             &config.store.url,
             config.store.max_connections,
@@ -385,6 +390,7 @@ pub async fn start_with_clock(
         consents,
         activity,
         draining,
+        provisioner,
         ..
     } = app;
     let audience = config.auth.audience.clone();
@@ -544,6 +550,20 @@ pub async fn start_with_clock(
         Err(e) => {
             tracing::error!(error = %e, "webhook deliverer unavailable; deliveries stay pending")
         }
+    }
+
+    // Keycloak clients' `enabled` flag in step with the lifecycle (INT-6.2-3, INT-6.2-4).
+    if let (Some(p), Some(k)) = (&provisioner, &config.admin.keycloak) {
+        tasks.push(tokio::spawn(
+            crate::admin::integrations::keycloak_sync::run(
+                store.clone(),
+                audit.clone(),
+                engine.clone(),
+                p.clone(),
+                Duration::from_secs(k.sync_interval_s.max(1)),
+                rx.clone(),
+            ),
+        ));
     }
 
     // Consent: change feed (cache invalidation from other replicas), share ledger, outbox.

@@ -7,11 +7,19 @@
 //!   (a confidential client with a service account, the hardcoded-claim mappers `tenant_id`,
 //!   `integration_id`, `verticals` (JSON array) and an audience mapper);
 //! - `GET|POST /admin/realms/{realm}/clients/{id}/client-secret` (read / regenerate);
-//! - `DELETE /admin/realms/{realm}/clients/{id}` (undo a creation the store did not record).
+//! - `DELETE /admin/realms/{realm}/clients/{id}` (undo a creation the store did not record);
+//! - `PUT /admin/realms/{realm}/clients/{id}` with the client's representation and `enabled`
+//!   changed (the lifecycle: a suspended, deprecated or archived integration's client is
+//!   disabled, see `crate::admin::integrations::keycloak_sync`).
+//!
+//! The admin service client's secret is read on every token request (no token is cached): from
+//! `client_secret_file` when set (re-read each time, so rewriting the file rotates it without a
+//! restart, EXT-5.1-1), else from `client_secret` (best set through the environment).
 //!
 //! Secrets exist only in [`Secret`] values, whose `Debug` is redacted; they are shown once to the
 //! caller and stored as SHA-256 only.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -32,13 +40,42 @@ pub struct KeycloakConfig {
     /// logged, never serialized.
     #[serde(skip_serializing, default)]
     pub client_secret: String,
+    /// File holding the secret (trimmed), read on every admin token request: rewrite it to
+    /// rotate the secret without a restart (EXT-5.1-1). Takes precedence over `client_secret`
+    /// (setting both is a configuration error).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
     /// Timeout of each admin call, seconds.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// Seconds between two passes of the background task that brings Keycloak clients' `enabled`
+    /// flag in step with the lifecycle; a failed client waits `sync_interval_s × 2^(attempts−1)`,
+    /// at most 32 intervals, before its next attempt.
+    #[serde(default = "default_sync_interval_s")]
+    pub sync_interval_s: u64,
 }
 
 fn default_timeout_s() -> u64 {
     10
+}
+
+fn default_sync_interval_s() -> u64 {
+    10
+}
+
+impl KeycloakConfig {
+    /// Checks the secret settings: at most one of `client_secret` and `client_secret_file`.
+    ///
+    /// Errors: a message naming the keys (never a value).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.client_secret.is_empty() && self.client_secret_file.is_some() {
+            return Err(
+                "admin.keycloak.client_secret and admin.keycloak.client_secret_file are both set; set one"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for KeycloakConfig {
@@ -48,7 +85,9 @@ impl std::fmt::Debug for KeycloakConfig {
             .field("admin_realm", &self.admin_realm)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
+            .field("client_secret_file", &self.client_secret_file)
             .field("timeout_s", &self.timeout_s)
+            .field("sync_interval_s", &self.sync_interval_s)
             .finish()
     }
 }
@@ -116,6 +155,18 @@ pub enum ProvisionError {
     Unavailable(String),
 }
 
+impl ProvisionError {
+    /// A machine-readable class for sync state and logs: `client_exists`, `client_missing` or
+    /// `unavailable` (never a secret, never Keycloak's message).
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProvisionError::Exists(_) => "client_exists",
+            ProvisionError::NotFound(_) => "client_missing",
+            ProvisionError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// Creates partner machine clients and rotates their secrets (ONB-4, ONB-AUD-2).
 pub trait Provisioner: Send + Sync {
     /// Creates the confidential client of `spec` and returns its secret.
@@ -141,6 +192,17 @@ pub trait Provisioner: Send + Sync {
         realm: &'a str,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<(), ProvisionError>>;
+
+    /// Sets the `enabled` flag of `client_id` in `realm` (a disabled client gets no token;
+    /// INT-6.2-3, INT-6.2-4). Idempotent.
+    ///
+    /// Errors: [`ProvisionError::NotFound`], `Unavailable`.
+    fn set_enabled<'a>(
+        &'a self,
+        realm: &'a str,
+        client_id: &'a str,
+        enabled: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>>;
 }
 
 /// The Keycloak admin REST API client.
@@ -152,11 +214,6 @@ pub struct KeycloakAdmin {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-}
-
-#[derive(Deserialize)]
-struct ClientRef {
-    id: String,
 }
 
 #[derive(Deserialize)]
@@ -248,8 +305,21 @@ impl KeycloakAdmin {
         Ok(u)
     }
 
-    /// An admin access token (client credentials).
+    /// The admin service client's secret: `client_secret_file` read now (trimmed), else
+    /// `client_secret` (EXT-5.1-1).
+    async fn admin_secret(&self) -> Result<String, ProvisionError> {
+        match &self.config.client_secret_file {
+            Some(f) => tokio::fs::read_to_string(f)
+                .await
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| unavailable("admin.keycloak.client_secret_file", e.kind())),
+            None => Ok(self.config.client_secret.clone()),
+        }
+    }
+
+    /// An admin access token (client credentials), with the secret read now.
     async fn token(&self) -> Result<String, ProvisionError> {
+        let secret = self.admin_secret().await?;
         let url = format!(
             "{}/realms/{}/protocol/openid-connect/token",
             self.base(),
@@ -258,7 +328,7 @@ impl KeycloakAdmin {
         let body = format!(
             "grant_type=client_credentials&client_id={}&client_secret={}",
             urlencode(&self.config.client_id),
-            urlencode(&self.config.client_secret)
+            urlencode(&secret)
         );
         let resp = self
             .http
@@ -285,6 +355,19 @@ impl KeycloakAdmin {
         realm: &str,
         client_id: &str,
     ) -> Result<Option<String>, ProvisionError> {
+        Ok(self
+            .find_rep(token, realm, client_id)
+            .await?
+            .and_then(|c| c["id"].as_str().map(str::to_owned)))
+    }
+
+    /// The representation of `client_id` (as `GET …/clients?clientId=` lists it), if it exists.
+    async fn find_rep(
+        &self,
+        token: &str,
+        realm: &str,
+        client_id: &str,
+    ) -> Result<Option<Value>, ProvisionError> {
         let mut url = self.clients_url(realm)?;
         url.query_pairs_mut().append_pair("clientId", client_id);
         let resp = self
@@ -297,11 +380,52 @@ impl KeycloakAdmin {
         if !resp.status().is_success() {
             return Err(unavailable("client lookup", resp.status()));
         }
-        let found: Vec<ClientRef> = resp
+        let found: Vec<Value> = resp
             .json()
             .await
             .map_err(|e| unavailable("client lookup", e.without_url()))?;
-        Ok(found.into_iter().next().map(|c| c.id))
+        Ok(found
+            .into_iter()
+            .find(|c| c["clientId"] == json!(client_id) && c["id"].is_string()))
+    }
+
+    async fn enable(
+        &self,
+        realm: &str,
+        client_id: &str,
+        enabled: bool,
+    ) -> Result<(), ProvisionError> {
+        let token = self.token().await?;
+        let mut rep = self
+            .find_rep(&token, realm, client_id)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(client_id.to_owned()))?;
+        if rep["enabled"] == json!(enabled) {
+            return Ok(());
+        }
+        let id = rep["id"].as_str().unwrap_or_default().to_owned();
+        rep["enabled"] = json!(enabled);
+        // The secret is not part of the update (Keycloak keeps it when absent).
+        if let Value::Object(m) = &mut rep {
+            m.remove("secret");
+        }
+        let mut url = self.clients_url(realm)?;
+        url.path_segments_mut()
+            .map_err(|_| unavailable("base_url", "cannot be a base"))?
+            .push(&id);
+        let resp = self
+            .http
+            .put(url)
+            .bearer_auth(&token)
+            .json(&rep)
+            .send()
+            .await
+            .map_err(|e| unavailable("client update", e.without_url()))?;
+        match resp.status().as_u16() {
+            200 | 204 => Ok(()),
+            404 => Err(ProvisionError::NotFound(client_id.to_owned())),
+            s => Err(unavailable("client update", s)),
+        }
     }
 
     async fn secret(
@@ -429,6 +553,15 @@ impl Provisioner for KeycloakAdmin {
     ) -> BoxFuture<'a, Result<(), ProvisionError>> {
         Box::pin(self.delete(realm, client_id))
     }
+
+    fn set_enabled<'a>(
+        &'a self,
+        realm: &'a str,
+        client_id: &'a str,
+        enabled: bool,
+    ) -> BoxFuture<'a, Result<(), ProvisionError>> {
+        Box::pin(self.enable(realm, client_id, enabled))
+    }
 }
 
 /// `application/x-www-form-urlencoded` value encoding.
@@ -454,6 +587,38 @@ mod tests {
         assert_eq!(realm_of_issuer("https://idp/other"), None);
     }
 
+    fn config(secret: &str, file: Option<PathBuf>) -> KeycloakConfig {
+        KeycloakConfig {
+            base_url: "http://127.0.0.1:1".into(),
+            admin_realm: "master".into(),
+            client_id: "scp".into(),
+            client_secret: secret.into(),
+            client_secret_file: file,
+            timeout_s: 1,
+            sync_interval_s: 1,
+        }
+    }
+
+    // EXT-5.1-1: the file is read on every use (trimmed), so rewriting it rotates the secret; a
+    // missing file is `unavailable` without its path's content; inline + file is refused.
+    #[tokio::test]
+    async fn admin_secret_from_file_per_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kc");
+        std::fs::write(&f, "first\n").unwrap();
+        let kc = KeycloakAdmin::new(config("", Some(f.clone()))).unwrap();
+        assert_eq!(kc.admin_secret().await.unwrap(), "first");
+        std::fs::write(&f, "second").unwrap();
+        assert_eq!(kc.admin_secret().await.unwrap(), "second");
+        std::fs::remove_file(&f).unwrap();
+        let e = kc.admin_secret().await.unwrap_err();
+        assert_eq!(e.class(), "unavailable");
+        let inline = KeycloakAdmin::new(config("inline", None)).unwrap();
+        assert_eq!(inline.admin_secret().await.unwrap(), "inline");
+        assert!(config("inline", Some(f)).validate().is_err());
+        assert!(config("inline", None).validate().is_ok());
+    }
+
     #[test]
     fn secrets_are_redacted() {
         let s = Secret::new("hunter2".into());
@@ -463,7 +628,9 @@ mod tests {
             admin_realm: "master".into(),
             client_id: "scp".into(),
             client_secret: "hunter2".into(),
+            client_secret_file: None,
             timeout_s: 1,
+            sync_interval_s: 1,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));

@@ -583,6 +583,8 @@ mod tests {
                 data_categories: vec![],
                 fields: vec![],
                 kind: RouteKind::RealTime,
+                content_types: None,
+                body_schema: None,
             }],
             ..Default::default()
         };

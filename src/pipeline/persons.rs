@@ -5,15 +5,19 @@ use super::*;
 
 /// The ids of the persons a request touches, from where the route says they are (stage 3).
 ///
+/// `parsed`: the body as the payload stage already parsed it, if it did (else it is parsed here,
+/// as strictly).
+///
 /// Errors: `PERSON_ID_MISSING` (path, query, header without the id); `PAYLOAD_INVALID` (no body,
-/// a body Envoy truncated, larger than `max_body_bytes`, not JSON, no string at the pointer, more
-/// than `max_persons`).
+/// a body Envoy truncated, larger than `max_body_bytes`, not JSON, a key repeated in one object,
+/// no string at the pointer, more than `max_persons`).
 pub(super) fn persons_of(
     route: &Route,
     m: &crate::policy::snapshot::RouteMatch<'_, '_>,
     norm: &path::NormalizedPath,
     facts: &RequestFacts,
     settings: &PipelineSettings,
+    parsed: Option<&serde_json::Value>,
 ) -> Result<Vec<String>, Denial> {
     let one = |found: Option<String>| match found {
         Some(p) if !p.is_empty() => Ok(vec![p]),
@@ -43,10 +47,18 @@ pub(super) fn persons_of(
             if body.len() > settings.max_body_bytes {
                 return invalid("the request body is larger than scp-pep reads");
             }
-            let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-                return invalid("the request body is not JSON");
+            let owned;
+            let json = match parsed {
+                Some(j) => j,
+                None => match crate::payload::parse_json(body) {
+                    Ok(j) => {
+                        owned = j;
+                        &owned
+                    }
+                    Err(m) => return invalid(m),
+                },
             };
-            match persons_at(&json, pointer, settings.max_persons) {
+            match persons_at(json, pointer, settings.max_persons) {
                 Ok(p) if !p.is_empty() => Ok(p),
                 Ok(_) => invalid("the request body carries no person id where the route says"),
                 Err(m) => invalid(m),

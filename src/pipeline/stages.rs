@@ -22,8 +22,8 @@ pub struct Authorized<'s> {
     pub pack_masks: Vec<String>,
 }
 
-/// Stages 2–6, pure: integration, second factors, route (with the person ids it carries), tenant
-/// and vertical, scope, deny rules. Fills `d` (route, verticals, scopes, incidents, stages) as it
+/// Stages 2–6, pure: integration, second factors, route, tenant and vertical, scope, the body
+/// (with the person ids it carries), deny rules. Fills `d` (route, verticals, scopes, incidents, stages) as it
 /// goes. Stage 7 (consent, async) and 8 ([`minimize`]) follow.
 ///
 /// Returns the integration, route and persons, or the first denial.
@@ -127,8 +127,6 @@ pub fn authorize<'s>(
             "the integration is restricted to reads",
         ));
     }
-    let persons = persons_of(route, &m, &norm, facts, settings)?;
-    d.persons = persons.len();
 
     // Stage 4: tenant and vertical (INT-4.5-1, INT-4.4-2, INT-9.4-1).
     d.stages.push(Stage::TenantVertical);
@@ -180,6 +178,25 @@ pub fn authorize<'s>(
         .collect();
     scopes.sort();
     d.scopes = scopes;
+
+    // Stage 5b: the body against the route's media types and schema (INT-5.2-1, INT-9.3-1,
+    // EXT-4.4-2), then the persons it names; only for callers the route is meant for, so a
+    // caller without the scope learns nothing about the route's schema.
+    let body_json = if m.payload.has_schema() || carries_body(facts) {
+        d.stages.push(Stage::Payload);
+        m.payload
+            .check(
+                &facts.headers,
+                facts.body.as_deref(),
+                facts.body_truncated,
+                settings.max_body_bytes,
+            )
+            .map_err(|f| f.denial())?
+    } else {
+        None
+    };
+    let persons = persons_of(route, &m, &norm, facts, settings, body_json.as_ref())?;
+    d.persons = persons.len();
 
     // Stage 6: deny rules (ADM-3).
     d.stages.push(Stage::DenyRules);
@@ -336,4 +353,15 @@ fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<
         }
     }
     Ok(())
+}
+
+/// Whether the request carries a body: bytes from the proxy, a non-zero `content-length` or a
+/// `transfer-encoding`.
+fn carries_body(facts: &RequestFacts) -> bool {
+    facts.body.as_ref().is_some_and(|b| !b.is_empty())
+        || facts
+            .headers
+            .get("content-length")
+            .is_some_and(|v| v.trim() != "0")
+        || facts.headers.contains_key("transfer-encoding")
 }

@@ -432,6 +432,9 @@ impl PolicySet {
             if r.resource.trim().is_empty() {
                 err("resource", "must not be empty".into());
             }
+            if let Err((field, m)) = crate::payload::PayloadRules::compile(r) {
+                err(&field, m);
+            }
             if let Some(p) = &r.consent_purpose
                 && !is_ident(p, false)
             {

@@ -363,6 +363,14 @@ pub struct Route {
     #[serde(default)]
     pub fields: Vec<String>,
     pub kind: RouteKind,
+    /// Media types a request body may have, `type/subtype` (INT-5.2-1); absent: JSON, plus
+    /// `text/csv` on batch routes. XML, HL7, SDMX and the like only where listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
+    /// JSON Schema a JSON request body must satisfy (INT-9.3-1, EXT-4.4-2), compiled once per
+    /// policy snapshot; a route with one refuses requests without a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_schema: Option<serde_json::Value>,
 }
 
 /// A native deny rule: every field that is set must match; `forbid` beats every allow (ADM-3).

@@ -88,6 +88,8 @@ pub fn parse_template(path: &str) -> Result<Template, String> {
 pub struct CompiledRoute {
     pub route: Route,
     pub template: Template,
+    /// The route's body rules, compiled once per snapshot (INT-9.3-1).
+    pub payload: crate::payload::PayloadRules,
     /// Number of literal segments before the first parameter etc.; higher sorts first.
     specificity: Vec<bool>,
 }
@@ -166,6 +168,8 @@ impl RouteIndex {
 #[derive(Debug)]
 pub struct RouteMatch<'a, 's> {
     pub route: &'a Route,
+    /// The route's compiled body rules.
+    pub payload: &'a crate::payload::PayloadRules,
     /// `(name, decoded value)` for every `{param}`.
     pub params: Vec<(&'a str, &'s str)>,
 }
@@ -279,9 +283,14 @@ impl PolicySnapshot {
                 .iter()
                 .map(|s| matches!(s, Segment::Literal(_)))
                 .collect();
+            // Validation compiled the same rules; a failure here skips the route (fail closed).
+            let Ok(payload) = crate::payload::PayloadRules::compile(r) else {
+                continue;
+            };
             let compiled = Arc::new(CompiledRoute {
                 route: r.clone(),
                 template,
+                payload,
                 specificity,
             });
             for m in &r.methods {
@@ -339,6 +348,7 @@ impl PolicySnapshot {
             }
             return Some(RouteMatch {
                 route: &c.route,
+                payload: &c.payload,
                 params,
             });
         }
@@ -398,6 +408,8 @@ mod tests {
             data_categories: vec![],
             fields: vec![],
             kind: RouteKind::RealTime,
+            content_types: None,
+            body_schema: None,
         }
     }
 

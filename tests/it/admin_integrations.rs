@@ -19,25 +19,44 @@ use scp_pep::check::CheckInput;
 use scp_pep::store::{DocChange, DocKind, Source, Store};
 use serde_json::{Value, json};
 
-const KC_ADMIN_ID: &str = "scp-pep-admin-client";
-const KC_ADMIN_SECRET: &str = "kc-admin-secret-0123";
+pub(crate) const KC_ADMIN_ID: &str = "scp-pep-admin-client";
+pub(crate) const KC_ADMIN_SECRET: &str = "kc-admin-secret-0123";
 const KC_TOKEN: &str = "kc-admin-access-token";
 
 // ------------------------------------------------------------------------------------------
 // A local server with the Keycloak admin REST endpoints scp-pep uses (JSON wire format).
+// `keycloak_sync` reuses it (`down`, `admin_secret`, `PUT …/clients/{id}`).
 
 #[derive(Default)]
-struct Kc {
+pub(crate) struct Kc {
     /// (realm, representation with `id`)
-    clients: Vec<(String, Value)>,
+    pub(crate) clients: Vec<(String, Value)>,
     /// internal id → secret
-    secrets: HashMap<String, String>,
-    tokens: usize,
+    pub(crate) secrets: HashMap<String, String>,
+    pub(crate) tokens: usize,
     /// Requests with a missing or wrong admin token.
-    unauthorized: usize,
+    pub(crate) unauthorized: usize,
+    /// The admin client's secret the token endpoint accepts (`None`: [`KC_ADMIN_SECRET`]).
+    pub(crate) admin_secret: Option<String>,
+    /// Token requests refused for a wrong admin secret.
+    pub(crate) bad_secret: usize,
+    /// While set, every endpoint answers 503 (Keycloak down).
+    pub(crate) down: bool,
+    /// Client updates (`PUT …/clients/{id}`) applied.
+    pub(crate) updates: usize,
 }
 
-type KcState = Arc<Mutex<Kc>>;
+pub(crate) type KcState = Arc<Mutex<Kc>>;
+
+/// The `enabled` flag of client `client_id` in the fake, if it exists.
+pub(crate) fn kc_enabled(kc: &KcState, client_id: &str) -> Option<bool> {
+    kc.lock()
+        .unwrap()
+        .clients
+        .iter()
+        .find(|(_, c)| c["clientId"] == json!(client_id))
+        .and_then(|(_, c)| c["enabled"].as_bool())
+}
 
 fn authorized(kc: &KcState, h: &HeaderMap) -> bool {
     let ok = h
@@ -51,6 +70,12 @@ fn authorized(kc: &KcState, h: &HeaderMap) -> bool {
 }
 
 async fn kc_token(State(kc): State<KcState>, body: String) -> impl IntoResponse {
+    let expected = kc
+        .lock()
+        .unwrap()
+        .admin_secret
+        .clone()
+        .unwrap_or_else(|| KC_ADMIN_SECRET.to_owned());
     let form: HashMap<String, String> = body
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -65,8 +90,9 @@ async fn kc_token(State(kc): State<KcState>, body: String) -> impl IntoResponse 
         .collect();
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_id").map(String::as_str) != Some(KC_ADMIN_ID)
-        || form.get("client_secret").map(String::as_str) != Some(KC_ADMIN_SECRET)
+        || form.get("client_secret") != Some(&expected)
     {
+        kc.lock().unwrap().bad_secret += 1;
         return (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"error": "invalid_client"})),
@@ -173,6 +199,46 @@ async fn kc_regenerate(
     )
 }
 
+async fn kc_update(
+    State(kc): State<KcState>,
+    Path((realm, id)): Path<(String, String)>,
+    h: HeaderMap,
+    axum::Json(rep): axum::Json<Value>,
+) -> StatusCode {
+    if !authorized(&kc, &h) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let mut kc = kc.lock().unwrap();
+    let Some((_, c)) = kc
+        .clients
+        .iter_mut()
+        .find(|(r, c)| *r == realm && c["id"] == json!(id))
+    else {
+        return StatusCode::NOT_FOUND;
+    };
+    // Keycloak's update: the id and clientId stay; given fields replace the stored ones.
+    if rep["id"] != c["id"] || rep["clientId"] != c["clientId"] {
+        return StatusCode::BAD_REQUEST;
+    }
+    if let (Value::Object(stored), Value::Object(given)) = (c, rep) {
+        stored.extend(given);
+    }
+    kc.updates += 1;
+    StatusCode::NO_CONTENT
+}
+
+/// Keycloak down: 503 for every request while `down` is set.
+async fn kc_down(
+    State(kc): State<KcState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if kc.lock().unwrap().down {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    next.run(req).await
+}
+
 async fn kc_delete(
     State(kc): State<KcState>,
     Path((_realm, id)): Path<(String, String)>,
@@ -187,7 +253,7 @@ async fn kc_delete(
     StatusCode::NO_CONTENT
 }
 
-async fn start_kc() -> (String, KcState) {
+pub(crate) async fn start_kc() -> (String, KcState) {
     let kc: KcState = Arc::default();
     let app = Router::new()
         .route(
@@ -200,12 +266,13 @@ async fn start_kc() -> (String, KcState) {
         )
         .route(
             "/admin/realms/{realm}/clients/{id}",
-            axum::routing::delete(kc_delete),
+            axum::routing::delete(kc_delete).put(kc_update),
         )
         .route(
             "/admin/realms/{realm}/clients/{id}/client-secret",
             get(kc_get_secret).post(kc_regenerate),
         )
+        .layer(axum::middleware::from_fn_with_state(kc.clone(), kc_down))
         .with_state(kc.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -218,23 +285,36 @@ async fn start_kc() -> (String, KcState) {
 // ------------------------------------------------------------------------------------------
 // Helpers
 
-struct Env {
-    h: Harness,
-    kc: KcState,
+pub(crate) struct Env {
+    pub(crate) h: Harness,
+    pub(crate) kc: KcState,
     http: reqwest::Client,
 }
 
 async fn env(store_url: Option<String>, keycloak: bool) -> Env {
+    env_with(store_url, keycloak, |_| {}).await
+}
+
+/// [`env`] with `tweak` applied to the Keycloak settings (secret file, sync interval).
+pub(crate) async fn env_with(
+    store_url: Option<String>,
+    keycloak: bool,
+    tweak: impl FnOnce(&mut KeycloakConfig),
+) -> Env {
     let (kc_base, kc) = start_kc().await;
     let h = Harness::start_with(store_url, move |c| {
         if keycloak {
-            c.admin.keycloak = Some(KeycloakConfig {
+            let mut k = KeycloakConfig {
                 base_url: kc_base,
                 admin_realm: "master".into(),
                 client_id: KC_ADMIN_ID.into(),
                 client_secret: KC_ADMIN_SECRET.into(),
+                client_secret_file: None,
                 timeout_s: 5,
-            });
+                sync_interval_s: 10,
+            };
+            tweak(&mut k);
+            c.admin.keycloak = Some(k);
         }
     })
     .await;
@@ -278,7 +358,7 @@ async fn env(store_url: Option<String>, keycloak: bool) -> Env {
     }
 }
 
-async fn wait_for(mut f: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(mut f: impl FnMut() -> bool) {
     for _ in 0..100 {
         if f() {
             return;
@@ -289,22 +369,22 @@ async fn wait_for(mut f: impl FnMut() -> bool) {
 }
 
 /// An admin token of `tenant` for `sub` with `roles` (aud `scp-pep-admin`).
-fn admin(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
+pub(crate) fn admin(h: &Harness, tenant: &str, sub: &str, roles: &[&str]) -> String {
     h.staff_token(tenant, sub, roles, "scp-pep-admin")
 }
 
-struct Personas {
-    manager: String,
-    owner: String,
-    tenant_admin: String,
-    umbrella: String,
-    security: String,
-    auditor: String,
-    nobody: String,
-    other_tenant: String,
+pub(crate) struct Personas {
+    pub(crate) manager: String,
+    pub(crate) owner: String,
+    pub(crate) tenant_admin: String,
+    pub(crate) umbrella: String,
+    pub(crate) security: String,
+    pub(crate) auditor: String,
+    pub(crate) nobody: String,
+    pub(crate) other_tenant: String,
 }
 
-fn personas(h: &Harness) -> Personas {
+pub(crate) fn personas(h: &Harness) -> Personas {
     Personas {
         manager: admin(h, "ke", "alice", &["scp-integration-manager"]),
         owner: admin(h, "ke", "victor", &["scp-vertical-owner"]),
@@ -323,16 +403,16 @@ fn personas(h: &Harness) -> Personas {
 }
 
 /// An HTTP answer: status, `ETag` version, `Cache-Control`, JSON body and raw text.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     etag: Option<String>,
-    cache: Option<String>,
-    body: Value,
-    text: String,
+    pub(crate) cache: Option<String>,
+    pub(crate) body: Value,
+    pub(crate) text: String,
 }
 
 impl Env {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -373,7 +453,7 @@ impl Env {
         }
     }
 
-    async fn version(&self, id: &str, token: &str) -> i64 {
+    pub(crate) async fn version(&self, id: &str, token: &str) -> i64 {
         let a = self
             .call(
                 "GET",
@@ -388,7 +468,7 @@ impl Env {
     }
 
     /// `POST /v1/integrations/{id}/{action}` with the current version as `If-Match`.
-    async fn act(&self, id: &str, action: &str, token: &str, body: Value) -> Answer {
+    pub(crate) async fn act(&self, id: &str, action: &str, token: &str, body: Value) -> Answer {
         let v = self.version(id, &self.p().tenant_admin).await;
         self.call(
             "POST",
@@ -400,11 +480,16 @@ impl Env {
         .await
     }
 
-    fn p(&self) -> Personas {
+    pub(crate) fn p(&self) -> Personas {
         personas(&self.h)
     }
 
-    async fn partner(&mut self, path: &str, token: &str, api_key: Option<&str>) -> Value {
+    pub(crate) async fn partner(
+        &mut self,
+        path: &str,
+        token: &str,
+        api_key: Option<&str>,
+    ) -> Value {
         let mut input: CheckInput = Harness::get(path, token);
         if let Some(k) = api_key {
             input.headers.push(("x-api-key".into(), k.into()));
@@ -412,7 +497,7 @@ impl Env {
         self.h.check(&input).await
     }
 
-    async fn audit_kinds(&self, subject: &str) -> Vec<String> {
+    pub(crate) async fn audit_kinds(&self, subject: &str) -> Vec<String> {
         let q = "SELECT body FROM audit_records WHERE tenant_id = 'ke' ORDER BY time_ms, seq";
         let bodies: Vec<String> = match &self.h.running.store {
             Store::Sqlite(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
@@ -427,7 +512,7 @@ impl Env {
     }
 }
 
-fn draft(id: &str) -> Value {
+pub(crate) fn draft(id: &str) -> Value {
     json!({
         "id": id,
         "partner_name": "Acme Health Connector",
@@ -442,7 +527,7 @@ fn draft(id: &str) -> Value {
     })
 }
 
-fn partner_token(h: &Harness, integration: &str, client_id: &str) -> String {
+pub(crate) fn partner_token(h: &Harness, integration: &str, client_id: &str) -> String {
     let claims = scp_pep::signer::ClaimsSpec {
         issuer: &h.idp.issuer("ke"),
         audience: "scp-pep",
@@ -457,8 +542,8 @@ fn partner_token(h: &Harness, integration: &str, client_id: &str) -> String {
     h.sign("ke-rs256", &claims)
 }
 
-const DATA: &str = "/v1/tenants/ke/health/persons/p-1/record";
-const HANDSHAKE: &str = "/v1/tenants/ke/health/handshake";
+pub(crate) const DATA: &str = "/v1/tenants/ke/health/persons/p-1/record";
+pub(crate) const HANDSHAKE: &str = "/v1/tenants/ke/health/handshake";
 
 // ------------------------------------------------------------------------------------------
 // The whole onboarding
@@ -1145,7 +1230,7 @@ async fn onboarding_walkthrough_postgres() {
 }
 
 /// Walks a fresh integration to `approved` (with a legal review), as the right personas.
-async fn to_approved(e: &Env, body: Value, approver: &str) -> Answer {
+pub(crate) async fn to_approved(e: &Env, body: Value, approver: &str) -> Answer {
     let p = e.p();
     let id = body["id"].as_str().unwrap().to_owned();
     let a = e

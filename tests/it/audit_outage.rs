@@ -85,10 +85,32 @@ async fn expect_allowed(h: &mut Harness, token: &str, n: usize) -> Vec<String> {
 /// Durable mode, store just taken down: checks until one is denied with `AUDIT_UNAVAILABLE`
 /// (within `SWITCH_BOUND`), then `CONFIRM` more that must be too. No answer may be an allow.
 async fn expect_audit_unavailable(h: &mut Harness, token: &str) {
+    let allowed = expect_audit_unavailable_after(h, token, false).await;
+    assert!(allowed.is_empty());
+}
+
+/// [`expect_audit_unavailable`]; with `allows_first`, allows before the first denial are
+/// accepted and their decision ids returned (a full disk: SQLite still commits into WAL pages it
+/// already allocated; `verify_after` then proves each of those allows has its record). No allow
+/// after the first denial either way.
+async fn expect_audit_unavailable_after(
+    h: &mut Harness,
+    token: &str,
+    allows_first: bool,
+) -> Vec<String> {
     let started = Instant::now();
     let mut denials = 0;
+    let mut allowed = Vec::new();
     while denials <= CONFIRM {
         let v = check(h, token).await;
+        if allows_first
+            && denials == 0
+            && started.elapsed() < SWITCH_BOUND
+            && let Some(id) = allowed_id(&v)
+        {
+            allowed.push(id);
+            continue;
+        }
         assert_ne!(v["allowed"], true, "an allow while the store is down: {v}");
         if is_audit_unavailable(&v) {
             assert_eq!(v["headers_set"]["retry-after"], "1", "{v}");
@@ -102,6 +124,7 @@ async fn expect_audit_unavailable(h: &mut Harness, token: &str) {
             );
         }
     }
+    allowed
 }
 
 /// Store back: checks until one is allowed (within `SWITCH_BOUND`; meanwhile only
@@ -780,7 +803,7 @@ async fn sqlite_disk_full_denies_then_resumes() {
     let mut phases = vec![expect_allowed(&mut h, &t, CONFIRM).await];
     let load = Load::start(&h, &t);
     let filler = disk.fill();
-    expect_audit_unavailable(&mut h, &t).await;
+    phases.push(expect_audit_unavailable_after(&mut h, &t, true).await);
     let freed = Instant::now();
     std::fs::remove_file(&filler).unwrap();
     phases.push(expect_service_resumes(&mut h, &t).await);

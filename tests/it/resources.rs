@@ -52,6 +52,9 @@ async fn hostile_sizes_get_a_decision() {
     );
     let mut nested = input(&h, "POST", BATCH, "health:encounter:write");
     nested.body = Some(deep.into_bytes());
+    nested
+        .headers
+        .push(("content-type".into(), "application/json".into()));
     let r = h.check(&nested).await;
     assert_eq!(
         (r["status"].as_u64(), r["code"].as_str()),
@@ -65,6 +68,9 @@ async fn hostile_sizes_get_a_decision() {
     assert!(body.len() >= 1 << 20);
     let mut batch = input(&h, "POST", BATCH, "health:encounter:write");
     batch.body = Some(body);
+    batch
+        .headers
+        .push(("content-type".into(), "application/json".into()));
     let r = h.check(&batch).await;
     assert_eq!(
         (r["status"].as_u64(), r["code"].as_str()),

@@ -673,7 +673,9 @@ async fn outbound_plain_http_to_non_loopback_is_refused() {
         admin_realm: "master".into(),
         client_id: "scp-pep-provisioner".into(),
         client_secret: "s".into(),
+        client_secret_file: None,
         timeout_s: 10,
+        sync_interval_s: 10,
     });
     for (cfg, field) in [
         (c1, "audit.checkpoint_url"),

@@ -174,8 +174,18 @@ pub(super) async fn provision(
 /// client secret at the identity provider (the old one stops working) and shows the new one once
 /// (ONB-AUD-2, audit `credential_rotated`). Its age restarts.
 ///
+/// Recoverable in three audited steps: (1) a pending rotation marker (`rotation`, with a fresh
+/// `attempt` id) is written to the `client_secret` credential document (audit `admin_change`,
+/// action `integration.rotate_secret_begin`) before Keycloak is called; (2) Keycloak regenerates
+/// the secret; (3) the new secret's SHA-256 is stored and the marker cleared (audit
+/// `credential_rotated`). When step 2 or 3 fails the marker stays (`rotation_pending` in
+/// `GET …/credentials`) and the secret Keycloak may hold is never shown to anyone; the next call
+/// re-issues deterministically (a fresh regeneration, which invalidates the unshown one) and its
+/// records name the attempt it `recovers`. A failure in step 1 changes nothing anywhere.
+///
 /// Errors: 409 `NOT_PROVISIONED` | `ARCHIVED` | `CLIENT_MISSING`; 503 `PROVISIONER_UNAVAILABLE`;
-/// 503 `AUDIT_UNAVAILABLE` after a rotation that could not be recorded (rotate again).
+/// 503 `AUDIT_UNAVAILABLE` | `DEPENDENCY_UNAVAILABLE` (nothing done, or a pending rotation that
+/// the next call completes: the message says which).
 #[utoipa::path(post,
     path = "/v1/integrations/{id}/credentials/rotate",
     tag = "integrations",
@@ -202,18 +212,75 @@ pub(super) async fn rotate(
     };
     let p = provisioner(&s)?.clone();
     let (realm, _) = realm_and_audience(&s, &cur.integ.tenant)?;
+    let cred_id = keycloak_sync::credential_id(&id);
+    let stored = s
+        .store
+        .document(DocKind::Credential, &cred_id)
+        .await
+        .map_err(|e| ApiError::unavailable("policy store", &e))?;
+    let (mut doc, expect) = match &stored {
+        Some(d) => (
+            serde_json::from_str::<Value>(&d.doc).unwrap_or_else(|_| json!({})),
+            Expect::Version(d.version),
+        ),
+        None => (json!({}), Expect::Absent),
+    };
+    if !doc.is_object() {
+        doc = json!({});
+    }
+    let recovers = doc["rotation"]["attempt"].as_str().map(str::to_owned);
+    let attempt = uuid::Uuid::now_v7().to_string();
+    // 1. The pending marker, before Keycloak is touched.
+    let started = crate::api::now_ms();
+    let base = json!({"id": cred_id, "integration_id": id, "tenant": cur.integ.tenant,
+                      "type": "client_secret", "client_id": client_id, "status": "active"});
+    for (k, v) in base.as_object().into_iter().flatten() {
+        if doc.get(k).is_none() {
+            doc[k] = v.clone();
+        }
+    }
+    if doc.get("sha256").is_none() {
+        doc["sha256"] = Value::Null;
+        doc["created_ms"] = json!(started);
+    }
+    doc["rotation"] = json!({"state": "pending", "attempt": attempt, "started_ms": started,
+                             "recovers": recovers});
+    let begin = ChangeRecord::admin(
+        "integration.rotate_secret_begin",
+        &cur.integ.tenant,
+        &id,
+        json!({"client_id": client_id, "credential": "client_secret", "attempt": attempt,
+               "recovers": recovers, "reason_code": b.reason_code, "reason_text": b.reason_text}),
+    );
+    let marker = DocChange::put(
+        DocKind::Credential,
+        &cred_id,
+        Some(&cur.integ.tenant),
+        doc.to_string(),
+    )
+    .status("active")
+    .expect(expect);
+    let w = s.commit(&caller, &via, begin, vec![marker]).await?;
+    // 2. Keycloak. On failure the marker stays: the next call re-issues.
     let secret = p
         .rotate_secret(&realm, &client_id)
         .await
         .map_err(ApiError::from)?;
+    // 3. Record it and clear the marker.
     let now = crate::api::now_ms();
+    if let Value::Object(m) = &mut doc {
+        m.remove("rotation");
+    }
+    doc["sha256"] = json!(secret.sha256_hex());
+    doc["created_ms"] = json!(now);
+    doc["status"] = json!("active");
     let record = ChangeRecord {
         kind: RecordKind::CredentialRotated,
         action: "integration.rotate_secret".into(),
         tenant: cur.integ.tenant.clone(),
         subject: cur.integ.id.clone(),
-        detail: json!({"client_id": client_id, "credential": "client_secret",
-                       "reason_code": b.reason_code, "reason_text": b.reason_text}),
+        detail: json!({"client_id": client_id, "credential": "client_secret", "attempt": attempt,
+                       "recovers": recovers, "reason_code": b.reason_code, "reason_text": b.reason_text}),
     };
     // INT-5.1-1: never the secret, only that it changed; queued with the change.
     let events = crate::webhooks::rows_for(
@@ -225,21 +292,33 @@ pub(super) async fn rotate(
         now,
     )
     .await
-    .map_err(|e| ApiError::unavailable("policy store", &e))?;
-    s.commit_with(
-        &caller,
-        &via,
-        record,
-        vec![credential_doc(
-            &cur.integ,
-            "client_secret",
-            &secret,
-            now,
-            "active",
-        )],
-        &events,
+    .unwrap_or_else(|e| {
+        // The identity provider has rotated already: record the rotation without its event.
+        tracing::error!(error = %e, integration_id = %cur.integ.id, "webhook subscriptions unreadable; credential.rotated not announced");
+        Vec::new()
+    });
+    let done = DocChange::put(
+        DocKind::Credential,
+        &cred_id,
+        Some(&cur.integ.tenant),
+        doc.to_string(),
     )
-    .await?;
+    .status("active")
+    .expect(Expect::Version(w.versions[0]));
+    if let Err(e) = s
+        .commit_with(&caller, &via, record, vec![done], &events)
+        .await
+    {
+        return Err(ApiError::new(
+            e.code,
+            format!(
+                "the identity provider rotated the secret but it could not be recorded ({}); \
+                 the rotation is pending and the unrecorded secret is never shown: rotate again \
+                 to re-issue",
+                e.message
+            ),
+        ));
+    }
     crate::webhooks::count_events("credential.rotated", events.len() as u64);
     Ok(no_store(
         (
@@ -250,6 +329,7 @@ pub(super) async fn rotate(
                 "client_secret": secret.expose(),
                 "created_at": rfc3339(now),
                 "shown_once": true,
+                "recovered": recovers.is_some(),
             })),
         )
             .into_response(),
@@ -257,7 +337,8 @@ pub(super) async fn rotate(
 }
 
 /// `GET /v1/integrations/{id}/credentials` (`integrations.read`): the integration's credentials
-/// with `created_at`, `age_days` and `rotation_due` (≥ 90 days, ONB-AUD-2); never a secret.
+/// with `created_at`, `age_days`, `rotation_due` (≥ 90 days, ONB-AUD-2) and `rotation_pending`
+/// (a rotation that did not complete: rotate again); never a secret.
 #[utoipa::path(get,
     path = "/v1/integrations/{id}/credentials",
     tag = "integrations",
@@ -289,6 +370,7 @@ pub(super) async fn credentials(
                 "id": v["id"], "type": v["type"], "client_id": v["client_id"], "status": v["status"],
                 "created_at": rfc3339(created), "age_days": age_days,
                 "rotation_due": active && age_days >= ROTATION_DAYS,
+                "rotation_pending": v["rotation"]["state"] == json!("pending"),
             })
         })
         .collect();

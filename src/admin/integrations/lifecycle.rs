@@ -227,6 +227,14 @@ pub(super) async fn transition(
         "legal_document_id": b.legal_document_id,
         "notes": b.notes,
     });
+    let mut changes = vec![put_integration(&i, Expect::Version(cur.version))];
+    // The Keycloak client follows in the background (keycloak_sync): never waited for here.
+    let kc = keycloak_sync::mark(&s, &i).await?;
+    let mut detail = detail;
+    if let Some((change, st)) = &kc {
+        changes.push(change.clone());
+        detail["keycloak_client"] = json!({"enabled": st.enabled, "sync": "pending"});
+    }
     // INT-5.1-1: the event is queued in the transaction of the change.
     let events = crate::webhooks::state_changed_rows(
         &s.store,
@@ -246,16 +254,17 @@ pub(super) async fn transition(
                 &i.id,
                 detail,
             ),
-            vec![put_integration(&i, Expect::Version(cur.version))],
+            changes,
             &events,
         )
         .await?;
     crate::webhooks::count_events("integration.state_changed", events.len() as u64);
-    Ok(with_etag(
-        StatusCode::OK,
-        w.versions[0],
-        view(&i, w.versions[0], None),
-    ))
+    let mut v = view(&i, w.versions[0], None);
+    if let Some((_, st)) = kc {
+        v["keycloak_client"] = st.view();
+        keycloak_sync::spawn_now(&s, &i.id);
+    }
+    Ok(with_etag(StatusCode::OK, w.versions[0], v))
 }
 
 step_handler!(

@@ -53,6 +53,7 @@ use crate::store::{DocChange, DocKind, Expect, Source, Store, StoredDoc};
 
 mod activity;
 mod credentials;
+pub mod keycloak_sync;
 mod lifecycle;
 mod subresources;
 
@@ -524,7 +525,9 @@ async fn list(
     Ok(axum::Json(json!({"integrations": out})).into_response())
 }
 
-/// `GET /v1/integrations/{id}` (`integrations.read`).
+/// `GET /v1/integrations/{id}` (`integrations.read`). A provisioned integration whose
+/// Keycloak client's `enabled` flag was changed by the lifecycle shows `keycloak_client`:
+/// `{enabled, sync: pending|synced, attempts, last_error, changed_at, synced_at}`.
 #[utoipa::path(get,
     path = "/v1/integrations/{id}",
     operation_id = "get_integration",
@@ -539,11 +542,11 @@ async fn get_one(
     headers: HeaderMap,
 ) -> ApiResult {
     let (_, _, cur) = open(&s, &headers, &id, "integrations.read").await?;
-    Ok(with_etag(
-        StatusCode::OK,
-        cur.version,
-        view(&cur.integ, cur.version, Some(&cur.doc)),
-    ))
+    let mut v = view(&cur.integ, cur.version, Some(&cur.doc));
+    if let Some(k) = keycloak_sync::current(&s, &cur.integ).await? {
+        v["keycloak_client"] = k;
+    }
+    Ok(with_etag(StatusCode::OK, cur.version, v))
 }
 
 /// `GET /v1/integrations/{id}/history` (`integrations.read`): every stored version, oldest first.

@@ -40,6 +40,8 @@ fn route(verticals: &[&str], action: Action) -> Route {
         data_categories: vec!["health.clinical".into()],
         fields: vec![],
         kind: RouteKind::RealTime,
+        content_types: None,
+        body_schema: None,
     }
 }
 
