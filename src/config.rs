@@ -26,6 +26,8 @@ pub struct Config {
     pub tracing: crate::telemetry::TracingConfig,
     pub tls: crate::tls::TlsConfig,
     pub rate_limit: crate::limits::RateLimitConfig,
+    /// Outbound webhook delivery (`[webhooks]`, INT-5.1-1, EXT-4.3-2, ONB-LOG-01).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// Request-smuggling defences (`[request]`).

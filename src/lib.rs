@@ -54,3 +54,4 @@ pub mod tail;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod webhooks;

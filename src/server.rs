@@ -352,6 +352,7 @@ impl App {
                 engine: self.engine.clone(),
                 audience: self.config.auth.audience.clone(),
                 provisioner: self.provisioner.clone(),
+                webhooks: self.config.webhooks.clone(),
             }
             .router(),
         );
@@ -535,6 +536,21 @@ pub async fn start_with_clock(
         config.auth.audience.clone(),
         rx.clone(),
     )));
+
+    // Outbound webhooks from the shared outbox (INT-5.1-1, EXT-4.3-2, ONB-LOG-01).
+    match crate::webhooks::Deliverer::new(
+        store.clone(),
+        audit.clone(),
+        Some(engine.clone()),
+        config.auth.audience.clone(),
+        config.webhooks.clone(),
+        config.admin.webhook_allow_http_loopback,
+    ) {
+        Ok(d) => tasks.push(tokio::spawn(crate::webhooks::run(Arc::new(d), rx.clone()))),
+        Err(e) => {
+            tracing::error!(error = %e, "webhook deliverer unavailable; deliveries stay pending")
+        }
+    }
 
     // Keycloak clients' `enabled` flag in step with the lifecycle (INT-6.2-3, INT-6.2-4).
     if let (Some(p), Some(k)) = (&provisioner, &config.admin.keycloak) {

@@ -329,6 +329,8 @@ pub struct AdminHttp {
     /// Creates partners' identity provider clients (ONB-4); `None` when `admin.keycloak` is not
     /// configured (provisioning then answers 503 `PROVISIONER_UNAVAILABLE`).
     pub provisioner: Option<Arc<dyn super::keycloak::Provisioner>>,
+    /// `[webhooks]` (secret rotation overlap, EXT-5.1-1).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 impl AdminHttp {
@@ -511,6 +513,19 @@ impl AdminHttp {
         record: ChangeRecord,
         changes: Vec<DocChange>,
     ) -> Result<Written, ApiError> {
+        self.commit_with(caller, via, record, changes, &[]).await
+    }
+
+    /// [`AdminHttp::commit`] that queues the webhook deliveries of the change in its
+    /// transaction ([`Store::write_documents_with`], INT-5.1-1).
+    pub async fn commit_with(
+        &self,
+        caller: &Caller,
+        via: &Via,
+        record: ChangeRecord,
+        changes: Vec<DocChange>,
+        webhooks: &[crate::webhooks::WebhookRow],
+    ) -> Result<Written, ApiError> {
         let actor = caller.principal.subject.clone();
         let mut detail = record.detail.clone();
         if let Value::Object(m) = &mut detail {
@@ -544,7 +559,7 @@ impl AdminHttp {
         }
         let written = self
             .store
-            .write_documents(&changes, Source::Api, &actor, None)
+            .write_documents_with(&changes, Source::Api, &actor, None, webhooks)
             .await
             .map_err(|e| crate::api::write_error(e, &changes))?;
         if changes.iter().any(|c| c.kind.enforced()) {

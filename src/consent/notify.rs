@@ -10,7 +10,7 @@
 //!   outbox's `dedup_key` makes a notice queue once, whichever replica scans first.
 //! - [`deliver`] claims due `pending` rows with a conditional update (one replica per attempt),
 //!   sends them through a [`NotificationSender`] and logs every attempt in the append-only
-//!   `consent_deliveries` (`sent` / `failed`, CON-34), retrying with exponential backoff up to
+//!   `outbox_attempts` (`sent` / `failed`, CON-34), retrying with exponential backoff up to
 //!   `notify_max_attempts`. Case suspensions queued by the API on withdrawal (CON-36) go the same
 //!   way.
 //!
@@ -307,7 +307,7 @@ impl Notification {
 #[tonic::async_trait]
 pub trait NotificationSender: Send + Sync {
     /// Sends `n`. `Ok` means the receiver accepted it; `Err` carries a short reason without
-    /// secrets (no URL, no credentials), logged in `consent_deliveries`.
+    /// secrets (no URL, no credentials), logged in `outbox_attempts`.
     async fn send(&self, n: &Notification) -> Result<(), String>;
 }
 
@@ -369,7 +369,7 @@ fn truncate(mut s: String) -> String {
 
 /// One delivery pass at `now_ms` (Unix ms) (CON-33, CON-34, CON-36): takes up to `limit`
 /// `pending` rows due (`next_attempt_ms <= now`, oldest first), claims each (skipping rows another
-/// replica claimed first), sends it with `sender` and logs the attempt in `consent_deliveries`.
+/// replica claimed first), sends it with `sender` and logs the attempt in `outbox_attempts`.
 /// Claims and attempts are timed at the later of `now_ms` and the service clock, as one pass can
 /// outlast many sends.
 /// The row becomes `sent`; or, on failure, `pending` again after [`backoff_ms`]; or `failed`

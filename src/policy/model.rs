@@ -66,6 +66,18 @@ pub struct Tenant {
     /// Days before expiry at which reminders go out (CON-33); default 30, 7, 3, 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent_reminder_days: Option<Vec<u32>>,
+    /// What the webhook circuit does to an integration after `webhooks.act_after` consecutive
+    /// failed calls (ONB-LOG-01): `restrict` (default) or `suspend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_circuit_action: Option<CircuitAction>,
+}
+
+/// The webhook circuit's action on an integration (ONB-LOG-01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CircuitAction {
+    Restrict,
+    Suspend,
 }
 
 /// A JWKS location: `{url: "https://…"}` (fetched over HTTP(S), cached) or `{file: "path"}`.

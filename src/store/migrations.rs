@@ -31,6 +31,11 @@ pub(super) const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         "secrets",
         include_str!("../../migrations/sqlite/0005_secrets.sql"),
     ),
+    (
+        6,
+        "outbox",
+        include_str!("../../migrations/sqlite/0006_outbox.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema (`migrations/postgres/NNNN_<description>.sql`), embedded at compile time.
@@ -59,6 +64,11 @@ pub(super) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         5,
         "secrets",
         include_str!("../../migrations/postgres/0005_secrets.sql"),
+    ),
+    (
+        6,
+        "outbox",
+        include_str!("../../migrations/postgres/0006_outbox.sql"),
     ),
 ];
 

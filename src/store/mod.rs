@@ -336,6 +336,22 @@ impl Store {
         actor: &str,
         file_digest: Option<&str>,
     ) -> Result<Written, WriteError> {
+        self.write_documents_with(changes, source, actor, file_digest, &[])
+            .await
+    }
+
+    /// [`Store::write_documents`] that also queues `webhooks` (deliveries of the events the
+    /// change causes, INT-5.1-1) on the shared outbox in the same transaction: the change and
+    /// its events are written together or not at all. A delivery whose `dedup_key` is queued
+    /// already is skipped.
+    pub async fn write_documents_with(
+        &self,
+        changes: &[DocChange],
+        source: Source,
+        actor: &str,
+        file_digest: Option<&str>,
+        webhooks: &[crate::webhooks::WebhookRow],
+    ) -> Result<Written, WriteError> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let enforced = changes.iter().any(|c| c.kind.enforced());
         let out = with_pool!(self, p => {
@@ -432,6 +448,14 @@ impl Store {
             if let Some(d) = file_digest {
                 sqlx::query("UPDATE policy_state SET file_digest = $1, updated_at = $2 WHERE id = 1")
                     .bind(d).bind(&now)
+                    .execute(&mut *tx).await?;
+            }
+            for r in webhooks {
+                sqlx::query(crate::webhooks::store::INSERT_SQL)
+                    .bind(&r.id).bind(&r.dedup_key).bind(&r.tenant_id).bind(&r.status)
+                    .bind(&r.reason).bind(r.attempts).bind(r.next_attempt_ms).bind(r.created_ms)
+                    .bind(r.updated_ms).bind(&r.target).bind(&r.integration_id).bind(&r.event_type)
+                    .bind(&r.payload).bind(r.attempt_base)
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;

@@ -601,7 +601,12 @@ async fn scenario(url: Option<String>) {
         "frozen-share records carry a person ref, never the id"
     );
     assert_eq!(
-        store_count(&h, "SELECT COUNT(*) FROM consent_outbox WHERE kind = 'case_suspension' AND consent_id = $1", &c1).await,
+        store_count(
+            &h,
+            "SELECT COUNT(*) FROM outbox WHERE kind = 'case_suspension' AND consent_id = $1",
+            &c1
+        )
+        .await,
         1
     );
     let r = partner_check(&mut h).await;

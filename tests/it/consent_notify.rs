@@ -520,7 +520,7 @@ async fn case_suspension_is_delivered(url: String) {
     assert_eq!(bodies[0]["vertical_id"], "health");
 }
 
-/// CON-34: `consent_deliveries` is append-only: UPDATE and DELETE are refused by the store.
+/// CON-34: `outbox_attempts` (formerly `consent_deliveries`) is append-only: UPDATE and DELETE are refused by the store.
 async fn deliveries_are_append_only(url: String) {
     let env = Env::new(&url, 5).await;
     env.person("p-1", "active", &["email"]).await;
@@ -530,8 +530,8 @@ async fn deliveries_are_append_only(url: String) {
     assert_eq!(env.deliver_at(until).await, 1);
     let id = env.outbox(&v).await[0].id.clone();
 
-    const UPDATE: &str = "UPDATE consent_deliveries SET status = 'failed' WHERE outbox_id = $1";
-    const DELETE: &str = "DELETE FROM consent_deliveries WHERE outbox_id = $1";
+    const UPDATE: &str = "UPDATE outbox_attempts SET status = 'failed' WHERE outbox_id = $1";
+    const DELETE: &str = "DELETE FROM outbox_attempts WHERE outbox_id = $1";
     for sql in [UPDATE, DELETE] {
         let refused = match &env.store {
             Store::Sqlite(p) => sqlx::query(sql).bind(&id).execute(p).await.is_err(),

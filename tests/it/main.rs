@@ -46,3 +46,4 @@ mod rate_limit_redis;
 mod resources;
 mod store;
 mod tls;
+mod webhooks;

@@ -145,12 +145,20 @@ pub(super) async fn activate_on_handshake(
     i.onboarding
         .get_or_insert_with(Onboarding::default)
         .activated_by = Some("handshake".into());
+    let events = crate::webhooks::state_changed_rows(
+        store,
+        &i.tenant,
+        id,
+        json!({"from": "approved", "to": "active", "action": "activate", "reason_code": null}),
+    )
+    .await;
     match store
-        .write_documents(
+        .write_documents_with(
             &[put_integration(&i, Expect::Version(d.version))],
             Source::Api,
             "handshake",
             None,
+            &events,
         )
         .await
     {

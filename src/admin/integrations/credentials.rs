@@ -282,6 +282,21 @@ pub(super) async fn rotate(
         detail: json!({"client_id": client_id, "credential": "client_secret", "attempt": attempt,
                        "recovers": recovers, "reason_code": b.reason_code, "reason_text": b.reason_text}),
     };
+    // INT-5.1-1: never the secret, only that it changed; queued with the change.
+    let events = crate::webhooks::rows_for(
+        &s.store,
+        &cur.integ.tenant,
+        &cur.integ.id,
+        "credential.rotated",
+        json!({"credential": "client_secret", "client_id": client_id}),
+        now,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        // The identity provider has rotated already: record the rotation without its event.
+        tracing::error!(error = %e, integration_id = %cur.integ.id, "webhook subscriptions unreadable; credential.rotated not announced");
+        Vec::new()
+    });
     let done = DocChange::put(
         DocKind::Credential,
         &cred_id,
@@ -290,7 +305,10 @@ pub(super) async fn rotate(
     )
     .status("active")
     .expect(Expect::Version(w.versions[0]));
-    if let Err(e) = s.commit(&caller, &via, record, vec![done]).await {
+    if let Err(e) = s
+        .commit_with(&caller, &via, record, vec![done], &events)
+        .await
+    {
         return Err(ApiError::new(
             e.code,
             format!(
@@ -301,6 +319,7 @@ pub(super) async fn rotate(
             ),
         ));
     }
+    crate::webhooks::count_events("credential.rotated", events.len() as u64);
     Ok(no_store(
         (
             StatusCode::OK,

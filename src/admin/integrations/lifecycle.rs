@@ -235,8 +235,17 @@ pub(super) async fn transition(
         changes.push(change.clone());
         detail["keycloak_client"] = json!({"enabled": st.enabled, "sync": "pending"});
     }
+    // INT-5.1-1: the event is queued in the transaction of the change.
+    let events = crate::webhooks::state_changed_rows(
+        &s.store,
+        &i.tenant,
+        &i.id,
+        json!({"from": from.as_str(), "to": rule.to.as_str(), "action": action,
+               "reason_code": b.reason_code}),
+    )
+    .await;
     let w = s
-        .commit(
+        .commit_with(
             &caller,
             &via,
             ChangeRecord::admin(
@@ -246,8 +255,10 @@ pub(super) async fn transition(
                 detail,
             ),
             changes,
+            &events,
         )
         .await?;
+    crate::webhooks::count_events("integration.state_changed", events.len() as u64);
     let mut v = view(&i, w.versions[0], None);
     if let Some((_, st)) = kc {
         v["keycloak_client"] = st.view();

@@ -61,6 +61,7 @@ use IntegrationState as S;
 pub use activity::*;
 use credentials::*;
 use lifecycle::*;
+pub use subresources::circuit_act;
 use subresources::*;
 
 /// Days after which a secret or key is due for rotation (ONB-AUD-2).
@@ -79,6 +80,9 @@ pub fn routes() -> ApiRouter<AdminHttp> {
         .routes(routes!(issue_api_key, revoke_api_key))
         .routes(routes!(webhook_create, webhook_list))
         .routes(routes!(webhook_get, webhook_put, webhook_delete))
+        .routes(routes!(webhook_deliveries))
+        .routes(routes!(webhook_replay))
+        .routes(routes!(webhook_rotate_secret))
         .routes(routes!(mapping_create, mapping_list))
         .routes(routes!(mapping_get, mapping_put, mapping_delete))
         .routes(routes!(submit))

@@ -448,6 +448,17 @@ pub(super) async fn withdraw(
         if s.record(ev).await.is_err() {
             tracing::error!(consent_id = %next.consent_id, integration_id = %integration, "frozen-share event not recorded");
         }
+        // INT-5.1-1: the integration's webhook subscribers learn of the withdrawal (the person
+        // only by reference), queued after the commit like the case suspension below.
+        crate::webhooks::emit(
+            s.store(),
+            &next.tenant_id,
+            &integration,
+            "consent.withdrawn",
+            json!({"consent_id": next.consent_id, "consent_version": next.version,
+                   "vertical_id": next.vertical_id, "person_ref": pref}),
+        )
+        .await;
         frozen.push(integration);
     }
     // Case suspension of the primary vertical (CON-36).

@@ -1,4 +1,5 @@
-//! The consent notification outbox: queued notices, claims, delivery attempts (CON-33, CON-34,
+//! The consent side of the shared outbox (`outbox`, topic `consent`; see `crate::webhooks` for the
+//! webhook side): queued notices, claims, delivery attempts (CON-33, CON-34,
 //! CON-36).
 
 use super::*;
@@ -71,7 +72,7 @@ impl Store {
             let mut n = 0;
             for r in rows {
                 n += sqlx::query(
-                    "INSERT INTO consent_outbox (id, dedup_key, tenant_id, person_id, consent_id, \
+                    "INSERT INTO outbox (id, dedup_key, tenant_id, person_id, consent_id, \
                      consent_version, vertical_id, kind, days_before, channel, status, reason, attempts, \
                      next_attempt_ms, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                      $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (dedup_key) DO NOTHING",
@@ -103,7 +104,7 @@ pub struct ExpiringHead {
     pub active_until_ms: i64,
 }
 
-/// One delivery attempt of an outbox row (`consent_deliveries`, append-only; CON-34).
+/// One delivery attempt of an outbox row (`outbox_attempts`, append-only; CON-34).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryRow {
     pub outbox_id: String,
@@ -123,7 +124,7 @@ pub struct AttemptRecord<'a> {
     pub outbox_id: &'a str,
     /// The attempt number the claim gave (the row's `attempts` after the claim).
     pub attempt: i32,
-    /// The attempt's status in `consent_deliveries`: `sent` or `failed`.
+    /// The attempt's status in `outbox_attempts`: `sent` or `failed`.
     pub delivery_status: &'a str,
     pub error: Option<&'a str>,
     /// The outbox row's next status: `sent`, `pending` (retry) or `failed`.
@@ -226,9 +227,9 @@ impl Store {
         let sql: &str = concat!(
             "SELECT ",
             outbox_columns!(),
-            ", v.active_until_ms FROM consent_outbox o LEFT JOIN consent_versions v \
+            ", v.active_until_ms FROM outbox o LEFT JOIN consent_versions v \
              ON v.consent_id = o.consent_id AND v.version = o.consent_version \
-             WHERE o.status = 'pending' AND o.next_attempt_ms <= $1 \
+             WHERE o.topic = 'consent' AND o.status = 'pending' AND o.next_attempt_ms <= $1 \
              ORDER BY o.next_attempt_ms, o.created_ms, o.id LIMIT $2"
         );
         let out = with_pool!(self, pool => {
@@ -253,7 +254,7 @@ impl Store {
     ) -> Result<bool, ConsentStoreError> {
         let n = with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE consent_outbox SET attempts = attempts + 1, next_attempt_ms = $3, \
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $3, \
                  updated_ms = $4 WHERE id = $1 AND status = 'pending' AND attempts = $2",
             )
             .bind(id).bind(attempts).bind(lease_until_ms).bind(now_ms)
@@ -263,7 +264,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Logs a delivery attempt in `consent_deliveries` and moves the outbox row on, in one
+    /// Logs a delivery attempt in `outbox_attempts` and moves the outbox row on, in one
     /// transaction (CON-34). The row is only moved while it still holds this attempt's claim;
     /// returns false when it did not (the attempt is logged regardless).
     pub async fn consent_outbox_record_attempt(
@@ -273,13 +274,13 @@ impl Store {
         let n = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO consent_deliveries (outbox_id, attempt, status, error, time_ms) \
+                "INSERT INTO outbox_attempts (outbox_id, attempt, status, error, time_ms) \
                  VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(a.outbox_id).bind(a.attempt).bind(a.delivery_status).bind(a.error).bind(a.now_ms)
             .execute(&mut *tx).await?;
             let n = sqlx::query(
-                "UPDATE consent_outbox SET status = $3, reason = $4, next_attempt_ms = $5, \
+                "UPDATE outbox SET status = $3, reason = $4, next_attempt_ms = $5, \
                  updated_ms = $6 WHERE id = $1 AND attempts = $2 AND status = 'pending'",
             )
             .bind(a.outbox_id).bind(a.attempt).bind(a.outbox_status).bind(a.reason)
@@ -300,7 +301,7 @@ impl Store {
         let sql: &str = concat!(
             "SELECT ",
             outbox_columns!(),
-            " FROM consent_outbox o WHERE o.consent_id = $1 ORDER BY o.created_ms, o.id"
+            " FROM outbox o WHERE o.consent_id = $1 ORDER BY o.created_ms, o.id"
         );
         let out = with_pool!(self, pool => {
             let rows = sqlx::query(sql).bind(consent_id).fetch_all(pool).await?;
@@ -316,7 +317,7 @@ impl Store {
     ) -> Result<Vec<DeliveryRow>, ConsentStoreError> {
         let rows: Vec<(String, i32, String, Option<String>, i64)> = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT outbox_id, attempt, status, error, time_ms FROM consent_deliveries \
+                "SELECT outbox_id, attempt, status, error, time_ms FROM outbox_attempts \
                  WHERE outbox_id = $1 ORDER BY attempt",
             )
             .bind(outbox_id)
@@ -337,7 +338,7 @@ impl Store {
     /// Outbox rows still `pending` (the outbox gauge).
     pub async fn consent_outbox_pending(&self) -> Result<i64, ConsentStoreError> {
         let n: i64 = with_pool!(self, pool => {
-            sqlx::query_scalar("SELECT count(*) FROM consent_outbox WHERE status = 'pending'")
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'consent' AND status = 'pending'")
                 .fetch_one(pool).await?
         });
         Ok(n)
