@@ -114,6 +114,7 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     config.store.url = format!("sqlite:{}", dir.path().join("scp-pep.db").display());
     config.policy.dir = Some(policy_dir);
     config.decision_log.output = log_path.display().to_string();
+    let admin_audience = config.admin.audience.clone();
     let running = crate::server::start(config, None).await?;
     let server = format!("http://{}", running.grpc_addr);
     seed_consents(&running).await?;
@@ -376,6 +377,18 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
     }
     let token_file = dir.path().join("token-ke-moh.jwt");
     std::fs::write(&token_file, &moh)?;
+    // The third user of the product: security staff watching the decisions live.
+    let now = crate::authn::now_s() as i64;
+    let auditor = issuer.ke.sign(&serde_json::json!({
+        "iss": format!("{issuer_base}/realms/ke"),
+        "aud": admin_audience,
+        "sub": "demo-auditor",
+        "iat": now,
+        "exp": now + AUDITOR_TOKEN_TTL_S,
+        "realm_access": {"roles": ["scp-auditor"]},
+    }));
+    let auditor_file = dir.path().join("token-ke-auditor.jwt");
+    std::fs::write(&auditor_file, &auditor)?;
     println!(
         "scp-pep is serving ext_authz on {} (ops: http://{}/metrics). Try:\n",
         running.grpc_addr, running.http_addr
@@ -384,16 +397,26 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         "  cargo run -q -- check --server {server} --token-file {} GET {record}\n",
         token_file.display()
     );
+    println!(
+        "Watch the decisions live in a second terminal, as security staff do (an auditor token of tenant ke):\n"
+    );
+    println!(
+        "  cargo run -q -- audit tail --server {server} --token-file {}\n",
+        auditor_file.display()
+    );
     println!("or, through Envoy (docker compose up, see envoy/README.md):\n");
     println!("  export TOKEN={moh}");
     println!("  curl -H \"authorization: Bearer $TOKEN\" http://localhost:10000{record}\n");
     println!(
-        "The token is a throwaway demo token signed by a key that exists only in this process; it is valid for 5 minutes. Ctrl-C to stop."
+        "The tokens are throwaway demo tokens signed by a key that exists only in this process; the partner token is valid for 5 minutes, the auditor token for an hour. Ctrl-C to stop."
     );
     crate::cli::wait_for_signal().await;
     running.shutdown().await;
     Ok(all_ok)
 }
+
+/// Lifetime of the demo's auditor token, seconds.
+const AUDITOR_TOKEN_TTL_S: i64 = 3600;
 
 fn short_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()[24..].to_owned()

@@ -353,3 +353,107 @@ fn demo_once_runs_the_tour() {
         assert!(stdout.contains(code), "tour shows {code}");
     }
 }
+
+/// The demo, while it serves, gives its third user (security staff) an auditor token and the
+/// `audit tail` command; that command, run exactly as printed, streams the decision of the
+/// printed `check` command. No token appears in the tail's output.
+#[test]
+fn demo_prints_a_working_audit_tail_command() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut demo = Kill(
+        bin()
+            .args([
+                "demo",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--jwks-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The printed commands, as argument lists after `cargo run -q --`.
+    let args_of = |line: &str| -> Vec<String> {
+        line.split_once("cargo run -q -- ")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (mut tail, mut check) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tail.is_none() || check.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo prints its commands");
+        if line.contains("cargo run -q -- audit tail ") {
+            tail = Some(args_of(&line));
+        } else if line.contains("cargo run -q -- check ") {
+            check = Some(args_of(&line));
+        }
+    }
+    let (tail, check) = (tail.unwrap(), check.unwrap());
+    assert!(tail.iter().any(|a| a == "--token-file"), "{tail:?}");
+
+    let mut watcher = Kill(
+        bin()
+            .args(&tail)
+            .args(["--json", "--count", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The tail may subscribe after the first check: check until it has seen one.
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let out = bin().args(&check).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if let Some(s) = watcher.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the tail saw no decision");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(watcher.0.stdout.as_mut().unwrap(), &mut text).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(watcher.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{text}\n{err}");
+    let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(event["kind"], "decision", "{event}");
+    assert_eq!(event["tenant_id"], "ke", "{event}");
+    assert_eq!(event["integration_id"], "int-ke-moh", "{event}");
+    assert!(!text.contains("eyJ"), "no token in the tail: {text}");
+}
