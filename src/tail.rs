@@ -107,6 +107,7 @@ struct Filter {
     /// `None`: every tenant (root only).
     tenant: Option<String>,
     integration: Option<String>,
+    route: Option<String>,
     outcome: Option<&'static str>,
     codes: Vec<String>,
     include_events: bool,
@@ -137,6 +138,7 @@ impl Filter {
         if req.codes.len() > MAX_CODES
             || too_long(&req.tenant_id)
             || too_long(&req.integration_id)
+            || too_long(&req.route_id)
             || req.codes.iter().any(|c| too_long(c))
         {
             return Err(Status::invalid_argument("filter too large"));
@@ -159,6 +161,7 @@ impl Filter {
         Ok(Filter {
             tenant,
             integration: non_empty(req.integration_id),
+            route: non_empty(req.route_id),
             outcome,
             codes: req.codes.into_iter().filter(|c| !c.is_empty()).collect(),
             include_events: req.include_events,
@@ -171,6 +174,7 @@ impl Filter {
         serde_json::json!({
             "tenant_id": self.tenant.as_deref().unwrap_or("*"),
             "integration_id": self.integration,
+            "route_id": self.route,
             "outcome": self.outcome,
             "codes": self.codes,
             "include_events": self.include_events,
@@ -188,6 +192,13 @@ impl Filter {
             .integration
             .as_ref()
             .is_some_and(|i| it.integration_id.as_ref() != Some(i))
+        {
+            return false;
+        }
+        if self
+            .route
+            .as_ref()
+            .is_some_and(|r| it.route_id.as_ref() != Some(r))
         {
             return false;
         }
@@ -395,6 +406,9 @@ pub struct TailArgs {
     /// Only decisions of this integration.
     #[arg(long)]
     pub integration: Option<String>,
+    /// Only decisions of this route (its policy id, e.g. `health-person-record`).
+    #[arg(long)]
+    pub route: Option<String>,
     /// Only denied decisions.
     #[arg(long)]
     pub deny_only: bool,
@@ -410,6 +424,10 @@ pub struct TailArgs {
     /// Exit after this many records.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Instead of one line per record, one line per minute with the decisions counted per
+    /// code, printed when the minute is over (and at exit).
+    #[arg(long)]
+    pub summary: bool,
 }
 
 impl TailArgs {
@@ -425,6 +443,7 @@ impl TailArgs {
             },
             codes: self.codes.clone(),
             include_events: self.events,
+            route_id: self.route.clone().unwrap_or_default(),
         }
     }
 }
@@ -567,10 +586,75 @@ pub async fn open(
         })
 }
 
+/// Decisions counted per code for one UTC minute (`audit tail --summary`).
+#[derive(Debug, Default)]
+pub struct MinuteCounts {
+    /// The minute being counted, Unix minutes; `None` before the first decision.
+    minute: Option<i64>,
+    counts: std::collections::BTreeMap<String, u64>,
+}
+
+impl MinuteCounts {
+    /// Counts one record (decisions only; markers and events are ignored). Returns the line of
+    /// the previous minute when `ev` belongs to a later one.
+    pub fn add(&mut self, ev: &TailEvent, json: bool) -> Option<String> {
+        if ev.dropped > 0 || ev.kind != RecordKind::Decision.as_str() {
+            return None;
+        }
+        let minute = ev.time_unix_ms.div_euclid(60_000);
+        let done = match self.minute {
+            Some(m) if minute > m => self.line(json),
+            _ => None,
+        };
+        if self.minute.is_none_or(|m| minute > m) {
+            self.minute = Some(minute);
+            self.counts.clear();
+        }
+        let code = if ev.code.is_empty() { "-" } else { &ev.code };
+        *self.counts.entry(clean(code)).or_default() += 1;
+        done
+    }
+
+    /// The line of the minute being counted when the wall clock (`now_ms`, Unix ms) has left
+    /// it, or unconditionally with `now_ms = i64::MAX` (at exit); the counts start over.
+    pub fn flush(&mut self, now_ms: i64, json: bool) -> Option<String> {
+        let m = self.minute?;
+        if now_ms.div_euclid(60_000) <= m {
+            return None;
+        }
+        let line = self.line(json);
+        self.minute = None;
+        self.counts.clear();
+        line
+    }
+
+    /// `2026-12-06T21:30Z decisions=123 OK=120 SCOPE_VIOLATION=3`, or with `json`
+    /// `{"minute":"2026-12-06T21:30Z","decisions":123,"codes":{"OK":120,…}}`.
+    fn line(&self, json: bool) -> Option<String> {
+        let m = self.minute?;
+        let minute = chrono::DateTime::from_timestamp(m * 60, 0)?
+            .format("%Y-%m-%dT%H:%MZ")
+            .to_string();
+        let total: u64 = self.counts.values().sum();
+        Some(if json {
+            serde_json::json!({"minute": minute, "decisions": total, "codes": self.counts})
+                .to_string()
+        } else {
+            let codes: Vec<String> = self
+                .counts
+                .iter()
+                .map(|(c, n)| format!("{c}={n}"))
+                .collect();
+            format!("{minute} decisions={total} {}", codes.join(" "))
+        })
+    }
+}
+
 /// Runs `scp-pep audit tail` (EXT-6-1, INT-8-1).
 ///
 /// Input: [`TailArgs`]; the token from `--token-file`, else `--token` / `SCP_PEP_ADMIN_TOKEN`.
-/// Output: one line per record on stdout (text, or JSON with `--json`); a `# N events dropped
+/// Output: one line per record on stdout (text, or JSON with `--json`), or with `--summary`
+/// one line per UTC minute with the decisions counted per code ([`MinuteCounts`]); a `# N events dropped
 /// (consumer too slow)` line on stderr for every marker. Exit codes: 0 when the stream ends, the
 /// `--count` is reached or stdout is closed; 2 on a missing token, connection or authorization
 /// errors (the message names the gRPC status and never contains the token); 1 when stdout
@@ -601,6 +685,9 @@ pub async fn run_cli(args: TailArgs) -> ExitCode {
     let mut seen: u64 = 0;
     if args.count == Some(0) {
         return ExitCode::SUCCESS;
+    }
+    if args.summary {
+        return run_summary(&args, stream).await;
     }
     loop {
         let ev = match stream.message().await {
@@ -645,9 +732,109 @@ pub async fn run_cli(args: TailArgs) -> ExitCode {
     }
 }
 
+/// `audit tail --summary`: counts decisions per code per UTC minute and prints each minute's
+/// line once it is over (checked every second, so a quiet minute still closes) and the last one
+/// at exit. `--count` still ends the tail after that many records. Exit codes as [`run_cli`].
+async fn run_summary(args: &TailArgs, mut stream: tonic::Streaming<TailEvent>) -> ExitCode {
+    let mut counts = MinuteCounts::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen: u64 = 0;
+    let print = |line: Option<String>| -> Result<(), ExitCode> {
+        let Some(line) = line else { return Ok(()) };
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: cannot write output: {e}");
+                Err(ExitCode::from(1))
+            }
+        }
+    };
+    let end = |counts: &mut MinuteCounts, code: ExitCode| match print(
+        counts.flush(i64::MAX, args.json),
+    ) {
+        Ok(()) => code,
+        Err(c) => c,
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = chrono::Utc::now().timestamp_millis();
+                if let Err(c) = print(counts.flush(now, args.json)) {
+                    return c;
+                }
+            }
+            msg = stream.message() => match msg {
+                Ok(Some(ev)) => {
+                    if ev.dropped > 0 {
+                        eprintln!("# {} events dropped (consumer too slow)", ev.dropped);
+                        continue;
+                    }
+                    if let Err(c) = print(counts.add(&ev, args.json)) {
+                        return c;
+                    }
+                    seen += 1;
+                    if args.count.is_some_and(|n| seen >= n) {
+                        return end(&mut counts, ExitCode::SUCCESS);
+                    }
+                }
+                Ok(None) => return end(&mut counts, ExitCode::SUCCESS),
+                Err(s) => {
+                    eprintln!("error: tail ended: {} ({})", code_name(s.code()), s.message());
+                    return end(&mut counts, ExitCode::from(2));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decision_at(time_ms: i64, code: &str) -> TailEvent {
+        TailEvent {
+            kind: "decision".into(),
+            code: code.into(),
+            time_unix_ms: time_ms,
+            ..Default::default()
+        }
+    }
+
+    /// EXT-6-1 (security staff view): `--summary` counts decisions per code per UTC minute,
+    /// closes a minute when a later record arrives or the clock leaves it, ignores events and
+    /// drop markers.
+    #[test]
+    fn summary_counts_per_code_per_minute() {
+        let t0 = 1_796_000_400_000; // a whole minute
+        let mut m = MinuteCounts::default();
+        assert_eq!(m.add(&decision_at(t0, "OK"), false), None);
+        assert_eq!(m.add(&decision_at(t0 + 1_000, "OK"), false), None);
+        assert_eq!(
+            m.add(&decision_at(t0 + 2_000, "SCOPE_VIOLATION"), false),
+            None
+        );
+        let event = TailEvent {
+            kind: "security_incident".into(),
+            time_unix_ms: t0 + 3_000,
+            ..Default::default()
+        };
+        assert_eq!(m.add(&event, false), None);
+        assert_eq!(m.flush(t0 + 59_999, false), None, "the minute is not over");
+        let line = m
+            .add(&decision_at(t0 + 60_000, "RATE_LIMITED"), false)
+            .unwrap();
+        assert!(
+            line.ends_with("Z decisions=3 OK=2 SCOPE_VIOLATION=1"),
+            "{line}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&m.flush(t0 + 120_000, true).unwrap()).unwrap();
+        assert_eq!(json["decisions"], 1);
+        assert_eq!(json["codes"]["RATE_LIMITED"], 1);
+        assert_eq!(m.flush(i64::MAX, false), None, "nothing left to print");
+    }
 
     /// A caller of `tenant`; an auditor holds `audit.read` there (the audit roles' claim mapping).
     fn caller(tenant: &str, auditor: bool, root: bool) -> Caller {
@@ -682,6 +869,7 @@ mod tests {
             kind,
             tenant_id: tenant.into(),
             integration_id: Some(integration.into()),
+            route_id: Some("r-1".into()),
             outcome: Some(outcome),
             code: Some(
                 if outcome == "allow" {
@@ -742,12 +930,14 @@ mod tests {
         );
     }
 
-    /// INT-8-1: the filters select decisions; events only on request.
+    /// INT-8-1, EXT-6-1: the filters (tenant, integration, route, outcome, codes) select
+    /// decisions; events only on request.
     #[test]
     fn filters_select_records() {
         let f = Filter {
             tenant: Some("ke".into()),
             integration: Some("int-a".into()),
+            route: None,
             outcome: Some("deny"),
             codes: vec![],
             include_events: false,
@@ -767,6 +957,14 @@ mod tests {
         assert!(f.matches(&item("ke", RecordKind::AuditAccess, "x", "deny")));
         assert!(f.matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
         assert!(!f.matches(&item("ke", RecordKind::Decision, "int-a", "deny")));
+        // By route (the test items are of route `r-1`); events are not filtered by route.
+        let by_route = |r: &str| Filter {
+            route: Some(r.into()),
+            ..f.clone()
+        };
+        assert!(by_route("r-1").matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
+        assert!(!by_route("r-2").matches(&item("ke", RecordKind::Decision, "int-a", "allow")));
+        assert!(by_route("r-2").matches(&item("ke", RecordKind::AuditAccess, "x", "deny")));
     }
 
     /// INT-8-1: a subscriber that does not read loses records (each one counted) while the feed
@@ -778,6 +976,7 @@ mod tests {
         let f = Filter {
             tenant: None,
             integration: None,
+            route: None,
             outcome: None,
             codes: vec![],
             include_events: false,

@@ -106,6 +106,8 @@ pub struct TailItem {
     pub tenant_id: String,
     /// Decisions: the integration, when known.
     pub integration_id: Option<String>,
+    /// Decisions: the route's policy id, when one matched.
+    pub route_id: Option<String>,
     /// Decisions: `allow` or `deny`.
     pub outcome: Option<&'static str>,
     /// Decisions: `OK` or the denial code.
@@ -137,6 +139,7 @@ struct Entry {
 
 struct TailSummary {
     integration_id: Option<String>,
+    route_id: Option<String>,
     outcome: &'static str,
     code: String,
     latency_us: u64,
@@ -336,6 +339,7 @@ impl DecisionSink for AuditLog {
             .unwrap_or_else(|| UNATTRIBUTED.to_owned());
         let tail = (self.tail.receiver_count() > 0).then(|| TailSummary {
             integration_id: d.integration_id.clone(),
+            route_id: d.route_id.clone(),
             outcome: if d.allowed() { "allow" } else { "deny" },
             code: d.code_str().to_owned(),
             latency_us: d.latency_us,

@@ -548,3 +548,93 @@ async fn cli_tail_prints_json_and_readable_lines() {
     assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
     h.running.shutdown().await;
 }
+
+/// EXT-6-1, INT-8-1 (security staff view): `audit tail --route` keeps only that route's
+/// decisions, and `--summary` prints one line per minute with the decisions counted per code
+/// (here at exit, after `--count`), as text or JSON.
+#[tokio::test]
+async fn cli_tail_filters_by_route_and_summarizes_per_minute() {
+    let mut h = Harness::start(None).await;
+    let token = auditor(&h);
+    let moh = partner(&h, "ke", "int-ke-moh", &["health"], "health:person:read");
+    let wrong = partner(
+        &h,
+        "ke",
+        "int-ke-moh",
+        &["health"],
+        "health:encounter:write",
+    );
+    let edu = partner(
+        &h,
+        "ke",
+        "int-ke-edu",
+        &["education"],
+        "education:student:read",
+    );
+    // Two record checks (one allowed, one out of scope) and one enrolment check per round;
+    // only the record route's decisions are counted.
+    let checks = [
+        (KE_RECORD, moh.as_str()),
+        (KE_ENROLMENT, edu.as_str()),
+        (KE_RECORD, wrong.as_str()),
+    ];
+    let cmd = tail_cmd(
+        &h,
+        Some(&token),
+        &[
+            "--route",
+            "health-person-record",
+            "--summary",
+            "--json",
+            "--count",
+            "4",
+        ],
+    );
+    let out = run_while_checking(&mut h, cmd, &checks).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    // Four decisions, in one minute or across a minute boundary.
+    let total: u64 = lines.iter().map(|l| l["decisions"].as_u64().unwrap()).sum();
+    assert_eq!(total, 4, "{lines:?}");
+    let count = |code: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["codes"][code].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(count("OK") + count("SCOPE_VIOLATION"), 4, "{lines:?}");
+    assert!(
+        count("OK") >= 1 && count("SCOPE_VIOLATION") >= 1,
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["minute"].as_str().unwrap().ends_with('Z')),
+        "{lines:?}"
+    );
+
+    let cmd = tail_cmd(
+        &h,
+        Some(&token),
+        &[
+            "--route",
+            "health-person-record",
+            "--summary",
+            "--count",
+            "2",
+        ],
+    );
+    let out = run_while_checking(&mut h, cmd, &checks).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text.lines().all(|l| l.contains(" decisions=")) && text.contains("OK="),
+        "{text}"
+    );
+}
