@@ -214,13 +214,7 @@ impl PayloadRules {
         max_body_bytes: usize,
     ) -> Result<Option<Value>, PayloadFault> {
         let body = body.filter(|b| !b.is_empty());
-        let declared_len = headers
-            .get("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let has_body = body.is_some()
-            || declared_len.is_some_and(|n| n > 0)
-            || headers.contains_key("transfer-encoding");
-        if !has_body {
+        if !carries_body(headers, body) {
             if self.schema.is_some() {
                 return Err(PayloadFault::invalid(
                     "the route needs a JSON body and the request carries none",
@@ -247,8 +241,7 @@ impl PayloadRules {
         }
         let needs_body = self.schema.is_some() && fam == Family::Json;
         let body = match body {
-            Some(b) if truncated => {
-                let _ = b;
+            Some(_) if truncated => {
                 if needs_body {
                     return Err(PayloadFault::invalid(
                         "the request body was truncated before it reached scp-pep; it cannot be validated",
@@ -319,6 +312,20 @@ impl PayloadRules {
             keyword: None,
         }
     }
+}
+
+/// Whether a request carries a body: bytes from the proxy, a `content-length` above 0 or a
+/// `transfer-encoding` (headers with lower-case names).
+pub fn carries_body(
+    headers: &std::collections::HashMap<String, String>,
+    body: Option<&[u8]>,
+) -> bool {
+    body.is_some_and(|b| !b.is_empty())
+        || headers
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+        || headers.contains_key("transfer-encoding")
 }
 
 impl CompiledSchema {

@@ -209,7 +209,9 @@ pub fn authorize<'s>(
     // Stage 5b: the body against the route's media types and schema (INT-5.2-1, INT-9.3-1,
     // EXT-4.4-2), then the persons it names; only for callers the route is meant for, so a
     // caller without the scope learns nothing about the route's schema.
-    let body_json = if m.payload.has_schema() || carries_body(facts) {
+    let body_json = if m.payload.has_schema()
+        || crate::payload::carries_body(&facts.headers, facts.body.as_deref())
+    {
         d.stages.push(Stage::Payload);
         m.payload
             .check(
@@ -473,17 +475,6 @@ fn overrides_agree(facts: &RequestFacts, settings: &PipelineSettings) -> Result<
         }
     }
     Ok(())
-}
-
-/// Whether the request carries a body: bytes from the proxy, a non-zero `content-length` or a
-/// `transfer-encoding`.
-fn carries_body(facts: &RequestFacts) -> bool {
-    facts.body.as_ref().is_some_and(|b| !b.is_empty())
-        || facts
-            .headers
-            .get("content-length")
-            .is_some_and(|v| v.trim() != "0")
-        || facts.headers.contains_key("transfer-encoding")
 }
 
 #[cfg(test)]
