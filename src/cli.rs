@@ -1,5 +1,5 @@
 //! The command line: `serve`, `policy validate|apply`, `check`, `health`, `demo`, `audit …`,
-//! `consent import`.
+//! `consent import`, `explain`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,9 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Evaluate one request offline against policy files and print every pipeline stage with its
+    /// inputs and result (the determining Cedar policies for packs); exit 0 allow, 1 deny.
+    Explain(crate::explain::ExplainArgs),
     /// The consent registry (operator tools; day-to-day changes go through `/v1/consents`).
     Consent {
         #[command(subcommand)]
@@ -225,6 +228,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Audit { action } => audit(action).await,
         Command::Consent { action } => consent(action).await,
+        Command::Explain(args) => crate::explain::run(args).await,
     }
 }
 

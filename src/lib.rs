@@ -33,6 +33,7 @@ pub mod config;
 pub mod consent;
 pub mod decision;
 pub mod demo;
+pub mod explain;
 pub mod feed;
 pub mod fuzz;
 pub mod grpc;

@@ -166,8 +166,9 @@ fn batch(e: &Env, body: &[u8], headers: &[(&str, &str)]) -> CheckInput {
     i
 }
 
-/// INT-4.3-1, CON-1, INT-4.4-2 (strictest intersection): every vertical the route touches needs
-/// the person's consent; consent for one of two verticals (partial consent) is a miss.
+/// INT-4.3-1, CON-1, INT-4.4-2 (strictest intersection), EXT-6-2 (no personal data leaves without
+/// consent): every vertical the route touches needs the person's consent; consent for one of two
+/// verticals (partial consent) is a miss, and the person id never enters the decision log.
 /// CON-31: stage 7 runs before data minimization and its checks are recorded by reference.
 async fn per_person_per_vertical(store: Option<String>) {
     let mut e = env(store).await;

@@ -30,6 +30,7 @@ mod consent_store;
 mod corpus;
 mod deploy;
 mod envoy_e2e;
+mod explain;
 mod fuzz_api;
 mod fuzz_corpus;
 mod hardening;
