@@ -567,6 +567,12 @@ impl PolicySet {
                 err("reason", "must not be empty".into());
             }
             validate_deny_extras(d, &mut err);
+            if d.mode.is_shadow() && !d.for_traffic() {
+                err(
+                    "mode",
+                    "shadow mode is only supported for partner-traffic deny rules".into(),
+                );
+            }
         }
 
         // Policy packs (ADM-6): tenant exists, vertical known, Cedar valid against the schema,
@@ -579,6 +585,7 @@ impl PolicySet {
             .map(String::as_str)
             .collect();
         let mut enforced: HashMap<(&str, &str), &str> = HashMap::new();
+        let mut shadowed: HashMap<(&str, &str), &str> = HashMap::new();
         for p in &self.policy_packs {
             let mut err = origins.reporter(&mut out, "policy_packs", &p.id);
             if !is_ident(&p.id, true) {
@@ -620,14 +627,20 @@ impl PolicySet {
             {
                 err("active_until", "must be after active_from".into());
             }
+            // One enforced and at most one shadow pack per (tenant, vertical).
+            let (seen, what) = if p.mode.is_shadow() {
+                (&mut shadowed, "in shadow mode")
+            } else {
+                (&mut enforced, "enforced")
+            };
             if matches!(p.status, PackStatus::Active | PackStatus::Restricted)
                 && let Some(other) =
-                    enforced.insert((p.tenant.as_str(), p.vertical.as_str()), p.id.as_str())
+                    seen.insert((p.tenant.as_str(), p.vertical.as_str()), p.id.as_str())
             {
                 err(
                     "status",
                     format!(
-                        "pack `{other}` is already enforced for tenant `{}` vertical `{}`",
+                        "pack `{other}` is already {what} for tenant `{}` vertical `{}`",
                         p.tenant, p.vertical
                     ),
                 );
