@@ -330,8 +330,7 @@ impl PolicySnapshot {
                 } else {
                     &mut snap.traffic_denies
                 };
-                map
-                    .entry(d.tenant.clone())
+                map.entry(d.tenant.clone())
                     .or_default()
                     .push(TrafficDeny::new(d.clone()));
             }
