@@ -580,3 +580,78 @@ async fn shadow_promotion_through_policy_change_and_enforce_route() {
         1
     );
 }
+
+/// Issue 16, ADM-2: a shadow rate limit counts only in its own state (the request goes on,
+/// `rate_limit/<id> RATE_LIMITED` is recorded); `POST /v1/integrations/{id}/enforce-limits`
+/// (If-Match, reason) promotes it, audited, after which an exhausted limit denies; a second
+/// promotion is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_rate_limit_promoted_by_enforce_limits() {
+    let mut h = start_with_shadow_policies().await;
+    let token = partner(&h, "int-ke-shadow", &["health"], "health:person:read");
+    for _ in 0..3 {
+        let r = check(&mut h, "GET", KE_RECORD, &token).await;
+        assert_eq!(r["allowed"], true, "a shadow limit never denies: {r}");
+    }
+    let operator = h.staff_token("ke", "officer-admin", &[ADMIN], "scp-pep-admin");
+    let r = call(
+        &h,
+        Method::GET,
+        "/v1/integrations/int-ke-shadow",
+        &operator,
+        Value::Null,
+        None,
+    )
+    .await;
+    assert_eq!(r.body["rate_limit"]["mode"], "shadow", "{}", r.body);
+    let version = r.body["version"].as_i64().unwrap();
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/integrations/int-ke-shadow/enforce-limits",
+        &operator,
+        json!({"reason_code": "OTHER"}),
+        Some(version),
+    )
+    .await;
+    assert_eq!(r.status, 400, "OTHER needs its text (ADM-7): {}", r.body);
+    let r = call(
+        &h,
+        Method::POST,
+        "/v1/integrations/int-ke-shadow/enforce-limits",
+        &operator,
+        json!({"reason_code": "SECURITY_INCIDENT"}),
+        Some(version),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body["rate_limit"].get("mode").is_none(),
+        "enforce is omitted: {}",
+        r.body
+    );
+    // Enforced now: at most one request of a fresh burst passes, the rest are RATE_LIMITED.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = check(&mut h, "GET", KE_RECORD, &token).await;
+        codes.push(r["code"].as_str().unwrap().to_owned());
+    }
+    assert!(codes.iter().any(|c| c == "RATE_LIMITED"), "{codes:?}");
+    let r = post(
+        &h,
+        "/v1/integrations/int-ke-shadow/enforce-limits",
+        &operator,
+        json!({"reason_code": "SECURITY_INCIDENT"}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        common::count_audit_events(
+            &h.running.store,
+            "admin_change",
+            "integration.enforce_limits"
+        )
+        .await,
+        1
+    );
+}
