@@ -209,6 +209,55 @@ mod tests {
         assert!(d.retry_after_s.unwrap() >= 1);
     }
 
+    /// Issue 16: a shadow limit is counted in its own state and only reported (the enforced
+    /// check ignores it); a shadow quota likewise.
+    #[test]
+    fn shadow_limits_report_and_never_deny() {
+        let l = Limits::new();
+        let i = integ(
+            Some(RateLimit {
+                per_second: 1,
+                burst: 1,
+                shared: None,
+                mode: Mode::Shadow,
+            }),
+            Some(Quota {
+                per_day: 1,
+                shared: None,
+                mode: Mode::Shadow,
+            }),
+        );
+        let t: DateTime<Utc> = "2026-11-21T12:00:00Z".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.check(&i, RouteKind::RealTime, t).is_ok());
+            assert!(l.check(&i, RouteKind::Batch, t).is_ok());
+        }
+        assert_eq!(l.check_shadow(&i, RouteKind::RealTime, t), None);
+        let f = l.check_shadow(&i, RouteKind::RealTime, t).unwrap();
+        assert_eq!(
+            (f.document.as_str(), f.code),
+            ("rate_limit/i", DenyCode::RateLimited)
+        );
+        assert_eq!(l.check_shadow(&i, RouteKind::Batch, t), None);
+        let f = l.check_shadow(&i, RouteKind::Batch, t).unwrap();
+        assert_eq!(
+            (f.document.as_str(), f.code),
+            ("quota/i", DenyCode::QuotaExceeded)
+        );
+        // An enforced limit is not reported as shadow.
+        let enforced = integ(
+            Some(RateLimit {
+                per_second: 1,
+                burst: 1,
+                shared: None,
+                mode: Mode::Enforce,
+            }),
+            None,
+        );
+        assert!(l.check_shadow(&enforced, RouteKind::RealTime, t).is_none());
+        assert!(l.check_shadow(&enforced, RouteKind::RealTime, t).is_none());
+    }
+
     /// INT-4.6-2: batch routes count against the daily quota, which resets at UTC midnight.
     #[test]
     fn quota_resets_daily() {

@@ -876,6 +876,68 @@ mod tests {
         );
     }
 
+    /// Issue 16: `mode` accepts `enforce` and `shadow` only (the error names the field); shadow
+    /// deny rules are partner-traffic rules; a (tenant, vertical) has at most one active shadow
+    /// pack next to its enforced one; `enforce` is never written out.
+    #[test]
+    fn shadow_mode_is_validated() {
+        let bad = format!(
+            "{}deny_rules:\n  - {{id: d, tenant: ke, action: read, reason: r, mode: dry-run}}\n",
+            tenant_yaml()
+        );
+        let e = PolicySet::parse_file("m.yaml", &bad).unwrap_err();
+        assert!(
+            e.field.contains("mode") || e.message.contains("mode"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("dry-run"), "{e:?}");
+
+        let pack = |id: &str, mode: &str| {
+            format!(
+                "  - {{id: {id}, tenant: ke, vertical: health, status: active, {mode} policies: 'permit(principal, action, resource);'}}\n"
+            )
+        };
+        let base = format!(
+            "{}integrations:\n  - {{id: i, tenant: ke, partner_name: P, legal_basis: L, state: active, verticals: [health], scopes: [s]}}\n",
+            tenant_yaml()
+        );
+        let ok = format!(
+            "{base}deny_rules:\n  - {{id: d, tenant: ke, integration: i, reason: r, mode: shadow}}\npolicy_packs:\n{}{}",
+            pack("enforced", ""),
+            pack("candidate", "mode: shadow,")
+        );
+        let f = PolicySet::parse_file("ok.yaml", &ok).unwrap();
+        let set = PolicySet::from_files(vec![("ok.yaml".into(), f)]).unwrap();
+        let json = serde_json::to_string(&set.policy_packs).unwrap();
+        assert_eq!(json.matches("\"mode\"").count(), 1, "{json}");
+        let snap = PolicySnapshot::compile(set, 1, "aud");
+        assert!(!snap.packs.is_empty() && !snap.shadow_packs.is_empty());
+        assert_eq!(snap.shadow_denies["ke"].len(), 1);
+        assert!(!snap.traffic_denies.contains_key("ke"));
+
+        let two = format!(
+            "{base}deny_rules:\n  - {{id: u, tenant: ke, subject_type: user, subject_id: x, reason: r, mode: shadow}}\npolicy_packs:\n{}{}",
+            pack("c1", "mode: shadow,"),
+            pack("c2", "mode: shadow,")
+        );
+        let f = PolicySet::parse_file("two.yaml", &two).unwrap();
+        let errs = PolicySet::from_files(vec![("two.yaml".into(), f)])
+            .unwrap_err()
+            .0;
+        let got: Vec<(String, String)> = errs
+            .iter()
+            .map(|e| (e.entry.clone(), e.field.clone()))
+            .collect();
+        assert!(
+            got.iter().any(|(e, f)| e.contains("(c2)") && f == "status"),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|(e, f)| e.contains("(u)") && f == "mode"),
+            "{got:?}"
+        );
+    }
+
     /// DESIGN stage 3: two routes that match the same requests are rejected at validation time.
     #[test]
     fn ambiguous_routes_are_rejected() {
