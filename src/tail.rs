@@ -1037,6 +1037,18 @@ mod tests {
             "{line}"
         );
         assert!(!format_line(&tail_event(&plain)).contains("shadow"));
+
+        // `--shadow` asks the server for the filter.
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: TailArgs,
+        }
+        use clap::Parser as _;
+        let with = Cmd::try_parse_from(["tail", "--shadow"]).unwrap().args;
+        assert!(with.request().shadow_only);
+        let without = Cmd::try_parse_from(["tail"]).unwrap().args;
+        assert!(!without.request().shadow_only);
     }
 
     /// INT-8-1: a subscriber that does not read loses records (each one counted) while the feed

@@ -697,7 +697,11 @@ mod tests {
     fn openapi_has_every_route() {
         let doc = routes().into_openapi();
         assert_eq!(doc.paths.paths.len(), 23);
-        assert!(doc.paths.paths["/v1/deny-rules/{deny_id}/enforce"].post.is_some());
+        assert!(
+            doc.paths.paths["/v1/deny-rules/{deny_id}/enforce"]
+                .post
+                .is_some()
+        );
         let roles = &doc.paths.paths["/v1/roles"];
         assert!(roles.post.is_some() && roles.get.is_some());
         let body = serde_json::to_value(&roles.post.as_ref().unwrap().request_body).unwrap();
