@@ -151,6 +151,7 @@ fn main() {
             .into(),
         active_from: None,
         active_until: None,
+        mode: Default::default(),
     }]);
     let now_ms = chrono::Utc::now().timestamp_millis();
     assert!(

@@ -493,12 +493,33 @@ pub struct Decision {
     /// `<pack id>/<policy id>` (the `@id` annotation, else Cedar's id), for allows and denials.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// Shadow (dry-run) findings: what documents in mode `shadow` would have denied (issue 16).
+    /// Recorded, never enforced. Absent when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowFinding>,
     /// Wall time spent deciding, µs.
     pub latency_us: u64,
     /// Request headers Envoy must remove before forwarding (client `x-scp-*`, API key,
     /// `authorization` where the tenant asks). Not logged.
     #[serde(skip)]
     pub headers_to_remove: Vec<String>,
+}
+
+/// What one document in shadow mode would have done to a request: deny it with `code` (issue 16).
+/// Never enforced; recorded in the audit record (`shadow`), the decision log, the gRPC tail and
+/// `scp_pep_shadow_decisions_total{document,code}`. Holds policy ids only, no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowFinding {
+    // Fields in sorted key order: the audit body is canonical JSON (RFC 8785).
+    /// The denial it would have produced: `POLICY_DENIED`, `DENY_RULE_MATCHED`,
+    /// `RATE_LIMITED` or `QUOTA_EXCEEDED`.
+    pub code: DenyCode,
+    /// The document: `policy_pack/<id>`, `deny_rule/<id>`, `rate_limit/<integration id>` or
+    /// `quota/<integration id>`.
+    pub document: String,
+    /// For packs, the determining Cedar policies as `<pack id>/<policy id>`; else empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 impl Decision {
@@ -540,6 +561,7 @@ impl Decision {
             purpose: None,
             incidents: Vec::new(),
             reasons: Vec::new(),
+            shadow: Vec::new(),
             latency_us: 0,
             headers_to_remove: Vec::new(),
         }

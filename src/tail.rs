@@ -111,6 +111,8 @@ struct Filter {
     outcome: Option<&'static str>,
     codes: Vec<String>,
     include_events: bool,
+    /// Only decisions with shadow findings (issue 16).
+    shadow_only: bool,
     /// Allowed by the ROOT role only (all tenants, or a tenant the caller holds no
     /// `audit.read` for): recorded as `root_bypass`.
     root_bypass: bool,
@@ -165,6 +167,7 @@ impl Filter {
             outcome,
             codes: req.codes.into_iter().filter(|c| !c.is_empty()).collect(),
             include_events: req.include_events,
+            shadow_only: req.shadow_only,
             root_bypass,
         })
     }
@@ -178,6 +181,7 @@ impl Filter {
             "outcome": self.outcome,
             "codes": self.codes,
             "include_events": self.include_events,
+            "shadow_only": self.shadow_only,
         })
     }
 
@@ -205,6 +209,9 @@ impl Filter {
         if self.outcome.is_some() && it.outcome != self.outcome {
             return false;
         }
+        if self.shadow_only && it.shadow.is_empty() {
+            return false;
+        }
         self.codes.is_empty()
             || it
                 .code
@@ -227,6 +234,15 @@ fn tail_event(it: &TailItem) -> TailEvent {
         latency_us: it.latency_us.unwrap_or_default(),
         body: it.body.to_string(),
         dropped: 0,
+        shadow: it
+            .shadow
+            .iter()
+            .map(|f| crate::proto::scp::pep::v1::ShadowFinding {
+                document: f.document.clone(),
+                code: f.code.as_str().to_owned(),
+                reasons: f.reasons.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -428,6 +444,10 @@ pub struct TailArgs {
     /// code, printed when the minute is over (and at exit).
     #[arg(long)]
     pub summary: bool,
+    /// Only decisions with shadow (dry-run) findings: what a policy pack, deny rule, rate
+    /// limit or quota in shadow mode would have denied (filtered by the server, issue 16).
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 impl TailArgs {
@@ -444,6 +464,7 @@ impl TailArgs {
             codes: self.codes.clone(),
             include_events: self.events,
             route_id: self.route.clone().unwrap_or_default(),
+            shadow_only: self.shadow,
         }
     }
 }
@@ -522,7 +543,7 @@ pub fn format_line(ev: &TailEvent) -> String {
             field("route_id"),
             ev.latency_us,
             field("decision_id"),
-        )
+        ) + &shadow_text(ev)
     } else {
         format!(
             "{time} EVENT {:<16} {} actor={} subject={} id={}",
@@ -533,6 +554,20 @@ pub fn format_line(ev: &TailEvent) -> String {
             field("event_id"),
         )
     }
+}
+
+/// The shadow findings of a decision line (issue 16): ` shadow: policy_pack/p1 POLICY_DENIED,
+/// rate_limit/int-1 RATE_LIMITED`, or nothing when it has none. Control characters are escaped.
+fn shadow_text(ev: &TailEvent) -> String {
+    if ev.shadow.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = ev
+        .shadow
+        .iter()
+        .map(|f| format!("{} {}", clean(&f.document), clean(&f.code)))
+        .collect();
+    format!(" shadow: {}", items.join(", "))
 }
 
 /// The `--json` form of an event: the [`TailEvent`] fields, `body` parsed as JSON.
@@ -551,6 +586,9 @@ pub fn json_line(ev: &TailEvent) -> serde_json::Value {
         "latency_us": ev.latency_us,
         "body": body,
         "dropped": ev.dropped,
+        "shadow": ev.shadow.iter().map(|f| serde_json::json!({
+            "document": f.document, "code": f.code, "reasons": f.reasons,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -882,6 +920,7 @@ mod tests {
             time_ms: 0,
             latency_us: Some(5),
             body: Arc::from("{}"),
+            shadow: Vec::new(),
         }
     }
 
@@ -941,6 +980,7 @@ mod tests {
             outcome: Some("deny"),
             codes: vec![],
             include_events: false,
+            shadow_only: false,
             root_bypass: false,
         };
         assert!(f.matches(&item("ke", RecordKind::Decision, "int-a", "deny")));
@@ -967,6 +1007,50 @@ mod tests {
         assert!(by_route("r-2").matches(&item("ke", RecordKind::AuditAccess, "x", "deny")));
     }
 
+    /// Issue 16: `shadow_only` keeps only decisions with shadow findings (events still follow
+    /// `include_events`), and the text line names each finding.
+    #[test]
+    fn shadow_filter_selects_decisions_with_findings() {
+        let f = Filter {
+            tenant: None,
+            integration: None,
+            route: None,
+            outcome: None,
+            codes: vec![],
+            include_events: true,
+            shadow_only: true,
+            root_bypass: true,
+        };
+        let plain = item("ke", RecordKind::Decision, "int-a", "allow");
+        assert!(!f.matches(&plain));
+        let mut shadowed = plain.clone();
+        shadowed.shadow = vec![crate::decision::ShadowFinding {
+            code: crate::decision::DenyCode::PolicyDenied,
+            document: "policy_pack/p1".into(),
+            reasons: vec!["p1/no-night".into()],
+        }];
+        assert!(f.matches(&shadowed));
+        assert!(f.matches(&item("ke", RecordKind::AuditAccess, "x", "deny")));
+        let line = format_line(&tail_event(&shadowed));
+        assert!(
+            line.ends_with(" shadow: policy_pack/p1 POLICY_DENIED"),
+            "{line}"
+        );
+        assert!(!format_line(&tail_event(&plain)).contains("shadow"));
+
+        // `--shadow` asks the server for the filter.
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: TailArgs,
+        }
+        use clap::Parser as _;
+        let with = Cmd::try_parse_from(["tail", "--shadow"]).unwrap().args;
+        assert!(with.request().shadow_only);
+        let without = Cmd::try_parse_from(["tail"]).unwrap().args;
+        assert!(!without.request().shadow_only);
+    }
+
     /// INT-8-1: a subscriber that does not read loses records (each one counted) while the feed
     /// never waits for it; once it reads again, a marker reports the loss before newer records.
     #[tokio::test]
@@ -980,6 +1064,7 @@ mod tests {
             outcome: None,
             codes: vec![],
             include_events: false,
+            shadow_only: false,
             root_bypass: true,
         };
         let task = tokio::spawn(forward(feed_rx, tx, f, metrics::Counter::noop(), None));

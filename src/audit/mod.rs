@@ -118,6 +118,8 @@ pub struct TailItem {
     pub latency_us: Option<u64>,
     /// The canonical body.
     pub body: Arc<str>,
+    /// Decisions: the shadow findings (issue 16); empty otherwise.
+    pub shadow: Vec<crate::decision::ShadowFinding>,
 }
 
 /// One record waiting for the writer.
@@ -143,6 +145,7 @@ struct TailSummary {
     outcome: &'static str,
     code: String,
     latency_us: u64,
+    shadow: Vec<crate::decision::ShadowFinding>,
 }
 
 /// Metric handles, registered once.
@@ -343,6 +346,7 @@ impl DecisionSink for AuditLog {
             outcome: if d.allowed() { "allow" } else { "deny" },
             code: d.code_str().to_owned(),
             latency_us: d.latency_us,
+            shadow: d.shadow.clone(),
         });
         Box::pin(self.enqueue(tenant, items, tail))
     }

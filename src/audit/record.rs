@@ -165,6 +165,9 @@ struct DecisionBody<'a> {
     resource: Option<&'a str>,
     route_id: Option<&'a str>,
     scopes: &'a [String],
+    /// Shadow (dry-run) findings (issue 16); absent when none keeps older bodies byte-identical.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    shadow: &'a [crate::decision::ShadowFinding],
     stages: &'a [Stage],
     /// Only on cross-tenant requests (INT-4.5-2); absent keeps older bodies byte-identical.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +212,7 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         resource: d.resource.as_deref(),
         route_id: d.route_id.as_deref(),
         scopes: &d.scopes,
+        shadow: &d.shadow,
         stages: &d.stages,
         target_tenant_id: d.target_tenant_id.as_deref(),
         tenant_id: d.tenant_id.as_deref(),
@@ -374,6 +378,13 @@ mod tests {
                     result: "active".into(),
                     vertical: "health".into(),
                 }];
+                if allow {
+                    d.shadow = vec![crate::decision::ShadowFinding {
+                        code: DenyCode::PolicyDenied,
+                        document: "policy_pack/p\"1".into(),
+                        reasons: vec!["p\"1/forbid-é".into()],
+                    }];
+                }
                 d.outcome = if allow {
                     Outcome::Allow
                 } else {

@@ -358,6 +358,7 @@ impl Writer {
                     time_ms: r.time_ms,
                     latency_us: Some(t.latency_us),
                     body: Arc::from(r.body),
+                    shadow: t.shadow.clone(),
                 },
                 None => {
                     let Some(kind) = RecordKind::from_name(r.kind) else {
@@ -378,6 +379,7 @@ impl Writer {
                         time_ms: r.time_ms,
                         latency_us: None,
                         body: Arc::from(r.body),
+                        shadow: Vec::new(),
                     }
                 }
             };

@@ -204,8 +204,14 @@ impl SharedLimits {
     /// shared explicitly or by default).
     pub fn applies(&self, integration: &Integration, kind: RouteKind) -> bool {
         let shared = match kind {
-            RouteKind::Batch => integration.quota.map(|q| q.shared),
-            _ => integration.rate_limit.map(|r| r.shared),
+            RouteKind::Batch => integration
+                .quota
+                .filter(|q| q.mode.is_enforce())
+                .map(|q| q.shared),
+            _ => integration
+                .rate_limit
+                .filter(|r| r.mode.is_enforce())
+                .map(|r| r.shared),
         };
         matches!(shared, Some(s) if s.unwrap_or(self.config.shared_by_default))
     }
@@ -290,7 +296,7 @@ impl SharedLimits {
         let prefix = &self.config.key_prefix;
         let (tenant, id) = (&integration.tenant, &integration.id);
         if kind == RouteKind::Batch {
-            let Some(q) = integration.quota else {
+            let Some(q) = integration.quota.filter(|q| q.mode.is_enforce()) else {
                 return Ok(Ok(()));
             };
             let reply: Vec<i64> = self
@@ -308,7 +314,7 @@ impl SharedLimits {
                 )),
             })
         } else {
-            let Some(rl) = integration.rate_limit else {
+            let Some(rl) = integration.rate_limit.filter(|r| r.mode.is_enforce()) else {
                 return Ok(Ok(()));
             };
             let reply: Vec<i64> = self
@@ -360,8 +366,13 @@ mod tests {
             per_second: 1,
             burst: 1,
             shared,
+            mode: Default::default(),
         });
-        i.quota = q.map(|shared| crate::policy::Quota { per_day: 1, shared });
+        i.quota = q.map(|shared| crate::policy::Quota {
+            per_day: 1,
+            shared,
+            mode: Default::default(),
+        });
         i
     }
 

@@ -22,7 +22,8 @@ use subtle::ConstantTimeEq;
 use crate::authn::{Authenticator, VerifiedToken};
 use crate::consent::Consents;
 use crate::decision::{
-    ALL_CODES, Decision, Denial, DenyCode, Incident, MAX_RECORDED_PATH, Outcome, Stage,
+    ALL_CODES, Decision, Denial, DenyCode, Incident, MAX_RECORDED_PATH, Outcome, ShadowFinding,
+    Stage,
 };
 use crate::limits::{Limits, SharedLimits};
 use crate::path;
@@ -162,6 +163,15 @@ impl DecisionMetrics {
             }
         }
         self.duration.record(d.latency_us as f64 / 1e6);
+        // Shadow findings (issue 16): the document label is a policy id, never personal data.
+        for f in &d.shadow {
+            metrics::counter!(
+                "scp_pep_shadow_decisions_total",
+                "document" => f.document.clone(),
+                "code" => f.code.as_str()
+            )
+            .increment(1);
+        }
         for i in &d.incidents {
             if let Some(k) = Incident::ALL.iter().position(|x| x == i) {
                 self.incidents[k].increment(1);
@@ -475,6 +485,13 @@ impl Engine {
         if let Err(denial) = limited {
             d.outcome = Outcome::Deny(denial);
             return None;
+        }
+        // Stage 9, shadow (issue 16): a shadow limit counts in its own state and only reports.
+        if let Some(f) = self
+            .limits
+            .check_shadow(&integration.integration, route.kind, d.time)
+        {
+            d.shadow.push(f);
         }
         d.outcome = Outcome::Allow;
         if !persons.is_empty()

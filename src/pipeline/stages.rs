@@ -40,6 +40,12 @@ pub struct Authorized<'s> {
 /// tenants, the target's policy packs, residency and consent). Anything else is 403
 /// `TENANT_MISMATCH` with a `cross_tenant` incident.
 ///
+/// Shadow mode (issue 16): after the enforced deny rules pass, partner-traffic deny rules in mode
+/// `shadow` that would hit are appended to `d.shadow`; after the enforced packs allow, the shadow
+/// pack of each vertical is evaluated the same way and a would-be denial is appended too. Shadow
+/// documents never change the result, the masks or the headers, and only requests that reach
+/// stage 6 get their findings (a request denied earlier gets none).
+///
 /// Returns the integration, target tenant, route and persons, or the first denial.
 pub fn authorize<'s>(
     snap: &'s PolicySnapshot,
@@ -244,6 +250,23 @@ pub fn authorize<'s>(
         }
     }
 
+    // Stage 6, shadow (issue 16): shadow deny rules in their window that would hit are recorded,
+    // never enforced (only reached when no enforced rule denied).
+    for rules in std::iter::once(i.tenant.as_str())
+        .chain((target != i.tenant).then_some(target))
+        .filter_map(|t| snap.shadow_denies.get(t))
+    {
+        for r in rules {
+            if r.in_window(now_ms) && deny_rule_hits(&r.rule, &i.id, route) {
+                d.shadow.push(ShadowFinding {
+                    code: DenyCode::DenyRuleMatched,
+                    document: format!("deny_rule/{}", r.rule.id),
+                    reasons: Vec::new(),
+                });
+            }
+        }
+    }
+
     // Stage 6 (continued): the active policy packs of the route's verticals in the tenant the
     // request reaches (Cedar; forbid wins, no permit = deny, evaluation errors deny) (ADM-6,
     // INT-4.5-2).
@@ -260,6 +283,25 @@ pub fn authorize<'s>(
             &mut d.reasons,
         )
         .map_err(|m| Denial::new(DenyCode::PolicyDenied, m))?;
+    // Shadow packs (issue 16), only when the enforced packs allowed: a would-be denial is a
+    // finding; their masks are never applied.
+    if !snap.shadow_packs.is_empty()
+        && let Some(p) = snap.shadow_packs.shadow_denial(
+            target,
+            i,
+            route,
+            &d.scopes,
+            persons.len(),
+            &facts.method,
+            d.time.timestamp_millis(),
+        )
+    {
+        d.shadow.push(ShadowFinding {
+            code: DenyCode::PolicyDenied,
+            document: format!("policy_pack/{}", p.pack_id),
+            reasons: p.reasons,
+        });
+    }
 
     // Stage 6b: data residency (INT-4.5-3, INT-4.5-4), before any consent lookup or data flow.
     d.stages.push(Stage::Residency);

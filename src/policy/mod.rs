@@ -567,6 +567,12 @@ impl PolicySet {
                 err("reason", "must not be empty".into());
             }
             validate_deny_extras(d, &mut err);
+            if d.mode.is_shadow() && !d.for_traffic() {
+                err(
+                    "mode",
+                    "shadow mode is only supported for partner-traffic deny rules".into(),
+                );
+            }
         }
 
         // Policy packs (ADM-6): tenant exists, vertical known, Cedar valid against the schema,
@@ -579,6 +585,7 @@ impl PolicySet {
             .map(String::as_str)
             .collect();
         let mut enforced: HashMap<(&str, &str), &str> = HashMap::new();
+        let mut shadowed: HashMap<(&str, &str), &str> = HashMap::new();
         for p in &self.policy_packs {
             let mut err = origins.reporter(&mut out, "policy_packs", &p.id);
             if !is_ident(&p.id, true) {
@@ -620,14 +627,20 @@ impl PolicySet {
             {
                 err("active_until", "must be after active_from".into());
             }
+            // One enforced and at most one shadow pack per (tenant, vertical).
+            let (seen, what) = if p.mode.is_shadow() {
+                (&mut shadowed, "in shadow mode")
+            } else {
+                (&mut enforced, "enforced")
+            };
             if matches!(p.status, PackStatus::Active | PackStatus::Restricted)
                 && let Some(other) =
-                    enforced.insert((p.tenant.as_str(), p.vertical.as_str()), p.id.as_str())
+                    seen.insert((p.tenant.as_str(), p.vertical.as_str()), p.id.as_str())
             {
                 err(
                     "status",
                     format!(
-                        "pack `{other}` is already enforced for tenant `{}` vertical `{}`",
+                        "pack `{other}` is already {what} for tenant `{}` vertical `{}`",
                         p.tenant, p.vertical
                     ),
                 );
@@ -859,6 +872,68 @@ mod tests {
         assert!(
             !got.iter()
                 .any(|(e, _)| e.contains("(old)") || e.contains("(d3)")),
+            "{got:?}"
+        );
+    }
+
+    /// Issue 16: `mode` accepts `enforce` and `shadow` only (the error names the field); shadow
+    /// deny rules are partner-traffic rules; a (tenant, vertical) has at most one active shadow
+    /// pack next to its enforced one; `enforce` is never written out.
+    #[test]
+    fn shadow_mode_is_validated() {
+        let bad = format!(
+            "{}deny_rules:\n  - {{id: d, tenant: ke, action: read, reason: r, mode: dry-run}}\n",
+            tenant_yaml()
+        );
+        let e = PolicySet::parse_file("m.yaml", &bad).unwrap_err();
+        assert!(
+            e.field.contains("mode") || e.message.contains("mode"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("dry-run"), "{e:?}");
+
+        let pack = |id: &str, mode: &str| {
+            format!(
+                "  - {{id: {id}, tenant: ke, vertical: health, status: active, {mode} policies: 'permit(principal, action, resource);'}}\n"
+            )
+        };
+        let base = format!(
+            "{}integrations:\n  - {{id: i, tenant: ke, partner_name: P, legal_basis: L, state: active, verticals: [health], scopes: [s]}}\n",
+            tenant_yaml()
+        );
+        let ok = format!(
+            "{base}deny_rules:\n  - {{id: d, tenant: ke, integration: i, reason: r, mode: shadow}}\npolicy_packs:\n{}{}",
+            pack("enforced", ""),
+            pack("candidate", "mode: shadow,")
+        );
+        let f = PolicySet::parse_file("ok.yaml", &ok).unwrap();
+        let set = PolicySet::from_files(vec![("ok.yaml".into(), f)]).unwrap();
+        let json = serde_json::to_string(&set.policy_packs).unwrap();
+        assert_eq!(json.matches("\"mode\"").count(), 1, "{json}");
+        let snap = PolicySnapshot::compile(set, 1, "aud");
+        assert!(!snap.packs.is_empty() && !snap.shadow_packs.is_empty());
+        assert_eq!(snap.shadow_denies["ke"].len(), 1);
+        assert!(!snap.traffic_denies.contains_key("ke"));
+
+        let two = format!(
+            "{base}deny_rules:\n  - {{id: u, tenant: ke, subject_type: user, subject_id: x, reason: r, mode: shadow}}\npolicy_packs:\n{}{}",
+            pack("c1", "mode: shadow,"),
+            pack("c2", "mode: shadow,")
+        );
+        let f = PolicySet::parse_file("two.yaml", &two).unwrap();
+        let errs = PolicySet::from_files(vec![("two.yaml".into(), f)])
+            .unwrap_err()
+            .0;
+        let got: Vec<(String, String)> = errs
+            .iter()
+            .map(|e| (e.entry.clone(), e.field.clone()))
+            .collect();
+        assert!(
+            got.iter().any(|(e, f)| e.contains("(c2)") && f == "status"),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|(e, f)| e.contains("(u)") && f == "mode"),
             "{got:?}"
         );
     }

@@ -278,6 +278,47 @@ pub struct FieldPolicy {
     pub masked_fields: Vec<String>,
 }
 
+/// Whether a document is enforced or only evaluated in shadow (dry-run) mode (issue 16).
+///
+/// - `enforce` (the default, omitted when serialized: existing documents and their hashes stay
+///   identical): the document decides traffic.
+/// - `shadow`: the document is evaluated on live traffic next to the enforced ones; its would-be
+///   denial is recorded as a [`crate::decision::ShadowFinding`] (audit record, decision log,
+///   `scp_pep_shadow_decisions_total`) but never enforced: it never changes the outcome, the
+///   masks or the headers. Authentication, tenant/vertical isolation, lifecycle, scope and
+///   consent have no shadow mode.
+///
+/// Unknown values are parse errors naming the `mode` field.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    /// `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+
+    /// Whether this is [`Mode::Enforce`] (the default; `skip_serializing_if` helper).
+    pub fn is_enforce(&self) -> bool {
+        *self == Mode::Enforce
+    }
+
+    /// Whether this is [`Mode::Shadow`].
+    pub fn is_shadow(&self) -> bool {
+        *self == Mode::Shadow
+    }
+}
+
 /// GCRA limit for real-time routes (INT-4.6-1): `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -289,6 +330,10 @@ pub struct RateLimit {
     /// with the local backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+    /// `enforce` (default) or `shadow`: a shadow limit is counted in its own per-replica state
+    /// and only reported (`RATE_LIMITED` shadow finding), never enforced.
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
 }
 
 /// Daily quota for batch routes (INT-4.6-2); the day is the UTC calendar day.
@@ -299,6 +344,10 @@ pub struct Quota {
     /// Same as [`RateLimit::shared`], for the daily quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+    /// `enforce` (default) or `shadow`: a shadow quota is counted in its own per-replica state
+    /// and only reported (`QUOTA_EXCEEDED` shadow finding), never enforced.
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
 }
 
 /// Read or write (Restricted integrations may only read, INT-6.2-2).
@@ -461,6 +510,10 @@ pub struct DenyRule {
     pub revoke_reason_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_reason_text: Option<String>,
+    /// `enforce` (default) or `shadow` (partner-traffic rules only): a shadow rule that would
+    /// hit is recorded as a `DENY_RULE_MATCHED` shadow finding, never enforced.
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
 }
 
 impl DenyRule {
@@ -547,4 +600,9 @@ pub struct PolicyPack {
     /// RFC 3339; the pack stops being enforced then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_until: Option<String>,
+    /// `enforce` (default) or `shadow`. An active shadow pack is evaluated next to the enforced
+    /// pack of its (tenant, vertical) (at most one of each); its would-be denial is a
+    /// `POLICY_DENIED` shadow finding and its `@mask` fields are not applied.
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
 }

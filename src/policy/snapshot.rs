@@ -224,8 +224,14 @@ pub struct PolicySnapshot {
     /// The partner-traffic deny rules per tenant that are active (status), with their windows
     /// parsed once here instead of on every request (stage 6).
     pub traffic_denies: HashMap<String, Vec<TrafficDeny>>,
-    /// Active policy packs, compiled (stage 6).
+    /// Active policy packs in mode `enforce`, compiled (stage 6).
     pub packs: super::cedar::CompiledPacks,
+    /// Partner-traffic deny rules in mode `shadow` per tenant, active (status): evaluated after
+    /// the enforced ones, only ever recorded as shadow findings (issue 16).
+    pub shadow_denies: HashMap<String, Vec<TrafficDeny>>,
+    /// Active policy packs in mode `shadow`, compiled separately from [`Self::packs`]: only ever
+    /// recorded as shadow findings, their masks never applied (issue 16).
+    pub shadow_packs: super::cedar::CompiledPacks,
     /// The set it was compiled from.
     pub set: PolicySet,
 }
@@ -237,6 +243,10 @@ impl PolicySnapshot {
         let mut snap = PolicySnapshot {
             version,
             packs: super::cedar::CompiledPacks::compile(&set.policy_packs),
+            shadow_packs: super::cedar::CompiledPacks::compile_mode(
+                &set.policy_packs,
+                super::model::Mode::Shadow,
+            ),
             ..Default::default()
         };
         for t in &set.tenants {
@@ -315,8 +325,12 @@ impl PolicySnapshot {
                 .or_default()
                 .push(d.clone());
             if d.for_traffic() && d.status == super::model::DenyStatus::Active {
-                snap.traffic_denies
-                    .entry(d.tenant.clone())
+                let map = if d.mode.is_shadow() {
+                    &mut snap.shadow_denies
+                } else {
+                    &mut snap.traffic_denies
+                };
+                map.entry(d.tenant.clone())
                     .or_default()
                     .push(TrafficDeny::new(d.clone()));
             }

@@ -45,6 +45,7 @@ mod payload;
 mod pii;
 mod rate_limit_redis;
 mod resources;
+mod shadow;
 mod store;
 mod tls;
 mod webhooks;

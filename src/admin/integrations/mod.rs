@@ -16,6 +16,11 @@
 //! - Credentials: rotate the client secret, list credentials with their age, issue and revoke
 //!   the API key (second factor only, INT-4.2-5).
 //! - Webhook subscriptions and schema mappings per integration (ONB-5).
+//! - Shadow limits (issue 16): a `rate_limit` or `quota` with `mode: shadow` is counted in its
+//!   own state and only reported. `POST /v1/integrations/{id}/enforce-limits`
+//!   (`integrations.operate`, `If-Match`, ADM-7 `reason_code`/`reason_text`) switches every
+//!   shadow limit of the integration to `enforce` in any non-archived state; audited as
+//!   `integration.enforce_limits`. Drafts may also be edited with `PATCH`.
 //! - Handshake (ONB-6, ONB-7): an approved, provisioned integration may call handshake routes
 //!   only (pipeline stage 2/3); [`Activity`] marks it `active` after its first allowed handshake
 //!   (a document write by actor `handshake`, audited) and keeps "last successful sync"
@@ -37,7 +42,9 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use super::http::{AdminHttp, Caller, ChangeRecord, Resource, Target, Via, check_reason};
+use super::http::{
+    AdminHttp, Caller, ChangeRecord, ReasonBody, Resource, Target, Via, check_reason,
+};
 use super::keycloak::{ClientSpec, Secret, realm_of_issuer};
 use crate::api::openapi::ApiRouter;
 use crate::api::{
@@ -94,6 +101,7 @@ pub fn routes() -> ApiRouter<AdminHttp> {
         .routes(routes!(suspend))
         .routes(routes!(deprecate))
         .routes(routes!(archive))
+        .routes(routes!(enforce_limits))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,6 +681,74 @@ async fn patch(
             &caller,
             &via,
             ChangeRecord::admin("integration.update", &i.tenant, &i.id, json!({})),
+            vec![put_integration(&i, Expect::Version(cur.version))],
+        )
+        .await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        w.versions[0],
+        view(&i, w.versions[0], None),
+    ))
+}
+
+/// `POST /v1/integrations/{id}/enforce-limits` (`integrations.operate`, `If-Match`): promotes the
+/// integration's shadow `rate_limit` and `quota` (issue 16) to enforcement, in any state but
+/// archived, with an ADM-7 reason; audited as `integration.enforce_limits` (naming the promoted
+/// documents), in force on this replica before the answer.
+///
+/// Errors: 409 `INVALID_TRANSITION` when no limit is in shadow mode, 409 `ARCHIVED`, 412 on a
+/// stale `If-Match`, 400 on a bad reason.
+#[utoipa::path(post,
+    path = "/v1/integrations/{id}/enforce-limits",
+    operation_id = "enforce_integration_limits",
+    tag = "integrations",
+    summary = "Promote shadow rate limit and quota to enforcement (shadow → enforce)",
+    params(("id" = String, Path, description = "The integration id"), crate::api::openapi::IfMatch),
+    request_body = ReasonBody,
+    security(("bearer" = ["integrations.operate"])),
+    responses((status = 200, description = "The integration; ETag = version", body = Object)))]
+async fn enforce_limits(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (caller, via, cur) = open(&s, &headers, &id, "integrations.operate").await?;
+    let b: ReasonBody = parse(body)?;
+    b.check()?;
+    precondition(&headers, cur.version, &format!("integration {id}"))?;
+    archived(&cur.integ)?;
+    let mut i = cur.integ.clone();
+    let mut promoted = Vec::new();
+    if let Some(r) = &mut i.rate_limit
+        && r.mode.is_shadow()
+    {
+        r.mode = crate::policy::Mode::Enforce;
+        promoted.push(format!("rate_limit/{id}"));
+    }
+    if let Some(q) = &mut i.quota
+        && q.mode.is_shadow()
+    {
+        q.mode = crate::policy::Mode::Enforce;
+        promoted.push(format!("quota/{id}"));
+    }
+    if promoted.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
+            format!("integration `{id}` has no rate limit or quota in shadow mode"),
+        ));
+    }
+    let w = s
+        .commit(
+            &caller,
+            &via,
+            ChangeRecord::admin(
+                "integration.enforce_limits",
+                &i.tenant,
+                &i.id,
+                json!({"promoted": promoted, "reason_code": b.reason_code,
+                       "reason_text": b.reason_text}),
+            ),
             vec![put_integration(&i, Expect::Version(cur.version))],
         )
         .await?;

@@ -69,6 +69,10 @@ pub(super) struct CreateChange {
     active_from: String,
     #[serde(default)]
     active_until: Option<String>,
+    /// The pack's mode after activation (issue 16): `enforce` promotes a shadow pack, `shadow`
+    /// demotes an enforced one; absent keeps it.
+    #[serde(default)]
+    mode: Option<Mode>,
 }
 
 #[utoipa::path(post,
@@ -120,6 +124,7 @@ pub(super) async fn create_change(
         active_until: until,
         status: Draft,
         applied_pack_version: None,
+        mode: req.mode,
     };
     s.commit(
         &caller,
@@ -128,7 +133,8 @@ pub(super) async fn create_change(
             "policy_change.create",
             &c.tenant,
             &id,
-            json!({"policy_pack_id": c.policy_pack_id, "status": "draft"}),
+            json!({"policy_pack_id": c.policy_pack_id, "status": "draft",
+                   "mode": c.mode.map(Mode::as_str)}),
         ),
         vec![
             DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
@@ -176,6 +182,26 @@ pub(super) async fn change_transition(
         pack.active_from = Some(c.active_from.clone());
         pack.active_until = c.active_until.clone();
         c.applied_pack_version = Some(pdoc.version + 1);
+        // Issue 16: a mode switch lands with the new version; an active pack then displaces the
+        // active pack of its new mode (promotion deprecates the enforced one), all in this
+        // commit (both or neither).
+        let mut displaced = Vec::new();
+        if let Some(m) = c.mode
+            && m != pack.mode
+        {
+            pack.mode = m;
+            if matches!(pack.status, Active | Restricted) {
+                let (more, ids) = displace(&s, &pack).await?;
+                changes.extend(more);
+                displaced = ids;
+            }
+        }
+        if let Value::Object(map) = &mut detail {
+            map.insert("mode".into(), json!(pack.mode.as_str()));
+            if !displaced.is_empty() {
+                map.insert("deprecated".into(), json!(displaced));
+            }
+        }
         changes.push(
             DocChange::put(
                 DocKind::PolicyPack,

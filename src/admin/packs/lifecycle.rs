@@ -385,32 +385,18 @@ pub(super) async fn pack_transition(
     ];
     let mut deprecated = Vec::new();
     if t.to == Active {
-        // Only one enforced pack per (tenant, vertical): the previous one is deprecated in the
-        // same commit.
-        for other in s
-            .store
-            .documents(DocKind::PolicyPack, Some(&p.tenant))
-            .await
-            .map_err(store_unavailable)?
-        {
-            let Ok(mut o) = serde_json::from_str::<PolicyPack>(&other.doc) else {
-                continue;
-            };
-            if o.id != id && o.vertical == p.vertical && matches!(o.status, Active | Restricted) {
-                o.status = Deprecated;
-                deprecated.push(o.id.clone());
-                changes.push(
-                    DocChange::put(DocKind::PolicyPack, &o.id, Some(&o.tenant), to_json(&o))
-                        .status(status_str(Deprecated))
-                        .expect(Expect::Version(other.version)),
-                );
-            }
-        }
+        // One enforced and at most one shadow pack per (tenant, vertical): the previous one of
+        // the same mode is deprecated in the same commit. Activating a shadow pack leaves the
+        // enforced pack enforced (issue 16).
+        let (more, ids) = displace(&s, &p).await?;
+        changes.extend(more);
+        deprecated = ids;
     }
     if let Value::Object(m) = &mut detail {
         m.insert("from".into(), json!(from.as_str()));
         m.insert("status".into(), json!(t.to.as_str()));
         m.insert("vertical".into(), json!(p.vertical));
+        m.insert("mode".into(), json!(p.mode.as_str()));
         if !deprecated.is_empty() {
             m.insert("deprecated".into(), json!(deprecated));
         }
@@ -428,4 +414,40 @@ pub(super) async fn pack_transition(
     )
     .await?;
     respond_pack(&s, &caller, &id, StatusCode::OK, Some(t.stamp)).await
+}
+
+/// The changes that deprecate every other `active`/`restricted` pack of `p`'s (tenant,
+/// vertical) in `p`'s mode (each with its version as precondition), and their ids: what
+/// activating `p` (or switching its mode by a policy change) displaces. Packs of the other mode
+/// are untouched: a shadow pack never displaces the enforced one (issue 16).
+pub(super) async fn displace(
+    s: &AdminHttp,
+    p: &PolicyPack,
+) -> Result<(Vec<DocChange>, Vec<String>), ApiError> {
+    let mut changes = Vec::new();
+    let mut ids = Vec::new();
+    for other in s
+        .store
+        .documents(DocKind::PolicyPack, Some(&p.tenant))
+        .await
+        .map_err(store_unavailable)?
+    {
+        let Ok(mut o) = serde_json::from_str::<PolicyPack>(&other.doc) else {
+            continue;
+        };
+        if o.id != p.id
+            && o.vertical == p.vertical
+            && o.mode == p.mode
+            && matches!(o.status, Active | Restricted)
+        {
+            o.status = Deprecated;
+            ids.push(o.id.clone());
+            changes.push(
+                DocChange::put(DocKind::PolicyPack, &o.id, Some(&o.tenant), to_json(&o))
+                    .status(status_str(Deprecated))
+                    .expect(Expect::Version(other.version)),
+            );
+        }
+    }
+    Ok((changes, ids))
 }

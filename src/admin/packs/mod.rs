@@ -18,7 +18,7 @@
 //! | `POST …/request-review` | `policy_packs.write` | draft → requested (`request_reason_code`) |
 //! | `POST …/review` | `policy_packs.review` | requested → reviewed (`review_notes`) |
 //! | `POST …/approve` | `policy_packs.approve` | reviewed → approved (`approval_reason_code`) |
-//! | `POST …/activate` | `policy_packs.approve` | approved, restricted, suspended → active; the previously enforced pack of the same (tenant, vertical) becomes deprecated in the same commit |
+//! | `POST …/activate` | `policy_packs.approve` | approved, restricted, suspended → active; the previous active pack of the same (tenant, vertical) **and mode** becomes deprecated in the same commit (activating a shadow pack leaves the enforced pack enforced) |
 //! | `POST …/restrict` | `policy_packs.operate` | active → restricted (reads only) |
 //! | `POST …/suspend` | `policy_packs.operate` | active, restricted → suspended (no longer enforced) |
 //! | `POST …/deprecate` | `policy_packs.operate` | approved, active, restricted, suspended → deprecated |
@@ -27,8 +27,16 @@
 //! | `POST /v1/policies/changes` | `policy_packs.write` | propose new rules for a pack (draft) |
 //! | `GET /v1/policies/changes/{id}` | `policy_packs.read` | one change |
 //! | `POST /v1/policies/changes/{id}/request-review`, `review`, `approve` | as for packs | lifecycle |
-//! | `POST /v1/policies/changes/{id}/activate` | `policy_packs.approve` | approved → active: the pack gets the change's rules and window as a new version in the same commit (both or neither, ADM-8) |
+//! | `POST /v1/policies/changes/{id}/activate` | `policy_packs.approve` | approved → active: the pack gets the change's rules, window and (when the change sets one) `mode` as a new version in the same commit (both or neither, ADM-8); a change with `mode: enforce` on an active shadow pack promotes it and deprecates the previously enforced pack of the same (tenant, vertical) in that commit |
 //! | `POST /v1/policies/changes/{id}/archive` | `policy_packs.operate` | → archived |
+//!
+//! # Shadow mode (issue 16)
+//! A pack has a `mode`: `enforce` (default) or `shadow`. A (tenant, vertical) has at most one
+//! active enforced and one active shadow pack; the shadow pack is evaluated on live traffic and
+//! its would-be denials are recorded (`shadow` in the audit record and decision log), never
+//! enforced. Promotion goes through a policy change with `mode: enforce` (review, four-eyes
+//! approval, activation): the pack's new version in mode `enforce` and the deprecation of the
+//! previously enforced pack land in one commit, audited as `policy_change.activate`.
 //!
 //! Transitions and edits honour `If-Match` (412 `PRECONDITION_FAILED`, nothing applied) and
 //! answer with the new `version` and `ETag`. A transition from a state that does not allow it is
@@ -57,7 +65,7 @@ use crate::api::{
     window, with_etag,
 };
 use crate::policy::cedar;
-use crate::policy::model::{PackStatus, PolicyPack};
+use crate::policy::model::{Mode, PackStatus, PolicyPack};
 use crate::store::{DocChange, DocKind, Expect, StoredDoc};
 
 use crate::policy::model::Lifecycle::*;
@@ -113,6 +121,11 @@ pub struct PolicyChange {
     /// The pack version the activation wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_pack_version: Option<i64>,
+    /// The mode the activation gives the pack (issue 16): `enforce` promotes a shadow pack (the
+    /// previously enforced pack of its (tenant, vertical) is deprecated in the same commit),
+    /// `shadow` demotes one; absent keeps the pack's mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 fn status_str(s: PackStatus) -> &'static str {
@@ -176,6 +189,7 @@ fn pack_view(doc: &StoredDoc, p: &PolicyPack) -> Value {
         "policy_rules": p.policies,
         "active_from": p.active_from,
         "active_until": p.active_until,
+        "mode": p.mode.as_str(),
         "version": doc.version,
         "version_id": doc.version.to_string(),
         "created_at": doc.created_at,
@@ -195,6 +209,7 @@ fn change_view(doc: &StoredDoc, c: &PolicyChange) -> Value {
         "active_until": c.active_until,
         "status": status_str(c.status),
         "applied_pack_version": c.applied_pack_version,
+        "mode": c.mode.map(Mode::as_str),
         "version": doc.version,
         "version_id": doc.version.to_string(),
         "created_at": doc.created_at,
@@ -311,6 +326,10 @@ struct CreatePack {
     active_from: String,
     #[serde(default)]
     active_until: Option<String>,
+    /// `enforce` (default) or `shadow` (issue 16): an active shadow pack is evaluated next to
+    /// the enforced one and only recorded.
+    #[serde(default)]
+    mode: Mode,
 }
 
 #[utoipa::path(post,
@@ -345,6 +364,7 @@ async fn create_pack(
         policies: req.policy_rules,
         active_from: Some(from),
         active_until: until,
+        mode: req.mode,
     };
     let change = DocChange::put(DocKind::PolicyPack, &id, Some(&tenant), to_json(&pack))
         .status(status_str(Draft))
@@ -356,7 +376,7 @@ async fn create_pack(
             "policy_pack.create",
             &tenant,
             &id,
-            json!({"vertical": pack.vertical, "status": "draft"}),
+            json!({"vertical": pack.vertical, "status": "draft", "mode": pack.mode.as_str()}),
         ),
         vec![change],
     )

@@ -18,6 +18,7 @@ pub(super) fn deny_view(d: &DenyRule, stored: &StoredDoc) -> Value {
         "status": d.status.as_str(), "reason_code": d.reason_code, "reason": d.reason,
         "created_at": stored.created_at, "updated_at": stored.updated_at, "source": stored.source,
         "revoked_at": d.revoked_at, "revoke_reason_code": d.revoke_reason_code,
+        "mode": d.mode.as_str(),
     })
 }
 
@@ -35,6 +36,10 @@ pub(super) struct DenyCreate {
     reason_code: String,
     #[serde(default)]
     reason_text: Option<String>,
+    /// `enforce` (default) or `shadow` (issue 16; subject type `integration` only): a shadow
+    /// rule is only recorded as a finding until `POST /v1/deny-rules/{id}/enforce`.
+    #[serde(default)]
+    mode: Mode,
 }
 
 #[utoipa::path(post,
@@ -69,6 +74,12 @@ pub(super) async fn create_deny(
         "reason_text",
         b.reason_text.as_deref(),
     )?;
+    if b.mode.is_shadow() && b.subject_type != DenySubject::Integration {
+        return Err(ApiError::invalid(
+            "mode",
+            "shadow mode is only supported for partner-traffic (integration) deny rules",
+        ));
+    }
     let (from, until) = crate::api::window(&b.active_from, b.active_until.as_deref())?;
     match b.subject_type {
         DenySubject::Integration => {
@@ -135,6 +146,7 @@ pub(super) async fn create_deny(
         revoked_at: None,
         revoke_reason_code: None,
         revoke_reason_text: None,
+        mode: b.mode,
     };
     h.commit(
         &caller,
@@ -145,7 +157,8 @@ pub(super) async fn create_deny(
             &rule.id,
             json!({"subject_type": b.subject_type.as_str(), "subject_id": rule.subject_id,
                    "action": rule.action, "resource": rule.resource,
-                   "reason_code": b.reason_code, "reason_text": b.reason_text}),
+                   "reason_code": b.reason_code, "reason_text": b.reason_text,
+                   "mode": b.mode.as_str()}),
         ),
         vec![
             DocChange::put(DocKind::DenyRule, &rule.id, Some(&tenant), text(&rule))
@@ -213,6 +226,73 @@ pub(super) async fn revoke_deny(
         vec![
             DocChange::put(DocKind::DenyRule, &id, Some(&d.tenant), text(&d))
                 .status("revoked")
+                .expect(Expect::Version(stored.version)),
+        ],
+    )
+    .await?;
+    let stored = h
+        .store
+        .document(DocKind::DenyRule, &id)
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
+    Ok(ok_json(
+        StatusCode::OK,
+        stored.version,
+        deny_view(&d, &stored),
+    ))
+}
+
+/// Promotes a shadow deny rule to enforcement (issue 16): `POST /v1/deny-rules/{id}/enforce`
+/// with an ADM-7 reason (`reason_code`, `reason_text`) and `If-Match`; audited as
+/// `deny_rule.enforce`, enforced on this replica before the answer.
+///
+/// Errors: 409 `INVALID_TRANSITION` when the rule is revoked or already enforced; 412 on a stale
+/// `If-Match`; 400 on a bad reason.
+#[utoipa::path(post,
+    path = "/v1/deny-rules/{deny_id}/enforce",
+    tag = "deny rules",
+    summary = "Promote a shadow deny rule to enforcement (shadow → enforce)",
+    params(("deny_id" = String, Path), crate::api::openapi::IfMatch),
+    request_body = ReasonBody,
+    security(("bearer" = ["deny_rules.write"])),
+    responses((status = 200, description = "The deny rule; ETag = version", body = Object)))]
+pub(super) async fn enforce_deny(
+    State(h): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (
+        Opened {
+            caller,
+            via,
+            doc: mut d,
+            stored,
+        },
+        b,
+    ): (Opened<DenyRule>, ReasonBody) =
+        h.open_edit(&headers, &id, "deny_rules.write", body).await?;
+    b.check()?;
+    if d.status != DenyStatus::Active || d.mode.is_enforce() {
+        return Err(invalid_transition(format!(
+            "deny rule `{id}` is not an active rule in shadow mode"
+        )));
+    }
+    d.mode = Mode::Enforce;
+    h.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "deny_rule.enforce",
+            &d.tenant,
+            &id,
+            json!({"from": "shadow", "mode": "enforce",
+                   "reason_code": b.reason_code, "reason_text": b.reason_text}),
+        ),
+        vec![
+            DocChange::put(DocKind::DenyRule, &id, Some(&d.tenant), text(&d))
+                .status("active")
                 .expect(Expect::Version(stored.version)),
         ],
     )

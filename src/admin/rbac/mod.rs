@@ -22,6 +22,7 @@
 //! | `POST /v1/role-assignments/{id}/revoke` | `assignments.write` | revoke |
 //! | `POST /v1/deny-rules`, `GET /v1/deny-rules`, `GET /v1/deny-rules/{id}` | `deny_rules.write` / `deny_rules.read` | create / list / one |
 //! | `POST /v1/deny-rules/{id}/revoke` | `deny_rules.write` | revoke (kept, not enforced) |
+//! | `POST /v1/deny-rules/{id}/enforce` | `deny_rules.write` | promote a shadow rule (`mode: shadow`, issue 16) to enforcement: ADM-7 reason, `If-Match`, audited `deny_rule.enforce` |
 //! | `POST /v1/authz/evaluate` | `authz.evaluate` | decision, reasons, applied_denies, masked_fields |
 //!
 //! Rules:
@@ -80,7 +81,7 @@ use crate::api::{
     store_unavailable,
 };
 use crate::pipeline::Engine;
-use crate::policy::{DenyRule, DenyStatus, DenySubject};
+use crate::policy::{DenyRule, DenyStatus, DenySubject, Mode};
 use crate::store::{DocChange, DocKind, Expect, Store, StoredDoc};
 
 mod assignments;
@@ -408,7 +409,7 @@ fn denies_for(
         .get(tenant)
         .into_iter()
         .flatten()
-        .filter(|d| d.in_force(now))
+        .filter(|d| d.in_force(now) && d.mode.is_enforce())
         .filter(|d| {
             let Some(s) = d.subject_id.as_deref() else {
                 return false;
@@ -614,6 +615,7 @@ pub fn routes() -> ApiRouter<AdminHttp> {
         .routes(routes!(create_deny, list_denies))
         .routes(routes!(get_deny))
         .routes(routes!(revoke_deny))
+        .routes(routes!(enforce_deny))
         .routes(routes!(evaluate))
 }
 
@@ -694,7 +696,12 @@ mod tests {
     #[test]
     fn openapi_has_every_route() {
         let doc = routes().into_openapi();
-        assert_eq!(doc.paths.paths.len(), 22);
+        assert_eq!(doc.paths.paths.len(), 23);
+        assert!(
+            doc.paths.paths["/v1/deny-rules/{deny_id}/enforce"]
+                .post
+                .is_some()
+        );
         let roles = &doc.paths.paths["/v1/roles"];
         assert!(roles.post.is_some() && roles.get.is_some());
         let body = serde_json::to_value(&roles.post.as_ref().unwrap().request_body).unwrap();

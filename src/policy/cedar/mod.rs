@@ -39,7 +39,7 @@ use cedar_policy::{
 };
 use serde_json::Value;
 
-use super::model::{Integration, PackStatus, PolicyPack, Route};
+use super::model::{Integration, Mode, PackStatus, PolicyPack, Route};
 
 mod request;
 #[cfg(test)]
@@ -260,12 +260,20 @@ struct Prepared {
 const CONTEXTS_PER_SHAPE: usize = 32;
 
 impl CompiledPacks {
-    /// Compiles the packs of a policy set: only `active` and `restricted` ones are kept. A pack
-    /// whose text does not parse is kept as "deny everything" (fail closed).
+    /// Compiles the enforced packs of a policy set: only `active` and `restricted` ones in mode
+    /// `enforce` are kept. A pack whose text does not parse is kept as "deny everything" (fail
+    /// closed).
     pub fn compile(packs: &[PolicyPack]) -> Self {
+        Self::compile_mode(packs, Mode::Enforce)
+    }
+
+    /// Like [`Self::compile`], for the `active`/`restricted` packs in mode `mode`: the snapshot
+    /// keeps the shadow packs ([`Mode::Shadow`]) in a second, separate value that only ever
+    /// produces shadow findings (issue 16).
+    pub fn compile_mode(packs: &[PolicyPack], mode: Mode) -> Self {
         let mut by_key: HashMap<(String, String), Vec<Arc<CompiledPack>>> = HashMap::new();
         for p in packs {
-            if !matches!(p.status, PackStatus::Active | PackStatus::Restricted) {
+            if !matches!(p.status, PackStatus::Active | PackStatus::Restricted) || p.mode != mode {
                 continue;
             }
             let set = PolicySet::from_str(&p.policies).ok();
@@ -373,6 +381,74 @@ impl CompiledPacks {
         now_ms: i64,
         reasons: &mut Vec<String>,
     ) -> Result<Vec<String>, String> {
+        self.decide_partner(
+            tenant,
+            integration,
+            route,
+            scopes,
+            persons,
+            method,
+            now_ms,
+            reasons,
+        )
+        .map_err(|(v, d)| {
+            let prefix = format!("{}/", d.pack_id);
+            let ids: Vec<&str> = d
+                .reasons
+                .iter()
+                .map(|r| r.strip_prefix(&prefix).unwrap_or(r))
+                .collect();
+            format!(
+                "policy pack `{}` (vertical `{v}`) denies this request: {}",
+                d.pack_id,
+                ids.join(", ")
+            )
+        })
+    }
+
+    /// [`Self::check_partner_in`] without side effects on a decision, for the shadow packs
+    /// (issue 16): `None` when they allow (or none applies), else the denying pack's answer
+    /// (`pack_id`, `reasons` as `<pack id>/<policy id>`). Masks are discarded: a shadow pack
+    /// never masks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shadow_denial(
+        &self,
+        tenant: &str,
+        integration: &Integration,
+        route: &Route,
+        scopes: &[String],
+        persons: usize,
+        method: &str,
+        now_ms: i64,
+    ) -> Option<PackDecision> {
+        let mut ignored = Vec::new();
+        self.decide_partner(
+            tenant,
+            integration,
+            route,
+            scopes,
+            persons,
+            method,
+            now_ms,
+            &mut ignored,
+        )
+        .err()
+        .map(|(_, d)| d)
+    }
+
+    /// Stage 6's evaluation: the masks, or the vertical and the denying pack's answer.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_partner(
+        &self,
+        tenant: &str,
+        integration: &Integration,
+        route: &Route,
+        scopes: &[String],
+        persons: usize,
+        method: &str,
+        now_ms: i64,
+        reasons: &mut Vec<String>,
+    ) -> Result<Vec<String>, (String, PackDecision)> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
@@ -460,17 +536,7 @@ impl CompiledPacks {
             ) {
                 reasons.extend(d.reasons.iter().cloned());
                 if !d.allowed {
-                    let prefix = format!("{}/", d.pack_id);
-                    let ids: Vec<&str> = d
-                        .reasons
-                        .iter()
-                        .map(|r| r.strip_prefix(&prefix).unwrap_or(r))
-                        .collect();
-                    return Err(format!(
-                        "policy pack `{}` (vertical `{v}`) denies this request: {}",
-                        d.pack_id,
-                        ids.join(", ")
-                    ));
+                    return Err((v.clone(), d));
                 }
                 masks.extend(d.masked_fields);
             }

@@ -15,6 +15,7 @@ fn pack(id: &str, vertical: &str, text: &str) -> PolicyPack {
         policies: text.into(),
         active_from: None,
         active_until: None,
+        mode: Default::default(),
     }
 }
 
