@@ -152,6 +152,9 @@ pub struct Trace {
     /// Stages the outcome did not evaluate (it holds only if they pass): `consent`,
     /// `rate_limit`.
     pub not_evaluated: Vec<&'static str>,
+    /// What documents in shadow mode would have denied (recorded, never enforced).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<crate::decision::ShadowFinding>,
 }
 
 /// Pipeline order of the trace's stages (`policy_packs` is part of [`Stage::DenyRules`] in a
@@ -324,6 +327,7 @@ pub fn trace(
         } else {
             vec![]
         },
+        shadow: d.shadow.clone(),
     }
 }
 
@@ -418,7 +422,7 @@ fn stage_inputs(
         "policy_packs" => json!({
             "tenant": target,
             "packs": packs.iter().map(|p| json!({
-                "id": p.id, "vertical": p.vertical, "status": p.status.as_str(),
+                "id": p.id, "vertical": p.vertical, "status": p.status.as_str(), "mode": p.mode.as_str(),
                 "active_from": p.active_from, "active_until": p.active_until,
             })).collect::<Vec<_>>(),
             "principal": d.integration_id.as_deref().map(|i| format!("Integration::\"{i}\"")),
@@ -526,6 +530,19 @@ impl Trace {
         out.push('\n');
         if !self.masked_fields.is_empty() {
             let _ = writeln!(out, "masked fields: {}", self.masked_fields.join(", "));
+        }
+        for f in &self.shadow {
+            let _ = writeln!(
+                out,
+                "shadow (not enforced): {} would deny {}{}",
+                f.document,
+                f.code.as_str(),
+                if f.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", f.reasons.join(", "))
+                }
+            );
         }
         if !self.not_evaluated.is_empty() {
             let _ = writeln!(
