@@ -397,6 +397,12 @@ impl Engine {
         d.tenant_id = Some(verified.tenant_id.clone());
         d.integration_id = Some(verified.integration_id.clone());
         d.client_id = verified.client_id.clone();
+        let mut token_scopes: Vec<String> = verified.scopes.iter().cloned().collect();
+        token_scopes.sort();
+        d.inputs = Some(crate::decision::DecisionInputs {
+            scopes: token_scopes,
+            verticals: verified.verticals.clone(),
+        });
         if snap
             .tenants
             .get(&verified.tenant_id)
