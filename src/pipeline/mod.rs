@@ -33,7 +33,7 @@ use crate::sink::DecisionSink;
 
 mod factors;
 mod persons;
-mod stages;
+pub mod stages;
 
 pub use factors::client_cert_sha256;
 use factors::second_factors;

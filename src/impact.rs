@@ -1,0 +1,679 @@
+//! Impact preview (ADM-6): re-decide recorded decisions against a candidate policy and report
+//! what flips.
+//!
+//! A decision record of format 3 carries everything a re-decision needs besides the request's
+//! raw data ([`crate::decision::DecisionInputs`]: the token's scopes and verticals). The
+//! policy-dependent stages — integration (2), route (3), tenant and vertical (4), scope (5),
+//! deny rules and policy packs (6), residency (6b) — run again against the candidate
+//! [`PolicySnapshot`] with the very functions the pipeline runs
+//! ([`crate::pipeline::stages`]). Stages whose inputs are not policy keep their recorded
+//! result: token validity, second factors (API key, mTLS, IP), the request's own ambiguity,
+//! payload and persons, consent, rate limits. When the candidate lets a request go further than
+//! it went when recorded, those later non-policy stages never ran: the re-decision then names
+//! them as `unverified` (e.g. `deny → allow (unverified: consent, rate_limit)`), never guesses.
+//!
+//! Records older than format 3 (no `inputs`) are counted as not re-decidable, not guessed.
+//!
+//! Speed: identical input shapes (integration, route, method, tenants, token claims, persons,
+//! recorded stages and code, UTC hour, candidate window epoch) are decided once.
+//!
+//! JSON report ([`ImpactReport`]):
+//! ```json
+//! {"window": {"from": "…", "to": "…"}, "tenant": null,
+//!  "totals": {"read": 12, "redecided": 10, "unchanged": 8, "flipped": 2, "not_redecidable": 2},
+//!  "flips": [{"tenant_id": "ke", "integration_id": "int-ke-1", "route_id": "health-person-record",
+//!             "from": "OK", "to": "POLICY_DENIED", "unverified": [], "count": 2,
+//!             "samples": ["0193…", "0193…"]}]}
+//! ```
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::authn::VerifiedToken;
+use crate::decision::{Decision, Denial, DenyCode, Outcome, Stage};
+use crate::pipeline::stages;
+use crate::policy::{PolicySnapshot, Route, RouteKind};
+
+/// The fields of a recorded decision body (any format) a re-decision reads, borrowed from the
+/// body text where it has no escapes.
+#[derive(Debug, Deserialize)]
+pub struct RecordedDecision<'a> {
+    #[serde(borrow)]
+    pub decision_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub code: Cow<'a, str>,
+    #[serde(default)]
+    pub format: Option<u32>,
+    #[serde(borrow, default)]
+    pub tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub target_tenant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub integration_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub client_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub route_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub stages: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    pub persons: usize,
+    #[serde(borrow, default)]
+    pub verticals: Vec<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub inputs: Option<RecordedInputs<'a>>,
+    #[serde(borrow)]
+    pub time: Cow<'a, str>,
+}
+
+/// `inputs` of a format-3 body.
+#[derive(Debug, Deserialize)]
+pub struct RecordedInputs<'a> {
+    #[serde(borrow, default)]
+    pub scopes: Vec<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub verticals: Vec<Cow<'a, str>>,
+}
+
+impl<'a> RecordedDecision<'a> {
+    /// Parses a decision body. Errors: not JSON, or a required key missing.
+    pub fn parse(body: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    fn ran(&self, stage: &str) -> bool {
+        self.stages.iter().any(|s| s == stage)
+    }
+
+    fn allowed(&self) -> bool {
+        self.code == "OK"
+    }
+}
+
+/// One re-decision: the decision the candidate makes and the later non-policy stages it
+/// assumed passed because they never ran when the request was recorded.
+#[derive(Debug, Clone)]
+pub struct Redecision {
+    pub decision: Decision,
+    /// Names of non-policy stages assumed passed: `second_factor`, `payload`, `consent`,
+    /// `rate_limit`. Empty when the result is fully backed by the record.
+    pub unverified: Vec<&'static str>,
+}
+
+/// Why a record cannot be re-decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRedecidable {
+    /// Written before format 3: no token inputs recorded.
+    OldFormat,
+    /// The body did not parse, or its time is not RFC 3339.
+    Malformed,
+}
+
+fn code_of(s: &str) -> Option<DenyCode> {
+    crate::decision::ALL_CODES
+        .iter()
+        .copied()
+        .find(|c| c.as_str() == s)
+}
+
+/// Which non-policy step a recorded denial code belongs to.
+fn non_policy_step(code: DenyCode, rec: &RecordedDecision) -> Option<&'static str> {
+    use DenyCode::*;
+    Some(match code {
+        ApiKeyInvalid | ClientCertificateInvalid | IpNotAllowed => "second_factor",
+        PathAmbiguous | RequestAmbiguous => "request",
+        PayloadInvalid | MediaTypeUnsupported | PersonIdMissing => "payload",
+        ConsentMissing | ConsentPending | ConsentWithdrawn | ConsentExpired | ConsentRejected => {
+            "consent"
+        }
+        DependencyUnavailable if rec.ran("consent") => "consent",
+        RateLimited | QuotaExceeded => "rate_limit",
+        _ => return None,
+    })
+}
+
+/// Re-decides ONE recorded decision against `snap` (ADM-6): the policy stages run again with
+/// the pipeline's own functions; non-policy stages keep their recorded outcome (see the module
+/// documentation). Returns the full [`Decision`] the candidate makes — `stages` it went
+/// through, `outcome`, `reasons` (the determining Cedar policies, `<pack>/<policy>`), route,
+/// scopes — with the recorded decision id, time, tenant, integration and client, and the
+/// non-policy stages assumed passed (`unverified`).
+///
+/// For `scp-pep explain --decision ID`: parse the body with [`RecordedDecision::parse`] and
+/// call this with the current (or any) snapshot.
+///
+/// Errors: [`NotRedecidable::OldFormat`] for records before format 3,
+/// [`NotRedecidable::Malformed`] when the recorded time does not parse.
+pub fn redecide(
+    snap: &PolicySnapshot,
+    rec: &RecordedDecision,
+) -> Result<Redecision, NotRedecidable> {
+    let time = DateTime::parse_from_rfc3339(&rec.time)
+        .map_err(|_| NotRedecidable::Malformed)?
+        .with_timezone(&Utc);
+    redecide_at(snap, rec, time, None)
+}
+
+fn redecide_at(
+    snap: &PolicySnapshot,
+    rec: &RecordedDecision,
+    time: DateTime<Utc>,
+    routes_by_id: Option<&HashMap<&str, &Route>>,
+) -> Result<Redecision, NotRedecidable> {
+    let mut d = Decision::new(&rec.method, "", time);
+    d.decision_id = rec.decision_id.to_string();
+    d.policy_version = Some(snap.version);
+    d.tenant_id = rec.tenant_id.as_deref().map(str::to_owned);
+    d.integration_id = rec.integration_id.as_deref().map(str::to_owned);
+    d.client_id = rec.client_id.as_deref().map(str::to_owned);
+    d.path = rec.path.to_string();
+    let mut unverified = Vec::new();
+    let recorded = code_of(&rec.code);
+    let Some(inputs) = &rec.inputs else {
+        if rec.format.unwrap_or(1) >= 3 {
+            // Format 3 without inputs: denied before the token authenticated (stage 1), which
+            // no policy stage reaches: the recorded result stands.
+            d.stages.push(Stage::Authenticate);
+            d.outcome = match recorded {
+                Some(c) => Outcome::Deny(Denial::new(c, "recorded (stage 1)")),
+                None => Outcome::Allow,
+            };
+            return Ok(Redecision {
+                decision: d,
+                unverified,
+            });
+        }
+        return Err(NotRedecidable::OldFormat);
+    };
+    let token = VerifiedToken {
+        tenant_id: rec.tenant_id.as_deref().unwrap_or_default().to_owned(),
+        integration_id: rec.integration_id.as_deref().unwrap_or_default().to_owned(),
+        verticals: inputs.verticals.iter().map(|v| v.to_string()).collect(),
+        scopes: inputs.scopes.iter().map(|v| v.to_string()).collect(),
+        client_id: d.client_id.clone(),
+        exp: 0,
+        cnf_x5t_s256: None,
+        key_epoch: 0,
+    };
+    d.inputs = Some(crate::decision::DecisionInputs {
+        scopes: {
+            let mut s: Vec<String> = token.scopes.iter().cloned().collect();
+            s.sort();
+            s
+        },
+        verticals: token.verticals.clone(),
+    });
+    // The recorded non-policy denial, if any, and where it happened.
+    let kept = recorded.and_then(|c| non_policy_step(c, rec).map(|s| (s, c)));
+    let kept_at = |step: &str| kept.filter(|(s, _)| *s == step).map(|(_, c)| c);
+    let recorded_denial = |c: DenyCode| Denial::new(c, format!("recorded: {}", c.as_str()));
+    d.stages.push(Stage::Authenticate);
+    let out = (|| -> Result<(), Denial> {
+        let (integ, handshake_only) = stages::integration_stage(snap, &token, &mut d)?;
+        d.stages.push(Stage::SecondFactor);
+        if let Some(c) = kept_at("second_factor") {
+            return Err(recorded_denial(c));
+        }
+        if !rec.ran("second_factor") {
+            unverified.push("second_factor");
+        }
+        d.stages.push(Stage::Route);
+        if let Some(c) = kept_at("request") {
+            return Err(recorded_denial(c));
+        }
+        let (route, tenant_param) = find_route(snap, rec, routes_by_id).ok_or_else(|| {
+            Denial::new(
+                DenyCode::RouteNotFound,
+                "no route matches this method and path",
+            )
+        })?;
+        stages::route_stage(
+            snap,
+            integ,
+            route,
+            tenant_param.as_deref(),
+            handshake_only,
+            &mut d,
+        )?;
+        let target = stages::tenant_vertical_stage(
+            snap,
+            integ,
+            route,
+            tenant_param.as_deref(),
+            &token,
+            &mut d,
+        )?;
+        stages::scope_stage(integ, route, &token, &mut d)?;
+        // Stage 5b: the body and the persons it names are request data.
+        if let Some(c) = kept_at("payload") {
+            d.stages.push(Stage::Payload);
+            return Err(recorded_denial(c));
+        }
+        if rec.ran("payload") {
+            d.stages.push(Stage::Payload);
+        }
+        let persons_known = rec.ran("deny_rules");
+        if !persons_known {
+            unverified.push("payload");
+        }
+        let persons = rec.persons;
+        d.persons = persons;
+        let masks =
+            stages::deny_pack_stage(snap, integ, target, route, persons, &rec.method, &mut d)?;
+        stages::residency_stage(snap, integ, target, route, &mut d)?;
+        // Stage 7: consent, recorded.
+        let needs = if persons_known {
+            persons > 0 || route.kind == RouteKind::Aggregate
+        } else {
+            route.person_id.is_some() || route.kind == RouteKind::Aggregate
+        };
+        if needs {
+            d.stages.push(Stage::Consent);
+            if let Some(c) = kept_at("consent") {
+                return Err(recorded_denial(c));
+            }
+            let same_verticals = rec.verticals.len() == route.verticals.len()
+                && rec.verticals.iter().zip(&route.verticals).all(|(a, b)| a == b);
+            if !rec.ran("data_minimization") || !same_verticals {
+                unverified.push("consent");
+            }
+        }
+        stages::minimize(integ, route, None, &mut d);
+        stages::apply_pack_masks(route, &masks, &mut d);
+        d.stages.push(Stage::RateLimit);
+        if let Some(c) = kept_at("rate_limit") {
+            return Err(recorded_denial(c));
+        }
+        if !rec.ran("rate_limit") {
+            unverified.push("rate_limit");
+        }
+        Ok(())
+    })();
+    d.outcome = match out {
+        Ok(()) => Outcome::Allow,
+        Err(den) => Outcome::Deny(den),
+    };
+    if !d.allowed() {
+        // A denial is backed by the stage that denied: nothing after it matters.
+        unverified.clear();
+    } else if rec.allowed() {
+        // Allowed then and now: every stage ran when recorded.
+        unverified.clear();
+    }
+    Ok(Redecision {
+        decision: d,
+        unverified,
+    })
+}
+
+/// The candidate's route for a recorded decision and the path's `{tenant}`: the recorded
+/// `route_id` if the candidate still has it for the method, else the recorded template path
+/// matched against the candidate's routes.
+fn find_route<'s>(
+    snap: &'s PolicySnapshot,
+    rec: &RecordedDecision,
+    by_id: Option<&HashMap<&str, &'s Route>>,
+) -> Option<(&'s Route, Option<String>)> {
+    let segments: Vec<String> = rec
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let tenant_at = |route: &Route| -> Option<String> {
+        let tpl: Vec<&str> = route.path.split('/').filter(|s| !s.is_empty()).collect();
+        let i = tpl.iter().position(|s| *s == "{tenant}")?;
+        let seg = if tpl.len() == segments.len() {
+            segments.get(i).map(String::as_str)
+        } else {
+            None
+        };
+        Some(match seg {
+            Some(s) if !s.starts_with('{') => s.to_owned(),
+            // The recorded path kept no tenant there: one the recording policy did not know.
+            _ => rec
+                .target_tenant_id
+                .as_deref()
+                .unwrap_or("{?}")
+                .to_owned(),
+        })
+    };
+    if let Some(id) = rec.route_id.as_deref() {
+        let found = match by_id {
+            Some(m) => m.get(id).copied(),
+            None => snap.set.routes.iter().find(|r| r.id == id),
+        };
+        if let Some(r) = found.filter(|r| r.methods.iter().any(|m| *m == rec.method)) {
+            return Some((r, tenant_at(r)));
+        }
+    }
+    let m = snap.match_route(&rec.method, &segments)?;
+    let t = m.param("tenant").map(str::to_owned);
+    Some((m.route, t))
+}
+
+/// Totals of an impact run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ImpactTotals {
+    /// Decision records read in the window.
+    pub read: u64,
+    /// Re-decided against the candidate (format 3).
+    pub redecided: u64,
+    /// Re-decided with the recorded code.
+    pub unchanged: u64,
+    /// Re-decided with another code.
+    pub flipped: u64,
+    /// Records before format 3 (no `inputs`) or unreadable: counted, not guessed.
+    pub not_redecidable: u64,
+}
+
+/// One group of flips: same tenant, integration, route, recorded and candidate code, and
+/// unverified stages.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FlipGroup {
+    pub tenant_id: Option<String>,
+    pub integration_id: Option<String>,
+    /// The candidate's route (else the recorded one).
+    pub route_id: Option<String>,
+    /// Recorded code (`OK` for an allow).
+    pub from: String,
+    /// Candidate code (`OK` for an allow).
+    pub to: String,
+    /// Later non-policy stages that never ran when recorded and were assumed passed.
+    pub unverified: Vec<String>,
+    pub count: u64,
+    /// Up to N decision ids, in record order.
+    pub samples: Vec<String>,
+}
+
+/// The report of an impact run (see the module documentation for its JSON shape).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImpactReport {
+    pub totals: ImpactTotals,
+    /// Largest groups first.
+    pub flips: Vec<FlipGroup>,
+}
+
+/// Accumulates records into an [`ImpactReport`], deciding each input shape once.
+pub struct Impact<'s> {
+    snap: &'s PolicySnapshot,
+    samples: usize,
+    routes_by_id: HashMap<&'s str, &'s Route>,
+    /// Every window boundary of the candidate's packs and deny rules, sorted: records between
+    /// two boundaries in the same UTC hour of day decide alike.
+    bounds: Vec<i64>,
+    shapes: HashMap<Box<[u8]>, u32>,
+    results: Vec<ShapeResult>,
+    key: Vec<u8>,
+    totals: ImpactTotals,
+    groups: HashMap<(u32, bool), usize>,
+    flips: Vec<FlipGroup>,
+}
+
+struct ShapeResult {
+    code: &'static str,
+    unverified: Vec<&'static str>,
+    route_id: Option<String>,
+}
+
+impl<'s> Impact<'s> {
+    /// A run against candidate `snap`, keeping up to `samples` decision ids per flip group.
+    pub fn new(snap: &'s PolicySnapshot, samples: usize) -> Self {
+        let mut bounds: Vec<i64> = snap.packs.window_bounds();
+        for rules in snap.traffic_denies.values() {
+            for r in rules {
+                bounds.extend(r.from_ms);
+                bounds.extend(r.until_ms);
+            }
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
+        Impact {
+            snap,
+            samples,
+            routes_by_id: snap.set.routes.iter().map(|r| (r.id.as_str(), r)).collect(),
+            bounds,
+            shapes: HashMap::new(),
+            results: Vec::new(),
+            key: Vec::with_capacity(256),
+            totals: ImpactTotals::default(),
+            groups: HashMap::new(),
+            flips: Vec::new(),
+        }
+    }
+
+    /// Adds one decision body whose store `time_ms` is `time_ms` (ms since the epoch).
+    pub fn add(&mut self, body: &str, time_ms: i64) {
+        self.totals.read += 1;
+        let Ok(rec) = RecordedDecision::parse(body) else {
+            self.totals.not_redecidable += 1;
+            return;
+        };
+        self.add_parsed(&rec, time_ms);
+    }
+
+    /// [`Self::add`] for a parsed body.
+    pub fn add_parsed(&mut self, rec: &RecordedDecision, time_ms: i64) {
+        if rec.inputs.is_none() && rec.format.unwrap_or(1) < 3 {
+            self.totals.not_redecidable += 1;
+            return;
+        }
+        let shape = self.shape_key(rec, time_ms);
+        let idx = match self.shapes.get(shape.as_slice()).copied() {
+            Some(i) => {
+                self.key = shape;
+                i
+            }
+            None => {
+                let Some(time) = Utc.timestamp_millis_opt(time_ms).single() else {
+                    self.totals.not_redecidable += 1;
+                    return;
+                };
+                let r = match redecide_at(self.snap, rec, time, Some(&self.routes_by_id)) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.totals.not_redecidable += 1;
+                        return;
+                    }
+                };
+                let res = ShapeResult {
+                    code: r.decision.code_str(),
+                    unverified: r.unverified,
+                    route_id: r.decision.route_id,
+                };
+                let i = self.results.len() as u32;
+                self.results.push(res);
+                self.shapes.insert(shape.into_boxed_slice(), i);
+                i
+            }
+        };
+        self.totals.redecided += 1;
+        let res = &self.results[idx as usize];
+        if res.code == rec.code {
+            self.totals.unchanged += 1;
+            return;
+        }
+        self.totals.flipped += 1;
+        let g = *self.groups.entry((idx, false)).or_insert_with(|| {
+            self.flips.push(FlipGroup {
+                tenant_id: rec.tenant_id.as_deref().map(str::to_owned),
+                integration_id: rec.integration_id.as_deref().map(str::to_owned),
+                route_id: res
+                    .route_id
+                    .clone()
+                    .or_else(|| rec.route_id.as_deref().map(str::to_owned)),
+                from: rec.code.to_string(),
+                to: res.code.to_owned(),
+                unverified: res.unverified.iter().map(|s| (*s).to_owned()).collect(),
+                count: 0,
+                samples: Vec::new(),
+            });
+            self.flips.len() - 1
+        });
+        let f = &mut self.flips[g];
+        f.count += 1;
+        if f.samples.len() < self.samples {
+            f.samples.push(rec.decision_id.to_string());
+        }
+    }
+
+    fn shape_key(&mut self, rec: &RecordedDecision, time_ms: i64) -> Vec<u8> {
+        let mut k = std::mem::take(&mut self.key);
+        k.clear();
+        let mut put = |s: &str| {
+            k.extend_from_slice(s.as_bytes());
+            k.push(0);
+        };
+        put(rec.tenant_id.as_deref().unwrap_or("\u{1}"));
+        put(rec.target_tenant_id.as_deref().unwrap_or("\u{1}"));
+        put(rec.integration_id.as_deref().unwrap_or("\u{1}"));
+        put(rec.client_id.as_deref().unwrap_or("\u{1}"));
+        put(&rec.method);
+        put(&rec.path);
+        put(rec.route_id.as_deref().unwrap_or("\u{1}"));
+        put(&rec.code);
+        for s in &rec.stages {
+            put(s);
+        }
+        put("\u{2}");
+        for s in &rec.verticals {
+            put(s);
+        }
+        put("\u{2}");
+        if let Some(i) = &rec.inputs {
+            for s in &i.scopes {
+                put(s);
+            }
+            put("\u{2}");
+            for s in &i.verticals {
+                put(s);
+            }
+        }
+        put("\u{3}");
+        let hour = time_ms.div_euclid(3_600_000).rem_euclid(24);
+        let epoch = self.bounds.partition_point(|b| *b <= time_ms);
+        k.extend_from_slice(&(rec.persons as u64).to_le_bytes());
+        k.extend_from_slice(&hour.to_le_bytes());
+        k.extend_from_slice(&(epoch as u64).to_le_bytes());
+        k
+    }
+
+    /// Distinct input shapes decided so far.
+    pub fn shapes(&self) -> usize {
+        self.results.len()
+    }
+
+    /// The report: totals and flip groups, largest first (ties by tenant, integration, route,
+    /// codes).
+    pub fn finish(self) -> ImpactReport {
+        let mut flips = self.flips;
+        flips.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.tenant_id.cmp(&b.tenant_id))
+                .then_with(|| a.integration_id.cmp(&b.integration_id))
+                .then_with(|| a.route_id.cmp(&b.route_id))
+                .then_with(|| a.from.cmp(&b.from))
+                .then_with(|| a.to.cmp(&b.to))
+        });
+        // Several shapes can flip alike: merge groups with the same key.
+        let mut merged: Vec<FlipGroup> = Vec::new();
+        let mut at: HashMap<(Option<String>, Option<String>, Option<String>, String, String, Vec<String>), usize> =
+            HashMap::new();
+        for f in flips {
+            let key = (
+                f.tenant_id.clone(),
+                f.integration_id.clone(),
+                f.route_id.clone(),
+                f.from.clone(),
+                f.to.clone(),
+                f.unverified.clone(),
+            );
+            match at.get(&key) {
+                Some(&i) => {
+                    let g = &mut merged[i];
+                    g.count += f.count;
+                    for s in f.samples {
+                        if g.samples.len() < self.samples {
+                            g.samples.push(s);
+                        }
+                    }
+                }
+                None => {
+                    at.insert(key, merged.len());
+                    merged.push(f);
+                }
+            }
+        }
+        merged.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.samples.cmp(&b.samples)));
+        ImpactReport {
+            totals: self.totals,
+            flips: merged,
+        }
+    }
+}
+
+/// Reads the decision records with `from_ms <= time_ms < to_ms` (of `tenant` when given, else of
+/// every tenant) from the audit store, tenant by tenant in `time_ms` order over the
+/// `(tenant_id, time_ms)` index, streaming (bodies are parsed one at a time), and re-decides them
+/// against `snap` (ADM-6). `samples`: decision ids kept per flip group.
+///
+/// Returns the report and the time spent reading+parsing vs re-deciding is not split here (see
+/// the benchmark). Errors: the store's.
+pub async fn from_store(
+    store: &crate::store::Store,
+    snap: &PolicySnapshot,
+    from_ms: i64,
+    to_ms: i64,
+    tenant: Option<&str>,
+    samples: usize,
+) -> Result<ImpactReport, crate::store::StoreError> {
+    use futures_util::TryStreamExt;
+    use sqlx::Row;
+    use crate::store::Store;
+    let tenants: Vec<String> = match (tenant, store) {
+        (Some(t), _) => vec![t.to_owned()],
+        (None, Store::Sqlite(p)) => {
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_records")
+                .fetch_all(p)
+                .await?
+        }
+        (None, Store::Postgres(p)) => {
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_records")
+                .fetch_all(p)
+                .await?
+        }
+    };
+    const SQL: &str = "SELECT time_ms, body FROM audit_records \
+                       WHERE tenant_id = $1 AND time_ms >= $2 AND time_ms < $3 AND kind = 'decision' \
+                       ORDER BY time_ms";
+    let mut impact = Impact::new(snap, samples);
+    for t in &tenants {
+        match store {
+            Store::Sqlite(p) => {
+                let mut rows = sqlx::query(SQL).bind(t).bind(from_ms).bind(to_ms).fetch(p);
+                while let Some(row) = rows.try_next().await? {
+                    let time_ms: i64 = row.try_get(0)?;
+                    let body: &str = row.try_get(1)?;
+                    impact.add(body, time_ms);
+                }
+            }
+            Store::Postgres(p) => {
+                let mut rows = sqlx::query(SQL).bind(t).bind(from_ms).bind(to_ms).fetch(p);
+                while let Some(row) = rows.try_next().await? {
+                    let time_ms: i64 = row.try_get(0)?;
+                    let body: &str = row.try_get(1)?;
+                    impact.add(body, time_ms);
+                }
+            }
+        }
+    }
+    Ok(impact.finish())
+}
