@@ -677,3 +677,184 @@ pub async fn from_store(
     }
     Ok(impact.finish())
 }
+
+/// The candidate of policy change `change_id` (ADM-6): the store's current policy with the
+/// change's rules as its pack's `policies`, the pack enforced (`active`; a `restricted` pack
+/// stays restricted) and without a window (the preview asks what the rules would have decided
+/// over the past window, whatever their planned activation time).
+///
+/// Errors: `(code, message)`: `NOT_FOUND` (no such change or its pack is gone), `STORE` (the
+/// store failed or holds an invalid policy).
+pub async fn candidate_from_change(
+    store: &crate::store::Store,
+    change_id: &str,
+    default_audience: &str,
+) -> Result<(PolicySnapshot, crate::admin::packs::PolicyChange), (&'static str, String)> {
+    use crate::store::DocKind;
+    let store_err = |e: String| ("STORE", e);
+    let doc = store
+        .document(DocKind::PolicyChange, change_id)
+        .await
+        .map_err(|e| store_err(e.to_string()))?
+        .ok_or_else(|| ("NOT_FOUND", format!("no policy change `{change_id}`")))?;
+    let change: crate::admin::packs::PolicyChange =
+        serde_json::from_str(&doc.doc).map_err(|e| store_err(e.to_string()))?;
+    let (version, mut set) = store.load().await.map_err(|e| store_err(e.to_string()))?;
+    let pack = set
+        .policy_packs
+        .iter_mut()
+        .find(|p| p.id == change.policy_pack_id)
+        .ok_or_else(|| {
+            (
+                "NOT_FOUND",
+                format!("policy pack `{}` of the change is gone", change.policy_pack_id),
+            )
+        })?;
+    pack.policies = change.policies.clone();
+    if pack.status != crate::policy::PackStatus::Restricted {
+        pack.status = crate::policy::PackStatus::Active;
+    }
+    pack.active_from = None;
+    pack.active_until = None;
+    Ok((
+        PolicySnapshot::compile(set, version, default_audience),
+        change,
+    ))
+}
+
+/// `scp-pep policy impact` arguments.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("candidate_source").required(true).args(["candidate", "change"])))]
+pub struct ImpactArgs {
+    /// Candidate policy directory (validated like `policy validate`).
+    #[arg(long)]
+    pub candidate: Option<std::path::PathBuf>,
+    /// A stored policy change: the stored policy with the change's rules applied to its pack.
+    #[arg(long)]
+    pub change: Option<String>,
+    /// Window start (inclusive): RFC 3339 or `YYYY-MM-DD` (UTC). Default: 7 days before `--to`.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Window end (exclusive): RFC 3339 or `YYYY-MM-DD` (UTC). Default: now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only the records of this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Sample decision ids per flip group.
+    #[arg(long, default_value_t = 5)]
+    pub samples: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: crate::audit::cmd::StoreArgs,
+}
+
+/// The JSON answer of an impact run: window, tenant filter, totals, flips.
+pub fn report_json(r: &ImpactReport, from_ms: i64, to_ms: i64, tenant: Option<&str>) -> serde_json::Value {
+    let t = |ms: i64| {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .map(crate::audit::record::format_time)
+    };
+    serde_json::json!({
+        "window": {"from": t(from_ms), "to": t(to_ms)},
+        "tenant": tenant,
+        "totals": r.totals,
+        "flips": r.flips,
+    })
+}
+
+/// `scp-pep policy impact` (ADM-6): exit 0 with the report, 1 for an invalid candidate or an
+/// unknown change, 2 for bad flags, configuration or store.
+pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let to_ms = match a.to.as_deref().map(crate::time::parse_instant).transpose() {
+        Ok(v) => v.unwrap_or_else(|| Utc::now().timestamp_millis()),
+        Err(e) => {
+            eprintln!("error: --to: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let from_ms = match a.from.as_deref().map(crate::time::parse_instant).transpose() {
+        Ok(v) => v.unwrap_or(to_ms - 7 * 86_400_000),
+        Err(e) => {
+            eprintln!("error: --from: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if from_ms >= to_ms {
+        eprintln!("error: --from: must be before --to");
+        return ExitCode::from(2);
+    }
+    let (cfg, store) = match crate::audit::cmd::connect(&a.store).await {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let snap = if let Some(dir) = &a.candidate {
+        match crate::policy::PolicySet::load_dir(dir) {
+            Ok(set) => PolicySnapshot::compile(set, 0, &cfg.auth.audience),
+            Err(e) => {
+                eprintln!("{e}");
+                println!("{}", serde_json::json!({"valid": false, "errors": e.0}));
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        let id = a.change.as_deref().unwrap_or_default();
+        match candidate_from_change(&store, id, &cfg.auth.audience).await {
+            Ok((s, _)) => s,
+            Err((code, msg)) => {
+                eprintln!("error: --change: {msg}");
+                return ExitCode::from(if code == "NOT_FOUND" { 1 } else { 2 });
+            }
+        }
+    };
+    let report = match from_store(&store, &snap, from_ms, to_ms, a.tenant.as_deref(), a.samples).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: store: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    store.close().await;
+    if a.json {
+        println!("{}", report_json(&report, from_ms, to_ms, a.tenant.as_deref()));
+    } else {
+        print!("{}", render(&report));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The human form of a report: one line of totals, then one line per flip group.
+pub fn render(r: &ImpactReport) -> String {
+    use std::fmt::Write as _;
+    let t = &r.totals;
+    let mut out = format!(
+        "decisions read {}, re-decided {}, unchanged {}, flipped {}, not re-decidable {}\n",
+        t.read, t.redecided, t.unchanged, t.flipped, t.not_redecidable
+    );
+    let code = |c: &str| if c == "OK" { "allow".to_owned() } else { format!("deny {c}") };
+    for f in &r.flips {
+        let _ = write!(
+            out,
+            "{:>7}  {} → {}",
+            f.count,
+            code(&f.from),
+            code(&f.to)
+        );
+        if !f.unverified.is_empty() {
+            let _ = write!(out, " (unverified: {})", f.unverified.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "  tenant {} integration {} route {}  e.g. {}",
+            f.tenant_id.as_deref().unwrap_or("-"),
+            f.integration_id.as_deref().unwrap_or("-"),
+            f.route_id.as_deref().unwrap_or("-"),
+            f.samples.join(", ")
+        );
+    }
+    out
+}

@@ -35,6 +35,7 @@ mod fuzz_corpus;
 mod hardening;
 mod health;
 mod http_app;
+mod impact;
 mod http_authz_e2e;
 mod jwks;
 mod keycloak_sync;
