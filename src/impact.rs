@@ -678,28 +678,38 @@ pub async fn from_store(
     Ok(impact.finish())
 }
 
-/// The candidate of policy change `change_id` (ADM-6): the store's current policy with the
-/// change's rules as its pack's `policies`, the pack enforced (`active`; a `restricted` pack
-/// stays restricted) and without a window (the preview asks what the rules would have decided
-/// over the past window, whatever their planned activation time).
-///
-/// Errors: `(code, message)`: `NOT_FOUND` (no such change or its pack is gone), `STORE` (the
-/// store failed or holds an invalid policy).
+/// The candidate of policy change `change_id` (ADM-6): [`candidate_with_change`] of the stored
+/// change. Errors: `(code, message)`: `NOT_FOUND` (no such change or its pack is gone), `STORE`
+/// (the store failed or holds an invalid policy).
 pub async fn candidate_from_change(
     store: &crate::store::Store,
     change_id: &str,
     default_audience: &str,
 ) -> Result<(PolicySnapshot, crate::admin::packs::PolicyChange), (&'static str, String)> {
     use crate::store::DocKind;
-    let store_err = |e: String| ("STORE", e);
     let doc = store
         .document(DocKind::PolicyChange, change_id)
         .await
-        .map_err(|e| store_err(e.to_string()))?
+        .map_err(|e| ("STORE", e.to_string()))?
         .ok_or_else(|| ("NOT_FOUND", format!("no policy change `{change_id}`")))?;
     let change: crate::admin::packs::PolicyChange =
-        serde_json::from_str(&doc.doc).map_err(|e| store_err(e.to_string()))?;
-    let (version, mut set) = store.load().await.map_err(|e| store_err(e.to_string()))?;
+        serde_json::from_str(&doc.doc).map_err(|e| ("STORE", e.to_string()))?;
+    let snap = candidate_with_change(store, &change, default_audience).await?;
+    Ok((snap, change))
+}
+
+/// The candidate of `change` (ADM-6): the store's current policy with the change's rules as its
+/// pack's `policies`, the pack enforced (`active`; a `restricted` pack stays restricted) and
+/// without a window (the preview asks what the rules would have decided over a past window,
+/// whatever their planned activation time). `default_audience`: `auth.audience`.
+///
+/// Errors: `(code, message)` as [`candidate_from_change`].
+pub async fn candidate_with_change(
+    store: &crate::store::Store,
+    change: &crate::admin::packs::PolicyChange,
+    default_audience: &str,
+) -> Result<PolicySnapshot, (&'static str, String)> {
+    let (version, mut set) = store.load().await.map_err(|e| ("STORE", e.to_string()))?;
     let pack = set
         .policy_packs
         .iter_mut()
@@ -716,10 +726,30 @@ pub async fn candidate_from_change(
     }
     pack.active_from = None;
     pack.active_until = None;
-    Ok((
-        PolicySnapshot::compile(set, version, default_audience),
-        change,
-    ))
+    Ok(PolicySnapshot::compile(set, version, default_audience))
+}
+
+/// Flip groups a stored impact summary keeps (the largest).
+pub const SUMMARY_FLIPS: usize = 10;
+
+/// The impact summary a policy change stores (ADM-6; `GET /v1/policies/changes/{id}` shows
+/// it): `window` (`from`, `to`), `tenant`, `computed_at` (RFC 3339), `rules_sha256` (hex
+/// SHA-256 of the rules it was computed for: a summary of other rules is stale), `totals` and
+/// the [`SUMMARY_FLIPS`] largest `flips`.
+pub fn summary(r: &ImpactReport, from_ms: i64, to_ms: i64, tenant: Option<&str>, rules: &str) -> serde_json::Value {
+    let mut v = report_json(r, from_ms, to_ms, tenant);
+    if let Some(f) = v.get_mut("flips").and_then(|f| f.as_array_mut()) {
+        f.truncate(SUMMARY_FLIPS);
+    }
+    v["computed_at"] = crate::audit::record::format_time(Utc::now()).into();
+    v["rules_sha256"] = rules_digest(rules).into();
+    v
+}
+
+/// Hex SHA-256 of a change's rules text.
+pub fn rules_digest(rules: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(rules.as_bytes()))
 }
 
 /// `scp-pep policy impact` arguments.
