@@ -122,8 +122,8 @@ fn decision(i: u64, n: u64) -> (Decision, &'static str) {
     let s = &SHAPES[(i % SHAPES.len() as u64) as usize];
     let time_ms = START_MS + (i as i64 * SPAN_MS) / n as i64;
     let mut d = Decision::new(s.method, s.path, Utc.timestamp_millis_opt(time_ms).unwrap());
-    d.decision_id = uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000 | i as u128)
-        .to_string();
+    d.decision_id =
+        uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000 | i as u128).to_string();
     d.tenant_id = Some(s.tenant.into());
     d.integration_id = Some(s.integration.into());
     d.client_id = s.client.map(str::to_owned);
@@ -181,15 +181,19 @@ async fn seed(store: &Store, n: u64) {
     let Store::Sqlite(p) = store else {
         unreachable!()
     };
-    let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE kind = 'decision'")
-        .fetch_one(p)
-        .await
-        .unwrap();
+    let have: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE kind = 'decision'")
+            .fetch_one(p)
+            .await
+            .unwrap();
     if have as u64 == n {
         println!("store already holds {n} decision records");
         return;
     }
-    sqlx::query("DELETE FROM audit_records").execute(p).await.unwrap();
+    sqlx::query("DELETE FROM audit_records")
+        .execute(p)
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut bytes = 0usize;
     const ROWS: u64 = 100;
@@ -279,22 +283,32 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c
-                .lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
             .unwrap_or_default()
     );
-    let store = Store::connect(&format!("sqlite:{}", db.display()), 2, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &format!("sqlite:{}", db.display()),
+        2,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     seed(&store, n).await;
 
     let dir = tempfile::tempdir().unwrap();
     let cand = dir.path().join("candidate");
     fixture_dir(
         &cand,
-        Some("policy_packs:\n  - id: pack-ke-health-night\n    tenant: ke\n    vertical: health\n    status: active\n    policies: |\n      permit(principal, action, resource);\n      @id(\"no-night-reads\")\n      forbid(principal, action, resource) when { context.method == \"GET\" && context.hour < 6 };\n"),
+        Some(
+            "policy_packs:\n  - id: pack-ke-health-night\n    tenant: ke\n    vertical: health\n    status: active\n    policies: |\n      permit(principal, action, resource);\n      @id(\"no-night-reads\")\n      forbid(principal, action, resource) when { context.method == \"GET\" && context.hour < 6 };\n",
+        ),
     );
     let snap = PolicySnapshot::compile(PolicySet::load_dir(&cand).unwrap(), 0, "scp-pep");
 

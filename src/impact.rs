@@ -280,7 +280,11 @@ fn redecide_at(
                 return Err(recorded_denial(c));
             }
             let same_verticals = rec.verticals.len() == route.verticals.len()
-                && rec.verticals.iter().zip(&route.verticals).all(|(a, b)| a == b);
+                && rec
+                    .verticals
+                    .iter()
+                    .zip(&route.verticals)
+                    .all(|(a, b)| a == b);
             if !rec.ran("data_minimization") || !same_verticals {
                 unverified.push("consent");
             }
@@ -338,11 +342,7 @@ fn find_route<'s>(
         Some(match seg {
             Some(s) if !s.starts_with('{') => s.to_owned(),
             // The recorded path kept no tenant there: one the recording policy did not know.
-            _ => rec
-                .target_tenant_id
-                .as_deref()
-                .unwrap_or("{?}")
-                .to_owned(),
+            _ => rec.target_tenant_id.as_deref().unwrap_or("{?}").to_owned(),
         })
     };
     if let Some(id) = rec.route_id.as_deref() {
@@ -400,6 +400,16 @@ pub struct ImpactReport {
     /// Largest groups first.
     pub flips: Vec<FlipGroup>,
 }
+
+/// What makes flips one group: tenant, integration, route, from, to, unverified stages.
+type FlipKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Vec<String>,
+);
 
 /// Accumulates records into an [`ImpactReport`], deciding each input shape once.
 pub struct Impact<'s> {
@@ -585,8 +595,7 @@ impl<'s> Impact<'s> {
         });
         // Several shapes can flip alike: merge groups with the same key.
         let mut merged: Vec<FlipGroup> = Vec::new();
-        let mut at: HashMap<(Option<String>, Option<String>, Option<String>, String, String, Vec<String>), usize> =
-            HashMap::new();
+        let mut at: HashMap<FlipKey, usize> = HashMap::new();
         for f in flips {
             let key = (
                 f.tenant_id.clone(),
@@ -612,7 +621,11 @@ impl<'s> Impact<'s> {
                 }
             }
         }
-        merged.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.samples.cmp(&b.samples)));
+        merged.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.samples.cmp(&b.samples))
+        });
         ImpactReport {
             totals: self.totals,
             flips: merged,
@@ -635,9 +648,9 @@ pub async fn from_store(
     tenant: Option<&str>,
     samples: usize,
 ) -> Result<ImpactReport, crate::store::StoreError> {
+    use crate::store::Store;
     use futures_util::TryStreamExt;
     use sqlx::Row;
-    use crate::store::Store;
     let tenants: Vec<String> = match (tenant, store) {
         (Some(t), _) => vec![t.to_owned()],
         (None, Store::Sqlite(p)) => {
@@ -717,7 +730,10 @@ pub async fn candidate_with_change(
         .ok_or_else(|| {
             (
                 "NOT_FOUND",
-                format!("policy pack `{}` of the change is gone", change.policy_pack_id),
+                format!(
+                    "policy pack `{}` of the change is gone",
+                    change.policy_pack_id
+                ),
             )
         })?;
     pack.policies = change.policies.clone();
@@ -736,7 +752,13 @@ pub const SUMMARY_FLIPS: usize = 10;
 /// it): `window` (`from`, `to`), `tenant`, `computed_at` (RFC 3339), `rules_sha256` (hex
 /// SHA-256 of the rules it was computed for: a summary of other rules is stale), `totals` and
 /// the [`SUMMARY_FLIPS`] largest `flips`.
-pub fn summary(r: &ImpactReport, from_ms: i64, to_ms: i64, tenant: Option<&str>, rules: &str) -> serde_json::Value {
+pub fn summary(
+    r: &ImpactReport,
+    from_ms: i64,
+    to_ms: i64,
+    tenant: Option<&str>,
+    rules: &str,
+) -> serde_json::Value {
     let mut v = report_json(r, from_ms, to_ms, tenant);
     if let Some(f) = v.get_mut("flips").and_then(|f| f.as_array_mut()) {
         f.truncate(SUMMARY_FLIPS);
@@ -782,7 +804,12 @@ pub struct ImpactArgs {
 }
 
 /// The JSON answer of an impact run: window, tenant filter, totals, flips.
-pub fn report_json(r: &ImpactReport, from_ms: i64, to_ms: i64, tenant: Option<&str>) -> serde_json::Value {
+pub fn report_json(
+    r: &ImpactReport,
+    from_ms: i64,
+    to_ms: i64,
+    tenant: Option<&str>,
+) -> serde_json::Value {
     let t = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .single()
@@ -807,7 +834,12 @@ pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let from_ms = match a.from.as_deref().map(crate::time::parse_instant).transpose() {
+    let from_ms = match a
+        .from
+        .as_deref()
+        .map(crate::time::parse_instant)
+        .transpose()
+    {
         Ok(v) => v.unwrap_or(to_ms - 7 * 86_400_000),
         Err(e) => {
             eprintln!("error: --from: {e}");
@@ -841,7 +873,16 @@ pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
             }
         }
     };
-    let report = match from_store(&store, &snap, from_ms, to_ms, a.tenant.as_deref(), a.samples).await {
+    let report = match from_store(
+        &store,
+        &snap,
+        from_ms,
+        to_ms,
+        a.tenant.as_deref(),
+        a.samples,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: store: {e}");
@@ -850,7 +891,10 @@ pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
     };
     store.close().await;
     if a.json {
-        println!("{}", report_json(&report, from_ms, to_ms, a.tenant.as_deref()));
+        println!(
+            "{}",
+            report_json(&report, from_ms, to_ms, a.tenant.as_deref())
+        );
     } else {
         print!("{}", render(&report));
     }
@@ -865,15 +909,15 @@ pub fn render(r: &ImpactReport) -> String {
         "decisions read {}, re-decided {}, unchanged {}, flipped {}, not re-decidable {}\n",
         t.read, t.redecided, t.unchanged, t.flipped, t.not_redecidable
     );
-    let code = |c: &str| if c == "OK" { "allow".to_owned() } else { format!("deny {c}") };
+    let code = |c: &str| {
+        if c == "OK" {
+            "allow".to_owned()
+        } else {
+            format!("deny {c}")
+        }
+    };
     for f in &r.flips {
-        let _ = write!(
-            out,
-            "{:>7}  {} → {}",
-            f.count,
-            code(&f.from),
-            code(&f.to)
-        );
+        let _ = write!(out, "{:>7}  {} → {}", f.count, code(&f.from), code(&f.to));
         if !f.unverified.is_empty() {
             let _ = write!(out, " (unverified: {})", f.unverified.join(", "));
         }

@@ -337,8 +337,7 @@ pub fn deny_pack_stage(
     // Stage 6 (continued): the active policy packs of the route's verticals in the tenant the
     // request reaches (Cedar; forbid wins, no permit = deny, evaluation errors deny) (ADM-6,
     // INT-4.5-2).
-    snap
-        .packs
+    snap.packs
         .check_partner_in(
             target,
             i,

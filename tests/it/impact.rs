@@ -149,7 +149,12 @@ async fn impact_of_a_forbidding_pack_lists_the_denials_it_would_cause() {
     assert!(same.flips.is_empty());
 
     // An invalid candidate is refused with the validation errors, exit 1.
-    let bad = candidate(&h, "cand-bad", &[("zz-bad.yaml", "routes: [{id: 1}]\n")], &[]);
+    let bad = candidate(
+        &h,
+        "cand-bad",
+        &[("zz-bad.yaml", "routes: [{id: 1}]\n")],
+        &[],
+    );
     let (code, out, _) = run_cli(&h, &["--candidate", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(out.contains(r#""valid":false"#), "{out}");
@@ -191,7 +196,10 @@ async fn impact_of_a_deny_rule_removal_and_old_records() {
     assert_eq!(bodies.len(), 3);
     let v: Value = serde_json::from_str(&bodies[2].1).unwrap();
     assert_eq!(v["format"], 3);
-    assert_eq!(v["inputs"]["scopes"], serde_json::json!(["health:person:read"]));
+    assert_eq!(
+        v["inputs"]["scopes"],
+        serde_json::json!(["health:person:read"])
+    );
     assert_eq!(v["inputs"]["verticals"], serde_json::json!(["health"]));
 
     // One record, re-decided in full (what `explain` builds on).
@@ -214,13 +222,12 @@ async fn impact_of_a_deny_rule_removal_and_old_records() {
     assert_eq!(r.totals.read, 2);
     assert_eq!(r.totals.not_redecidable, 1);
     assert_eq!(r.totals.redecided, 1);
-    assert_eq!(
-        matches!(
-            impact::redecide(&snap, &impact::RecordedDecision::parse(&old.to_string()).unwrap()),
-            Err(impact::NotRedecidable::OldFormat)
-        ),
-        true
-    );
+    let old_text = old.to_string();
+    let parsed = impact::RecordedDecision::parse(&old_text).unwrap();
+    assert!(matches!(
+        impact::redecide(&snap, &parsed),
+        Err(impact::NotRedecidable::OldFormat)
+    ));
 }
 
 const OWNER: &str = "scp-vertical-owner";
@@ -285,7 +292,7 @@ async fn forbidding_change(h: &Harness) -> String {
 }
 
 /// ADM-6, ADM-2, ADM-1: `POST /v1/policies/changes/{id}/impact` re-decides the tenant's recorded
-/// decisions with the change's rules and answers the flips (the allows of `int-ke-moh` → 
+/// decisions with the change's rules and answers the flips (the allows of `int-ke-moh` →
 /// `POLICY_DENIED`, with their ids); the change then shows the summary, the action is audited,
 /// a caller without the permission is refused; `review` computes the impact of a change that
 /// has none; `scp-pep policy impact --change` agrees. On SQLite and PostgreSQL.
@@ -380,7 +387,17 @@ async fn impact_of_a_policy_change_over_rest(store: Option<String>) {
     // The CLI with `--change`.
     let (code, out, err) = run_cli(
         &h,
-        &["--change", &pc, "--tenant", "ke", "--from", "2020-01-01", "--to", "2100-01-01", "--json"],
+        &[
+            "--change",
+            &pc,
+            "--tenant",
+            "ke",
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2100-01-01",
+            "--json",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();

@@ -296,7 +296,10 @@ async fn no_person_id_in_any_record() {
     for b in &bodies {
         assert_eq!(b["format"], 3, "{b}");
         if b["integration_id"].is_string() {
-            assert!(b["inputs"]["scopes"].is_array(), "format 3 records the token's scopes: {b}");
+            assert!(
+                b["inputs"]["scopes"].is_array(),
+                "format 3 records the token's scopes: {b}"
+            );
         }
         assert!(b["policy_version"].as_i64().is_some(), "{b}");
         assert!(b.to_string().len() < 4096, "record is bounded: {b}");

@@ -253,7 +253,12 @@ async fn compute_impact(
         })?;
     let report = crate::impact::from_store(&s.store, &snap, from_ms, to_ms, Some(&c.tenant), 5)
         .await
-        .map_err(|e| ApiError::new(ErrorCode::DependencyUnavailable, format!("audit store: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::DependencyUnavailable,
+                format!("audit store: {e}"),
+            )
+        })?;
     Ok((
         crate::impact::report_json(&report, from_ms, to_ms, Some(&c.tenant)),
         crate::impact::summary(&report, from_ms, to_ms, Some(&c.tenant), &c.policies),
