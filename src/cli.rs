@@ -102,6 +102,9 @@ pub enum PolicyAction {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Impact preview (ADM-6): re-decide the recorded decisions of a window against a candidate
+    /// policy (`--candidate DIR` or a stored `--change ID`) and report what flips.
+    Impact(crate::impact::ImpactArgs),
 }
 
 #[derive(Debug, Args)]
@@ -309,6 +312,7 @@ pub async fn wait_for_signal() {
 
 async fn policy(action: PolicyAction) -> ExitCode {
     match action {
+        PolicyAction::Impact(a) => crate::impact::cmd(a).await,
         PolicyAction::Validate { dir } => match PolicySet::load_dir(&dir) {
             Ok(set) => {
                 let counts = set.counts();

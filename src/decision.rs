@@ -422,6 +422,19 @@ pub struct ConsentCheck {
     pub vertical: String,
 }
 
+/// The inputs of a decision that are not in its other recorded fields and that a re-decision
+/// against a candidate policy needs ([`crate::impact`], ADM-6): the authenticated token's
+/// `verticals` claim and its full scope set (the recorded `scopes` are only the effective
+/// ones, the token's ∩ the contract's). No personal data: claims that name the integration's
+/// grants only. Fields are in sorted order: the audit body (format 3) serializes this as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+pub struct DecisionInputs {
+    /// The token's `scope` claim, split on spaces, sorted, deduplicated.
+    pub scopes: Vec<String>,
+    /// The token's `verticals` claim, in token order.
+    pub verticals: Vec<String>,
+}
+
 /// Longest recorded path shape, bytes (paths that match no route).
 pub const MAX_RECORDED_PATH: usize = 256;
 
@@ -497,6 +510,11 @@ pub struct Decision {
     /// Recorded, never enforced. Absent when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<ShadowFinding>,
+    /// What a re-decision of this request against another policy needs besides the fields
+    /// above (impact preview, ADM-6): the token's claims that matter. Set once stage 1
+    /// authenticated the token; `None` for a request denied before (no token, bad token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<DecisionInputs>,
     /// Wall time spent deciding, µs.
     pub latency_us: u64,
     /// Request headers Envoy must remove before forwarding (client `x-scp-*`, API key,
@@ -562,6 +580,7 @@ impl Decision {
             incidents: Vec::new(),
             reasons: Vec::new(),
             shadow: Vec::new(),
+            inputs: None,
             latency_us: 0,
             headers_to_remove: Vec::new(),
         }

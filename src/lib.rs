@@ -39,6 +39,7 @@ pub mod fuzz;
 pub mod grpc;
 pub mod health;
 pub mod http_authz;
+pub mod impact;
 pub mod limits;
 pub mod listen;
 pub mod path;

@@ -96,7 +96,9 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
-async fn connect(args: &StoreArgs) -> Result<(Config, Store), ExitCode> {
+/// Loads the configuration and connects to its store (`--store` overrides `store.url`); prints
+/// the error and returns exit code 2 on failure.
+pub(crate) async fn connect(args: &StoreArgs) -> Result<(Config, Store), ExitCode> {
     let mut cfg = load_config(args.config.as_deref())?;
     if let Some(s) = &args.store {
         cfg.store.url = s.clone();

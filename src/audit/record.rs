@@ -134,11 +134,13 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 /// Version of the decision body shape written now. Format 1 (no `format` key) recorded the
 /// request's normalized path in `path` and unkeyed person references; format 2 records the route
 /// template (or a bounded, sanitized shape with `path_hash`), `path_bytes`, `policy_version` and
-/// keyed person references (`<key id>:<hex>`). Verification reads only [`BodyHead`], which both
-/// formats have.
-pub const DECISION_FORMAT: u32 = 2;
+/// keyed person references (`<key id>:<hex>`); format 3 adds `inputs` (the token's `scopes` and
+/// `verticals`, [`crate::decision::DecisionInputs`]) on every decision whose token
+/// authenticated, so the impact preview can re-decide it against a candidate policy
+/// (`crate::impact`, ADM-6). Verification reads only [`BodyHead`], which all formats have.
+pub const DECISION_FORMAT: u32 = 3;
 
-/// The canonical body of a decision record (format 2). Field order is the sorted key order; do
+/// The canonical body of a decision record (format 3). Field order is the sorted key order; do
 /// not reorder.
 #[derive(Serialize)]
 struct DecisionBody<'a> {
@@ -151,6 +153,9 @@ struct DecisionBody<'a> {
     decision_id: &'a str,
     format: u32,
     incidents: &'a [Incident],
+    /// Format 3: absent when the token did not authenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a crate::decision::DecisionInputs>,
     integration_id: Option<&'a str>,
     kind: &'static str,
     masked_fields: &'a [String],
@@ -198,6 +203,7 @@ pub fn decision_body(d: &Decision, out: &mut Vec<u8>) {
         decision_id: &d.decision_id,
         format: DECISION_FORMAT,
         incidents: &d.incidents,
+        inputs: d.inputs.as_ref(),
         integration_id: d.integration_id.as_deref(),
         kind: RecordKind::Decision.as_str(),
         masked_fields: &d.masked_fields,
@@ -367,7 +373,11 @@ mod tests {
                 d.tenant_id = tenant;
                 d.integration_id = Some("int-1".into());
                 d.verticals = verticals.clone();
-                d.scopes = verticals;
+                d.scopes = verticals.clone();
+                d.inputs = allow.then(|| crate::decision::DecisionInputs {
+                    scopes: verticals.clone(),
+                    verticals,
+                });
                 d.allowed_fields = allowed;
                 d.persons = persons;
                 d.stages = vec![Stage::Authenticate, Stage::Route];

@@ -34,7 +34,7 @@ use crate::sink::DecisionSink;
 
 mod factors;
 mod persons;
-mod stages;
+pub mod stages;
 
 pub use factors::client_cert_sha256;
 use factors::second_factors;
@@ -407,6 +407,12 @@ impl Engine {
         d.tenant_id = Some(verified.tenant_id.clone());
         d.integration_id = Some(verified.integration_id.clone());
         d.client_id = verified.client_id.clone();
+        let mut token_scopes: Vec<String> = verified.scopes.iter().cloned().collect();
+        token_scopes.sort();
+        d.inputs = Some(crate::decision::DecisionInputs {
+            scopes: token_scopes,
+            verticals: verified.verticals.clone(),
+        });
         if snap
             .tenants
             .get(&verified.tenant_id)

@@ -54,7 +54,78 @@ pub fn authorize<'s>(
     settings: &PipelineSettings,
     d: &mut Decision,
 ) -> Result<Authorized<'s>, Denial> {
-    // Stage 2: integration (INT-4.1-1, INT-4.1-2, INT-6.2-*).
+    let (integ, handshake_only) = integration_stage(snap, token, d)?;
+
+    // Stage 1, second factors (they need the integration record): INT-4.2-5/6/7.
+    d.stages.push(Stage::SecondFactor);
+    second_factors(integ, facts, token, settings)?;
+
+    // Stage 3: route.
+    d.stages.push(Stage::Route);
+    overrides_agree(facts, settings)?;
+    let norm = path::normalize(&facts.path).map_err(|e| {
+        Denial::new(
+            DenyCode::PathAmbiguous,
+            format!("ambiguous path rejected: {e}"),
+        )
+    })?;
+    let m = snap
+        .match_route(&facts.method, &norm.segments)
+        .ok_or_else(|| {
+            Denial::new(
+                DenyCode::RouteNotFound,
+                "no route matches this method and path",
+            )
+        })?;
+    let route = m.route;
+    route_stage(snap, integ, route, m.param("tenant"), handshake_only, d)?;
+    let target = tenant_vertical_stage(snap, integ, route, m.param("tenant"), token, d)?;
+    scope_stage(integ, route, token, d)?;
+
+    // Stage 5b: the body against the route's media types and schema (INT-5.2-1, INT-9.3-1,
+    // EXT-4.4-2), then the persons it names; only for callers the route is meant for, so a
+    // caller without the scope learns nothing about the route's schema.
+    let body_json = if m.payload.has_schema()
+        || crate::payload::carries_body(&facts.headers, facts.body.as_deref())
+    {
+        d.stages.push(Stage::Payload);
+        m.payload
+            .check(
+                &facts.headers,
+                facts.body.as_deref(),
+                facts.body_truncated,
+                settings.max_body_bytes,
+            )
+            .map_err(|f| f.denial())?
+    } else {
+        None
+    };
+    let persons = persons_of(route, &m, &norm, facts, settings, body_json.as_ref())?;
+    d.persons = persons.len();
+
+    let pack_masks = deny_pack_stage(snap, integ, target, route, persons.len(), &facts.method, d)?;
+    residency_stage(snap, integ, target, route, d)?;
+
+    Ok(Authorized {
+        integration: integ,
+        tenant: target,
+        route,
+        persons,
+        pack_masks,
+    })
+}
+
+/// Stage 2, the policy part of [`authorize`] (INT-4.1-1, INT-4.1-2, INT-6.2-*): the token's
+/// integration exists, belongs to the token's tenant, is bound to the token's client, carries
+/// traffic, and declares every vertical of the token. Pushes [`Stage::Integration`].
+///
+/// Returns the integration and whether it may call handshake routes only (approved, ONB-6), or
+/// the denial. Reused by the impact preview ([`crate::impact`]).
+pub fn integration_stage<'s>(
+    snap: &'s PolicySnapshot,
+    token: &VerifiedToken,
+    d: &mut Decision,
+) -> Result<(&'s IntegrationEntry, bool), Denial> {
     d.stages.push(Stage::Integration);
     let integ = snap
         .integrations
@@ -107,29 +178,23 @@ pub fn authorize<'s>(
         ));
     }
 
-    // Stage 1, second factors (they need the integration record): INT-4.2-5/6/7.
-    d.stages.push(Stage::SecondFactor);
-    second_factors(integ, facts, token, settings)?;
+    Ok((integ, handshake_only))
+}
 
-    // Stage 3: route.
-    d.stages.push(Stage::Route);
-    overrides_agree(facts, settings)?;
-    let norm = path::normalize(&facts.path).map_err(|e| {
-        Denial::new(
-            DenyCode::PathAmbiguous,
-            format!("ambiguous path rejected: {e}"),
-        )
-    })?;
-    let m = snap
-        .match_route(&facts.method, &norm.segments)
-        .ok_or_else(|| {
-            Denial::new(
-                DenyCode::RouteNotFound,
-                "no route matches this method and path",
-            )
-        })?;
-    let route = m.route;
-    d.path = route_path(snap, route, m.param("tenant"));
+/// Stage 3, the policy part of [`authorize`] once `route` matched (`tenant_param`: the path's
+/// `{tenant}`, if any): records the route in `d` and denies an approved integration's
+/// non-handshake request (ONB-6) and a restricted integration's write (INT-6.2-2). Reused by
+/// the impact preview ([`crate::impact`]).
+pub fn route_stage(
+    snap: &PolicySnapshot,
+    integ: &IntegrationEntry,
+    route: &Route,
+    tenant_param: Option<&str>,
+    handshake_only: bool,
+    d: &mut Decision,
+) -> Result<(), Denial> {
+    let i = &integ.integration;
+    d.path = route_path(snap, route, tenant_param);
     d.route_id = Some(route.id.clone());
     d.action = Some(route.action.as_str().to_owned());
     d.resource = Some(route.resource.clone());
@@ -148,9 +213,25 @@ pub fn authorize<'s>(
         ));
     }
 
+    Ok(())
+}
+
+/// Stage 4 of [`authorize`] (INT-4.5-1, INT-4.5-2, INT-4.4-2, INT-9.4-1): the tenant the request
+/// reaches (`tenant_param`, the path's `{tenant}`, else the integration's own) must be the
+/// integration's or an approved partner tenant, and every vertical of `route` must be the
+/// integration's and the token's. Returns the reached tenant. Reused by [`crate::impact`].
+pub fn tenant_vertical_stage<'s>(
+    snap: &'s PolicySnapshot,
+    integ: &'s IntegrationEntry,
+    route: &Route,
+    tenant_param: Option<&str>,
+    token: &VerifiedToken,
+    d: &mut Decision,
+) -> Result<&'s str, Denial> {
+    let i = &integ.integration;
     // Stage 4: tenant and vertical (INT-4.5-1, INT-4.5-2, INT-4.4-2, INT-9.4-1).
     d.stages.push(Stage::TenantVertical);
-    let target: &'s str = match m.param("tenant") {
+    let target: &'s str = match tenant_param {
         Some(t) if t != token.tenant_id => {
             // Only a tenant of the policy is recorded: the path segment is request input.
             let known = snap.tenants.get_key_value(t).map(|(k, _)| k.as_str());
@@ -182,6 +263,18 @@ pub fn authorize<'s>(
         }
     }
 
+    Ok(target)
+}
+
+/// Stage 5 of [`authorize`] (ONB-2, ONB-PRIV-01): the route is in the integration's contract
+/// and its scope is granted by both the contract and the token; records the effective scopes
+/// in `d`. Reused by [`crate::impact`].
+pub fn scope_stage(
+    integ: &IntegrationEntry,
+    route: &Route,
+    token: &VerifiedToken,
+    d: &mut Decision,
+) -> Result<(), Denial> {
     // Stage 5: scope (ONB-2, ONB-PRIV-01).
     d.stages.push(Stage::Scope);
     if integ
@@ -212,27 +305,24 @@ pub fn authorize<'s>(
     scopes.sort();
     d.scopes = scopes;
 
-    // Stage 5b: the body against the route's media types and schema (INT-5.2-1, INT-9.3-1,
-    // EXT-4.4-2), then the persons it names; only for callers the route is meant for, so a
-    // caller without the scope learns nothing about the route's schema.
-    let body_json = if m.payload.has_schema()
-        || crate::payload::carries_body(&facts.headers, facts.body.as_deref())
-    {
-        d.stages.push(Stage::Payload);
-        m.payload
-            .check(
-                &facts.headers,
-                facts.body.as_deref(),
-                facts.body_truncated,
-                settings.max_body_bytes,
-            )
-            .map_err(|f| f.denial())?
-    } else {
-        None
-    };
-    let persons = persons_of(route, &m, &norm, facts, settings, body_json.as_ref())?;
-    d.persons = persons.len();
+    Ok(())
+}
 
+/// Stage 6 of [`authorize`]: deny rules (ADM-3) of the integration's tenant and the reached
+/// tenant `target`, then the policy packs (Cedar) of the route's verticals in `target` with
+/// `persons` (count), `method` and `d.time` (ADM-6, INT-4.5-2). Returns the fields the
+/// determining permits mask; the determining policies go to `d.reasons`. Reused by
+/// [`crate::impact`].
+pub fn deny_pack_stage(
+    snap: &PolicySnapshot,
+    integ: &IntegrationEntry,
+    target: &str,
+    route: &Route,
+    persons: usize,
+    method: &str,
+    d: &mut Decision,
+) -> Result<Vec<String>, Denial> {
+    let i = &integ.integration;
     // Stage 6: deny rules (ADM-3): the integration's own tenant's and, cross-tenant, the target
     // tenant's (INT-4.5-2).
     d.stages.push(Stage::DenyRules);
@@ -270,15 +360,14 @@ pub fn authorize<'s>(
     // Stage 6 (continued): the active policy packs of the route's verticals in the tenant the
     // request reaches (Cedar; forbid wins, no permit = deny, evaluation errors deny) (ADM-6,
     // INT-4.5-2).
-    let pack_masks = snap
-        .packs
+    let pack_masks = snap.packs
         .check_partner_in(
             target,
             i,
             route,
             &d.scopes,
-            persons.len(),
-            &facts.method,
+            persons,
+            method,
             d.time.timestamp_millis(),
             &mut d.reasons,
         )
@@ -291,8 +380,8 @@ pub fn authorize<'s>(
             i,
             route,
             &d.scopes,
-            persons.len(),
-            &facts.method,
+            persons,
+            method,
             d.time.timestamp_millis(),
         )
     {
@@ -302,7 +391,20 @@ pub fn authorize<'s>(
             reasons: p.reasons,
         });
     }
+    Ok(pack_masks)
+}
 
+/// Stage 6b of [`authorize`] (INT-4.5-3, INT-4.5-4): [`residency`] of the route's data for the
+/// reached tenant `target`, with a `residency_violation` incident on denial. Reused by
+/// [`crate::impact`].
+pub fn residency_stage(
+    snap: &PolicySnapshot,
+    integ: &IntegrationEntry,
+    target: &str,
+    route: &Route,
+    d: &mut Decision,
+) -> Result<(), Denial> {
+    let i = &integ.integration;
     // Stage 6b: data residency (INT-4.5-3, INT-4.5-4), before any consent lookup or data flow.
     d.stages.push(Stage::Residency);
     if let Err(denial) = residency(snap, &i.tenant, target, route) {
@@ -310,13 +412,7 @@ pub fn authorize<'s>(
         return Err(denial);
     }
 
-    Ok(Authorized {
-        integration: integ,
-        tenant: target,
-        route,
-        persons,
-        pack_masks,
-    })
+    Ok(())
 }
 
 /// Stage 4: whether integration `i` may reach partner tenant `target` (INT-4.5-2): `target` is

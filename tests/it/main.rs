@@ -37,6 +37,7 @@ mod hardening;
 mod health;
 mod http_app;
 mod http_authz_e2e;
+mod impact;
 mod jwks;
 mod keycloak_sync;
 mod oidc_e2e;

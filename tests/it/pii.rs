@@ -294,7 +294,13 @@ async fn no_person_id_in_any_record() {
         .collect();
     assert_eq!(bodies.len(), n, "one audit record per decision");
     for b in &bodies {
-        assert_eq!(b["format"], 2, "{b}");
+        assert_eq!(b["format"], 3, "{b}");
+        if b["integration_id"].is_string() {
+            assert!(
+                b["inputs"]["scopes"].is_array(),
+                "format 3 records the token's scopes: {b}"
+            );
+        }
         assert!(b["policy_version"].as_i64().is_some(), "{b}");
         assert!(b.to_string().len() < 4096, "record is bounded: {b}");
     }
@@ -494,7 +500,7 @@ async fn format_1_records_still_verify() {
 
     let text = export(store, "ke").await;
     assert!(text.contains(r#""path":"/v1/tenants/ke/health/persons/p-1/record""#));
-    assert!(text.contains(r#""format":2"#));
+    assert!(text.contains(r#""format":3"#));
     let report = verify_export(std::io::Cursor::new(text.as_bytes()), None);
     assert!(report.ok, "{report:?}");
     assert!(report.chains >= 2, "{report:?}");

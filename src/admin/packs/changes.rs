@@ -125,6 +125,7 @@ pub(super) async fn create_change(
         status: Draft,
         applied_pack_version: None,
         mode: req.mode,
+        impact: None,
     };
     s.commit(
         &caller,
@@ -165,6 +166,16 @@ pub(super) async fn change_transition(
     precondition(&headers, doc.version, &format!("policy change {id}"))?;
     check_from(t, c.status, &format!("policy change `{id}`"))?;
     let from = c.status;
+    // ADM-6: the review shows the impact of the rules under review; computed here when no
+    // summary exists for the current rules.
+    if t.action == "review"
+        && c.impact.as_ref().and_then(|i| i["rules_sha256"].as_str())
+            != Some(crate::impact::rules_digest(&c.policies).as_str())
+    {
+        let to_ms = now_ms();
+        let (_, summary) = compute_impact(&s, &c, to_ms - IMPACT_DEFAULT_MS, to_ms).await?;
+        c.impact = Some(summary);
+    }
     let mut changes = Vec::new();
     if t.to == Active {
         // ADM-8: the pack's new version and the change's activation in one transaction.
@@ -241,4 +252,121 @@ pub(super) async fn change_transition(
     )
     .await?;
     respond_change(&s, &caller, &id, StatusCode::OK, Some(t.stamp)).await
+}
+
+/// The default impact window: the last 7 days, ms.
+const IMPACT_DEFAULT_MS: i64 = 7 * 86_400_000;
+
+/// Re-decides the change's tenant's recorded decisions of `[from_ms, to_ms)` with the change's
+/// rules (ADM-6). Returns the report (JSON) and the summary to store on the change.
+///
+/// Errors: 404 `NOT_FOUND` (the change's pack is gone), 503 `DEPENDENCY_UNAVAILABLE` (store).
+async fn compute_impact(
+    s: &AdminHttp,
+    c: &PolicyChange,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(Value, Value), ApiError> {
+    let snap = crate::impact::candidate_with_change(&s.store, c, &s.audience)
+        .await
+        .map_err(|(code, m)| {
+            let e = if code == "NOT_FOUND" {
+                ErrorCode::NotFound
+            } else {
+                ErrorCode::DependencyUnavailable
+            };
+            ApiError::new(e, m)
+        })?;
+    let report = crate::impact::from_store(&s.store, &snap, from_ms, to_ms, Some(&c.tenant), 5)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::DependencyUnavailable,
+                format!("audit store: {e}"),
+            )
+        })?;
+    Ok((
+        crate::impact::report_json(&report, from_ms, to_ms, Some(&c.tenant)),
+        crate::impact::summary(&report, from_ms, to_ms, Some(&c.tenant), &c.policies),
+    ))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImpactBody {
+    /// Window start (inclusive): RFC 3339 or `YYYY-MM-DD`. Default: 7 days before `to`.
+    #[serde(default)]
+    from: Option<String>,
+    /// Window end (exclusive): RFC 3339 or `YYYY-MM-DD`. Default: now.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[utoipa::path(post,
+    path = "/v1/policies/changes/{policy_change_id}/impact",
+    tag = "policy changes",
+    summary = "Impact preview: re-decide recorded decisions with the change's rules",
+    params(("policy_change_id" = String, Path)),
+    request_body = ImpactBody,
+    security(("bearer" = ["policy_packs.read", "policy_packs.review"])),
+    responses((status = 200, description = "The impact report: window, tenant, totals, flips (see `scp_pep::impact`)", body = Object)))]
+pub(super) async fn change_impact(
+    State(s): State<AdminHttp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    const READ: &str = "policy_packs.read";
+    const REVIEW: &str = "policy_packs.review";
+    let caller = s.caller(&headers).await?;
+    if caller.require_some(READ).is_err() {
+        caller.require_some(REVIEW)?;
+    }
+    let (mut c, doc): (PolicyChange, StoredDoc) =
+        s.load(&caller, DocKind::PolicyChange, &id).await?;
+    let via = match caller.require(READ, &c.target()) {
+        Ok(v) => v,
+        Err(_) => caller.require(REVIEW, &c.target())?,
+    };
+    let bytes = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let req: ImpactBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ImpactBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            let field = ["from", "to"]
+                .into_iter()
+                .find(|f| e.to_string().contains(&format!("`{f}`")))
+                .unwrap_or("body");
+            ApiError::invalid(field, format!("{e}"))
+        })?
+    };
+    let instant = |v: Option<&str>, field: &'static str| {
+        v.map(crate::time::parse_instant)
+            .transpose()
+            .map_err(|m| ApiError::invalid(field, m))
+    };
+    let to_ms = instant(req.to.as_deref(), "to")?.unwrap_or_else(now_ms);
+    let from_ms = instant(req.from.as_deref(), "from")?.unwrap_or(to_ms - IMPACT_DEFAULT_MS);
+    if from_ms >= to_ms {
+        return Err(ApiError::invalid("from", "must be before `to`"));
+    }
+    let (report, summary) = compute_impact(&s, &c, from_ms, to_ms).await?;
+    c.impact = Some(summary.clone());
+    s.commit(
+        &caller,
+        &via,
+        ChangeRecord::admin(
+            "policy_change.impact",
+            &c.tenant,
+            &id,
+            json!({"policy_pack_id": c.policy_pack_id, "window": summary["window"], "totals": summary["totals"]}),
+        ),
+        vec![
+            DocChange::put(DocKind::PolicyChange, &id, Some(&c.tenant), to_json(&c))
+                .status(status_str(c.status))
+                .expect(Expect::Version(doc.version)),
+        ],
+    )
+    .await?;
+    Ok(axum::Json(report).into_response())
 }

@@ -26,6 +26,7 @@
 //! | `GET /v1/policies/changes?policy_pack_id=` | `policy_packs.read` | changes |
 //! | `POST /v1/policies/changes` | `policy_packs.write` | propose new rules for a pack (draft) |
 //! | `GET /v1/policies/changes/{id}` | `policy_packs.read` | one change |
+//! | `POST /v1/policies/changes/{id}/impact` | `policy_packs.read` or `.review` | impact preview: re-decide the tenant's recorded decisions of a window (`{"from","to"}`, default the last 7 days) with the change's rules; stores the summary on the change (ADM-6) |
 //! | `POST /v1/policies/changes/{id}/request-review`, `review`, `approve` | as for packs | lifecycle |
 //! | `POST /v1/policies/changes/{id}/activate` | `policy_packs.approve` | approved → active: the pack gets the change's rules, window and (when the change sets one) `mode` as a new version in the same commit (both or neither, ADM-8); a change with `mode: enforce` on an active shadow pack promotes it and deprecates the previously enforced pack of the same (tenant, vertical) in that commit |
 //! | `POST /v1/policies/changes/{id}/archive` | `policy_packs.operate` | → archived |
@@ -95,6 +96,7 @@ pub fn routes() -> ApiRouter<AdminHttp> {
         .routes(routes!(pack_archive))
         .routes(routes!(list_changes, create_change))
         .routes(routes!(get_change))
+        .routes(routes!(change_impact))
         .routes(routes!(change_request_review))
         .routes(routes!(change_review))
         .routes(routes!(change_approve))
@@ -126,6 +128,10 @@ pub struct PolicyChange {
     /// `shadow` demotes one; absent keeps the pack's mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// The latest impact preview of these rules ([`crate::impact::summary`], ADM-6): computed
+    /// by `POST …/impact` and by the `review` transition when none exists for the current rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Value>,
 }
 
 fn status_str(s: PackStatus) -> &'static str {
@@ -210,6 +216,7 @@ fn change_view(doc: &StoredDoc, c: &PolicyChange) -> Value {
         "status": status_str(c.status),
         "applied_pack_version": c.applied_pack_version,
         "mode": c.mode.map(Mode::as_str),
+        "impact": c.impact,
         "version": doc.version,
         "version_id": doc.version.to_string(),
         "created_at": doc.created_at,

@@ -367,6 +367,17 @@ impl CompiledPacks {
         )
     }
 
+    /// Every `active_from` / `active_until` of the compiled packs, ms since the epoch (unsorted,
+    /// may repeat): between two of them, and within one UTC hour of day, a request decides
+    /// alike (the impact preview's dedupe, ADM-6).
+    pub fn window_bounds(&self) -> Vec<i64> {
+        self.by_key
+            .values()
+            .flatten()
+            .flat_map(|p| p.from_ms.into_iter().chain(p.until_ms))
+            .collect()
+    }
+
     /// [`Self::check_partner`] with the packs of `tenant`: the tenant the request reaches, which
     /// for a cross-tenant integration is a partner tenant rather than its own (INT-4.5-2).
     #[allow(clippy::too_many_arguments)]
