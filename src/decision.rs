@@ -411,7 +411,7 @@ impl Incident {
 /// One consent check of stage 7: which person (by reference, never the id), which vertical and
 /// purpose, and the status found (`active`, `pending`, `withdrawn`, `expired`, `rejected`,
 /// `missing`). Fields are in sorted order: the audit body serializes this struct as is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ConsentCheck {
     /// Keyed reference `<key id>:<32 hex>` (HMAC-SHA-256 of tenant and person id, see
     /// [`crate::pseudonym`]); lets auditors match records without the id. `*` for aggregate

@@ -71,6 +71,13 @@ pub struct ExplainArgs {
     /// Print the trace as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Explain a recorded decision instead (its id, `x-scp-decision-id`): the record's inputs
+    /// are re-decided against `--policies DIR` or, without it, the store's current policy.
+    #[arg(long, conflicts_with_all = ["claims", "token", "consents", "body", "headers", "source_ip", "at"])]
+    pub decision: Option<String>,
+    /// The store holding the audit log (with `--decision`).
+    #[command(flatten)]
+    pub store: crate::audit::cmd::StoreArgs,
     /// HTTP method, e.g. GET.
     pub method: Option<String>,
     /// Request path with optional query.
@@ -155,6 +162,10 @@ pub struct Trace {
     /// What documents in shadow mode would have denied (recorded, never enforced).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shadow: Vec<crate::decision::ShadowFinding>,
+    /// `--decision`: what the audit record says (`decision_id`, `outcome`, `code`,
+    /// `policy_version`, `time`) and whether the re-decision agrees (`same_code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Value>,
 }
 
 /// Pipeline order of the trace's stages (`policy_packs` is part of [`Stage::DenyRules`] in a
@@ -328,6 +339,7 @@ pub fn trace(
             vec![]
         },
         shadow: d.shadow.clone(),
+        recorded: None,
     }
 }
 
@@ -481,6 +493,17 @@ impl Trace {
                 .map(|r| format!("  (route {r})"))
                 .unwrap_or_default()
         );
+        if let Some(r) = &self.recorded {
+            let _ = writeln!(
+                out,
+                "recorded decision {} at {}: {} {} under policy version {}",
+                r["decision_id"].as_str().unwrap_or(""),
+                r["time"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+                r["code"].as_str().unwrap_or(""),
+                r["policy_version"]
+            );
+        }
         let _ = writeln!(
             out,
             "policy version {}{} · at {}",
@@ -528,6 +551,18 @@ impl Trace {
             let _ = write!(out, " — {m}");
         }
         out.push('\n');
+        if let Some(r) = &self.recorded {
+            let same = r["same_code"].as_bool().unwrap_or(false);
+            let _ = writeln!(
+                out,
+                "{}",
+                if same {
+                    "same code as the recorded decision"
+                } else {
+                    "DIFFERS from the recorded decision"
+                }
+            );
+        }
         if !self.masked_fields.is_empty() {
             let _ = writeln!(out, "masked fields: {}", self.masked_fields.join(", "));
         }
@@ -724,6 +759,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 /// `scp-pep explain`: exit 0 when the request would be allowed, 1 when denied, 2 on bad input
 /// (message on stderr naming the argument at fault; nothing is evaluated).
 pub async fn run(a: ExplainArgs) -> ExitCode {
+    if let Some(id) = &a.decision {
+        return explain_recorded(&a, id).await;
+    }
     let Some(dir) = &a.policies else {
         return fail("--policies DIR is required");
     };
@@ -836,4 +874,100 @@ async fn load_consents(
         .await
         .map_err(|e| e.to_string())?;
     Ok(consents)
+}
+
+/// The trace of recorded decision `rec_body` (a decision record body, format 3) re-decided
+/// against `snap` with [`crate::impact::redecide`]: policy stages run again; non-policy stages
+/// (second factors, payload, consent, rate limits) keep their recorded results, and those the
+/// recorded request never reached are `not_evaluated`. Errors: the body is not a decision body,
+/// or it predates format 3 (no recorded token inputs).
+pub fn explain_record(snap: &PolicySnapshot, rec_body: &str) -> Result<Trace, String> {
+    let rec = crate::impact::RecordedDecision::parse(rec_body)
+        .map_err(|e| format!("not a decision record: {e}"))?;
+    let red = crate::impact::redecide(snap, &rec).map_err(|e| match e {
+        crate::impact::NotRedecidable::OldFormat => {
+            "the record predates decision format 3: its token inputs were not recorded".to_owned()
+        }
+        crate::impact::NotRedecidable::Malformed => "the record's time does not parse".to_owned(),
+    })?;
+    let raw: Value = serde_json::from_str(rec_body).map_err(|e| e.to_string())?;
+    let mut d = red.decision;
+    // The consent results the record used (keyed person references only).
+    if let Some(c) = raw.get("consent_checks")
+        && let Ok(checks) = serde_json::from_value(c.clone())
+    {
+        d.consent_checks = checks;
+    }
+    let view = rec.inputs.as_ref().map(|i| TokenView {
+        source: ClaimsSource::Recorded,
+        tenant_id: rec.tenant_id.as_deref().unwrap_or("").to_owned(),
+        integration_id: rec.integration_id.as_deref().unwrap_or("").to_owned(),
+        verticals: i.verticals.iter().map(|v| v.to_string()).collect(),
+        scopes: i.scopes.iter().map(|v| v.to_string()).collect(),
+        client_id: rec.client_id.as_deref().map(str::to_owned),
+    });
+    let mut t = trace(snap, view.as_ref(), &d, &red.unverified);
+    t.recorded = Some(json!({
+        "decision_id": rec.decision_id,
+        "time": rec.time,
+        "outcome": raw.get("outcome"),
+        "code": rec.code,
+        "policy_version": raw.get("policy_version"),
+        "same_code": rec.code == t.code,
+    }));
+    Ok(t)
+}
+
+/// `explain --decision ID`: exit 0 when the re-decision allows, 1 when it denies or the
+/// decision is not found, 2 on bad input or an unreachable store.
+async fn explain_recorded(a: &ExplainArgs, id: &str) -> ExitCode {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return fail("--decision: expected a decision id (a UUID)");
+    }
+    let (cfg, store) = match crate::audit::cmd::connect(&a.store).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let rec = match crate::audit::store::record_by_event(&store, id).await {
+        Ok(Some(r)) if r.kind == "decision" => r,
+        Ok(_) => {
+            eprintln!("error: no decision record with id {id}");
+            return ExitCode::from(1);
+        }
+        Err(e) => return fail(format!("store: {e}")),
+    };
+    let snap = match &a.policies {
+        Some(dir) => match PolicySet::load_dir(dir) {
+            Ok(set) => PolicySnapshot::compile(set, 0, &cfg.auth.audience),
+            Err(e) => {
+                eprintln!("{e}");
+                return fail(format!(
+                    "--policies: {} is not a valid policy set",
+                    dir.display()
+                ));
+            }
+        },
+        None => match store.load().await {
+            Ok((version, set)) => PolicySnapshot::compile(set, version, &cfg.auth.audience),
+            Err(e) => return fail(format!("store: {e}")),
+        },
+    };
+    let t = match explain_record(&snap, &rec.body) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: decision {id}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = if a.json {
+        serde_json::to_string_pretty(&t).unwrap_or_default() + "\n"
+    } else {
+        t.render()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    if t.outcome == "allow" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -360,7 +360,8 @@ pub fn deny_pack_stage(
     // Stage 6 (continued): the active policy packs of the route's verticals in the tenant the
     // request reaches (Cedar; forbid wins, no permit = deny, evaluation errors deny) (ADM-6,
     // INT-4.5-2).
-    let pack_masks = snap.packs
+    let pack_masks = snap
+        .packs
         .check_partner_in(
             target,
             i,

@@ -356,3 +356,132 @@ fn explain_rejects_bad_claims_and_never_prints_the_token() {
     );
     assert!(!all.contains(&token) && !all.contains("eyJ"), "{all}");
 }
+
+fn explain_decision(h: &crate::common::Harness, id: &str, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scp-pep"))
+        .env("RUST_LOG", "warn")
+        .env_remove("SCP_PEP_CONFIG")
+        .args([
+            "explain",
+            "--json",
+            "--decision",
+            id,
+            "--store",
+            &h.store_url,
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// ADM-6, INT-8-1: decisions recorded by a real server are explained from their audit records:
+/// re-decided against the store's current policy the trace agrees with the record (an allow with
+/// every stage, a deny-rule denial naming the rule); against a candidate directory whose pack
+/// forbids GET, the same allow now stops at `policy_packs` with the determining policy and the
+/// trace says it differs from the record. Unknown ids exit 1; no person id is printed.
+#[tokio::test]
+async fn explain_recorded_decision_from_the_audit_log() {
+    use crate::common::Harness;
+    let mut h = Harness::start(None).await;
+    // p-1 has consent in the harness's store.
+    let path = "/v1/tenants/ke/health/persons/p-1/record".to_owned();
+    let moh = h.sign(
+        "ke-rs256",
+        &h.claims("ke", "int-ke-moh", &["health"], "health:person:read"),
+    );
+    let r = h.check(&Harness::get(&path, &moh)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let allowed = r["decision_id"].as_str().unwrap().to_owned();
+    let denyme = h.sign(
+        "ke-rs256",
+        &h.claims("ke", "int-ke-denyme", &["health"], "health:person:read"),
+    );
+    let r = h.check(&Harness::get(&path, &denyme)).await;
+    assert_eq!(r["code"], "DENY_RULE_MATCHED", "{r}");
+    let denied = r["decision_id"].as_str().unwrap().to_owned();
+    // The audit writer commits before the answer leaves: the records are there.
+
+    let out = explain_decision(&h, &allowed, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = json(&out);
+    assert_eq!(t["outcome"], "allow");
+    assert_eq!(t["recorded"]["decision_id"], allowed.as_str());
+    assert_eq!(t["recorded"]["code"], "OK");
+    assert_eq!(t["recorded"]["same_code"], true);
+    assert_eq!(
+        stage(&t, "authenticate")["inputs"]["scopes"],
+        serde_json::json!(["health:person:read"])
+    );
+    assert_eq!(stage(&t, "consent")["result"], "pass");
+    assert_eq!(
+        stage(&t, "consent")["inputs"]["checks"][0]["result"],
+        "active"
+    );
+
+    let out = explain_decision(&h, &denied, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = json(&out);
+    assert_eq!(t["code"], "DENY_RULE_MATCHED");
+    assert_eq!(t["recorded"]["same_code"], true);
+    let dr = stage(&t, "deny_rules");
+    assert_eq!(dr["result"], "deny");
+    assert!(
+        dr["detail"].as_str().unwrap().contains("dr-investigation"),
+        "{dr}"
+    );
+
+    // A candidate policy: the harness's files plus a pack forbidding GET.
+    let cand = h.dir.path().join("cand");
+    std::fs::create_dir_all(&cand).unwrap();
+    for e in std::fs::read_dir(&h.policy_dir).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, cand.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        cand.join("zz-pack.yaml"),
+        "policy_packs:\n  - id: pack-ke-health-x\n    tenant: ke\n    vertical: health\n    status: active\n    policies: |\n      permit(principal, action, resource);\n      @id(\"no-get\")\n      forbid(principal, action, resource) when { context.method == \"GET\" };\n",
+    )
+    .unwrap();
+    let out = explain_decision(&h, &allowed, &["--policies", cand.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = json(&out);
+    assert_eq!(t["code"], "POLICY_DENIED");
+    assert_eq!(t["recorded"]["same_code"], false);
+    assert_eq!(
+        stage(&t, "policy_packs")["policies"],
+        serde_json::json!(["pack-ke-health-x/no-get"])
+    );
+    let text = Command::new(env!("CARGO_BIN_EXE_scp-pep"))
+        .env("RUST_LOG", "warn")
+        .env_remove("SCP_PEP_CONFIG")
+        .args(["explain", "--decision", &allowed, "--store", &h.store_url])
+        .args(["--policies", cand.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("DIFFERS from the recorded decision"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("recorded decision {allowed}")),
+        "{text}"
+    );
+    assert!(!text.contains("p-1"), "{text}");
+
+    let out = explain_decision(&h, "01930000-0000-7000-8000-000000000000", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no decision record"));
+    let out = explain_decision(&h, "../etc", &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
