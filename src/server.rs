@@ -334,6 +334,11 @@ impl App {
                 )
                 .router(),
             );
+            // The read-only security staff view (`/staff`) and its data endpoints.
+            app = app.merge(
+                crate::staff::StaffHttp::new(self.store.clone(), a.clone(), self.access.clone())
+                    .router(),
+            );
         }
         app = app.merge(
             crate::consent::http::ConsentHttp::new(
