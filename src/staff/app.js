@@ -3,7 +3,7 @@
 // Token handling: the admin token comes from the input field or from `#token=…` in the URL
 // fragment (never sent to the server by the browser); the fragment is removed from the address
 // bar at once. The token is kept in memory and in sessionStorage (this tab only, gone when the
-// tab closes), never in localStorage or a cookie, and sent only as an Authorization header to
+// tab closes), never in persistent storage or a cookie, and sent only as an Authorization header to
 // this origin.
 //
 // Record fields are partner-influenced: they are written with textContent only, never as HTML.

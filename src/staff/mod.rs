@@ -299,7 +299,11 @@ async fn stream(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(KEEP_ALIVE);
         tick.tick().await;
-        if out.send(Ok(Bytes::from_static(b": open\n\n"))).await.is_err() {
+        if out
+            .send(Ok(Bytes::from_static(b": open\n\n")))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -494,8 +498,8 @@ async fn denials(
             return audit_unavailable();
         }
     }
-    let ev = AuditEvent::new(RecordKind::AuditAccess, Some(&tenant), detail)
-        .actor(who.subject.clone());
+    let ev =
+        AuditEvent::new(RecordKind::AuditAccess, Some(&tenant), detail).actor(who.subject.clone());
     if s.audit.record_event(&ev).await.is_err() {
         return audit_unavailable();
     }

@@ -44,6 +44,7 @@ mod payload;
 mod pii;
 mod rate_limit_redis;
 mod resources;
+mod staff;
 mod store;
 mod tls;
 mod webhooks;
