@@ -87,6 +87,13 @@ impl StaffHttp {
         }
     }
 
+    /// Ends every open stream (normally) once `shutdown` becomes `true`, so an open staff page
+    /// does not hold up a graceful shutdown.
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.tail = self.tail.with_shutdown(shutdown);
+        self
+    }
+
     /// The page and the two data endpoints, to merge into the HTTP listener's router.
     pub fn router(self) -> Router {
         let page = Router::new()

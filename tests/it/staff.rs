@@ -302,7 +302,8 @@ async fn frame_of(r: &mut reqwest::Response, buf: &mut String, id: &str) -> Valu
 
 /// INT-8-1, EXT-6-1: the HTTP stream delivers a decision made after subscribing, with the
 /// fields the staff view shows (and no person id: the path is the route template); opening it
-/// is an `audit_access` record like the gRPC tail's; `outcome=deny` filters.
+/// is an `audit_access` record like the gRPC tail's; `outcome=deny` filters; a server shutdown
+/// ends the stream.
 #[tokio::test]
 async fn staff_stream_delivers_decisions_made_after_subscribing() {
     let mut h = Harness::start(None).await;
@@ -380,8 +381,17 @@ async fn staff_stream_delivers_decisions_made_after_subscribing() {
         2
     );
     drop(all);
-    drop(denies);
-    h.running.shutdown().await;
+    // A server shutdown ends an open stream cleanly (the body completes) instead of holding up
+    // the graceful shutdown until the connection is cut.
+    let shutdown = tokio::spawn(h.running.shutdown());
+    let end = loop {
+        match denies.chunk().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Ok(None)), "the stream completes: {end:?}");
+    shutdown.await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
