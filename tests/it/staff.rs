@@ -384,12 +384,16 @@ async fn staff_stream_delivers_decisions_made_after_subscribing() {
     // A server shutdown ends an open stream cleanly (the body completes) instead of holding up
     // the graceful shutdown until the connection is cut.
     let shutdown = tokio::spawn(h.running.shutdown());
-    let end = loop {
-        match denies.chunk().await {
-            Ok(Some(_)) => continue,
-            other => break other,
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match denies.chunk().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
         }
-    };
+    })
+    .await
+    .expect("the stream ends at shutdown (without it, it stays open)");
     assert!(matches!(end, Ok(None)), "the stream completes: {end:?}");
     shutdown.await.unwrap();
 }
