@@ -404,6 +404,10 @@ async fn run_inner(args: DemoArgs) -> anyhow::Result<bool> {
         "  cargo run -q -- audit tail --server {server} --token-file {}\n",
         auditor_file.display()
     );
+    println!(
+        "or in a browser, the read-only staff view (live decisions, last hour's denials; the token after # never reaches the server):\n"
+    );
+    println!("  http://{}/staff#token={auditor}\n", running.http_addr);
     println!("or, through Envoy (docker compose up, see envoy/README.md):\n");
     println!("  export TOKEN={moh}");
     println!("  curl -H \"authorization: Bearer $TOKEN\" http://localhost:10000{record}\n");

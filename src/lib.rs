@@ -51,6 +51,7 @@ pub mod pseudonym;
 pub mod server;
 pub mod signer;
 pub mod sink;
+pub mod staff;
 pub mod store;
 pub mod tail;
 pub mod telemetry;

@@ -164,6 +164,8 @@ pub struct App {
     provisioner: Option<Arc<dyn crate::admin::keycloak::Provisioner>>,
     /// Set when the replica starts draining (`/readyz` then answers 503).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes `true` at shutdown ([`start`] drives it): ends the staff view's open streams.
+    shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
 }
 
 impl App {
@@ -315,6 +317,7 @@ impl App {
             activity,
             provisioner,
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shutdown: watch::channel(false),
         })
     }
 
@@ -333,6 +336,12 @@ impl App {
                     self.config.audit.link_ttl_s,
                 )
                 .router(),
+            );
+            // The read-only security staff view (`/staff`) and its data endpoints.
+            app = app.merge(
+                crate::staff::StaffHttp::new(self.store.clone(), a.clone(), self.access.clone())
+                    .with_shutdown(self.shutdown.1.clone())
+                    .router(),
             );
         }
         app = app.merge(
@@ -391,10 +400,11 @@ pub async fn start_with_clock(
         activity,
         draining,
         provisioner,
+        shutdown,
         ..
     } = app;
     let audience = config.auth.audience.clone();
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = shutdown;
     let mut tasks = Vec::new();
 
     // gRPC ext_authz.

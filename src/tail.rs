@@ -343,8 +343,28 @@ impl DecisionLog for DecisionLogService {
             ),
         };
         let caller = self.access.caller(header).await.map_err(api_status)?;
+        self.open(&caller, request.into_inner())
+            .await
+            .map(|rx| Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl DecisionLogService {
+    /// Opens a tail for an authenticated `caller` (EXT-6-1, INT-8-1): the one implementation
+    /// behind the gRPC `Tail` and the HTTP stream of the staff view (`crate::staff`).
+    ///
+    /// Input: the caller (from [`Access::caller`]) and the filters of [`TailRequest`].
+    /// Output: the subscriber's bounded receiver of committed records that match, with
+    /// `dropped` markers when it lost records; the forwarding task ends when the receiver is
+    /// dropped. Records `root_bypass` (when root) and `audit_access` first. Errors:
+    /// `PERMISSION_DENIED`, `INVALID_ARGUMENT`, `UNAVAILABLE` (the access could not be audited).
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        request: TailRequest,
+    ) -> Result<mpsc::Receiver<Result<TailEvent, Status>>, Status> {
         let principal = &caller.principal;
-        let filter = Filter::authorize(request.into_inner(), &caller)?;
+        let filter = Filter::authorize(request, caller)?;
         // Subscribe before the access is recorded: nothing committed after the grant is missed.
         let feed = self.audit.subscribe();
         // The tenants whose records the tail shows: each records the access (a root tail of all
@@ -373,6 +393,10 @@ impl DecisionLog for DecisionLogService {
                 Some(tenant),
                 serde_json::json!({"action": "tail", "filters": filter.detail()}),
             ));
+            if filter.root_bypass {
+                // Within an admin HTTP request: this handler wrote the bypass record itself.
+                crate::admin::ledger::root_recorded(tenant);
+            }
             for ev in events {
                 let ev = ev.actor(principal.subject.clone()).subject(subject.clone());
                 if self.audit.record_event(&ev).await.is_err() {
@@ -396,7 +420,7 @@ impl DecisionLog for DecisionLogService {
             self.dropped.clone(),
             self.shutdown.clone(),
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
 

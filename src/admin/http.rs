@@ -743,6 +743,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut doc = routes().into_openapi();
     doc.merge(crate::consent::http::routes().into_openapi());
     doc.merge(crate::audit::http::routes().into_openapi());
+    doc.merge(crate::staff::routes().into_openapi());
     crate::api::openapi::finish(doc)
 }
 

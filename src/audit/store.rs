@@ -629,3 +629,26 @@ pub async fn embedded_keys(store: &Store) -> Result<Vec<String>, StoreError> {
     });
     Ok(keys)
 }
+
+/// The canonical bodies of `tenant`'s denied decisions with `from_ms <= time_ms < to_ms`, at
+/// most `limit`, newest first (the staff view's denial counts, EXT-6-1).
+///
+/// The SQL filter (`kind = 'decision'`, a compact body naming `"outcome":"deny"`) only narrows
+/// the scan; callers re-check the parsed body. Errors: the store's.
+pub async fn denied_decision_bodies(
+    store: &Store,
+    tenant: &str,
+    from_ms: i64,
+    to_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    const SQL: &str = "SELECT body FROM audit_records WHERE tenant_id = $1 AND time_ms >= $2 \
+                       AND time_ms < $3 AND kind = 'decision' AND body LIKE '%\"outcome\":\"deny\"%' \
+                       ORDER BY time_ms DESC LIMIT $4";
+    let rows: Vec<String> = with_pool!(store, p => {
+        sqlx::query_scalar(SQL)
+            .bind(tenant).bind(from_ms).bind(to_ms).bind(limit)
+            .fetch_all(p).await?
+    });
+    Ok(rows)
+}

@@ -356,7 +356,8 @@ fn demo_once_runs_the_tour() {
 
 /// The demo, while it serves, gives its third user (security staff) an auditor token and the
 /// `audit tail` command; that command, run exactly as printed, streams the decision of the
-/// printed `check` command. No token appears in the tail's output.
+/// printed `check` command. No token appears in the tail's output. The printed staff view URL
+/// serves the page, and its token reads the denial counts (EXT-6-1).
 #[test]
 fn demo_prints_a_working_audit_tail_command() {
     use std::io::BufRead as _;
@@ -407,9 +408,9 @@ fn demo_prints_a_working_audit_tail_command() {
             .map(str::to_owned)
             .collect()
     };
-    let (mut tail, mut check) = (None, None);
+    let (mut tail, mut check, mut page) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while tail.is_none() || check.is_none() {
+    while tail.is_none() || check.is_none() || page.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the demo prints its commands");
@@ -417,9 +418,34 @@ fn demo_prints_a_working_audit_tail_command() {
             tail = Some(args_of(&line));
         } else if line.contains("cargo run -q -- check ") {
             check = Some(args_of(&line));
+        } else if line.contains("/staff#token=") {
+            page = Some(line.trim().to_owned());
         }
     }
-    let (tail, check) = (tail.unwrap(), check.unwrap());
+    let (tail, check, page) = (tail.unwrap(), check.unwrap(), page.unwrap());
+    // The staff view's URL: the page is served; the token is in the fragment, which the
+    // browser keeps, and it is the auditor's (it reads the denial counts).
+    let (page_url, token) = page.split_once("#token=").unwrap();
+    assert!(page_url.starts_with("http://127.0.0.1:"), "{page}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (html, denials) = rt.block_on(async {
+        let html = reqwest::get(page_url).await.unwrap();
+        assert_eq!(html.status().as_u16(), 200);
+        let html = html.text().await.unwrap();
+        let denials = reqwest::Client::new()
+            .get(page_url.replace("/staff", "/v1/audit/denials"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (html, denials)
+    });
+    assert!(html.contains("security staff view"), "{html}");
+    assert_eq!(
+        denials.status().as_u16(),
+        200,
+        "the printed token reads the counts"
+    );
     assert!(tail.iter().any(|a| a == "--token-file"), "{tail:?}");
 
     let mut watcher = Kill(

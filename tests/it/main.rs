@@ -47,6 +47,7 @@ mod pii;
 mod rate_limit_redis;
 mod resources;
 mod shadow;
+mod staff;
 mod store;
 mod tls;
 mod webhooks;
