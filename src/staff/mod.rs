@@ -177,6 +177,9 @@ struct StreamQuery {
     route: Option<String>,
     /// `allow` or `deny`.
     outcome: Option<String>,
+    /// `true`: only decisions with shadow findings (what documents in shadow mode would have
+    /// denied).
+    shadow: Option<bool>,
 }
 
 /// One decision as the stream sends it (the `data:` of an `event: decision`): the columns of the
@@ -201,6 +204,10 @@ pub struct StreamRecord {
     pub decision_id: String,
     /// Time spent deciding, µs.
     pub latency_us: u64,
+    /// Shadow findings, `"<document> <code>"` (e.g. `policy_pack/p1 POLICY_DENIED`): what
+    /// documents in shadow mode would have denied; never enforced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<String>,
 }
 
 impl StreamRecord {
@@ -226,6 +233,11 @@ impl StreamRecord {
             method: field("method"),
             decision_id: field("decision_id"),
             latency_us: ev.latency_us,
+            shadow: ev
+                .shadow
+                .iter()
+                .map(|f| format!("{} {}", f.document, f.code))
+                .collect(),
         }
     }
 }
@@ -295,6 +307,7 @@ async fn stream(
         outcome: q.outcome.unwrap_or_default(),
         codes: vec![],
         include_events: false,
+        shadow_only: q.shadow.unwrap_or(false),
     };
     let mut rx = match s.tail.open(&caller, req).await {
         Ok(rx) => rx,
