@@ -248,6 +248,8 @@ async fn audit(action: AuditAction) -> ExitCode {
 
 async fn serve(cfg: Config) -> ExitCode {
     let drain = std::time::Duration::from_secs(cfg.server.drain_s);
+    // Handlers first: a SIGTERM during start-up still drains.
+    let first = shutdown_signal();
     let running = match crate::server::start(cfg, None).await {
         Ok(r) => r,
         Err(e) => {
@@ -255,11 +257,11 @@ async fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    wait_for_signal().await;
+    first.await;
     tracing::info!("shutting down");
     // Health NOT_SERVING at once; Check answered for `server.drain_s` more; then the listeners
     // close gracefully. A second signal skips the rest of the drain.
-    running.drain_and_shutdown(drain, wait_for_signal()).await;
+    running.drain_and_shutdown(drain, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
@@ -289,24 +291,41 @@ async fn health(args: HealthArgs) -> ExitCode {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn wait_for_signal() {
+    shutdown_signal().await
+}
+
+/// Registers the Ctrl-C (SIGINT) and SIGTERM handlers now and returns a future that resolves
+/// on the first of them. Registering before the listeners start means a signal that arrives
+/// while the server is starting is not lost to the default action (which would kill the
+/// process without a drain).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut term), None) => {
+                    term.recv().await;
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
