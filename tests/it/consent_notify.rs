@@ -592,8 +592,7 @@ async fn run_scans_and_delivers(url: String) {
     // before the task records the attempt, and a stop in between leaves the row to the next
     // lease (at-least-once), which is not what this test is about.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while env.receiver.bodies().len() < 2
-        || env.outbox(&v).await.iter().any(|r| r.status != "sent")
+    while env.receiver.bodies().len() < 2 || env.outbox(&v).await.iter().any(|r| r.status != "sent")
     {
         assert!(
             tokio::time::Instant::now() < deadline,
