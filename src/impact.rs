@@ -914,14 +914,16 @@ pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
         }
     };
     store.close().await;
-    if a.json {
-        println!(
-            "{}",
+    let text = if a.json {
+        format!(
+            "{}\n",
             report_json(&report, from_ms, to_ms, a.tenant.as_deref())
-        );
+        )
     } else {
-        print!("{}", render(&report));
-    }
+        render(&report)
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     ExitCode::SUCCESS
 }
 
