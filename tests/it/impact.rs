@@ -407,3 +407,71 @@ async fn impact_of_a_policy_change_over_rest(store: Option<String>) {
 }
 
 on_both_stores!(optional: impact_of_a_policy_change_over_rest);
+
+/// ADM-6 with shadow mode: the candidate of a change that promotes a shadow pack (`"mode":
+/// "enforce"`) is what its activation would enforce: the pack in enforce mode and the previously
+/// enforced pack of the same tenant and vertical deprecated, so the preview shows the denials
+/// the promotion causes. Without a mode the pack keeps its shadow mode (no flips possible).
+#[tokio::test]
+async fn impact_candidate_of_a_promotion_enforces_the_shadow_pack() {
+    use scp_pep::admin::packs::PolicyChange;
+    use scp_pep::policy::model::{Mode, PackStatus};
+    let h = Harness::start(None).await;
+    let st = store(&h).await;
+    let pack = |id: &str, mode: &str, rules: &str| {
+        format!(
+            "  - id: {id}\n    tenant: ke\n    vertical: health\n    status: active\n    mode: {mode}\n    policies: |\n      {rules}\n"
+        )
+    };
+    let packs = format!(
+        "policy_packs:\n{}{}",
+        pack("pp-live", "enforce", "permit(principal, action, resource);"),
+        pack(
+            "pp-next",
+            "shadow",
+            "forbid(principal, action, resource) when { context.method == \"GET\" };"
+        ),
+    );
+    let dir = candidate(&h, "with-shadow", &[("zz-packs.yaml", packs.as_str())], &[]);
+    st.apply(&PolicySet::load_dir(&dir).unwrap()).await.unwrap();
+    let mut change = PolicyChange {
+        id: "pc-promote".into(),
+        tenant: "ke".into(),
+        policy_pack_id: "pp-next".into(),
+        vertical: "health".into(),
+        change_summary: "promote".into(),
+        policies: "permit(principal, action, resource);\n@id(\"no-get\")\nforbid(principal, action, resource) when { context.method == \"GET\" };".into(),
+        active_from: "2020-01-01T00:00:00Z".into(),
+        active_until: None,
+        status: PackStatus::Reviewed,
+        applied_pack_version: None,
+        mode: Some(Mode::Enforce),
+        impact: None,
+    };
+    let snap = impact::candidate_with_change(&st, &change, "scp-pep")
+        .await
+        .unwrap();
+    let by_id = |s: &PolicySnapshot, id: &str| {
+        s.set
+            .policy_packs
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .unwrap()
+    };
+    let next = by_id(&snap, "pp-next");
+    assert_eq!(
+        (next.mode, next.status),
+        (Mode::Enforce, PackStatus::Active)
+    );
+    assert_eq!(by_id(&snap, "pp-live").status, PackStatus::Deprecated);
+    assert!(snap.shadow_packs.is_empty());
+
+    change.mode = None;
+    let snap = impact::candidate_with_change(&st, &change, "scp-pep")
+        .await
+        .unwrap();
+    assert_eq!(by_id(&snap, "pp-next").mode, Mode::Shadow);
+    assert_eq!(by_id(&snap, "pp-live").status, PackStatus::Active);
+    assert!(!snap.shadow_packs.is_empty());
+}
