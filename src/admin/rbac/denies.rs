@@ -214,18 +214,29 @@ pub(super) async fn revoke_deny(
     d.revoked_at = rfc3339(now_ms()).as_str().map(str::to_owned);
     d.revoke_reason_code = Some(b.reason_code.clone());
     d.revoke_reason_text = b.reason_text.clone();
+    let detail = json!({"reason_code": b.reason_code, "reason_text": b.reason_text});
+    write_transition(&h, &caller, &via, "deny_rule.revoke", d, &stored, detail).await
+}
+
+/// Writes transition `action` of deny rule `d` (opened at `stored`'s version: a concurrent
+/// write is 412), audited with `detail`, and answers 200 with the rule's new view and `ETag`.
+async fn write_transition(
+    h: &AdminHttp,
+    caller: &crate::admin::http::Caller,
+    via: &crate::admin::http::Via,
+    action: &str,
+    d: DenyRule,
+    stored: &StoredDoc,
+    detail: serde_json::Value,
+) -> ApiResult {
+    let id = d.id.clone();
     h.commit(
-        &caller,
-        &via,
-        ChangeRecord::admin(
-            "deny_rule.revoke",
-            &d.tenant,
-            &id,
-            json!({"reason_code": b.reason_code, "reason_text": b.reason_text}),
-        ),
+        caller,
+        via,
+        ChangeRecord::admin(action, &d.tenant, &id, detail),
         vec![
             DocChange::put(DocKind::DenyRule, &id, Some(&d.tenant), text(&d))
-                .status("revoked")
+                .status(d.status.as_str())
                 .expect(Expect::Version(stored.version)),
         ],
     )
@@ -280,34 +291,9 @@ pub(super) async fn enforce_deny(
         )));
     }
     d.mode = Mode::Enforce;
-    h.commit(
-        &caller,
-        &via,
-        ChangeRecord::admin(
-            "deny_rule.enforce",
-            &d.tenant,
-            &id,
-            json!({"from": "shadow", "mode": "enforce",
-                   "reason_code": b.reason_code, "reason_text": b.reason_text}),
-        ),
-        vec![
-            DocChange::put(DocKind::DenyRule, &id, Some(&d.tenant), text(&d))
-                .status("active")
-                .expect(Expect::Version(stored.version)),
-        ],
-    )
-    .await?;
-    let stored = h
-        .store
-        .document(DocKind::DenyRule, &id)
-        .await
-        .map_err(store_unavailable)?
-        .ok_or_else(|| ApiError::not_found("the deny rule vanished"))?;
-    Ok(ok_json(
-        StatusCode::OK,
-        stored.version,
-        deny_view(&d, &stored),
-    ))
+    let detail = json!({"from": "shadow", "mode": "enforce",
+                        "reason_code": b.reason_code, "reason_text": b.reason_text});
+    write_transition(&h, &caller, &via, "deny_rule.enforce", d, &stored, detail).await
 }
 
 #[utoipa::path(get,
