@@ -523,7 +523,9 @@ async fn check(args: CheckArgs) -> ExitCode {
     };
     match crate::check::check(&args.server, &input).await {
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             if v["allowed"] == serde_json::Value::Bool(true) {
                 ExitCode::SUCCESS
             } else {
