@@ -289,6 +289,12 @@ async fn health(args: HealthArgs) -> ExitCode {
     }
 }
 
+/// Writes a command's result to stdout. A closed pipe (`| head`) is not an error worth a panic
+/// (`println!` would panic), so write errors are ignored.
+pub fn write_stdout(text: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn wait_for_signal() {
     shutdown_signal().await
@@ -523,9 +529,7 @@ async fn check(args: CheckArgs) -> ExitCode {
     };
     match crate::check::check(&args.server, &input).await {
         Ok(v) => {
-            // A closed pipe (`| head`) is not an error worth a panic.
-            let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            write_stdout(&(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"));
             if v["allowed"] == serde_json::Value::Bool(true) {
                 ExitCode::SUCCESS
             } else {

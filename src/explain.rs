@@ -833,13 +833,18 @@ pub async fn run(a: ExplainArgs) -> ExitCode {
     };
     let mut t = explain_request(&snap, &facts, claims, consents.as_deref(), now_ms).await;
     t.policy_digest = Some(digest);
-    let text = if a.json {
-        serde_json::to_string_pretty(&t).unwrap_or_default() + "\n"
+    emit(&t, a.json)
+}
+
+/// Prints `t` (text, or JSON with `json`) and maps its outcome to the exit status: 0 allow,
+/// 1 deny.
+fn emit(t: &Trace, json: bool) -> ExitCode {
+    let text = if json {
+        serde_json::to_string_pretty(t).unwrap_or_default() + "\n"
     } else {
         t.render()
     };
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    crate::cli::write_stdout(&text);
     if t.outcome == "allow" {
         ExitCode::SUCCESS
     } else {
@@ -959,15 +964,5 @@ async fn explain_recorded(a: &ExplainArgs, id: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let text = if a.json {
-        serde_json::to_string_pretty(&t).unwrap_or_default() + "\n"
-    } else {
-        t.render()
-    };
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-    if t.outcome == "allow" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    emit(&t, a.json)
 }

@@ -922,8 +922,7 @@ pub async fn cmd(a: ImpactArgs) -> std::process::ExitCode {
     } else {
         render(&report)
     };
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    crate::cli::write_stdout(&text);
     ExitCode::SUCCESS
 }
 
