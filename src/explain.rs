@@ -710,26 +710,14 @@ pub async fn explain_request(
                     match consents {
                         None => not_evaluated.push("consent"),
                         Some(c) => {
-                            d.stages.push(Stage::Consent);
-                            let res =
-                                if a.route.kind == RouteKind::Aggregate && a.persons.is_empty() {
-                                    c.check_aggregate(a.tenant, a.route, &mut d.consent_checks)
-                                        .await
-                                        .map(|()| None)
-                                } else {
-                                    c.check_persons(
-                                        a.tenant,
-                                        a.route,
-                                        &a.persons,
-                                        &mut d.consent_checks,
-                                    )
-                                    .await
-                                };
-                            match res {
+                            match crate::pipeline::consent_stage(
+                                c, a.tenant, a.route, &a.persons, &mut d,
+                            )
+                            .await
+                            {
                                 Ok(f) => consent_fields = f,
                                 Err(x) => denied = Some(x),
                             }
-                            d.purpose = a.route.consent_purpose.clone();
                         }
                     }
                 }

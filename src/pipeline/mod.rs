@@ -440,8 +440,8 @@ impl Engine {
         let needs_consent = !persons.is_empty() || route.kind == RouteKind::Aggregate;
         let mut consent_fields = None;
         if needs_consent {
-            d.stages.push(Stage::Consent);
             let Some(consents) = &self.consents else {
+                d.stages.push(Stage::Consent);
                 d.outcome = Outcome::Deny(Denial::retry_after(
                     DenyCode::DependencyUnavailable,
                     "consent cannot be checked: no consent service",
@@ -449,25 +449,13 @@ impl Engine {
                 ));
                 return None;
             };
-            // The tenant the request reaches: the persons are its persons (INT-4.5-2).
-            let res = if route.kind == RouteKind::Aggregate && persons.is_empty() {
-                consents
-                    .check_aggregate(tenant, route, &mut d.consent_checks)
-                    .await
-                    .map(|()| None)
-            } else {
-                consents
-                    .check_persons(tenant, route, &persons, &mut d.consent_checks)
-                    .await
-            };
-            match res {
+            match consent_stage(consents, tenant, route, &persons, d).await {
                 Ok(f) => consent_fields = f,
                 Err(denial) => {
                     d.outcome = Outcome::Deny(denial);
                     return None;
                 }
             }
-            d.purpose = route.consent_purpose.clone();
         }
 
         // Stage 8: data minimization.
@@ -510,6 +498,34 @@ impl Engine {
             integration.integration.state,
         ))
     }
+}
+
+/// Stage 7 (INT-4.3-*, CON-22, CON-23, CON-31) for a request that touches persons or an
+/// aggregate route, with `consents`: the persons' consent in `tenant` (the tenant the request
+/// reaches: they are its persons, INT-4.5-2), or for an aggregate route without persons the
+/// withdrawals against its refresh epoch. Appends the checks to `d.consent_checks`, and on
+/// success sets `d.purpose`. Returns the fields every deciding consent allows (`None`: no
+/// field-level limit), or the consent denial. Used by the engine and by `scp-pep explain`.
+pub async fn consent_stage(
+    consents: &Consents,
+    tenant: &str,
+    route: &Route,
+    persons: &[String],
+    d: &mut Decision,
+) -> Result<Option<Vec<String>>, Denial> {
+    d.stages.push(Stage::Consent);
+    let fields = if route.kind == RouteKind::Aggregate && persons.is_empty() {
+        consents
+            .check_aggregate(tenant, route, &mut d.consent_checks)
+            .await
+            .map(|()| None)?
+    } else {
+        consents
+            .check_persons(tenant, route, persons, &mut d.consent_checks)
+            .await?
+    };
+    d.purpose = route.consent_purpose.clone();
+    Ok(fields)
 }
 
 fn path_only(raw: &str) -> &str {
